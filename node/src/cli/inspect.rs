@@ -1,0 +1,68 @@
+//! `peergrid inspect JOB`: what a module is (hash, size, imports, exports) and
+//! whether it meets ABI v1, and if not, why.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::GlobalOpts;
+use super::common::{JobSource, open_sandbox};
+use crate::config::DataDir;
+
+/// Describe a module and check it against ABI v1.
+#[derive(Debug, clap::Args)]
+pub struct InspectCmd {
+    /// A .wasm (or .wat) file, or a built-in example name.
+    pub job: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl InspectCmd {
+    pub(super) fn execute(self, global: &GlobalOpts) -> anyhow::Result<ExitCode> {
+        let source = JobSource::resolve(&self.job)?;
+        let sandbox = open_sandbox(&DataDir::resolve(global.data_dir.clone()))?;
+        let info = sandbox
+            .inspect(&source.bytes)
+            .with_context(|| format!("cannot inspect {}", self.job))?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&info)?);
+        } else {
+            println!("module   {}", source.name);
+            println!("blake3   {}", info.hash);
+            println!("size     {} bytes", info.size);
+            println!("imports  {}", info.imports.len());
+            for (name, ty) in &info.imports {
+                println!("  {name}: {ty}");
+            }
+            println!("exports  {}", info.exports.len());
+            for (name, ty) in &info.exports {
+                println!("  {name}: {ty}");
+            }
+            if info.abi.ok() {
+                let mut extras = vec!["run"];
+                if info.abi.has_split {
+                    extras.push("split");
+                }
+                if info.abi.has_merge {
+                    extras.push("merge");
+                }
+                println!("abi v1   yes ({})", extras.join(", "));
+            } else {
+                println!("abi v1   no");
+                for import in &info.abi.disallowed_imports {
+                    println!("  import not allowed: {import}");
+                }
+                for problem in &info.abi.problems {
+                    println!("  {problem}");
+                }
+            }
+        }
+        Ok(if info.abi.ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    }
+}

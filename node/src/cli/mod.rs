@@ -1,0 +1,77 @@
+//! The command line: one file per subcommand, each a clap struct with `execute()`.
+//! Shared option groups live in [`common`] and are flattened into the commands that
+//! take them. Every flag's doc comment is its `--help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod bench;
+pub mod common;
+pub mod demo;
+pub mod examples;
+pub mod inspect;
+pub mod run;
+
+/// peergrid: a volunteer compute grid. Lend spare CPU, run jobs as sandboxed
+/// WebAssembly on many peers, accept results only when independent peers agree.
+#[derive(Debug, Parser)]
+#[command(name = "peergrid", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalOpts {
+    /// Directory the node keeps its files in (identity, config, store, caches).
+    /// Default: the platform's data directory, e.g. ~/.local/share/peergrid.
+    #[arg(long, global = true, env = "PEERGRID_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Run(run::RunCmd),
+    Inspect(inspect::InspectCmd),
+    Examples(examples::ExamplesCmd),
+    Demo(demo::DemoCmd),
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+impl Cli {
+    /// Sets up `tracing` from `RUST_LOG`, or from `-v` (default: warnings only).
+    pub fn init_logging(&self) {
+        let default = match self.global.verbose {
+            0 => "warn",
+            1 => "peergrid_node=debug,info",
+            _ => "trace",
+        };
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+
+    /// Runs the command.
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let global = self.global;
+        match self.command {
+            Command::Run(cmd) => cmd.execute(&global),
+            Command::Inspect(cmd) => cmd.execute(&global),
+            Command::Examples(cmd) => cmd.execute(),
+            Command::Demo(cmd) => cmd.execute(&global),
+            Command::Bench(cmd) => cmd.execute(&global),
+        }
+    }
+}

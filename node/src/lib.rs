@@ -1,0 +1,22 @@
+//! # peergrid-node
+//!
+//! The peergrid peer: one program that lends spare CPU to others (worker), sends jobs
+//! out and verifies their results (submitter), and answers its owner's CLI.
+//!
+//! # Layout
+//! - [`sandbox`]: the wasmtime engine, ABI v1 validation, the compile cache, limits
+//!   and typed outcomes. Everything that runs guest code goes through it.
+//! - [`local`]: runs a whole job on this machine (split, every chunk, merge) through
+//!   the sandbox: `peergrid run`, `demo` and `bench` use it.
+//! - [`config`]: where the node keeps its files (`--data-dir`), sizes and durations
+//!   given on the command line.
+//! - [`cli`]: one file per subcommand; `main.rs` only parses and calls
+//!   [`cli::Cli::execute`].
+//!
+//! The network (libp2p), worker, scheduler, store and control API subsystems described
+//! in `docs/ARCHITECTURE.md` join this layout as they are built.
+
+pub mod cli;
+pub mod config;
+pub mod local;
+pub mod sandbox;

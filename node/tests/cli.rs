@@ -1,0 +1,163 @@
+//! The `peergrid` binary as a user runs it: exit codes, one-line errors, outputs.
+
+use std::process::{Command, Output};
+
+fn peergrid(args: &[&str], data_dir: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_peergrid"))
+        .args(args)
+        .env("PEERGRID_DATA_DIR", data_dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn run_on_a_non_wasm_file_fails_in_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("notes.wasm");
+    std::fs::write(&file, "these are my notes").expect("write");
+    let out = peergrid(&["run", file.to_str().expect("utf-8")], dir.path());
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("not a WebAssembly module"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_primes_prints_the_count_and_json_works() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = peergrid(
+        &["run", "primes", "--params", r#"{"limit":1000000}"#],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("78498"), "{}", text(&out.stdout));
+
+    let out = peergrid(
+        &["run", "primes", "--params", r#"{"limit":1000}"#, "--json"],
+        dir.path(),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["result"]["primes_below_limit"], 168);
+    assert_eq!(v["outcomes"]["ok"], v["chunks"]);
+    // The compiled module was cached in the data dir.
+    let cache = dir.path().join("cache").join("modules");
+    assert!(
+        std::fs::read_dir(cache)
+            .expect("cache dir")
+            .any(|e| { e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "cwasm")) })
+    );
+}
+
+#[test]
+fn run_mandelbrot_writes_a_png() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let png = dir.path().join("m.png");
+    let out = peergrid(
+        &[
+            "run",
+            "mandelbrot",
+            "--params",
+            r#"{"width":64,"height":48}"#,
+            "--out",
+            png.to_str().expect("utf-8"),
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        std::fs::read(&png)
+            .expect("png written")
+            .starts_with(b"\x89PNG")
+    );
+}
+
+#[test]
+fn a_failing_chunk_fails_the_run_and_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = peergrid(
+        &[
+            "run",
+            "faults",
+            "--params",
+            r#"{"mode":"loop","only":1}"#,
+            "--fuel",
+            "10M",
+        ],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("chunk 1: out of fuel"), "{stdout}");
+}
+
+#[test]
+fn bad_params_are_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = peergrid(&["run", "primes", "--params", "{limit:"], dir.path());
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not valid JSON"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = peergrid(&["run", "primes", "--params", r#"{"limit":1}"#], dir.path());
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("split failed"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn inspect_lists_offending_imports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wat = dir.path().join("bad.wat");
+    std::fs::write(
+        &wat,
+        r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+             (memory (export "memory") 1))"#,
+    )
+    .expect("write");
+    let out = peergrid(&["inspect", wat.to_str().expect("utf-8")], dir.path());
+    assert!(!out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("import not allowed: wasi_snapshot_preview1.fd_write"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("missing export `peergrid_run`"), "{stdout}");
+
+    let out = peergrid(&["inspect", "primes", "--json"], dir.path());
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["abi"]["has_split"], true);
+}
+
+#[test]
+fn examples_export_writes_every_module() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let export = dir.path().join("wasm");
+    let out = peergrid(
+        &["examples", "--export", export.to_str().expect("utf-8")],
+        dir.path(),
+    );
+    assert!(out.status.success());
+    for name in ["mandelbrot", "primes", "montecarlo", "pow"] {
+        let bytes = std::fs::read(export.join(format!("{name}.wasm"))).expect(name);
+        assert!(bytes.starts_with(b"\0asm"));
+        assert!(text(&out.stdout).contains(name));
+    }
+}

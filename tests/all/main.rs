@@ -1,0 +1,3 @@
+//! peergrid's integration tests, one binary with a module per area (STYLE.md 15).
+
+mod examples;
