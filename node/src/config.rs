@@ -1,11 +1,20 @@
-//! Configuration shared by every command: where the node keeps its files, and the
-//! parsers for human-readable sizes and durations used by flags.
+//! Configuration: where the node keeps its files, the daemon's options, and parsers
+//! for human-readable sizes and durations.
 //!
-//! Two phases (STYLE.md 8): clap parses raw values; [`DataDir::resolve`] derives the
-//! defaults. The daemon's own `peergrid.toml` joins here with the network issue.
+//! Two phases (STYLE.md 8). Raw: [`NodeOptions`] is both the `peergrid node` flags
+//! and the `peergrid.toml` file (one struct, so every flag can be set in the file);
+//! parsing only validates. Resolved: [`NodeOptions::resolve`] merges flags over the
+//! file and derives every default into a [`NodeConfig`]. `example.config.toml`
+//! documents every option.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use libp2p::Multiaddr;
+use serde::Deserialize;
+
+use crate::net::NetConfig;
 
 /// The directory a node owns: identity, config, token, store, caches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +41,246 @@ impl DataDir {
     pub fn module_cache(&self) -> PathBuf {
         self.root.join("cache").join("modules")
     }
+
+    /// The content-addressed blob directory.
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
+    /// The node's libp2p identity key (owner-only).
+    pub fn identity(&self) -> PathBuf {
+        self.root.join("identity.key")
+    }
+
+    /// The control API's token (owner-only).
+    pub fn api_token(&self) -> PathBuf {
+        self.root.join("api-token")
+    }
+
+    /// Where a running node writes its control API address.
+    pub fn api_info(&self) -> PathBuf {
+        self.root.join("api.json")
+    }
+
+    /// The config file.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("peergrid.toml")
+    }
+
+    /// Held (locked) by the running node, so two cannot share a data dir.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("node.lock")
+    }
+}
+
+/// The default control API address.
+pub const DEFAULT_API: &str = "127.0.0.1:7947";
+/// The default metrics address.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
+
+/// Options of `peergrid node`, from flags or from `peergrid.toml` in the data dir
+/// (same names, kebab-case). A flag overrides the file.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NodeOptions {
+    /// Address to listen on for peers, as a multiaddr; repeat for several.
+    /// [default: /ip4/0.0.0.0/tcp/7946 and /ip4/0.0.0.0/udp/7946/quic-v1]
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Vec<String>,
+    /// A peer to join the grid through (e.g. /ip4/1.2.3.4/tcp/7946/p2p/12D3…);
+    /// repeat for several.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// Do not discover peers on the local network with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// CPU cores to lend (one chunk slot per core). [default: all cores]
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
+    /// Most memory one chunk may use, e.g. 512MiB. [default: 512MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Control API address (127.0.0.1 only), or "off". [default: 127.0.0.1:7947]
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<String>,
+    /// Prometheus /metrics address, or "off". [default: 127.0.0.1:9464]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// How often the capacity advert is re-sent, e.g. 5s. [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    pub advert_interval: Option<String>,
+    /// How long a peer's advert counts after it stops advertising. [default: 4 ×
+    /// the advert interval]
+    #[arg(long, value_name = "DURATION")]
+    pub advert_ttl: Option<String>,
+}
+
+/// Everything a node needs, resolved.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The data dir.
+    pub data_dir: DataDir,
+    /// Network settings.
+    pub net: NetConfig,
+    /// Cores (slots) lent.
+    pub cpus: u32,
+    /// Most memory per chunk, in bytes.
+    pub memory_per_chunk: u64,
+    /// Control API address; `None` when off.
+    pub api: Option<SocketAddr>,
+    /// Metrics address; `None` when off.
+    pub metrics: Option<SocketAddr>,
+    /// How often the advert is re-sent.
+    pub advert_interval: Duration,
+}
+
+/// A bad option, in words a user can act on.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn parse_addr(
+    what: &str,
+    value: &str,
+    loopback_only: bool,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    if value == "off" {
+        return Ok(None);
+    }
+    let addr: SocketAddr = value.parse().map_err(|e| {
+        ConfigError(format!(
+            "--{what} '{value}' is not an address such as 127.0.0.1:7947: {e}"
+        ))
+    })?;
+    if loopback_only && !addr.ip().is_loopback() {
+        return Err(ConfigError(format!(
+            "--{what} must be a loopback address (127.0.0.1 or ::1): the control API is for this machine only"
+        )));
+    }
+    Ok(Some(addr))
+}
+
+fn parse_multiaddrs(what: &str, values: &[String]) -> Result<Vec<Multiaddr>, ConfigError> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse()
+                .map_err(|e| ConfigError(format!("--{what} '{v}' is not a multiaddr: {e}")))
+        })
+        .collect()
+}
+
+impl NodeOptions {
+    /// Reads `peergrid.toml` from the data dir (absent is fine).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(ConfigError(format!("reading {}: {e}", path.display()))),
+        }
+    }
+
+    /// These options (flags) over `file`'s.
+    pub fn over(self, file: NodeOptions) -> NodeOptions {
+        fn pick<T>(a: Vec<T>, b: Vec<T>) -> Vec<T> {
+            if a.is_empty() { b } else { a }
+        }
+        NodeOptions {
+            listen: pick(self.listen, file.listen),
+            bootstrap: pick(self.bootstrap, file.bootstrap),
+            no_mdns: self.no_mdns || file.no_mdns,
+            cpus: self.cpus.or(file.cpus),
+            memory: self.memory.or(file.memory),
+            api: self.api.or(file.api),
+            metrics: self.metrics.or(file.metrics),
+            advert_interval: self.advert_interval.or(file.advert_interval),
+            advert_ttl: self.advert_ttl.or(file.advert_ttl),
+        }
+    }
+
+    /// Derives every default.
+    pub fn resolve(self, data_dir: DataDir) -> Result<NodeConfig, ConfigError> {
+        let mut net = NetConfig::default();
+        if !self.listen.is_empty() {
+            net.listen = parse_multiaddrs("listen", &self.listen)?;
+        }
+        net.bootstrap = parse_multiaddrs("bootstrap", &self.bootstrap)?;
+        net.mdns = !self.no_mdns;
+        let advert_interval = match &self.advert_interval {
+            Some(s) => parse_duration(s).map_err(ConfigError)?,
+            None => Duration::from_secs(5),
+        };
+        if advert_interval < Duration::from_millis(100) {
+            return Err(ConfigError(
+                "--advert-interval must be at least 100ms".into(),
+            ));
+        }
+        net.advert_ttl = match &self.advert_ttl {
+            Some(s) => parse_duration(s).map_err(ConfigError)?,
+            None => advert_interval * 4,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let cpus = self.cpus.unwrap_or(cores);
+        if cpus == 0 || cpus > 1024 {
+            return Err(ConfigError(format!(
+                "--cpus must be between 1 and 1024, got {cpus}"
+            )));
+        }
+        let memory_per_chunk = match &self.memory {
+            Some(s) => parse_size(s).map_err(ConfigError)?,
+            None => 512 * 1024 * 1024,
+        };
+        Ok(NodeConfig {
+            data_dir,
+            net,
+            cpus,
+            memory_per_chunk,
+            api: parse_addr("api", self.api.as_deref().unwrap_or(DEFAULT_API), true)?,
+            metrics: parse_addr(
+                "metrics",
+                self.metrics.as_deref().unwrap_or(DEFAULT_METRICS),
+                false,
+            )?,
+            advert_interval,
+        })
+    }
+}
+
+/// Writes a file only its owner can read (keys, tokens), atomically: a reader sees
+/// the old file or the whole new one.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!(".tmp-{:016x}", u64::from_le_bytes(suffix)));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let result = (|| {
+        let mut file = options.open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Random bytes from the OS.
+pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
+    Ok(bytes)
 }
 
 /// Parses a size such as `256MiB`, `1 GB` or `1048576`.
@@ -81,6 +330,58 @@ mod tests {
         assert_eq!(parse_fuel("123"), Ok(123));
         assert!(parse_fuel("G").is_err());
         assert!(parse_fuel("99999999999999T").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_in() {
+        let file: NodeOptions = toml::from_str(
+            "cpus = 3\nbootstrap = [\"/ip4/127.0.0.1/tcp/1\"]\nno-mdns = true\nmemory = \"1GiB\"",
+        )
+        .unwrap();
+        let flags = NodeOptions {
+            cpus: Some(2),
+            ..NodeOptions::default()
+        };
+        let config = flags
+            .over(file)
+            .resolve(DataDir::resolve(Some("/tmp/x".into())))
+            .unwrap();
+        assert_eq!(config.cpus, 2);
+        assert_eq!(config.net.bootstrap.len(), 1);
+        assert!(!config.net.mdns);
+        assert_eq!(config.memory_per_chunk, 1 << 30);
+        assert_eq!(config.api, Some(DEFAULT_API.parse().unwrap()));
+        assert_eq!(config.net.advert_ttl, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn bad_options_say_what_is_wrong() {
+        let bad = |o: NodeOptions| o.resolve(DataDir::resolve(None)).unwrap_err().to_string();
+        assert!(
+            bad(NodeOptions {
+                api: Some("0.0.0.0:1".into()),
+                ..Default::default()
+            })
+            .contains("loopback")
+        );
+        assert!(
+            bad(NodeOptions {
+                cpus: Some(0),
+                ..Default::default()
+            })
+            .contains("--cpus")
+        );
+        assert!(
+            bad(NodeOptions {
+                listen: vec!["nope".into()],
+                ..Default::default()
+            })
+            .contains("multiaddr")
+        );
+        assert!(
+            toml::from_str::<NodeOptions>("cpu = 3").is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]

@@ -10,13 +10,24 @@
 //!   the sandbox: `peergrid run`, `demo` and `bench` use it.
 //! - [`config`]: where the node keeps its files (`--data-dir`), sizes and durations
 //!   given on the command line.
+//! - [`net`]: libp2p. One event loop owns the Swarm; everything else holds a
+//!   [`net::NetClient`]. Discovery, capacity adverts, blob exchange, penalties.
+//! - [`store`]: the content-addressed blob directory.
+//! - [`api`]: the local control API (axum, token-guarded) the CLI talks to.
+//! - [`Node`]: starts the subsystems in order and shuts them down in order.
 //! - [`cli`]: one file per subcommand; `main.rs` only parses and calls
 //!   [`cli::Cli::execute`].
 //!
-//! The network (libp2p), worker, scheduler, store and control API subsystems described
-//! in `docs/ARCHITECTURE.md` join this layout as they are built.
+//! The worker, scheduler and SQLite state described in `docs/ARCHITECTURE.md` join
+//! this layout as they are built.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod local;
+pub mod net;
+mod node;
 pub mod sandbox;
+pub mod store;
+
+pub use node::{Node, NodeError, NodeState, load_or_create_identity};

@@ -8,11 +8,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod client;
 pub mod common;
 pub mod demo;
 pub mod examples;
 pub mod inspect;
+pub mod node;
+pub mod peers;
 pub mod run;
+pub mod status;
 
 /// peergrid: a volunteer compute grid. Lend spare CPU, run jobs as sandboxed
 /// WebAssembly on many peers, accept results only when independent peers agree.
@@ -39,6 +43,9 @@ pub struct GlobalOpts {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Node(node::NodeCmd),
+    Peers(peers::PeersCmd),
+    Status(status::StatusCmd),
     Run(run::RunCmd),
     Inspect(inspect::InspectCmd),
     Examples(examples::ExamplesCmd),
@@ -51,6 +58,9 @@ impl Cli {
     /// Sets up `tracing` from `RUST_LOG`, or from `-v` (default: warnings only).
     pub fn init_logging(&self) {
         let default = match self.global.verbose {
+            0 if matches!(self.command, Command::Node(_)) => {
+                "info,libp2p_swarm=warn,libp2p_kad=error,libp2p_gossipsub=warn"
+            }
             0 => "warn",
             1 => "peergrid_node=debug,info",
             _ => "trace",
@@ -59,6 +69,7 @@ impl Cli {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .try_init();
     }
@@ -67,6 +78,9 @@ impl Cli {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let global = self.global;
         match self.command {
+            Command::Node(cmd) => cmd.execute(&global),
+            Command::Peers(cmd) => cmd.execute(&global),
+            Command::Status(cmd) => cmd.execute(&global),
             Command::Run(cmd) => cmd.execute(&global),
             Command::Inspect(cmd) => cmd.execute(&global),
             Command::Examples(cmd) => cmd.execute(),

@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -95,59 +94,35 @@ impl CompileCache {
     /// Stores a compiled module. Failures only cost a recompile later, so they are
     /// logged, not returned.
     pub fn store(&self, hash: &str, module: &Module) {
-        let result = (|| -> std::io::Result<()> {
-            let artifact = module.serialize().map_err(std::io::Error::other)?;
-            let mac = blake3::keyed_hash(&self.key, &artifact);
-            let mut tmp = tempfile_in(&self.dir)?;
-            tmp.1.write_all(mac.as_bytes())?;
-            tmp.1.write_all(&artifact)?;
-            tmp.1.sync_all()?;
-            std::fs::rename(&tmp.0, self.path(hash))
-        })();
+        let result = module
+            .serialize()
+            .map_err(std::io::Error::other)
+            .and_then(|artifact| {
+                let mac = blake3::keyed_hash(&self.key, &artifact);
+                let mut file = mac.as_bytes().to_vec();
+                file.extend_from_slice(&artifact);
+                crate::config::write_private_file(&self.path(hash), &file)
+            });
         if let Err(e) = result {
             tracing::warn!(dir = %self.dir.display(), error = %e, "could not cache a compiled module");
         }
     }
 }
 
-/// Creates a uniquely named file in `dir` for an atomic write-then-rename.
-fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix).map_err(std::io::Error::other)?;
-    let path = dir.join(format!(".tmp-{:016x}", u64::from_le_bytes(suffix)));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    Ok((path, file))
-}
-
 /// Reads the cache's MAC key, creating it (random, owner-only) the first time.
 fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
     match std::fs::read(path) {
-        Ok(bytes) if bytes.len() == 32 => {
-            let mut key = [0u8; 32];
-            key.copy_from_slice(&bytes);
-            return Ok(key);
-        }
-        Ok(_) => {
-            tracing::warn!(path = %path.display(), "cache key has the wrong size; replacing it")
+        Ok(bytes) => {
+            if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
+                return Ok(key);
+            }
+            tracing::warn!(path = %path.display(), "cache key has the wrong size; replacing it");
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut key = [0u8; 32];
-    getrandom::fill(&mut key).map_err(std::io::Error::other)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let (tmp, mut file) = tempfile_in(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    file.write_all(&key)?;
-    file.sync_all()?;
-    std::fs::rename(tmp, path)?;
+    let key = crate::config::random_bytes::<32>()?;
+    crate::config::write_private_file(path, &key)?;
     Ok(key)
 }
 

@@ -276,6 +276,35 @@ impl Sandbox {
         self.call(module, Entry::Merge, &list, limits, None)
     }
 
+    /// Measures how much fuel one slot burns per second on this machine: a busy loop
+    /// runs out of a fixed amount of fuel, three times, and the fastest run counts.
+    /// Takes a few tens of milliseconds; adverts carry the figure.
+    pub fn calibrate_fuel_per_sec(&self) -> u64 {
+        const FUEL: u64 = 20_000_000;
+        const WAT: &str = r#"(module
+          (import "peergrid" "log" (func (param i32 i32 i32)))
+          (memory (export "memory") 1)
+          (func (export "peergrid_abi_v1"))
+          (func (export "peergrid_alloc") (param i32) (result i32) (i32.const 64))
+          (func (export "peergrid_run") (param i32 i32) (result i32)
+            (local $x i32)
+            (loop $l
+              (local.set $x (i32.add (i32.mul (local.get $x) (i32.const 31)) (i32.const 7)))
+              (br $l))
+            (i32.const 0)))"#;
+        let Ok(module) = self.load(WAT.as_bytes()) else {
+            return 0;
+        };
+        let limits = Limits {
+            fuel: FUEL,
+            ..Limits::CHUNK
+        };
+        (0..3)
+            .map(|_| self.run_chunk(&module, b"", &limits).elapsed)
+            .min()
+            .map_or(0, |t| (FUEL as f64 / t.as_secs_f64().max(1e-6)) as u64)
+    }
+
     /// The engine's compatibility fingerprint (part of every compile-cache key).
     pub fn engine_fingerprint(&self) -> String {
         cache::engine_fingerprint(&self.inner.engine)

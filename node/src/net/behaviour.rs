@@ -1,0 +1,125 @@
+//! The libp2p behaviour: which protocols a peergrid peer speaks, configured once.
+
+use std::time::Duration;
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    StreamProtocol, allow_block_list, connection_limits, gossipsub, identify, identity, kad, mdns,
+    ping, request_response,
+};
+
+use super::NetConfig;
+use super::codec::PostcardCodec;
+use super::protocol::*;
+
+/// Every protocol a peer speaks. Owned by the event loop's `Swarm` and nothing else.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) gossipsub: gossipsub::Behaviour,
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(crate) task: request_response::Behaviour<PostcardCodec<TaskRequest, TaskReply>>,
+    pub(crate) result: request_response::Behaviour<PostcardCodec<ResultBatch, ResultAck>>,
+    pub(crate) blob: request_response::Behaviour<PostcardCodec<BlobRequest, BlobReply>>,
+}
+
+fn request_response<Req, Resp>(
+    protocol: &'static str,
+    max_request: usize,
+    max_response: usize,
+    timeout: Duration,
+) -> request_response::Behaviour<PostcardCodec<Req, Resp>>
+where
+    Req: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    Resp: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    request_response::Behaviour::with_codec(
+        PostcardCodec::new(max_request, max_response),
+        [(
+            StreamProtocol::new(protocol),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(timeout)
+            .with_max_concurrent_streams(64),
+    )
+}
+
+impl Behaviour {
+    pub(crate) fn new(key: &identity::Keypair, config: &NetConfig) -> anyhow::Result<Self> {
+        let peer_id = key.public().to_peer_id();
+
+        let limits = connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(config.max_connections))
+            .with_max_established_per_peer(Some(2))
+            .with_max_pending_incoming(Some(64))
+            .with_max_pending_outgoing(Some(64));
+
+        let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+        kad_config.set_query_timeout(Duration::from_secs(30));
+        kad_config.set_periodic_bootstrap_interval(Some(config.random_walk_interval));
+        let mut kad =
+            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        // Peers on private networks or loopback never get an external address
+        // confirmed (no AutoNAT yet), so answer DHT queries regardless.
+        kad.set_mode(Some(kad::Mode::Server));
+
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .heartbeat_interval(Duration::from_millis(500))
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .max_transmit_size(MAX_ADVERT_BYTES * 4)
+            .build()
+            .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+        )
+        .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+
+        let mdns = if config.mdns {
+            Some(mdns::tokio::Behaviour::new(
+                mdns::Config::default(),
+                peer_id,
+            )?)
+        } else {
+            None
+        };
+
+        Ok(Self {
+            limits: connection_limits::Behaviour::new(limits),
+            blocked: allow_block_list::Behaviour::default(),
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_agent_version(format!("peergrid/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ping: ping::Behaviour::new(ping::Config::new()),
+            kad,
+            gossipsub,
+            mdns: mdns.into(),
+            task: request_response(
+                TASK_PROTOCOL,
+                MAX_TASK_BYTES,
+                MAX_SMALL_BYTES,
+                config.request_timeout,
+            ),
+            result: request_response(
+                RESULT_PROTOCOL,
+                MAX_RESULT_BYTES,
+                MAX_SMALL_BYTES,
+                config.request_timeout,
+            ),
+            blob: request_response(
+                BLOB_PROTOCOL,
+                MAX_SMALL_BYTES,
+                MAX_BLOB_REPLY_BYTES,
+                config.request_timeout,
+            ),
+        })
+    }
+}

@@ -1,0 +1,234 @@
+//! A request-response codec for postcard messages with a hard size limit.
+//!
+//! request-response opens one stream per request and closes the writing side after
+//! the message, so a message is simply the stream's bytes. The reader takes at most
+//! `limit + 1` bytes: anything longer is refused before it is decoded, and anything
+//! that does not decode is refused too. Both come back as `io::ErrorKind::InvalidData`
+//! with an [`Offence`] inside, which the event loop counts against the peer.
+
+use std::io;
+use std::marker::PhantomData;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use libp2p::request_response;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// What a peer did wrong on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Offence {
+    /// A message longer than the protocol allows.
+    #[error("message over the {limit}-byte limit of {protocol}")]
+    Oversized {
+        /// The protocol.
+        protocol: String,
+        /// Its limit.
+        limit: usize,
+    },
+    /// Bytes that do not decode as the protocol's message.
+    #[error("undecodable {protocol} message: {reason}")]
+    Garbled {
+        /// The protocol.
+        protocol: String,
+        /// What the decoder said.
+        reason: String,
+    },
+}
+
+impl Offence {
+    /// Finds an offence inside an I/O error produced by this codec.
+    pub fn from_io(error: &io::Error) -> Option<&Offence> {
+        if error.kind() != io::ErrorKind::InvalidData {
+            return None;
+        }
+        error.get_ref()?.downcast_ref::<Offence>()
+    }
+}
+
+/// Postcard over request-response, `Req` out and `Resp` back, each with a size limit.
+pub struct PostcardCodec<Req, Resp> {
+    max_request: usize,
+    max_response: usize,
+    _types: PhantomData<fn() -> (Req, Resp)>,
+}
+
+impl<Req, Resp> std::fmt::Debug for PostcardCodec<Req, Resp> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostcardCodec")
+            .field("max_request", &self.max_request)
+            .field("max_response", &self.max_response)
+            .finish()
+    }
+}
+
+impl<Req, Resp> Clone for PostcardCodec<Req, Resp> {
+    fn clone(&self) -> Self {
+        Self::new(self.max_request, self.max_response)
+    }
+}
+
+impl<Req, Resp> PostcardCodec<Req, Resp> {
+    /// A codec with these limits, in bytes.
+    pub fn new(max_request: usize, max_response: usize) -> Self {
+        Self {
+            max_request,
+            max_response,
+            _types: PhantomData,
+        }
+    }
+}
+
+/// Reads a whole message of at most `limit` bytes and decodes it.
+pub async fn read_message<T, R>(io: &mut R, limit: usize, protocol: &str) -> io::Result<T>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin + Send,
+{
+    let mut buf = Vec::new();
+    io.take(limit as u64 + 1).read_to_end(&mut buf).await?;
+    if buf.len() > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            Offence::Oversized {
+                protocol: protocol.to_string(),
+                limit,
+            },
+        ));
+    }
+    decode(&buf, protocol)
+}
+
+/// Decodes a message, turning failure into a [`Offence::Garbled`] I/O error.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], protocol: &str) -> io::Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            Offence::Garbled {
+                protocol: protocol.to_string(),
+                reason: e.to_string(),
+            },
+        )
+    })
+}
+
+/// Encodes a message, refusing to send one over `limit` (our own bug, not the peer's).
+pub fn encode<T: Serialize>(value: &T, limit: usize) -> io::Result<Vec<u8>> {
+    let bytes = postcard::to_allocvec(value).map_err(io::Error::other)?;
+    if bytes.len() > limit {
+        return Err(io::Error::other(format!(
+            "refusing to send a {}-byte message over the {limit}-byte limit",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+async fn write_message<T, W>(io: &mut W, value: T, limit: usize) -> io::Result<()>
+where
+    T: Serialize,
+    W: AsyncWrite + Unpin + Send,
+{
+    let bytes = encode(&value, limit)?;
+    io.write_all(&bytes).await?;
+    io.close().await
+}
+
+impl<Req, Resp> request_response::Codec for PostcardCodec<Req, Resp>
+where
+    Req: Serialize + DeserializeOwned + Send + 'static,
+    Resp: Serialize + DeserializeOwned + Send + 'static,
+{
+    type Protocol = StreamProtocol;
+    type Request = Req;
+    type Response = Resp;
+
+    async fn read_request<T>(&mut self, protocol: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_message(io, self.max_request, protocol.as_ref()).await
+    }
+
+    async fn read_response<T>(&mut self, protocol: &StreamProtocol, io: &mut T) -> io::Result<Resp>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_message(io, self.max_response, protocol.as_ref()).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _protocol: &StreamProtocol,
+        io: &mut T,
+        req: Req,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_message(io, req, self.max_request).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _protocol: &StreamProtocol,
+        io: &mut T,
+        res: Resp,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_message(io, res, self.max_response).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::protocol::{BlobRequest, TaskRequest};
+
+    fn read<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> io::Result<T> {
+        futures::executor::block_on(read_message(&mut &bytes[..], limit, "/t/1"))
+    }
+
+    #[test]
+    fn oversized_and_garbled_messages_are_offences() {
+        let err = read::<BlobRequest>(&[0u8; 100], 10).unwrap_err();
+        assert!(matches!(
+            Offence::from_io(&err),
+            Some(Offence::Oversized { .. })
+        ));
+        let err = read::<BlobRequest>(&[0xff; 5], 10).unwrap_err();
+        assert!(matches!(
+            Offence::from_io(&err),
+            Some(Offence::Garbled { .. })
+        ));
+        let err = read::<TaskRequest>(&[], 10).unwrap_err();
+        assert!(matches!(
+            Offence::from_io(&err),
+            Some(Offence::Garbled { .. })
+        ));
+    }
+
+    #[test]
+    fn a_huge_declared_length_does_not_allocate_it() {
+        // An Offer claiming 2^60 assignments in a few bytes: decoding fails fast.
+        let mut bytes = vec![0u8]; // variant Offer
+        bytes.extend_from_slice(&[0u8; 16]); // job id
+        bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+        let err = read::<TaskRequest>(&bytes, 1 << 20).unwrap_err();
+        assert!(Offence::from_io(&err).is_some());
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let req = BlobRequest {
+            hash: crate::net::protocol::BlobHash::of(b"x"),
+            offset: 5,
+            len: 7,
+        };
+        let bytes = encode(&req, 1000).expect("encodes");
+        assert_eq!(read::<BlobRequest>(&bytes, 1000).expect("decodes"), req);
+        assert!(encode(&req, 3).is_err());
+    }
+}

@@ -1,0 +1,495 @@
+//! The one task that owns the `Swarm`.
+//!
+//! It takes [`Command`]s from [`NetClient`](super::NetClient)s (each with a `oneshot`
+//! for the reply, kept in `pending_*` maps keyed by request id), turns swarm events
+//! into replies, into [`NetEvent`]s for the node (inbound requests, carrying their
+//! response channel) and into the [`PeerBook`]. It makes no decisions about work: what
+//! to accept, run or send is decided above it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, mdns, ping, request_response};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::codec::{self, Offence};
+use super::peers::{NetStatus, PeerBook, PeerInfo};
+use super::protocol::*;
+use super::{NetConfig, NetEvent, RequestError};
+
+/// Offences a peer may commit before it is disconnected and banned.
+pub(crate) const OFFENCE_THRESHOLD: u32 = 5;
+/// How long a banned peer stays banned.
+const BAN_TIME: Duration = Duration::from_secs(600);
+/// Below this many connections, peers found in the DHT are dialled.
+const TARGET_CONNECTIONS: usize = 48;
+
+type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
+type PendingMap<T> = HashMap<request_response::OutboundRequestId, Reply<T>>;
+
+/// What a [`NetClient`](super::NetClient) asks of the event loop.
+pub(crate) enum Command {
+    Dial(Multiaddr, oneshot::Sender<Result<(), String>>),
+    PublishAdvert(CapacityAdvert),
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    Status(oneshot::Sender<NetStatus>),
+    SendTask(PeerId, TaskRequest, Reply<TaskReply>),
+    SendResults(PeerId, ResultBatch, Reply<ResultAck>),
+    GetBlobPiece(PeerId, BlobRequest, Reply<BlobReply>),
+    RespondTask(request_response::ResponseChannel<TaskReply>, TaskReply),
+    RespondResults(request_response::ResponseChannel<ResultAck>, ResultAck),
+    RespondBlob(request_response::ResponseChannel<BlobReply>, BlobReply),
+    Penalize(PeerId, String),
+}
+
+pub(crate) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    shutdown: CancellationToken,
+    config: NetConfig,
+    book: PeerBook,
+    topic: gossipsub::IdentTopic,
+    own_advert: Option<CapacityAdvert>,
+    pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
+    pending_task: PendingMap<TaskReply>,
+    pending_result: PendingMap<ResultAck>,
+    pending_blob: PendingMap<BlobReply>,
+    bans: HashMap<PeerId, Instant>,
+    bootstrapped: bool,
+    dropped_inbound: u64,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<NetEvent>,
+        shutdown: CancellationToken,
+        config: NetConfig,
+    ) -> Self {
+        Self {
+            swarm,
+            commands,
+            events,
+            shutdown,
+            book: PeerBook::new(config.advert_ttl),
+            config,
+            topic: gossipsub::IdentTopic::new(CAPACITY_TOPIC),
+            own_advert: None,
+            pending_dial: HashMap::new(),
+            pending_task: HashMap::new(),
+            pending_result: HashMap::new(),
+            pending_blob: HashMap::new(),
+            bans: HashMap::new(),
+            bootstrapped: false,
+            dropped_inbound: 0,
+        }
+    }
+
+    /// Runs until the shutdown token fires. Local work (commands, i.e. replies to
+    /// requests already accepted) is served before new network events.
+    pub(crate) async fn run(mut self) {
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&self.topic) {
+            tracing::error!(error = %e, "could not subscribe to the capacity topic");
+        }
+        for addr in self.config.bootstrap.clone() {
+            self.dial_addr(addr, None);
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        tracing::debug!("network event loop stopped");
+    }
+
+    fn on_tick(&mut self) {
+        self.book.expire_adverts();
+        let now = Instant::now();
+        let expired: Vec<PeerId> = self
+            .bans
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            self.bans.remove(&peer);
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            self.book.forgive(&peer);
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Dial(addr, reply) => self.dial_addr(addr, Some(reply)),
+            Command::PublishAdvert(advert) => self.publish(advert),
+            Command::Peers(reply) => {
+                let _ = reply.send(self.book.snapshot());
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::SendTask(peer, req, reply) => {
+                let id = self.swarm.behaviour_mut().task.send_request(&peer, req);
+                self.pending_task.insert(id, reply);
+            }
+            Command::SendResults(peer, req, reply) => {
+                let id = self.swarm.behaviour_mut().result.send_request(&peer, req);
+                self.pending_result.insert(id, reply);
+            }
+            Command::GetBlobPiece(peer, req, reply) => {
+                let id = self.swarm.behaviour_mut().blob.send_request(&peer, req);
+                self.pending_blob.insert(id, reply);
+            }
+            Command::RespondTask(channel, reply) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .task
+                    .send_response(channel, reply);
+            }
+            Command::RespondResults(channel, ack) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .result
+                    .send_response(channel, ack);
+            }
+            Command::RespondBlob(channel, reply) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .blob
+                    .send_response(channel, reply);
+            }
+            Command::Penalize(peer, reason) => self.penalize(peer, &reason),
+        }
+    }
+
+    fn status(&self) -> NetStatus {
+        NetStatus {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
+            connected_peers: self.swarm.connected_peers().count(),
+            known_peers: self.book.len(),
+            adverts: self.book.advert_count(),
+            own_advert: self.own_advert.clone(),
+            offences: self.book.total_offences(),
+            banned_peers: self.bans.len(),
+            dropped_inbound: self.dropped_inbound,
+        }
+    }
+
+    fn dial_addr(&mut self, addr: Multiaddr, reply: Option<oneshot::Sender<Result<(), String>>>) {
+        let peer = addr.iter().find_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+            _ => None,
+        });
+        if let Some(peer) = peer {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+        }
+        match self.swarm.dial(addr.clone()) {
+            Ok(()) => {
+                if let Some(reply) = reply {
+                    match peer {
+                        Some(peer) => self.pending_dial.entry(peer).or_default().push(reply),
+                        None => {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "could not dial");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, advert: CapacityAdvert) {
+        self.own_advert = Some(advert.clone());
+        let Ok(bytes) = codec::encode(&advert, MAX_ADVERT_BYTES) else {
+            tracing::error!("own capacity advert is over the size limit");
+            return;
+        };
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), bytes)
+        {
+            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(gossipsub::PublishError::Duplicate) => {}
+            Err(e) => tracing::debug!(error = %e, "advert not published"),
+        }
+    }
+
+    /// Counts an offence; past the threshold the peer is disconnected and banned.
+    fn penalize(&mut self, peer: PeerId, reason: &str) {
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        let count = self.book.offence(peer);
+        tracing::warn!(%peer, offences = count, "peer misbehaved: {reason}");
+        if count >= OFFENCE_THRESHOLD && !self.bans.contains_key(&peer) {
+            tracing::warn!(%peer, "disconnecting and banning peer for {BAN_TIME:?}");
+            self.bans.insert(peer, Instant::now() + BAN_TIME);
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+            self.swarm.behaviour_mut().kad.remove_peer(&peer);
+            self.book.forget_advert(&peer);
+        }
+    }
+
+    /// Hands an inbound request to the node; when the node is overloaded the request
+    /// is dropped (the peer sees its stream closed) rather than queued without bound.
+    fn deliver(&mut self, event: NetEvent) {
+        if self.events.try_send(event).is_err() {
+            self.dropped_inbound += 1;
+            tracing::debug!("node busy: dropped an inbound request");
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                self.book
+                    .connected(peer_id, endpoint.get_remote_address().clone());
+                for reply in self.pending_dial.remove(&peer_id).unwrap_or_default() {
+                    let _ = reply.send(Ok(()));
+                }
+                if !self.bootstrapped {
+                    self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => self.book.disconnected(&peer_id),
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } if !matches!(error, DialError::DialPeerConditionFalse(_)) => {
+                for reply in self.pending_dial.remove(&peer).unwrap_or_default() {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_identify(peer_id, info)
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => self.book.rtt(peer, rtt),
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) if !self.swarm.is_connected(&peer)
+                && self.swarm.connected_peers().count() < TARGET_CONNECTIONS
+                && !self.bans.contains_key(&peer) =>
+            {
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addresses.into_vec())
+                    .build();
+                let _ = self.swarm.dial(opts);
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip(propagation_source, message_id, message),
+            BehaviourEvent::Task(event) => self.on_request_response(
+                event,
+                |s| &mut s.pending_task,
+                |peer, request, channel| NetEvent::Task {
+                    peer,
+                    request,
+                    channel,
+                },
+            ),
+            BehaviourEvent::Result(event) => self.on_request_response(
+                event,
+                |s| &mut s.pending_result,
+                |peer, request, channel| NetEvent::Results {
+                    peer,
+                    request,
+                    channel,
+                },
+            ),
+            BehaviourEvent::Blob(event) => self.on_request_response(
+                event,
+                |s| &mut s.pending_blob,
+                |peer, request, channel| NetEvent::Blob {
+                    peer,
+                    request,
+                    channel,
+                },
+            ),
+            _ => {}
+        }
+    }
+
+    fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        if info.protocol_version != IDENTIFY_PROTOCOL {
+            // Another major version (or another network): ignored politely.
+            tracing::debug!(%peer, version = %info.protocol_version, "ignoring peer of another protocol version");
+            self.book.foreign(peer, info.protocol_version);
+            return;
+        }
+        let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(16).collect();
+        for addr in &addrs {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+        }
+        self.book.identified(peer, addrs, info.agent_version);
+    }
+
+    fn on_gossip(&mut self, via: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let acceptance = match self.check_advert(&message) {
+            Ok(Some((source, advert))) => {
+                self.book.advert(source, advert);
+                gossipsub::MessageAcceptance::Accept
+            }
+            Ok(None) => gossipsub::MessageAcceptance::Ignore,
+            Err(offence) => {
+                self.penalize(via, &offence);
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &via, acceptance);
+    }
+
+    /// `Ok(Some)` for a new advert, `Ok(None)` for one to ignore (stale, own, other
+    /// version), `Err` for garbage.
+    fn check_advert(
+        &self,
+        message: &gossipsub::Message,
+    ) -> Result<Option<(PeerId, CapacityAdvert)>, String> {
+        let Some(source) = message.source else {
+            return Err("unsigned advert".into());
+        };
+        if source == *self.swarm.local_peer_id() {
+            return Ok(None);
+        }
+        if message.data.len() > MAX_ADVERT_BYTES {
+            return Err(format!("advert of {} bytes", message.data.len()));
+        }
+        // Decode only the version first, so adverts of a future layout are ignored,
+        // not punished.
+        let version: u16 = postcard::take_from_bytes::<u16>(&message.data)
+            .map(|(v, _)| v)
+            .map_err(|e| format!("undecodable advert: {e}"))?;
+        if version != PROTOCOL_VERSION {
+            return Ok(None);
+        }
+        let advert: CapacityAdvert =
+            codec::decode(&message.data, CAPACITY_TOPIC).map_err(|e| e.to_string())?;
+        advert.check()?;
+        if !self.book.is_newer(&source, advert.seq) {
+            return Ok(None);
+        }
+        Ok(Some((source, advert)))
+    }
+
+    /// Penalises a peer whose request or response broke the wire rules.
+    fn on_failure(&mut self, peer: PeerId, error: &std::io::Error) {
+        if let Some(offence) = Offence::from_io(error) {
+            let reason = offence.to_string();
+            self.penalize(peer, &reason);
+        }
+    }
+
+    /// One request-response protocol's events: inbound requests go up to the node,
+    /// responses and failures to the waiting `oneshot`, wire offences are counted.
+    fn on_request_response<Req, Resp>(
+        &mut self,
+        event: request_response::Event<Req, Resp>,
+        pending: fn(&mut Self) -> &mut PendingMap<Resp>,
+        inbound: fn(PeerId, Req, request_response::ResponseChannel<Resp>) -> NetEvent,
+    ) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.deliver(inbound(peer, request, channel)),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = pending(self).remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let request_response::OutboundFailure::Io(e) = &error {
+                    self.on_failure(peer, e);
+                }
+                if let Some(reply) = pending(self).remove(&request_id) {
+                    let _ = reply.send(Err(RequestError::from(error)));
+                }
+            }
+            request_response::Event::InboundFailure {
+                peer,
+                error: request_response::InboundFailure::Io(e),
+                ..
+            } => self.on_failure(peer, &e),
+            _ => {}
+        }
+    }
+}

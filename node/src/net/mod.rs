@@ -1,0 +1,343 @@
+//! The peer network (libp2p).
+//!
+//! # Who talks to whom
+//! - [`start`] builds the `Swarm` (TCP + Noise + Yamux, and QUIC; identify, ping,
+//!   Kademlia on `/peergrid/kad/1.0.0`, gossipsub, mDNS, connection limits, a ban list
+//!   and three request-response protocols with a size-capped postcard codec), starts
+//!   listening and spawns the [`event_loop`], the only task that touches the Swarm.
+//! - Everything else holds a cloneable [`NetClient`]: each call sends a `Command` with
+//!   a `oneshot` for its reply over a bounded channel.
+//! - Inbound requests (task offers, result batches, blob pieces) come up to the node
+//!   as [`NetEvent`]s carrying their response channel, over a bounded channel; when the
+//!   node is too busy to take one, the request is dropped, not queued.
+//! - Capacity adverts arrive on gossip; the event loop validates them (size, decode,
+//!   version, sequence number) and keeps the freshest per peer in its `PeerBook`, where
+//!   they expire when a peer stops advertising.
+//! - [`fetch`] gets a blob from the peers that hold it, piece by piece, verifying the
+//!   BLAKE3 hash before the blob enters the store.
+//! - A peer whose messages are oversized or garbled is penalised; past
+//!   [`event_loop::OFFENCE_THRESHOLD`] offences it is disconnected and banned.
+
+mod behaviour;
+pub mod codec;
+pub(crate) mod event_loop;
+pub mod fetch;
+pub mod peers;
+pub mod protocol;
+
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId, identity, request_response};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use self::event_loop::{Command, EventLoop};
+pub use self::peers::{NetStatus, PeerInfo};
+use self::protocol::*;
+
+/// Network settings, resolved from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on (TCP and/or QUIC multiaddrs).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start (with `/p2p/<id>` when known).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// Adverts older than this leave the capacity view.
+    pub advert_ttl: Duration,
+    /// How often the DHT is walked to find more peers.
+    pub random_walk_interval: Duration,
+    /// How long a request may take before it fails.
+    pub request_timeout: Duration,
+    /// Close connections idle for this long.
+    pub idle_timeout: Duration,
+    /// Most connections in total.
+    pub max_connections: u32,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/7946".parse().expect("valid multiaddr"),
+                "/ip4/0.0.0.0/udp/7946/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            advert_ttl: Duration::from_secs(20),
+            random_walk_interval: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 256,
+        }
+    }
+}
+
+/// An inbound request for the node to answer through the [`NetClient`].
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A task offer or cancel from a submitter.
+    Task {
+        /// Who sent it.
+        peer: PeerId,
+        /// The request.
+        request: TaskRequest,
+        /// Where the reply goes.
+        channel: request_response::ResponseChannel<TaskReply>,
+    },
+    /// Results from a worker.
+    Results {
+        /// Who sent them.
+        peer: PeerId,
+        /// The batch.
+        request: ResultBatch,
+        /// Where the ack goes.
+        channel: request_response::ResponseChannel<ResultAck>,
+    },
+    /// A request for a blob piece.
+    Blob {
+        /// Who asks.
+        peer: PeerId,
+        /// What for.
+        request: BlobRequest,
+        /// Where the piece goes.
+        channel: request_response::ResponseChannel<BlobReply>,
+    },
+}
+
+/// Why a request to a peer failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The peer could not be reached.
+    #[error("could not reach the peer")]
+    Unreachable,
+    /// No answer in time.
+    #[error("the peer did not answer in time")]
+    Timeout,
+    /// The connection closed before the answer.
+    #[error("the connection closed")]
+    ConnectionClosed,
+    /// The peer does not speak this protocol (version).
+    #[error("the peer does not speak this protocol version")]
+    Unsupported,
+    /// The answer broke the wire rules, or I/O failed.
+    #[error("bad answer: {0}")]
+    Io(String),
+    /// The network task is gone (shutting down).
+    #[error("the network is shut down")]
+    Shutdown,
+}
+
+impl From<request_response::OutboundFailure> for RequestError {
+    fn from(f: request_response::OutboundFailure) -> Self {
+        use request_response::OutboundFailure as F;
+        match f {
+            F::DialFailure => Self::Unreachable,
+            F::Timeout => Self::Timeout,
+            F::ConnectionClosed => Self::ConnectionClosed,
+            F::UnsupportedProtocols => Self::Unsupported,
+            F::Io(e) => Self::Io(e.to_string()),
+        }
+    }
+}
+
+/// A handle to the network. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct NetClient {
+    commands: mpsc::Sender<Command>,
+    local_peer_id: PeerId,
+}
+
+/// Capacity of the command channel. Senders wait when it is full (backpressure).
+const COMMAND_QUEUE: usize = 1024;
+/// Capacity of the inbound event channel. Requests beyond it are dropped.
+const EVENT_QUEUE: usize = 512;
+
+impl NetClient {
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, RequestError>>) -> Command,
+    ) -> Result<T, RequestError> {
+        self.ask(make).await.unwrap_or(Err(RequestError::Shutdown))
+    }
+
+    async fn tell(&self, command: Command) {
+        let _ = self.commands.send(command).await;
+    }
+
+    /// Dials an address; resolves when connected (or at once when it names no peer id).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), String> {
+        self.ask(|tx| Command::Dial(addr, tx))
+            .await
+            .unwrap_or_else(|| Err("the network is shut down".into()))
+    }
+
+    /// Publishes this node's capacity advert.
+    pub async fn publish_advert(&self, advert: CapacityAdvert) {
+        self.tell(Command::PublishAdvert(advert)).await;
+    }
+
+    /// Every known peer.
+    pub async fn peers(&self) -> Vec<PeerInfo> {
+        self.ask(Command::Peers).await.unwrap_or_default()
+    }
+
+    /// The network's view of this node.
+    pub async fn status(&self) -> Option<NetStatus> {
+        self.ask(Command::Status).await
+    }
+
+    /// Sends a task request and waits for the reply.
+    pub async fn send_task(
+        &self,
+        peer: PeerId,
+        req: TaskRequest,
+    ) -> Result<TaskReply, RequestError> {
+        self.request(|tx| Command::SendTask(peer, req, tx)).await
+    }
+
+    /// Sends a batch of results and waits for the ack.
+    pub async fn send_results(
+        &self,
+        peer: PeerId,
+        batch: ResultBatch,
+    ) -> Result<ResultAck, RequestError> {
+        self.request(|tx| Command::SendResults(peer, batch, tx))
+            .await
+    }
+
+    /// Asks a peer for one piece of a blob.
+    pub async fn get_blob_piece(
+        &self,
+        peer: PeerId,
+        req: BlobRequest,
+    ) -> Result<BlobReply, RequestError> {
+        self.request(|tx| Command::GetBlobPiece(peer, req, tx))
+            .await
+    }
+
+    /// Answers a task request.
+    pub async fn respond_task(
+        &self,
+        channel: request_response::ResponseChannel<TaskReply>,
+        reply: TaskReply,
+    ) {
+        self.tell(Command::RespondTask(channel, reply)).await;
+    }
+
+    /// Acknowledges a result batch.
+    pub async fn respond_results(
+        &self,
+        channel: request_response::ResponseChannel<ResultAck>,
+        ack: ResultAck,
+    ) {
+        self.tell(Command::RespondResults(channel, ack)).await;
+    }
+
+    /// Answers a blob request.
+    pub async fn respond_blob(
+        &self,
+        channel: request_response::ResponseChannel<BlobReply>,
+        reply: BlobReply,
+    ) {
+        self.tell(Command::RespondBlob(channel, reply)).await;
+    }
+
+    /// Counts an offence against a peer (bad data it sent that the network could not
+    /// see, e.g. a blob whose bytes do not match its hash).
+    pub async fn penalize(&self, peer: PeerId, reason: impl Into<String>) {
+        self.tell(Command::Penalize(peer, reason.into())).await;
+    }
+}
+
+/// The running network: its client, the inbound requests, and its task.
+#[derive(Debug)]
+pub struct Network {
+    /// The handle.
+    pub client: NetClient,
+    /// Inbound requests for the node.
+    pub events: mpsc::Receiver<NetEvent>,
+    /// The event loop's task; ends after `shutdown` fires.
+    pub task: JoinHandle<()>,
+}
+
+/// Errors starting the network.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The transport or behaviour could not be built.
+    #[error("could not set up the network: {0}")]
+    Setup(String),
+    /// An address could not be listened on.
+    #[error(
+        "could not listen on {addr}: {reason} (is another node using it? pick another with --listen)"
+    )]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Builds the swarm, listens, and spawns the event loop. It stops when `shutdown`
+/// fires.
+pub fn start(
+    keypair: &identity::Keypair,
+    config: NetConfig,
+    shutdown: CancellationToken,
+) -> Result<Network, NetError> {
+    let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+    let behaviour_config = config.clone();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default().nodelay(true),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .map_err(|e| setup(&e))?
+        .with_quic()
+        .with_behaviour(|key| {
+            behaviour::Behaviour::new(key, &behaviour_config)
+                .map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string()))
+        })
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        .build();
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    let local_peer_id = *swarm.local_peer_id();
+    let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
+    let event_loop = EventLoop::new(swarm, command_rx, event_tx, shutdown, config);
+    let task = tokio::spawn(event_loop.run());
+    Ok(Network {
+        client: NetClient {
+            commands: command_tx,
+            local_peer_id,
+        },
+        events: event_rx,
+        task,
+    })
+}

@@ -1,0 +1,291 @@
+//! What the network knows about other peers: addresses, latency, connections, the
+//! latest capacity advert and offences. Owned by the event loop; others get
+//! snapshots ([`PeerInfo`], [`NetStatus`]). Bounded: at most [`MAX_PEERS`] entries,
+//! each with at most [`MAX_ADDRS`] addresses.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+
+use super::protocol::CapacityAdvert;
+
+/// Most peers remembered.
+pub const MAX_PEERS: usize = 4096;
+/// Most addresses remembered per peer.
+pub const MAX_ADDRS: usize = 8;
+
+#[derive(Debug, Default)]
+struct Entry {
+    addrs: Vec<Multiaddr>,
+    connected: bool,
+    rtt: Option<Duration>,
+    agent: Option<String>,
+    foreign_version: Option<String>,
+    advert: Option<(CapacityAdvert, Instant)>,
+    last_seq: u64,
+    offences: u32,
+}
+
+/// A snapshot of one known peer, as `peergrid peers` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The peer's id.
+    pub peer_id: String,
+    /// Addresses it listens on (or we reached it at).
+    pub addrs: Vec<String>,
+    /// Whether a connection is open.
+    pub connected: bool,
+    /// Round-trip time of the last ping, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Its software version.
+    pub agent: Option<String>,
+    /// Set when it speaks another protocol version (it is ignored).
+    pub foreign_version: Option<String>,
+    /// Its latest capacity advert, while fresh.
+    pub advert: Option<CapacityAdvert>,
+    /// Seconds since that advert arrived.
+    pub advert_age_s: Option<f64>,
+    /// Offences counted against it.
+    pub offences: u32,
+}
+
+/// The network side of `peergrid status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetStatus {
+    /// This node's id.
+    pub peer_id: String,
+    /// Addresses it listens on.
+    pub listen_addrs: Vec<String>,
+    /// Peers with an open connection.
+    pub connected_peers: usize,
+    /// Peers remembered.
+    pub known_peers: usize,
+    /// Fresh capacity adverts in the view.
+    pub adverts: usize,
+    /// The advert this node last published.
+    pub own_advert: Option<CapacityAdvert>,
+    /// Offences counted against all peers.
+    pub offences: u64,
+    /// Peers banned now.
+    pub banned_peers: usize,
+    /// Inbound requests dropped because the node was busy.
+    pub dropped_inbound: u64,
+}
+
+/// The table itself.
+#[derive(Debug)]
+pub(crate) struct PeerBook {
+    peers: HashMap<PeerId, Entry>,
+    advert_ttl: Duration,
+    total_offences: u64,
+}
+
+impl PeerBook {
+    pub(crate) fn new(advert_ttl: Duration) -> Self {
+        Self {
+            peers: HashMap::new(),
+            advert_ttl,
+            total_offences: 0,
+        }
+    }
+
+    fn entry(&mut self, peer: PeerId) -> &mut Entry {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_PEERS {
+            self.prune();
+        }
+        self.peers.entry(peer).or_default()
+    }
+
+    /// Drops peers that are neither connected nor advertising, then (if still full)
+    /// arbitrary unconnected ones.
+    fn prune(&mut self) {
+        self.peers
+            .retain(|_, e| e.connected || e.advert.is_some() || e.offences > 0);
+        if self.peers.len() >= MAX_PEERS {
+            let victims: Vec<PeerId> = self
+                .peers
+                .iter()
+                .filter(|(_, e)| !e.connected)
+                .map(|(p, _)| *p)
+                .take(MAX_PEERS / 8)
+                .collect();
+            for p in victims {
+                self.peers.remove(&p);
+            }
+        }
+    }
+
+    fn add_addr(entry: &mut Entry, addr: Multiaddr) {
+        if !entry.addrs.contains(&addr) {
+            if entry.addrs.len() >= MAX_ADDRS {
+                entry.addrs.remove(0);
+            }
+            entry.addrs.push(addr);
+        }
+    }
+
+    pub(crate) fn connected(&mut self, peer: PeerId, addr: Multiaddr) {
+        let entry = self.entry(peer);
+        entry.connected = true;
+        Self::add_addr(entry, addr);
+    }
+
+    pub(crate) fn disconnected(&mut self, peer: &PeerId) {
+        if let Some(e) = self.peers.get_mut(peer) {
+            e.connected = false;
+        }
+    }
+
+    pub(crate) fn identified(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, agent: String) {
+        let entry = self.entry(peer);
+        entry.agent = Some(agent.chars().take(64).collect());
+        entry.foreign_version = None;
+        for addr in addrs {
+            Self::add_addr(entry, addr);
+        }
+    }
+
+    pub(crate) fn foreign(&mut self, peer: PeerId, version: String) {
+        self.entry(peer).foreign_version = Some(version.chars().take(64).collect());
+    }
+
+    pub(crate) fn rtt(&mut self, peer: PeerId, rtt: Duration) {
+        if let Some(e) = self.peers.get_mut(&peer) {
+            e.rtt = Some(rtt);
+        }
+    }
+
+    /// Whether `seq` is newer than the last advert seen from `peer`.
+    pub(crate) fn is_newer(&self, peer: &PeerId, seq: u64) -> bool {
+        self.peers.get(peer).is_none_or(|e| seq > e.last_seq)
+    }
+
+    pub(crate) fn advert(&mut self, peer: PeerId, advert: CapacityAdvert) {
+        let entry = self.entry(peer);
+        entry.last_seq = advert.seq;
+        entry.advert = Some((advert, Instant::now()));
+    }
+
+    pub(crate) fn forget_advert(&mut self, peer: &PeerId) {
+        if let Some(e) = self.peers.get_mut(peer) {
+            e.advert = None;
+        }
+    }
+
+    /// Drops adverts older than the TTL: a peer that stopped advertising (killed,
+    /// cut off) leaves the capacity view.
+    pub(crate) fn expire_adverts(&mut self) {
+        let ttl = self.advert_ttl;
+        for entry in self.peers.values_mut() {
+            if entry
+                .advert
+                .as_ref()
+                .is_some_and(|(_, at)| at.elapsed() > ttl)
+            {
+                entry.advert = None;
+            }
+        }
+    }
+
+    /// Counts an offence and returns the peer's total.
+    pub(crate) fn offence(&mut self, peer: PeerId) -> u32 {
+        self.total_offences += 1;
+        let entry = self.entry(peer);
+        entry.offences += 1;
+        entry.offences
+    }
+
+    /// Clears a peer's offences when its ban ends.
+    pub(crate) fn forgive(&mut self, peer: &PeerId) {
+        if let Some(e) = self.peers.get_mut(peer) {
+            e.offences = 0;
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub(crate) fn advert_count(&self) -> usize {
+        self.peers.values().filter(|e| e.advert.is_some()).count()
+    }
+
+    pub(crate) fn total_offences(&self) -> u64 {
+        self.total_offences
+    }
+
+    /// Peers with a fresh advert, for choosing workers.
+    pub(crate) fn snapshot(&self) -> Vec<PeerInfo> {
+        let mut out: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .map(|(peer, e)| PeerInfo {
+                peer_id: peer.to_string(),
+                addrs: e.addrs.iter().map(ToString::to_string).collect(),
+                connected: e.connected,
+                rtt_ms: e.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                agent: e.agent.clone(),
+                foreign_version: e.foreign_version.clone(),
+                advert: e.advert.as_ref().map(|(a, _)| a.clone()),
+                advert_age_s: e.advert.as_ref().map(|(_, at)| at.elapsed().as_secs_f64()),
+                offences: e.offences,
+            })
+            .collect();
+        out.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::protocol::PROTOCOL_VERSION;
+
+    fn advert(seq: u64) -> CapacityAdvert {
+        CapacityAdvert {
+            version: PROTOCOL_VERSION,
+            seq,
+            slots_total: 2,
+            slots_free: 2,
+            cores: 2,
+            memory_limit: 1 << 28,
+            fuel_per_sec: 1_000_000_000,
+            features: vec![],
+        }
+    }
+
+    #[test]
+    fn adverts_expire_and_stale_ones_are_not_newer() {
+        let mut book = PeerBook::new(Duration::from_millis(20));
+        let peer = PeerId::random();
+        assert!(book.is_newer(&peer, 1));
+        book.advert(peer, advert(5));
+        assert!(!book.is_newer(&peer, 5));
+        assert!(book.is_newer(&peer, 6));
+        assert_eq!(book.advert_count(), 1);
+        std::thread::sleep(Duration::from_millis(30));
+        book.expire_adverts();
+        assert_eq!(book.advert_count(), 0);
+        assert!(!book.is_newer(&peer, 5), "seq is remembered after expiry");
+    }
+
+    #[test]
+    fn the_book_is_bounded() {
+        let mut book = PeerBook::new(Duration::from_secs(10));
+        for _ in 0..MAX_PEERS + 100 {
+            book.rtt(PeerId::random(), Duration::from_millis(1));
+            book.foreign(PeerId::random(), "x".into());
+        }
+        assert!(book.len() <= MAX_PEERS);
+        let peer = PeerId::random();
+        for i in 0..100u16 {
+            let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", 1000 + i).parse().unwrap();
+            book.connected(peer, addr);
+        }
+        let info = book.snapshot();
+        let me = info.iter().find(|p| p.peer_id == peer.to_string()).unwrap();
+        assert_eq!(me.addrs.len(), MAX_ADDRS);
+    }
+}

@@ -1,0 +1,327 @@
+//! The peergrid wire protocol: names, versions, size limits and message types.
+//!
+//! Every message is postcard-encoded. Every inbound message is untrusted: the codec
+//! bounds its size before decoding, decoding never panics, and the receiver checks
+//! the contents (see `docs/PROTOCOL.md`). Protocol names carry the major version; a
+//! peer speaking another major version fails stream negotiation (request-response)
+//! or has its adverts ignored (gossip), never an offence.
+
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::Limits;
+
+/// Major version of the peergrid protocol family.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// identify's protocol version string; peers with another one are not added to the DHT.
+pub const IDENTIFY_PROTOCOL: &str = "/peergrid/1.0.0";
+/// The Kademlia protocol: peergrid's own DHT, never the public IPFS one.
+pub const KAD_PROTOCOL: &str = "/peergrid/kad/1.0.0";
+/// The gossipsub topic capacity adverts travel on.
+pub const CAPACITY_TOPIC: &str = "peergrid/capacity/1";
+/// Submitter -> worker: offers of chunks, cancels.
+pub const TASK_PROTOCOL: &str = "/peergrid/task/1";
+/// Worker -> submitter: chunk results.
+pub const RESULT_PROTOCOL: &str = "/peergrid/result/1";
+/// Anyone -> holder: blob pieces by BLAKE3 hash.
+pub const BLOB_PROTOCOL: &str = "/peergrid/blob/1";
+
+/// Largest capacity advert accepted, in bytes.
+pub const MAX_ADVERT_BYTES: usize = 4 * 1024;
+/// Largest task request (a batch of offers) accepted, in bytes.
+pub const MAX_TASK_BYTES: usize = 8 * 1024 * 1024;
+/// Largest result request (a batch of results) accepted, in bytes.
+pub const MAX_RESULT_BYTES: usize = 8 * 1024 * 1024;
+/// Largest blob piece served or accepted, in bytes.
+pub const BLOB_PIECE_BYTES: u32 = 1024 * 1024;
+/// Largest blob reply on the wire (a piece plus its header).
+pub const MAX_BLOB_REPLY_BYTES: usize = BLOB_PIECE_BYTES as usize + 1024;
+/// Largest small request (blob request, acks), in bytes.
+pub const MAX_SMALL_BYTES: usize = 64 * 1024;
+/// Largest blob a peer will fetch (modules, inputs, outputs).
+pub const MAX_BLOB_BYTES: u64 = 1024 * 1024 * 1024;
+/// Most feature strings in an advert.
+pub const MAX_FEATURES: usize = 16;
+
+/// A BLAKE3 hash naming a blob.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BlobHash(pub [u8; 32]);
+
+impl BlobHash {
+    /// The hash of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// Lowercase hex, as in file names and the API.
+    pub fn to_hex(&self) -> String {
+        blake3::Hash::from(self.0).to_hex().to_string()
+    }
+
+    /// Parses 64 hex digits.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        blake3::Hash::from_hex(s).ok().map(|h| Self(*h.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for BlobHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", &self.to_hex()[..16])
+    }
+}
+
+impl std::fmt::Display for BlobHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// What a worker lends, published on [`CAPACITY_TOPIC`] on change and every few seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapacityAdvert {
+    /// The sender's [`PROTOCOL_VERSION`]; adverts of another major version are ignored.
+    pub version: u16,
+    /// Increases with every advert from this peer; older ones are ignored.
+    pub seq: u64,
+    /// Chunk slots lent in total.
+    pub slots_total: u32,
+    /// Slots free now.
+    pub slots_free: u32,
+    /// CPU cores lent.
+    pub cores: u32,
+    /// Largest memory per chunk, in bytes.
+    pub memory_limit: u64,
+    /// Measured fuel per second of one slot (calibrated at start).
+    pub fuel_per_sec: u64,
+    /// Optional capabilities (bounded list of short strings).
+    pub features: Vec<String>,
+}
+
+impl CapacityAdvert {
+    /// Checks what decoding cannot: bounded lists, consistent numbers.
+    pub fn check(&self) -> Result<(), String> {
+        if self.features.len() > MAX_FEATURES || self.features.iter().any(|f| f.len() > 64) {
+            return Err("too many or too long features".into());
+        }
+        if self.slots_free > self.slots_total {
+            return Err(format!(
+                "{} free slots of {} total",
+                self.slots_free, self.slots_total
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A job's identity: chosen by its submitter, random.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobId(pub [u8; 16]);
+
+impl std::fmt::Debug for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes carried inline when small, or named by hash and fetched as a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// The bytes themselves.
+    Inline(Vec<u8>),
+    /// A blob held by the sender.
+    Blob {
+        /// Its hash.
+        hash: BlobHash,
+        /// Its size in bytes.
+        size: u64,
+    },
+}
+
+/// One chunk replica offered to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Chunk index within the job.
+    pub chunk: u32,
+    /// Which replica of the chunk this is (distinct per peer).
+    pub attempt: u32,
+    /// The module, a blob held by the submitter.
+    pub module: BlobHash,
+    /// The chunk input.
+    pub input: Payload,
+    /// Limits the chunk runs under.
+    pub limits: Limits,
+    /// Soft deadline in milliseconds: after it the submitter may reissue.
+    pub soft_deadline_ms: u64,
+}
+
+/// Submitter -> worker requests on [`TASK_PROTOCOL`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskRequest {
+    /// A batch of chunks to run.
+    Offer {
+        /// The job.
+        job_id: JobId,
+        /// The chunks.
+        assignments: Vec<Assignment>,
+    },
+    /// Stop running (and drop results of) these chunks of a job; all when empty.
+    Cancel {
+        /// The job.
+        job_id: JobId,
+        /// The chunks, or every chunk of the job when empty.
+        chunks: Vec<u32>,
+    },
+}
+
+/// Why a worker refused an assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// No free slot.
+    NoFreeSlots,
+    /// Asked for more memory or fuel than the worker lends.
+    LimitsTooHigh,
+    /// The worker is paused or outside its active hours.
+    Suspended,
+    /// The worker is not accepting work at all.
+    NotAccepting,
+    /// The module could not be fetched or is invalid.
+    BadModule(String),
+}
+
+/// Worker -> submitter reply to a [`TaskRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskReply {
+    /// Which assignments were taken and which refused, by (chunk, attempt).
+    Offer {
+        /// Taken.
+        accepted: Vec<(u32, u32)>,
+        /// Refused, with the reason.
+        rejected: Vec<(u32, u32, RejectReason)>,
+    },
+    /// The cancel was applied.
+    Cancelled,
+}
+
+/// How a chunk ended, as reported by a worker. Mirrors the sandbox's outcome without
+/// the output bytes (which travel beside it, named by hash).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WireOutcome {
+    /// Output produced; its hash is `output_hash`.
+    Ok,
+    /// A deterministic trap with its kind and message.
+    Trap {
+        /// Trap kind, as the sandbox's `TrapKind::as_str`.
+        kind: String,
+        /// The trap message.
+        message: String,
+    },
+    /// Fuel ran out.
+    OutOfFuel,
+    /// The memory limit was reached.
+    MemoryLimit,
+    /// The wall guard fired (not deterministic).
+    Timeout,
+    /// The module could not run.
+    Invalid(String),
+}
+
+/// Worker -> submitter: one finished chunk replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkResult {
+    /// The job.
+    pub job_id: JobId,
+    /// The chunk.
+    pub chunk: u32,
+    /// The replica.
+    pub attempt: u32,
+    /// How it ended.
+    pub outcome: WireOutcome,
+    /// BLAKE3 of the output (of the empty string when there is none).
+    pub output_hash: BlobHash,
+    /// The output, inline when small; otherwise a blob the worker holds.
+    pub output: Option<Payload>,
+    /// Fuel used.
+    pub fuel_used: u64,
+    /// Wall time of the execution in microseconds.
+    pub exec_micros: u64,
+}
+
+/// Worker -> submitter requests on [`RESULT_PROTOCOL`]: a batch of results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultBatch {
+    /// The results.
+    pub results: Vec<ChunkResult>,
+}
+
+/// Submitter -> worker: which results were stored (and may be dropped from the outbox).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultAck {
+    /// (job, chunk, attempt) of each stored result.
+    pub stored: Vec<(JobId, u32, u32)>,
+}
+
+/// A request for one piece of a blob on [`BLOB_PROTOCOL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRequest {
+    /// The blob.
+    pub hash: BlobHash,
+    /// Offset of the piece.
+    pub offset: u64,
+    /// Length wanted; the holder serves at most [`BLOB_PIECE_BYTES`].
+    pub len: u32,
+}
+
+/// The holder's answer to a [`BlobRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlobReply {
+    /// A piece of the blob.
+    Piece {
+        /// The blob's total size.
+        total: u64,
+        /// Where this piece starts.
+        offset: u64,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// This peer does not hold the blob.
+    NotFound,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_round_trip_through_hex() {
+        let h = BlobHash::of(b"peergrid");
+        assert_eq!(BlobHash::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(BlobHash::from_hex("nope"), None);
+    }
+
+    #[test]
+    fn adverts_are_checked() {
+        let mut a = CapacityAdvert {
+            version: PROTOCOL_VERSION,
+            seq: 1,
+            slots_total: 2,
+            slots_free: 3,
+            cores: 2,
+            memory_limit: 1,
+            fuel_per_sec: 1,
+            features: vec![],
+        };
+        assert!(a.check().is_err());
+        a.slots_free = 1;
+        assert!(a.check().is_ok());
+        a.features = vec!["x".into(); 100];
+        assert!(a.check().is_err());
+    }
+}

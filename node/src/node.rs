@@ -1,0 +1,403 @@
+//! The running peer: [`Node::spawn`] starts every subsystem, [`Node::shutdown`] stops
+//! them in order.
+//!
+//! # Start
+//! lock the data dir -> load (or create) the identity -> open the blob store and the
+//! sandbox, calibrate fuel per second -> start the network -> wait until it listens
+//! -> start the control API -> start the advertiser and the inbound dispatcher.
+//!
+//! # Inside
+//! - The *advertiser* publishes this node's [`CapacityAdvert`] every advert interval
+//!   (and at once when told its capacity changed).
+//! - The *dispatcher* takes inbound [`NetEvent`]s: blob requests are served from the
+//!   blob store (bounded by a semaphore); task offers are refused with
+//!   `NotAccepting` until the worker exists; result batches are acknowledged empty.
+//!
+//! # Shutdown
+//! stop accepting (control API) -> cancel the tasks and wait for them -> close the
+//! network -> remove `api.json` -> release the lock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId, identity};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api;
+use crate::config::{DataDir, NodeConfig, write_private_file};
+use crate::net::protocol::{BlobReply, CapacityAdvert, PROTOCOL_VERSION, TaskReply, TaskRequest};
+use crate::net::{self, NetClient, NetEvent};
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::store::BlobStore;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Another node holds the data dir.
+    #[error(
+        "another peergrid node is already running with data dir {0} (stop it, or give this one another --data-dir)"
+    )]
+    Locked(String),
+    /// A file in the data dir could not be read or written.
+    #[error("{what} in {path}: {source}")]
+    DataDir {
+        /// What was being done.
+        what: &'static str,
+        /// Where.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The identity key file is corrupt.
+    #[error(
+        "the identity key {0} is corrupt; move it away to start with a new identity (the peer id will change)"
+    )]
+    Identity(String),
+    /// The sandbox could not be set up.
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    /// The network could not start.
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    /// The control API could not start.
+    #[error(
+        "could not serve the control API on {addr}: {source} (is another node using it? pick another with --api)"
+    )]
+    Api {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn data_dir_error(
+    what: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> NodeError {
+    let path = path.display().to_string();
+    move |source| NodeError::DataDir { what, path, source }
+}
+
+/// Loads the node's identity key, creating it (owner-only) the first time, so the
+/// peer id stays the same across restarts.
+pub fn load_or_create_identity(data_dir: &DataDir) -> Result<identity::Keypair, NodeError> {
+    let path = data_dir.identity();
+    match std::fs::read(&path) {
+        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|_| NodeError::Identity(path.display().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = identity::Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| NodeError::Identity(e.to_string()))?;
+            write_private_file(&path, &bytes)
+                .map_err(data_dir_error("writing the identity key", &path))?;
+            Ok(key)
+        }
+        Err(e) => Err(data_dir_error("reading the identity key", &path)(e)),
+    }
+}
+
+/// What the control API and the node's tasks share.
+#[derive(Debug)]
+pub struct NodeState {
+    /// The network.
+    pub net: NetClient,
+    /// The blob store.
+    pub blobs: BlobStore,
+    /// The sandbox.
+    pub sandbox: Sandbox,
+    /// The resolved configuration.
+    pub config: NodeConfig,
+    /// Measured fuel per second of one slot.
+    pub fuel_per_sec: u64,
+    /// When the node started.
+    pub started: Instant,
+}
+
+impl NodeState {
+    /// The advert this node publishes now.
+    pub fn advert(&self, seq: u64) -> CapacityAdvert {
+        CapacityAdvert {
+            version: PROTOCOL_VERSION,
+            seq,
+            slots_total: self.config.cpus,
+            slots_free: self.config.cpus,
+            cores: self.config.cpus,
+            memory_limit: self.config.memory_per_chunk,
+            fuel_per_sec: self.fuel_per_sec,
+            features: vec!["abi-v1".into()],
+        }
+    }
+}
+
+/// A running peer.
+#[derive(Debug)]
+pub struct Node {
+    state: Arc<NodeState>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    api: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    net_task: tokio::task::JoinHandle<()>,
+    _lock: std::fs::File,
+}
+
+/// Concurrent blob pieces served.
+const BLOB_SERVERS: usize = 16;
+
+impl Node {
+    /// Starts a node (see the module docs for the order).
+    pub async fn spawn(config: NodeConfig) -> Result<Node, NodeError> {
+        let data_dir = config.data_dir.clone();
+        let root = data_dir.root().to_path_buf();
+        std::fs::create_dir_all(&root).map_err(data_dir_error("creating the data dir", &root))?;
+        let lock = lock_data_dir(&data_dir)?;
+        let keypair = load_or_create_identity(&data_dir)?;
+        let blobs = BlobStore::open(data_dir.blobs())
+            .map_err(data_dir_error("opening the blob store", &data_dir.blobs()))?;
+        let sandbox = Sandbox::new(SandboxConfig {
+            cache_dir: Some(data_dir.module_cache()),
+            ..SandboxConfig::default()
+        })?;
+        let calibrating = sandbox.clone();
+        let fuel_per_sec =
+            tokio::task::spawn_blocking(move || calibrating.calibrate_fuel_per_sec())
+                .await
+                .unwrap_or(0);
+
+        let shutdown = CancellationToken::new();
+        let network = net::start(&keypair, config.net.clone(), shutdown.child_token())?;
+        let state = Arc::new(NodeState {
+            net: network.client.clone(),
+            blobs,
+            sandbox,
+            config,
+            fuel_per_sec,
+            started: Instant::now(),
+        });
+        let listen = wait_for_listeners(&state.net, state.config.net.listen.len()).await;
+        tracing::info!(
+            peer_id = %state.net.local_peer_id(),
+            listen = ?listen,
+            fuel_per_sec,
+            "node started"
+        );
+
+        let api = match state.config.api {
+            Some(addr) => {
+                let (bound, task) = api::serve(addr, state.clone(), shutdown.child_token())
+                    .await
+                    .map_err(|source| NodeError::Api { addr, source })?;
+                Some((bound, task))
+            }
+            None => None,
+        };
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(advertise(state.clone(), shutdown.child_token()));
+        tasks.spawn(dispatch(
+            state.clone(),
+            network.events,
+            shutdown.child_token(),
+        ));
+
+        Ok(Node {
+            state,
+            shutdown,
+            tasks,
+            api,
+            net_task: network.task,
+            _lock: lock,
+        })
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.state.net.local_peer_id()
+    }
+
+    /// The network handle.
+    pub fn net(&self) -> &NetClient {
+        &self.state.net
+    }
+
+    /// Shared state (blob store, sandbox, config).
+    pub fn state(&self) -> &Arc<NodeState> {
+        &self.state
+    }
+
+    /// Where the control API listens, when on.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// The addresses the node listens on, each with `/p2p/<peer id>` appended, as
+    /// other peers would bootstrap from.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let peer = self.peer_id();
+        self.state
+            .net
+            .status()
+            .await
+            .map(|s| s.listen_addrs)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(peer)))
+            .collect()
+    }
+
+    /// Stops the node in order: the control API, the node's tasks, the network.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Some((_, api)) = self.api.take() {
+            let _ = api.await;
+        }
+        while self.tasks.join_next().await.is_some() {}
+        let _ = (&mut self.net_task).await;
+        let _ = std::fs::remove_file(self.state.config.data_dir.api_info());
+        tracing::info!(peer_id = %self.peer_id(), "node stopped");
+    }
+}
+
+fn lock_data_dir(data_dir: &DataDir) -> Result<std::fs::File, NodeError> {
+    let path = data_dir.lock_file();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(data_dir_error("opening the lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(NodeError::Locked(data_dir.root().display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(data_dir_error("locking the data dir", &path)(e))
+        }
+    }
+}
+
+/// Waits (briefly) until every listener has reported an address.
+async fn wait_for_listeners(net: &NetClient, listeners: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let addrs = net
+            .status()
+            .await
+            .map(|s| s.listen_addrs)
+            .unwrap_or_default();
+        if addrs.len() >= listeners || Instant::now() > deadline {
+            return addrs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes the capacity advert every interval, with a rising sequence number.
+async fn advertise(state: Arc<NodeState>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(state.config.advert_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Sequence numbers start from the clock so a restarted node's adverts are newer
+    // than the ones its peers remember.
+    let mut seq = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                seq += 1;
+                state.net.publish_advert(state.advert(seq)).await;
+            }
+        }
+    }
+}
+
+/// Answers inbound requests.
+async fn dispatch(
+    state: Arc<NodeState>,
+    mut events: tokio::sync::mpsc::Receiver<NetEvent>,
+    shutdown: CancellationToken,
+) {
+    let servers = Arc::new(Semaphore::new(BLOB_SERVERS));
+    let mut serving = JoinSet::new();
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(_) = serving.join_next(), if !serving.is_empty() => continue,
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+        };
+        match event {
+            NetEvent::Blob {
+                request, channel, ..
+            } => {
+                let Ok(permit) = servers.clone().acquire_owned().await else {
+                    break;
+                };
+                let state = state.clone();
+                serving.spawn(async move {
+                    let blobs = state.blobs.clone();
+                    let piece = tokio::task::spawn_blocking(move || {
+                        blobs.read_piece(
+                            &request.hash,
+                            request.offset,
+                            request.len.min(crate::net::protocol::BLOB_PIECE_BYTES),
+                        )
+                    })
+                    .await;
+                    let reply = match piece {
+                        Ok(Ok(Some((total, bytes)))) => BlobReply::Piece {
+                            total,
+                            offset: request.offset,
+                            bytes,
+                        },
+                        _ => BlobReply::NotFound,
+                    };
+                    state.net.respond_blob(channel, reply).await;
+                    drop(permit);
+                });
+            }
+            NetEvent::Task {
+                request, channel, ..
+            } => {
+                let reply = match request {
+                    TaskRequest::Offer { assignments, .. } => TaskReply::Offer {
+                        accepted: Vec::new(),
+                        rejected: assignments
+                            .iter()
+                            .map(|a| {
+                                (
+                                    a.chunk,
+                                    a.attempt,
+                                    crate::net::protocol::RejectReason::NotAccepting,
+                                )
+                            })
+                            .collect(),
+                    },
+                    TaskRequest::Cancel { .. } => TaskReply::Cancelled,
+                };
+                state.net.respond_task(channel, reply).await;
+            }
+            NetEvent::Results { channel, .. } => {
+                state
+                    .net
+                    .respond_results(
+                        channel,
+                        crate::net::protocol::ResultAck { stored: Vec::new() },
+                    )
+                    .await;
+            }
+        }
+    }
+    serving.shutdown().await;
+}
