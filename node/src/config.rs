@@ -391,3 +391,15 @@ mod tests {
         assert!(d.module_cache().starts_with("/tmp/x"));
     }
 }
+
+#[cfg(test)]
+mod example_config {
+    #[test]
+    fn the_committed_example_config_parses() {
+        let text = include_str!("../../example.config.toml");
+        let options: super::NodeOptions = toml::from_str(text).expect("example.config.toml parses");
+        options
+            .resolve(super::DataDir::resolve(Some("/tmp/x".into())))
+            .expect("and resolves");
+    }
+}

@@ -1,3 +1,4 @@
 //! peergrid's integration tests, one binary with a module per area (STYLE.md 15).
 
 mod examples;
+mod network;

@@ -3,8 +3,12 @@
 //! request-response opens one stream per request and closes the writing side after
 //! the message, so a message is simply the stream's bytes. The reader takes at most
 //! `limit + 1` bytes: anything longer is refused before it is decoded, and anything
-//! that does not decode is refused too. Both come back as `io::ErrorKind::InvalidData`
-//! with an [`Offence`] inside, which the event loop counts against the peer.
+//! that does not decode is refused too.
+//!
+//! A bad *request* is delivered as `Err(Offence)` (request-response would otherwise
+//! swallow the read error without saying which peer sent it), so the event loop can
+//! count it against the peer and close the stream unanswered. A bad *response* comes
+//! back as an `io::ErrorKind::InvalidData` error with the [`Offence`] inside.
 
 use std::io;
 use std::marker::PhantomData;
@@ -45,6 +49,9 @@ impl Offence {
         error.get_ref()?.downcast_ref::<Offence>()
     }
 }
+
+/// An inbound request: the message, or what was wrong with it.
+pub type Inbound<T> = Result<T, Offence>;
 
 /// Postcard over request-response, `Req` out and `Resp` back, each with a size limit.
 pub struct PostcardCodec<Req, Resp> {
@@ -140,14 +147,24 @@ where
     Resp: Serialize + DeserializeOwned + Send + 'static,
 {
     type Protocol = StreamProtocol;
-    type Request = Req;
+    type Request = Inbound<Req>;
     type Response = Resp;
 
-    async fn read_request<T>(&mut self, protocol: &StreamProtocol, io: &mut T) -> io::Result<Req>
+    async fn read_request<T>(
+        &mut self,
+        protocol: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Inbound<Req>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_message(io, self.max_request, protocol.as_ref()).await
+        match read_message(io, self.max_request, protocol.as_ref()).await {
+            Ok(request) => Ok(Ok(request)),
+            Err(e) => match Offence::from_io(&e) {
+                Some(offence) => Ok(Err(offence.clone())),
+                None => Err(e),
+            },
+        }
     }
 
     async fn read_response<T>(&mut self, protocol: &StreamProtocol, io: &mut T) -> io::Result<Resp>
@@ -161,12 +178,17 @@ where
         &mut self,
         _protocol: &StreamProtocol,
         io: &mut T,
-        req: Req,
+        req: Inbound<Req>,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_message(io, req, self.max_request).await
+        match req {
+            Ok(req) => write_message(io, req, self.max_request).await,
+            Err(offence) => Err(io::Error::other(format!(
+                "not sending an invalid request: {offence}"
+            ))),
+        }
     }
 
     async fn write_response<T>(

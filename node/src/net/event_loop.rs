@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::codec::{self, Offence};
+use super::codec::{self, Inbound, Offence};
 use super::peers::{NetStatus, PeerBook, PeerInfo};
 use super::protocol::*;
 use super::{NetConfig, NetEvent, RequestError};
@@ -145,15 +145,19 @@ impl EventLoop {
                 let _ = reply.send(self.status());
             }
             Command::SendTask(peer, req, reply) => {
-                let id = self.swarm.behaviour_mut().task.send_request(&peer, req);
+                let id = self.swarm.behaviour_mut().task.send_request(&peer, Ok(req));
                 self.pending_task.insert(id, reply);
             }
             Command::SendResults(peer, req, reply) => {
-                let id = self.swarm.behaviour_mut().result.send_request(&peer, req);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .result
+                    .send_request(&peer, Ok(req));
                 self.pending_result.insert(id, reply);
             }
             Command::GetBlobPiece(peer, req, reply) => {
-                let id = self.swarm.behaviour_mut().blob.send_request(&peer, req);
+                let id = self.swarm.behaviour_mut().blob.send_request(&peer, Ok(req));
                 self.pending_blob.insert(id, reply);
             }
             Command::RespondTask(channel, reply) => {
@@ -453,7 +457,7 @@ impl EventLoop {
     /// responses and failures to the waiting `oneshot`, wire offences are counted.
     fn on_request_response<Req, Resp>(
         &mut self,
-        event: request_response::Event<Req, Resp>,
+        event: request_response::Event<Inbound<Req>, Resp>,
         pending: fn(&mut Self) -> &mut PendingMap<Resp>,
         inbound: fn(PeerId, Req, request_response::ResponseChannel<Resp>) -> NetEvent,
     ) {
@@ -461,7 +465,11 @@ impl EventLoop {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => self.deliver(inbound(peer, request, channel)),
+                } => match request {
+                    Ok(request) => self.deliver(inbound(peer, request, channel)),
+                    // Dropping the channel closes the stream unanswered.
+                    Err(offence) => self.penalize(peer, &offence.to_string()),
+                },
                 request_response::Message::Response {
                     request_id,
                     response,

@@ -1,0 +1,187 @@
+//! Real `peergrid node` processes on loopback: they find each other through a
+//! bootstrap peer, `peergrid peers` shows their capacity, and a node killed with
+//! SIGKILL leaves the others' views when its adverts expire.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A node process, killed when dropped so the test always stops by itself.
+struct NodeProcess {
+    child: Child,
+    addr: String,
+    started_in: Duration,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_node(dir: &Path, bootstrap: Option<&str>) -> NodeProcess {
+    let started = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peergrid"));
+    cmd.arg("--data-dir")
+        .arg(dir)
+        .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .args(["--api", "127.0.0.1:0", "--metrics", "off"])
+        .args([
+            "--advert-interval",
+            "500ms",
+            "--advert-ttl",
+            "3s",
+            "--cpus",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(b) = bootstrap {
+        cmd.args(["--bootstrap", b]);
+    }
+    let mut child = cmd.spawn().expect("peergrid node starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.trim().strip_prefix("listening on ") {
+                let _ = tx.send(addr.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the node prints its listen address");
+    NodeProcess {
+        child,
+        addr,
+        started_in: started.elapsed(),
+    }
+}
+
+fn peers_json(dir: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_peergrid"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["peers", "--json"])
+        .output()
+        .expect("peergrid peers runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON list")
+}
+
+fn with_capacity(peers: &[serde_json::Value]) -> Vec<String> {
+    peers
+        .iter()
+        .filter(|p| p["advert"]["slots_total"].as_u64() == Some(2))
+        .filter_map(|p| p["peer_id"].as_str().map(String::from))
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[test]
+fn three_processes_find_each_other_and_a_killed_one_expires() {
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let first = start_node(dirs[0].path(), None);
+    let mut second = start_node(dirs[1].path(), Some(&first.addr));
+    let third = start_node(dirs[2].path(), Some(&first.addr));
+    let id = |n: &NodeProcess| n.addr.rsplit('/').next().unwrap_or_default().to_string();
+
+    wait_until(
+        "node 3 to list both others with capacity",
+        Duration::from_secs(30),
+        || {
+            let seen = with_capacity(&peers_json(dirs[2].path()));
+            seen.contains(&id(&first)) && seen.contains(&id(&second))
+        },
+    );
+
+    std::thread::sleep(Duration::from_secs(2));
+    println!(
+        "start to listening: {:?} / {:?} / {:?}; idle resident memory of node 1: {} KiB",
+        first.started_in,
+        second.started_in,
+        third.started_in,
+        rss_kib(first.child.id()).unwrap_or(0)
+    );
+
+    // SIGKILL node 2: no goodbye. Its advert must leave node 3's view.
+    second.child.kill().expect("kill");
+    let _ = second.child.wait();
+    let killed = Instant::now();
+    wait_until(
+        "node 2's advert to expire at node 3",
+        Duration::from_secs(30),
+        || !with_capacity(&peers_json(dirs[2].path())).contains(&id(&second)),
+    );
+    println!("killed node left the view after {:?}", killed.elapsed());
+    assert!(with_capacity(&peers_json(dirs[2].path())).contains(&id(&first)));
+}
+
+#[test]
+fn status_without_a_node_says_how_to_start_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_peergrid"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("status")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no peergrid node is running") && err.contains("peergrid node --data-dir"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_node_restarted_on_its_data_dir_keeps_its_peer_id_and_the_api_wants_the_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start_node(dir.path(), None);
+    let first_id = node.addr.rsplit('/').next().unwrap_or_default().to_string();
+    // The API refuses requests without the token.
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("api.json")).expect("api.json"))
+            .expect("json");
+    let url = format!("http://{}/v1/status", info["addr"].as_str().expect("addr"));
+    match ureq_get(&url) {
+        Err(code) => assert_eq!(code, 401),
+        Ok(_) => panic!("the API answered without a token"),
+    }
+    drop(node);
+    let node = start_node(dir.path(), None);
+    assert_eq!(node.addr.rsplit('/').next().unwrap_or_default(), first_id);
+}
+
+/// A GET without a token; `Err(status)` on an HTTP error.
+fn ureq_get(url: &str) -> Result<(), u16> {
+    match ureq::get(url).call() {
+        Ok(_) => Ok(()),
+        Err(ureq::Error::StatusCode(code)) => Err(code),
+        Err(_) => Err(0),
+    }
+}

@@ -1,0 +1,528 @@
+//! The peer network with real nodes on loopback: discovery and adverts, blob
+//! exchange, identity across restarts, and hostile or foreign peers.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, request_response};
+use peergrid_node::net::fetch::fetch_blob;
+use peergrid_node::net::protocol::{self, BlobHash, BlobRequest, CapacityAdvert};
+use peergrid_tests::{TestNet, wait_for};
+
+/// Deterministic pseudo-random bytes.
+fn bytes(len: usize, seed: &str) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+async fn adverts_seen(net: &TestNet, i: usize) -> usize {
+    net.node(i)
+        .net()
+        .peers()
+        .await
+        .iter()
+        .filter(|p| p.advert.is_some())
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_nodes_each_see_every_other_advert() {
+    let started = Instant::now();
+    let net = TestNet::spawn(20).await;
+    let spawned = started.elapsed();
+    wait_for(
+        "every node to see 19 adverts",
+        Duration::from_secs(90),
+        || async {
+            for i in 0..20 {
+                if adverts_seen(&net, i).await < 19 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    println!(
+        "20 nodes: spawned in {:.2} s, full advert view {:.2} s after start",
+        spawned.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_its_peer_id_and_the_data_dir_is_exclusive() {
+    let mut net = TestNet::spawn(1).await;
+    let id = net.node(0).peer_id();
+    // A second node on the same data dir is refused while the first runs.
+    let config = net.node(0).state().config.clone();
+    let err = peergrid_node::Node::spawn(config).await.unwrap_err();
+    assert!(err.to_string().contains("already running"), "{err}");
+    net.restart(0).await.expect("restarts");
+    assert_eq!(net.node(0).peer_id(), id);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mib_blob_moves_between_two_nodes_verified() {
+    let net = TestNet::spawn(2).await;
+    let data = bytes(50 * 1024 * 1024, "fifty");
+    let hash = net.node(0).state().blobs.put(&data).expect("stored");
+    let holder = net.node(0).peer_id();
+    wait_for("the nodes to connect", Duration::from_secs(20), || async {
+        net.node(1)
+            .net()
+            .peers()
+            .await
+            .iter()
+            .any(|p| p.connected && p.peer_id == holder.to_string())
+            .then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    fetch_blob(
+        net.node(1).net(),
+        &net.node(1).state().blobs,
+        hash,
+        &[holder],
+    )
+    .await
+    .expect("fetched");
+    let secs = started.elapsed().as_secs_f64();
+    let got = net
+        .node(1)
+        .state()
+        .blobs
+        .get(&hash)
+        .expect("read")
+        .expect("present");
+    assert!(got == data, "the fetched blob differs");
+    println!(
+        "50 MiB blob: {secs:.2} s, {:.0} MiB/s on loopback",
+        50.0 / secs
+    );
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_that_does_not_match_its_hash_is_refused_and_fetched_elsewhere() {
+    let net = TestNet::spawn(3).await;
+    let data = bytes(3 * 1024 * 1024 + 17, "honest");
+    let hash = net.node(2).state().blobs.put(&data).expect("stored");
+    // Node 0 "holds" the same hash with other bytes of the same length.
+    let liar_path = net.node(0).state().blobs.path(&hash);
+    std::fs::create_dir_all(liar_path.parent().expect("parent")).expect("dir");
+    std::fs::write(&liar_path, bytes(data.len(), "liar")).expect("write");
+    let (liar, honest) = (net.node(0).peer_id(), net.node(2).peer_id());
+    wait_for(
+        "node 1 to connect to both holders",
+        Duration::from_secs(20),
+        || async {
+            let peers = net.node(1).net().peers().await;
+            let connected = |p: PeerId| {
+                peers
+                    .iter()
+                    .any(|i| i.connected && i.peer_id == p.to_string())
+            };
+            (connected(liar) && connected(honest)).then_some(())
+        },
+    )
+    .await;
+    fetch_blob(
+        net.node(1).net(),
+        &net.node(1).state().blobs,
+        hash,
+        &[liar, honest],
+    )
+    .await
+    .expect("fetched from the honest holder");
+    assert!(
+        net.node(1)
+            .state()
+            .blobs
+            .get(&hash)
+            .expect("read")
+            .expect("present")
+            == data
+    );
+    let peers = net.node(1).net().peers().await;
+    let liar_info = peers
+        .iter()
+        .find(|p| p.peer_id == liar.to_string())
+        .expect("liar known");
+    assert!(liar_info.offences >= 1, "the liar was penalised");
+
+    // Nobody has a blob: a clear error naming what was tried.
+    let missing = BlobHash::of(b"nobody has this");
+    let err = fetch_blob(
+        net.node(1).net(),
+        &net.node(1).state().blobs,
+        missing,
+        &[honest],
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("does not hold it"), "{err}");
+    net.shutdown().await;
+}
+
+// ---- a raw libp2p peer that speaks peergrid's protocols with arbitrary bytes ----
+
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        read_all(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        // A closed stream with nothing on it is the peer refusing to answer.
+        let bytes = read_all(io).await?;
+        if bytes.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(bytes)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        write_all(io, &req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        write_all(io, &res).await
+    }
+}
+
+async fn read_all<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
+    use futures::AsyncReadExt;
+    let mut buf = Vec::new();
+    io.take(4 << 20).read_to_end(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_all<T: futures::AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    use futures::AsyncWriteExt;
+    io.write_all(bytes).await?;
+    io.close().await
+}
+
+#[derive(NetworkBehaviour)]
+struct Raw {
+    identify: identify::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    task: request_response::Behaviour<RawCodec>,
+    result: request_response::Behaviour<RawCodec>,
+    blob: request_response::Behaviour<RawCodec>,
+}
+
+fn raw_rr(protocol: &'static str) -> request_response::Behaviour<RawCodec> {
+    request_response::Behaviour::new(
+        [(
+            StreamProtocol::new(protocol),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    )
+}
+
+fn raw_peer(identify_version: &str) -> Swarm<Raw> {
+    let version = identify_version.to_string();
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .expect("tcp")
+        .with_behaviour(|key| Raw {
+            identify: identify::Behaviour::new(identify::Config::new(version, key.public())),
+            gossipsub: gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossipsub::ConfigBuilder::default()
+                    .heartbeat_interval(Duration::from_millis(200))
+                    .build()
+                    .expect("gossipsub config"),
+            )
+            .expect("gossipsub"),
+            task: raw_rr(protocol::TASK_PROTOCOL),
+            result: raw_rr(protocol::RESULT_PROTOCOL),
+            blob: raw_rr(protocol::BLOB_PROTOCOL),
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Proto {
+    Task,
+    Result,
+    Blob,
+}
+
+/// Sends raw bytes on one protocol; `Ok(reply)` or `Err(what failed)`.
+async fn raw_request(
+    swarm: &mut Swarm<Raw>,
+    peer: PeerId,
+    proto: Proto,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    let behaviour = swarm.behaviour_mut();
+    let id = match proto {
+        Proto::Task => behaviour.task.send_request(&peer, bytes),
+        Proto::Result => behaviour.result.send_request(&peer, bytes),
+        Proto::Blob => behaviour.blob.send_request(&peer, bytes),
+    };
+    let wait = async {
+        loop {
+            let event = match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(RawEvent::Task(e))
+                | SwarmEvent::Behaviour(RawEvent::Result(e))
+                | SwarmEvent::Behaviour(RawEvent::Blob(e)) => e,
+                _ => continue,
+            };
+            match event {
+                request_response::Event::Message {
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                } if request_id == id => return Ok(response),
+                request_response::Event::OutboundFailure {
+                    request_id, error, ..
+                } if request_id == id => {
+                    return Err(error.to_string());
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .unwrap_or_else(|_| Err("no answer".into()))
+}
+
+/// Drives the raw swarm until it is connected to `peer`.
+async fn raw_connect(swarm: &mut Swarm<Raw>, addr: Multiaddr, peer: PeerId) {
+    swarm.dial(addr).expect("dial");
+    let wait = async {
+        loop {
+            if let SwarmEvent::ConnectionEstablished { peer_id, .. } =
+                swarm.select_next_some().await
+                && peer_id == peer
+            {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .expect("raw peer connects");
+}
+
+/// Drives the raw swarm for a while (so gossip and identify can flow).
+async fn raw_drive(swarm: &mut Swarm<Raw>, for_: Duration) {
+    let _ = tokio::time::timeout(for_, async {
+        loop {
+            swarm.select_next_some().await;
+        }
+    })
+    .await;
+}
+
+async fn offences_of(net: &TestNet, i: usize, peer: PeerId) -> u32 {
+    net.node(i)
+        .net()
+        .peers()
+        .await
+        .iter()
+        .find(|p| p.peer_id == peer.to_string())
+        .map_or(0, |p| p.offences)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbled_truncated_and_oversized_messages_are_refused_counted_and_punished() {
+    let net = TestNet::spawn(2).await;
+    let target = net.node(0).peer_id();
+    let addr = net.node(0).listen_addrs().await[0].clone();
+    let data = bytes(100_000, "still served");
+    let hash = net.node(0).state().blobs.put(&data).expect("stored");
+
+    let mut raw = raw_peer(protocol::IDENTIFY_PROTOCOL);
+    let raw_id = *raw.local_peer_id();
+    raw_connect(&mut raw, addr, target).await;
+
+    // A well-formed request is answered.
+    let good = postcard::to_allocvec(&BlobRequest {
+        hash,
+        offset: 0,
+        len: 10,
+    })
+    .expect("encodes");
+    let reply = raw_request(&mut raw, target, Proto::Blob, good.clone())
+        .await
+        .expect("answered");
+    assert!(!reply.is_empty());
+    assert_eq!(offences_of(&net, 0, raw_id).await, 0);
+
+    // Garbage on each protocol, a truncated message, an oversized one.
+    let attacks: Vec<(Proto, Vec<u8>)> = vec![
+        (Proto::Blob, vec![0xff; 7]),
+        (Proto::Blob, good[..good.len() / 2].to_vec()),
+        (Proto::Task, vec![0x17; 64]),
+        (
+            Proto::Result,
+            vec![0x09, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        ),
+        (Proto::Blob, vec![0u8; protocol::MAX_SMALL_BYTES + 100]),
+    ];
+    for (i, (proto, bytes)) in attacks.into_iter().enumerate() {
+        let result = raw_request(&mut raw, target, proto, bytes).await;
+        assert!(
+            result.is_err(),
+            "attack {i} on {proto:?} must not be answered: {result:?}"
+        );
+        wait_for(
+            "the offence to be counted",
+            Duration::from_secs(10),
+            || async { (offences_of(&net, 0, raw_id).await as usize > i).then_some(()) },
+        )
+        .await;
+    }
+    // Five offences: banned, and disconnected.
+    wait_for(
+        "the raw peer to be banned",
+        Duration::from_secs(10),
+        || async {
+            let status = net.node(0).net().status().await?;
+            (status.banned_peers == 1).then_some(())
+        },
+    )
+    .await;
+    let reconnect = raw_request(&mut raw, target, Proto::Blob, good).await;
+    assert!(
+        reconnect.is_err(),
+        "a banned peer is not served: {reconnect:?}"
+    );
+
+    // The node still serves well-behaved peers.
+    fetch_blob(
+        net.node(1).net(),
+        &net.node(1).state().blobs,
+        hash,
+        &[target],
+    )
+    .await
+    .expect("an honest peer is still served");
+    net.shutdown().await;
+}
+
+fn advert(version: u16) -> CapacityAdvert {
+    CapacityAdvert {
+        version,
+        seq: 1,
+        slots_total: 4,
+        slots_free: 4,
+        cores: 4,
+        memory_limit: 1 << 30,
+        fuel_per_sec: 1,
+        features: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_version_is_ignored_politely_and_garbage_adverts_are_punished() {
+    let net = TestNet::spawn(1).await;
+    let target = net.node(0).peer_id();
+    let addr = net.node(0).listen_addrs().await[0].clone();
+    let topic = gossipsub::IdentTopic::new(protocol::CAPACITY_TOPIC);
+
+    // A peer of protocol version 2: identify says so, its adverts say so.
+    let mut future = raw_peer("/peergrid/2.0.0");
+    let future_id = *future.local_peer_id();
+    future
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .expect("subscribe");
+    raw_connect(&mut future, addr.clone(), target).await;
+    for _ in 0..10 {
+        let _ = future.behaviour_mut().gossipsub.publish(
+            topic.clone(),
+            postcard::to_allocvec(&advert(2)).expect("encodes"),
+        );
+        raw_drive(&mut future, Duration::from_millis(300)).await;
+    }
+    let peers = net.node(0).net().peers().await;
+    let info = peers
+        .iter()
+        .find(|p| p.peer_id == future_id.to_string())
+        .expect("the peer is known");
+    assert_eq!(info.foreign_version.as_deref(), Some("/peergrid/2.0.0"));
+    assert!(info.advert.is_none(), "its adverts are ignored");
+    assert_eq!(info.offences, 0, "speaking another version is no offence");
+
+    // A peer of our version sending garbage adverts is penalised.
+    let mut garbler = raw_peer(protocol::IDENTIFY_PROTOCOL);
+    let garbler_id = *garbler.local_peer_id();
+    garbler
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .expect("subscribe");
+    raw_connect(&mut garbler, addr, target).await;
+    let started = Instant::now();
+    while offences_of(&net, 0, garbler_id).await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "garbage advert not punished"
+        );
+        let _ = garbler.behaviour_mut().gossipsub.publish(
+            topic.clone(),
+            vec![
+                1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+            ],
+        );
+        raw_drive(&mut garbler, Duration::from_millis(300)).await;
+    }
+    net.shutdown().await;
+}
