@@ -62,6 +62,11 @@ impl DataDir {
         self.root.join("api.json")
     }
 
+    /// The SQLite database.
+    pub fn database(&self) -> PathBuf {
+        self.root.join("peergrid.sqlite")
+    }
+
     /// The config file.
     pub fn config_file(&self) -> PathBuf {
         self.root.join("peergrid.toml")
@@ -113,6 +118,25 @@ pub struct NodeOptions {
     /// the advert interval]
     #[arg(long, value_name = "DURATION")]
     pub advert_ttl: Option<String>,
+}
+
+impl NodeOptions {
+    /// Options for a node on loopback only, as in-process grids (demo, benchmarks,
+    /// tests) use: a free TCP port on 127.0.0.1, no mDNS, no control API or metrics,
+    /// fast adverts.
+    pub fn loopback(bootstrap: Vec<String>, cpus: u32) -> Self {
+        NodeOptions {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            bootstrap,
+            no_mdns: true,
+            cpus: Some(cpus),
+            api: Some("off".into()),
+            metrics: Some("off".into()),
+            advert_interval: Some("300ms".into()),
+            advert_ttl: Some("2s".into()),
+            ..NodeOptions::default()
+        }
+    }
 }
 
 /// Everything a node needs, resolved.

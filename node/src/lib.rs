@@ -6,28 +6,35 @@
 //! # Layout
 //! - [`sandbox`]: the wasmtime engine, ABI v1 validation, the compile cache, limits
 //!   and typed outcomes. Everything that runs guest code goes through it.
+//! - [`local_grid`]: a submitter and workers in one process on loopback (demo,
+//!   benchmarks).
 //! - [`local`]: runs a whole job on this machine (split, every chunk, merge) through
 //!   the sandbox: `peergrid run`, `demo` and `bench` use it.
 //! - [`config`]: where the node keeps its files (`--data-dir`), sizes and durations
 //!   given on the command line.
 //! - [`net`]: libp2p. One event loop owns the Swarm; everything else holds a
 //!   [`net::NetClient`]. Discovery, capacity adverts, blob exchange, penalties.
-//! - [`store`]: the content-addressed blob directory.
+//! - [`store`]: the content-addressed blob directory and the SQLite database.
+//! - [`worker`]: runs other peers' chunks within the lent slots; durable outbox.
+//! - [`scheduler`]: the submitter side: plans jobs, places replicas, verifies
+//!   results by quorum, keeps reputation.
 //! - [`api`]: the local control API (axum, token-guarded) the CLI talks to.
 //! - [`Node`]: starts the subsystems in order and shuts them down in order.
 //! - [`cli`]: one file per subcommand; `main.rs` only parses and calls
 //!   [`cli::Cli::execute`].
 //!
-//! The worker, scheduler and SQLite state described in `docs/ARCHITECTURE.md` join
-//! this layout as they are built.
+//! Metrics join this layout with the monitoring work (see `docs/ARCHITECTURE.md`).
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod local;
+pub mod local_grid;
 pub mod net;
 mod node;
 pub mod sandbox;
+pub mod scheduler;
 pub mod store;
+pub mod worker;
 
-pub use node::{Node, NodeError, NodeState, load_or_create_identity};
+pub use node::{Node, NodeError, NodeState, Seams, load_or_create_identity};

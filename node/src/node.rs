@@ -2,20 +2,23 @@
 //! them in order.
 //!
 //! # Start
-//! lock the data dir -> load (or create) the identity -> open the blob store and the
-//! sandbox, calibrate fuel per second -> start the network -> wait until it listens
-//! -> start the control API -> start the advertiser and the inbound dispatcher.
+//! lock the data dir -> load (or create) the identity -> open the blob store, the
+//! database and the sandbox, calibrate fuel per second -> start the network -> wait
+//! until it listens -> start the worker and the scheduler (which resumes unfinished
+//! jobs) -> start the control API -> start the advertiser and the inbound dispatcher.
 //!
 //! # Inside
-//! - The *advertiser* publishes this node's [`CapacityAdvert`] every advert interval
-//!   (and at once when told its capacity changed).
+//! - The *advertiser* publishes this node's [`CapacityAdvert`] every advert interval,
+//!   and soon after the worker's capacity changes.
 //! - The *dispatcher* takes inbound [`NetEvent`]s: blob requests are served from the
-//!   blob store (bounded by a semaphore); task offers are refused with
-//!   `NotAccepting` until the worker exists; result batches are acknowledged empty.
+//!   blob store, result batches go to the [`Scheduler`] (both bounded by
+//!   semaphores); task offers and cancels go to the [`Worker`], which answers at once.
 //!
 //! # Shutdown
-//! stop accepting (control API) -> cancel the tasks and wait for them -> close the
-//! network -> remove `api.json` -> release the lock.
+//! stop accepting (control API) -> cancel the tasks and wait for them (dispatcher,
+//! advertiser, scheduler, worker) -> close the network -> remove `api.json` ->
+//! release the lock. Every result was already written before it was acknowledged,
+//! so nothing needs flushing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,10 +31,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api;
 use crate::config::{DataDir, NodeConfig, write_private_file};
-use crate::net::protocol::{BlobReply, CapacityAdvert, PROTOCOL_VERSION, TaskReply, TaskRequest};
+use crate::net::protocol::{
+    BLOB_PIECE_BYTES, BlobReply, CapacityAdvert, PROTOCOL_VERSION, TaskReply, TaskRequest,
+};
 use crate::net::{self, NetClient, NetEvent};
 use crate::sandbox::{Sandbox, SandboxConfig};
-use crate::store::BlobStore;
+use crate::scheduler::{Scheduler, SchedulerContext};
+use crate::store::{BlobStore, Db};
+use crate::worker::{Executor, SandboxExecutor, Worker};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +69,9 @@ pub enum NodeError {
     /// The network could not start.
     #[error(transparent)]
     Net(#[from] net::NetError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Db(#[from] crate::store::DbError),
     /// The control API could not start.
     #[error(
         "could not serve the control API on {addr}: {source} (is another node using it? pick another with --api)"
@@ -102,6 +112,15 @@ pub fn load_or_create_identity(data_dir: &DataDir) -> Result<identity::Keypair, 
     }
 }
 
+/// Seams for tests and demos: parts of a node that can be replaced. The release
+/// daemon always uses the defaults.
+#[derive(Debug, Default)]
+pub struct Seams {
+    /// What runs chunks (default: the sandbox). A `LyingExecutor` makes a dishonest
+    /// worker.
+    pub executor: Option<Arc<dyn Executor>>,
+}
+
 /// What the control API and the node's tasks share.
 #[derive(Debug)]
 pub struct NodeState {
@@ -109,6 +128,12 @@ pub struct NodeState {
     pub net: NetClient,
     /// The blob store.
     pub blobs: BlobStore,
+    /// The database.
+    pub db: Arc<Db>,
+    /// The worker side.
+    pub worker: Worker,
+    /// The submitter side.
+    pub scheduler: Scheduler,
     /// The sandbox.
     pub sandbox: Sandbox,
     /// The resolved configuration.
@@ -122,11 +147,12 @@ pub struct NodeState {
 impl NodeState {
     /// The advert this node publishes now.
     pub fn advert(&self, seq: u64) -> CapacityAdvert {
+        let worker = self.worker.status();
         CapacityAdvert {
             version: PROTOCOL_VERSION,
             seq,
-            slots_total: self.config.cpus,
-            slots_free: self.config.cpus,
+            slots_total: worker.slots_total,
+            slots_free: worker.slots_free,
             cores: self.config.cpus,
             memory_limit: self.config.memory_per_chunk,
             fuel_per_sec: self.fuel_per_sec,
@@ -142,6 +168,7 @@ pub struct Node {
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     api: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    scheduler_task: tokio::task::JoinHandle<()>,
     net_task: tokio::task::JoinHandle<()>,
     _lock: std::fs::File,
 }
@@ -152,6 +179,11 @@ const BLOB_SERVERS: usize = 16;
 impl Node {
     /// Starts a node (see the module docs for the order).
     pub async fn spawn(config: NodeConfig) -> Result<Node, NodeError> {
+        Self::spawn_with(config, Seams::default()).await
+    }
+
+    /// Starts a node with some parts replaced (tests, demos).
+    pub async fn spawn_with(config: NodeConfig, seams: Seams) -> Result<Node, NodeError> {
         let data_dir = config.data_dir.clone();
         let root = data_dir.root().to_path_buf();
         std::fs::create_dir_all(&root).map_err(data_dir_error("creating the data dir", &root))?;
@@ -159,6 +191,7 @@ impl Node {
         let keypair = load_or_create_identity(&data_dir)?;
         let blobs = BlobStore::open(data_dir.blobs())
             .map_err(data_dir_error("opening the blob store", &data_dir.blobs()))?;
+        let db = Arc::new(Db::open(&data_dir.database())?);
         let sandbox = Sandbox::new(SandboxConfig {
             cache_dir: Some(data_dir.module_cache()),
             ..SandboxConfig::default()
@@ -171,9 +204,34 @@ impl Node {
 
         let shutdown = CancellationToken::new();
         let network = net::start(&keypair, config.net.clone(), shutdown.child_token())?;
+        let executor = seams
+            .executor
+            .unwrap_or_else(|| Arc::new(SandboxExecutor::new(sandbox.clone())));
+        let worker = Worker::new(
+            network.client.clone(),
+            blobs.clone(),
+            db.clone(),
+            sandbox.clone(),
+            executor,
+            config.cpus,
+            config.memory_per_chunk,
+            shutdown.child_token(),
+        );
+        let (scheduler, scheduler_task) = Scheduler::start(
+            SchedulerContext {
+                net: network.client.clone(),
+                blobs: blobs.clone(),
+                db: db.clone(),
+                sandbox: sandbox.clone(),
+            },
+            shutdown.child_token(),
+        );
         let state = Arc::new(NodeState {
             net: network.client.clone(),
             blobs,
+            db,
+            worker,
+            scheduler,
             sandbox,
             config,
             fuel_per_sec,
@@ -210,6 +268,7 @@ impl Node {
             shutdown,
             tasks,
             api,
+            scheduler_task,
             net_task: network.task,
             _lock: lock,
         })
@@ -258,6 +317,8 @@ impl Node {
             let _ = api.await;
         }
         while self.tasks.join_next().await.is_some() {}
+        let _ = (&mut self.scheduler_task).await;
+        self.state.worker.join().await;
         let _ = (&mut self.net_task).await;
         let _ = std::fs::remove_file(self.state.config.data_dir.api_info());
         tracing::info!(peer_id = %self.peer_id(), "node stopped");
@@ -311,13 +372,21 @@ async fn advertise(state: Arc<NodeState>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {
-                seq += 1;
-                state.net.publish_advert(state.advert(seq)).await;
+            _ = tick.tick() => {}
+            _ = state.worker.capacity_changed() => {
+                // Let a burst of changes settle into one advert.
+                tokio::time::sleep(ADVERT_SETTLE).await;
             }
         }
+        seq += 1;
+        state.net.publish_advert(state.advert(seq)).await;
     }
 }
+
+/// After a capacity change, wait this long before re-advertising.
+const ADVERT_SETTLE: Duration = Duration::from_millis(200);
+/// Result batches handled at once.
+const RESULT_HANDLERS: usize = 8;
 
 /// Answers inbound requests.
 async fn dispatch(
@@ -326,6 +395,7 @@ async fn dispatch(
     shutdown: CancellationToken,
 ) {
     let servers = Arc::new(Semaphore::new(BLOB_SERVERS));
+    let handlers = Arc::new(Semaphore::new(RESULT_HANDLERS));
     let mut serving = JoinSet::new();
     loop {
         let event = tokio::select! {
@@ -351,7 +421,7 @@ async fn dispatch(
                         blobs.read_piece(
                             &request.hash,
                             request.offset,
-                            request.len.min(crate::net::protocol::BLOB_PIECE_BYTES),
+                            request.len.min(BLOB_PIECE_BYTES),
                         )
                     })
                     .await;
@@ -368,34 +438,36 @@ async fn dispatch(
                 });
             }
             NetEvent::Task {
-                request, channel, ..
+                peer,
+                request,
+                channel,
             } => {
                 let reply = match request {
-                    TaskRequest::Offer { assignments, .. } => TaskReply::Offer {
-                        accepted: Vec::new(),
-                        rejected: assignments
-                            .iter()
-                            .map(|a| {
-                                (
-                                    a.chunk,
-                                    a.attempt,
-                                    crate::net::protocol::RejectReason::NotAccepting,
-                                )
-                            })
-                            .collect(),
-                    },
-                    TaskRequest::Cancel { .. } => TaskReply::Cancelled,
+                    TaskRequest::Offer {
+                        job_id,
+                        assignments,
+                    } => state.worker.offer(peer, job_id, assignments),
+                    TaskRequest::Cancel { job_id, chunks } => {
+                        state.worker.cancel(job_id, &chunks);
+                        TaskReply::Cancelled
+                    }
                 };
                 state.net.respond_task(channel, reply).await;
             }
-            NetEvent::Results { channel, .. } => {
-                state
-                    .net
-                    .respond_results(
-                        channel,
-                        crate::net::protocol::ResultAck { stored: Vec::new() },
-                    )
-                    .await;
+            NetEvent::Results {
+                peer,
+                request,
+                channel,
+            } => {
+                let Ok(permit) = handlers.clone().acquire_owned().await else {
+                    break;
+                };
+                let state = state.clone();
+                serving.spawn(async move {
+                    let ack = state.scheduler.results(peer, request).await;
+                    state.net.respond_results(channel, ack).await;
+                    drop(permit);
+                });
             }
         }
     }

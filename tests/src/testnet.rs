@@ -19,19 +19,11 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// The config of a test node: loopback TCP on a free port, no mDNS, API on a free
-/// port, metrics off, fast adverts.
+/// The config of a test node: [`NodeOptions::loopback`] with the API on a free port.
 pub fn test_config(dir: &std::path::Path, bootstrap: &[String]) -> NodeConfig {
     NodeOptions {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        bootstrap: bootstrap.to_vec(),
-        no_mdns: true,
-        cpus: Some(2),
         api: Some("127.0.0.1:0".into()),
-        metrics: Some("off".into()),
-        advert_interval: Some("300ms".into()),
-        advert_ttl: Some("2s".into()),
-        ..NodeOptions::default()
+        ..NodeOptions::loopback(bootstrap.to_vec(), 2)
     }
     .resolve(DataDir::resolve(Some(dir.to_path_buf())))
     .expect("test config resolves")

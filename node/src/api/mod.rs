@@ -6,16 +6,30 @@
 //! peer id) into the data dir, which is how the CLI finds it; the node removes it at
 //! shutdown. Handlers only read [`NodeState`] and ask the [`NetClient`](crate::net::NetClient).
 //!
-//! Endpoints (all GET, JSON): `/v1/status` ([`Status`]), `/v1/peers` ([`PeerInfo`] list).
+//! Endpoints:
+//!
+//! | method, path | what |
+//! |---|---|
+//! | `GET /v1/status` | the node ([`Status`]) |
+//! | `GET /v1/peers` | known peers ([`PeerInfo`] list) |
+//! | `POST /v1/blobs` | store the body as a blob; `{"hash"}` |
+//! | `POST /v1/jobs` | submit ([`SubmitRequest`]); `{"id"}`, or 400 with `{"error"}` |
+//! | `GET /v1/jobs`, `GET /v1/jobs/{id}` | [`JobStatus`] |
+//! | `GET /v1/jobs/{id}/events` | server-sent events, one [`JobStatus`] per change, until it ends |
+//! | `GET /v1/jobs/{id}/result` | the merged result's bytes |
+//! | `GET /v1/jobs/{id}/chunks/{n}` | one chunk's verified output |
+//! | `POST /v1/jobs/{id}/cancel` | cancel |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +38,11 @@ use crate::config::{DataDir, random_bytes, write_private_file};
 use crate::net::PeerInfo;
 use crate::net::protocol::CapacityAdvert;
 use crate::node::NodeState;
+use crate::scheduler::{JobStatus, SubmitRequest, parse_job_id};
+use crate::worker::WorkerStatus;
+
+/// Largest upload (a module or an input file).
+const MAX_UPLOAD: usize = 1024 * 1024 * 1024;
 
 /// What `api.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +88,10 @@ pub struct Status {
     pub banned_peers: usize,
     /// Inbound requests dropped because the node was busy.
     pub dropped_inbound: u64,
+    /// The worker side.
+    pub worker: WorkerStatus,
+    /// Jobs this node submitted that are still running.
+    pub jobs_running: usize,
 }
 
 /// Reads the token, creating it (random, owner-only) the first time.
@@ -110,6 +133,14 @@ pub async fn serve(
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
+        .route("/v1/blobs", post(put_blob))
+        .route("/v1/jobs", post(submit).get(jobs))
+        .route("/v1/jobs/{id}", get(job))
+        .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/jobs/{id}/result", get(job_result))
+        .route("/v1/jobs/{id}/chunks/{chunk}", get(chunk_output))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .layer(DefaultBodyLimit::max(MAX_UPLOAD))
         .layer(middleware::from_fn_with_state(token, require_token))
         .with_state(state);
     let task = tokio::spawn(async move {
@@ -165,9 +196,189 @@ async fn status(State(state): State<Arc<NodeState>>) -> Result<Json<Status>, Sta
         offences: net.offences,
         banned_peers: net.banned_peers,
         dropped_inbound: net.dropped_inbound,
+        worker: state.worker.status(),
+        jobs_running: state
+            .scheduler
+            .status(None)
+            .await
+            .iter()
+            .filter(|j| !j.state.is_final())
+            .count(),
     }))
 }
 
 async fn peers(State(state): State<Arc<NodeState>>) -> Json<Vec<PeerInfo>> {
     Json(state.net.peers().await)
+}
+
+/// An error answer: status and `{"error": message}`.
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// An error answer the handlers return with `?`.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+fn job_id(id: &str) -> Result<crate::net::protocol::JobId, ApiError> {
+    parse_job_id(id).ok_or_else(|| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("'{id}' is not a job id (32 hex digits, see `peergrid jobs`)"),
+        )
+    })
+}
+
+async fn put_blob(State(state): State<Arc<NodeState>>, body: axum::body::Bytes) -> Response {
+    let blobs = state.blobs.clone();
+    match tokio::task::spawn_blocking(move || blobs.put(&body)).await {
+        Ok(Ok(hash)) => Json(serde_json::json!({ "hash": hash.to_hex() })).into_response(),
+        Ok(Err(e)) => error(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn submit(State(state): State<Arc<NodeState>>, Json(req): Json<SubmitRequest>) -> Response {
+    match state.scheduler.submit(req).await {
+        Ok(id) => {
+            Json(serde_json::json!({ "id": crate::scheduler::job_id_hex(&id) })).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+async fn jobs(State(state): State<Arc<NodeState>>) -> Json<Vec<JobStatus>> {
+    Json(state.scheduler.status(None).await)
+}
+
+fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such job on this node".into())
+}
+
+async fn job(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    let id = job_id(&id)?;
+    state
+        .scheduler
+        .status(Some(id))
+        .await
+        .pop()
+        .map(Json)
+        .ok_or_else(not_found)
+}
+
+async fn job_events(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    let mut rx = state.scheduler.subscribe(id).await.ok_or_else(not_found)?;
+    let stream = async_stream(move |tx| async move {
+        loop {
+            let status = rx.borrow_and_update().clone();
+            let done = status.state.is_final();
+            let Ok(event) = Event::default().json_data(&status) else {
+                break;
+            };
+            if tx
+                .send(Ok::<_, std::convert::Infallible>(event))
+                .await
+                .is_err()
+                || done
+            {
+                break;
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// A stream fed by a task through a small bounded channel.
+fn async_stream<T, F, Fut>(f: F) -> impl futures::Stream<Item = T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(f(tx));
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
+async fn blob_response(state: &NodeState, hash: crate::net::protocol::BlobHash) -> Response {
+    let blobs = state.blobs.clone();
+    match tokio::task::spawn_blocking(move || blobs.get(&hash)).await {
+        Ok(Ok(Some(bytes))) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+        }
+        _ => error(StatusCode::NOT_FOUND, "the blob is missing from the store"),
+    }
+}
+
+async fn job_result(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    let status = state
+        .scheduler
+        .status(Some(id))
+        .await
+        .pop()
+        .ok_or_else(not_found)?;
+    let hash = status
+        .result
+        .as_deref()
+        .and_then(crate::net::protocol::BlobHash::from_hex)
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::CONFLICT,
+                format!(
+                    "job {} has no merged result (state: {:?})",
+                    status.id, status.state
+                ),
+            )
+        })?;
+    Ok(blob_response(&state, hash).await)
+}
+
+async fn chunk_output(
+    State(state): State<Arc<NodeState>>,
+    Path((id, chunk)): Path<(String, u32)>,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    match state.scheduler.chunk_output(id, chunk).await {
+        Some(hash) if hash == crate::net::protocol::BlobHash::of(b"") => {
+            Ok(Vec::<u8>::new().into_response())
+        }
+        Some(hash) => Ok(blob_response(&state, hash).await),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "that chunk has no verified output".into(),
+        )),
+    }
+}
+
+async fn cancel(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = job_id(&id)?;
+    state.scheduler.cancel(id).await.ok_or_else(not_found)?;
+    Ok(Json(serde_json::json!({ "cancelled": true })))
 }

@@ -8,15 +8,19 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod cancel;
 pub mod client;
 pub mod common;
 pub mod demo;
 pub mod examples;
 pub mod inspect;
+pub mod jobs;
 pub mod node;
 pub mod peers;
+pub mod results;
 pub mod run;
 pub mod status;
+pub mod submit;
 
 /// peergrid: a volunteer compute grid. Lend spare CPU, run jobs as sandboxed
 /// WebAssembly on many peers, accept results only when independent peers agree.
@@ -46,6 +50,10 @@ enum Command {
     Node(node::NodeCmd),
     Peers(peers::PeersCmd),
     Status(status::StatusCmd),
+    Submit(submit::SubmitCmd),
+    Jobs(jobs::JobsCmd),
+    Results(results::ResultsCmd),
+    Cancel(cancel::CancelCmd),
     Run(run::RunCmd),
     Inspect(inspect::InspectCmd),
     Examples(examples::ExamplesCmd),
@@ -81,6 +89,10 @@ impl Cli {
             Command::Node(cmd) => cmd.execute(&global),
             Command::Peers(cmd) => cmd.execute(&global),
             Command::Status(cmd) => cmd.execute(&global),
+            Command::Submit(cmd) => cmd.execute(&global),
+            Command::Jobs(cmd) => cmd.execute(&global),
+            Command::Results(cmd) => cmd.execute(&global),
+            Command::Cancel(cmd) => cmd.execute(&global),
             Command::Run(cmd) => cmd.execute(&global),
             Command::Inspect(cmd) => cmd.execute(&global),
             Command::Examples(cmd) => cmd.execute(),

@@ -1,17 +1,25 @@
-//! `peergrid status`: what the local node is doing: its id, addresses, connections
-//! and the capacity it lends.
+//! `peergrid status [JOB]`: what the local node is doing (its id, addresses,
+//! connections, the capacity it lends), or where a job is and, when nothing moves,
+//! why. `--follow` streams a job's progress.
 
 use std::process::ExitCode;
 
 use super::GlobalOpts;
 use super::client::ApiClient;
 use super::common::fuel;
+use super::jobs::{print_job, resolve_job};
 use crate::api::Status;
 use crate::config::DataDir;
+use crate::scheduler::JobStatus;
 
-/// Show the local node's state.
+/// Show the local node's state, or a job's.
 #[derive(Debug, clap::Args)]
 pub struct StatusCmd {
+    /// A job id (or a unique prefix); without it, the node itself.
+    pub job: Option<String>,
+    /// Follow the job's progress until it ends.
+    #[arg(long, requires = "job")]
+    pub follow: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -20,6 +28,20 @@ pub struct StatusCmd {
 impl StatusCmd {
     pub(super) fn execute(self, global: &GlobalOpts) -> anyhow::Result<ExitCode> {
         let client = ApiClient::connect(&DataDir::resolve(global.data_dir.clone()))?;
+        if let Some(job) = &self.job {
+            let id = resolve_job(&client, job)?;
+            let status: JobStatus = if self.follow {
+                super::submit::follow(&client, &id, self.json)?
+            } else {
+                client.get(&format!("/v1/jobs/{id}"))?
+            };
+            if self.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_job(&status);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         let s: Status = client.get("/v1/status")?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&s)?);
@@ -41,6 +63,13 @@ impl StatusCmd {
             s.memory_per_chunk / (1024 * 1024),
             fuel(s.fuel_per_sec)
         );
+        println!(
+            "working   {} chunks active, {} results awaiting acknowledgement, {} executed since start",
+            s.worker.active, s.worker.outbox, s.worker.executed
+        );
+        if s.jobs_running > 0 {
+            println!("jobs      {} running (see `peergrid jobs`)", s.jobs_running);
+        }
         if s.offences > 0 || s.banned_peers > 0 {
             println!(
                 "offences  {} counted, {} peers banned",

@@ -1,0 +1,117 @@
+//! A small grid inside one process: a submitter and N workers, real nodes talking
+//! real libp2p on loopback, each with its own temporary data dir. `peergrid demo`
+//! and `peergrid bench` use it; liars are injected through the executor seam.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::config::{DataDir, NodeOptions};
+use crate::worker::{Executor, LyingExecutor};
+use crate::{Node, Seams};
+
+/// The running grid.
+#[derive(Debug)]
+pub struct LocalGrid {
+    /// The node jobs are submitted to.
+    pub submitter: Node,
+    /// The workers; the last `liars` of them lie on every chunk.
+    pub workers: Vec<Node>,
+    /// How many of the workers lie.
+    pub liars: usize,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl LocalGrid {
+    /// Starts a submitter and `workers` workers lending `cpus` slots each; the last
+    /// `liars` workers return wrong results for every chunk (each its own wrong
+    /// answer, so liars never agree with each other).
+    pub async fn start(workers: usize, liars: usize, cpus: u32) -> anyhow::Result<Self> {
+        if liars > workers {
+            bail!("--liars {liars} is more than the {workers} workers");
+        }
+        let mut dirs = Vec::new();
+        let mut spawn = |bootstrap: Vec<String>, executor: Option<Arc<dyn Executor>>| {
+            let dir = tempfile::tempdir().context("creating a temporary data dir")?;
+            let config = NodeOptions::loopback(bootstrap, cpus)
+                .resolve(DataDir::resolve(Some(dir.path().to_path_buf())))?;
+            dirs.push(dir);
+            anyhow::Ok(Node::spawn_with(config, Seams { executor }))
+        };
+        // The submitter lends nothing (1 slot nobody uses: it is not in its own view).
+        let submitter = spawn(Vec::new(), None)?.await?;
+        let bootstrap: Vec<String> = submitter
+            .listen_addrs()
+            .await
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let mut nodes = Vec::new();
+        for i in 0..workers {
+            let executor: Option<Arc<dyn Executor>> = (i >= workers - liars).then(|| {
+                Arc::new(LyingExecutor::new(
+                    submitter.state().sandbox.clone(),
+                    1.0,
+                    i as u64 + 1,
+                )) as Arc<dyn Executor>
+            });
+            nodes.push(spawn(bootstrap.clone(), executor)?.await?);
+        }
+        Ok(Self {
+            submitter,
+            workers: nodes,
+            liars,
+            _dirs: dirs,
+        })
+    }
+
+    /// Waits until the submitter sees every worker's capacity advert.
+    pub async fn wait_for_workers(&self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let seen = self
+                .submitter
+                .net()
+                .peers()
+                .await
+                .iter()
+                .filter(|p| p.advert.is_some())
+                .count();
+            if seen >= self.workers.len() {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "only {seen} of {} workers advertised within {timeout:?}",
+                    self.workers.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A label for a peer id: "worker 3", "worker 4 (liar)", or "submitter".
+    pub fn label(&self, peer: &str) -> String {
+        if self.submitter.peer_id().to_string() == peer {
+            return "submitter".into();
+        }
+        match self
+            .workers
+            .iter()
+            .position(|w| w.peer_id().to_string() == peer)
+        {
+            Some(i) if i >= self.workers.len() - self.liars => format!("worker {} (liar)", i + 1),
+            Some(i) => format!("worker {}", i + 1),
+            None => peer.to_string(),
+        }
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(self) {
+        for w in self.workers {
+            w.shutdown().await;
+        }
+        self.submitter.shutdown().await;
+    }
+}

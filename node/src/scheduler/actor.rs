@@ -1,0 +1,1113 @@
+//! The scheduler actor: owns every job's live state, places replicas, verifies
+//! results, and writes every change through to the database before it is
+//! acknowledged. See the module docs of [`scheduler`](super) for the message flow.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::job::{
+    Chunk, ChunkState, Job, JobSpec, JobState, Replica, ReplicaState, Verdict, agreement_key,
+    is_deterministic,
+};
+use super::reputation::Reputation;
+use super::{ChunkFailure, JobStatus, Msg, PeerTally, SchedulerContext, job_id_hex};
+use crate::net::protocol::{
+    Assignment, BlobHash, ChunkResult, JobId, PROTOCOL_VERSION, Payload, RejectReason, ResultAck,
+    TaskReply, TaskRequest, WireOutcome,
+};
+use crate::store::db::{ChunkRow, JobRow, ReplicaRow, Write, now_ms};
+use crate::worker::QUEUE_FACTOR;
+
+/// How often the actor re-dispatches even when nothing happened (timeouts, peers
+/// that left or joined).
+const TICK: Duration = Duration::from_millis(250);
+/// A peer that refused or failed an offer is skipped for this long.
+const PEER_BACKOFF: Duration = Duration::from_secs(1);
+/// Failures with evidence kept in a status.
+const MAX_FAILURES_SHOWN: usize = 10;
+
+pub(super) struct Actor {
+    ctx: SchedulerContext,
+    tx: mpsc::Sender<Msg>,
+    rx: mpsc::Receiver<Msg>,
+    shutdown: CancellationToken,
+    jobs: BTreeMap<JobId, Job>,
+    watchers: HashMap<JobId, watch::Sender<JobStatus>>,
+    reputation: Reputation,
+    backoff: HashMap<PeerId, Instant>,
+    fetching: HashSet<BlobHash>,
+    dirty: HashSet<JobId>,
+    kick: bool,
+}
+
+fn encode_outcome(o: &WireOutcome) -> Vec<u8> {
+    postcard::to_allocvec(o).unwrap_or_default()
+}
+
+fn decode_outcome(bytes: Option<&[u8]>) -> Option<WireOutcome> {
+    bytes.and_then(|b| postcard::from_bytes(b).ok())
+}
+
+/// A short human description of an outcome.
+pub(super) fn describe(o: &WireOutcome) -> String {
+    match o {
+        WireOutcome::Ok => "ok".into(),
+        WireOutcome::Trap { kind, message } => format!("trap ({kind}): {message}"),
+        WireOutcome::OutOfFuel => "out of fuel".into(),
+        WireOutcome::MemoryLimit => "memory limit reached".into(),
+        WireOutcome::Timeout => "timed out on the worker".into(),
+        WireOutcome::Invalid(r) => format!("invalid module: {r}"),
+    }
+}
+
+fn replica_row(chunk: u32, r: &Replica) -> ReplicaRow {
+    let (issued_ms, outcome, output, fuel) = match &r.state {
+        ReplicaState::Issued(at) | ReplicaState::TimedOut(at) => (*at, None, None, None),
+        ReplicaState::Returned {
+            outcome,
+            output,
+            fuel,
+            ..
+        } => (0, Some(encode_outcome(outcome)), Some(*output), Some(*fuel)),
+        ReplicaState::Offered | ReplicaState::Lost => (0, None, None, None),
+    };
+    ReplicaRow {
+        chunk,
+        attempt: r.attempt,
+        peer: r.peer.to_string(),
+        state: r.state.as_str().into(),
+        issued_ms,
+        outcome,
+        output,
+        fuel,
+    }
+}
+
+impl Actor {
+    /// Loads jobs from the database.
+    pub(super) fn load(
+        ctx: SchedulerContext,
+        tx: mpsc::Sender<Msg>,
+        rx: mpsc::Receiver<Msg>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let reputation = Reputation::load(ctx.db.reputations().unwrap_or_default());
+        let mut actor = Self {
+            ctx,
+            tx,
+            rx,
+            shutdown,
+            jobs: BTreeMap::new(),
+            watchers: HashMap::new(),
+            reputation,
+            backoff: HashMap::new(),
+            fetching: HashSet::new(),
+            dirty: HashSet::new(),
+            kick: true,
+        };
+        match actor.ctx.db.jobs(None) {
+            Ok(rows) => {
+                for row in rows {
+                    match actor.load_job(row) {
+                        Ok(job) => {
+                            actor.dirty.insert(job.id);
+                            actor.jobs.insert(job.id, job);
+                        }
+                        Err(e) => tracing::error!("cannot load a job: {e}"),
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot load jobs"),
+        }
+        let resumed = actor.jobs.values().filter(|j| !j.state.is_final()).count();
+        if resumed > 0 {
+            tracing::info!(jobs = resumed, "resuming unfinished jobs");
+        }
+        actor
+    }
+
+    fn load_job(&self, row: JobRow) -> Result<Job, String> {
+        let spec: JobSpec = postcard::from_bytes(&row.spec).map_err(|e| e.to_string())?;
+        let state = JobState::parse(&row.state).ok_or("unknown job state")?;
+        let chunk_rows = self.ctx.db.chunks(row.id).map_err(|e| e.to_string())?;
+        let replica_rows = self.ctx.db.replicas(row.id).map_err(|e| e.to_string())?;
+        let mut chunks: Vec<Chunk> = chunk_rows
+            .into_iter()
+            .map(|c: ChunkRow| {
+                let state = match c.state.as_str() {
+                    "verified" => match (decode_outcome(c.outcome.as_deref()), c.output) {
+                        (Some(outcome), Some(output)) => ChunkState::Verified {
+                            key: agreement_key(&outcome, &output),
+                            outcome,
+                            output,
+                        },
+                        _ => ChunkState::Failed("stored verification is unreadable".into()),
+                    },
+                    "failed" => ChunkState::Failed(
+                        c.outcome
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())
+                            .unwrap_or_default(),
+                    ),
+                    _ => ChunkState::Pending,
+                };
+                Chunk {
+                    input: match c.input_data {
+                        Some(bytes) => Payload::Inline(bytes),
+                        None => Payload::Blob {
+                            hash: c.input,
+                            size: c.input_size,
+                        },
+                    },
+                    input_hash: c.input,
+                    state,
+                    replicas: Vec::new(),
+                }
+            })
+            .collect();
+        for r in replica_rows {
+            let Some(chunk) = chunks.get_mut(r.chunk as usize) else {
+                continue;
+            };
+            let Ok(peer) = r.peer.parse::<PeerId>() else {
+                continue;
+            };
+            let state = match r.state.as_str() {
+                "issued" => ReplicaState::Issued(r.issued_ms),
+                "timed_out" => ReplicaState::TimedOut(r.issued_ms),
+                "returned" => match (decode_outcome(r.outcome.as_deref()), r.output) {
+                    (Some(outcome), Some(output)) => ReplicaState::Returned {
+                        key: agreement_key(&outcome, &output),
+                        outcome,
+                        output,
+                        fuel: r.fuel.unwrap_or(0),
+                    },
+                    _ => ReplicaState::Lost,
+                },
+                _ => ReplicaState::Lost,
+            };
+            chunk.replicas.push(Replica {
+                attempt: r.attempt,
+                peer,
+                state,
+            });
+        }
+        Ok(Job {
+            id: row.id,
+            name: row.name,
+            module: row.module,
+            spec,
+            state,
+            chunks,
+            created_ms: row.created_ms,
+            finished_ms: row.finished_ms,
+            result: row.result,
+            error: row.error,
+            why: None,
+        })
+    }
+
+    pub(super) async fn run(mut self) {
+        // Jobs interrupted while merging merge again.
+        let merging: Vec<JobId> = self
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Merging)
+            .map(|j| j.id)
+            .collect();
+        for id in merging {
+            self.start_merge(id);
+        }
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break,
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => self.on_message(msg),
+                    None => break,
+                },
+                _ = tick.tick() => self.kick = true,
+            }
+            if self.kick {
+                self.kick = false;
+                self.dispatch().await;
+            }
+            self.publish();
+        }
+    }
+
+    fn persist(&self, writes: &[Write]) -> bool {
+        match self.ctx.db.apply(writes) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write scheduler state");
+                false
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: Msg) {
+        match msg {
+            Msg::Insert(job, reply) => {
+                let row = JobRow {
+                    id: job.id,
+                    name: job.name.clone(),
+                    module: job.module,
+                    params: Vec::new(),
+                    spec: postcard::to_allocvec(&job.spec).unwrap_or_default(),
+                    state: job.state.as_str().into(),
+                    chunks_total: job.chunks.len() as u32,
+                    created_ms: job.created_ms,
+                    finished_ms: None,
+                    result: None,
+                    error: None,
+                };
+                let chunks = job
+                    .chunks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| ChunkRow {
+                        idx: i as u32,
+                        input: c.input_hash,
+                        input_size: match &c.input {
+                            Payload::Inline(b) => b.len() as u64,
+                            Payload::Blob { size, .. } => *size,
+                        },
+                        input_data: match &c.input {
+                            Payload::Inline(b) => Some(b.clone()),
+                            Payload::Blob { .. } => None,
+                        },
+                        state: "pending".into(),
+                        outcome: None,
+                        output: None,
+                    })
+                    .collect();
+                let result = self
+                    .ctx
+                    .db
+                    .apply(&[Write::InsertJob(row, chunks)])
+                    .map_err(|e| e.to_string());
+                if result.is_ok() {
+                    tracing::info!(job = %job.id, name = %job.name, chunks = job.chunks.len(), "job submitted");
+                    self.dirty.insert(job.id);
+                    self.jobs.insert(job.id, *job);
+                    self.kick = true;
+                }
+                let _ = reply.send(result);
+            }
+            Msg::Cancel(id, reply) => {
+                let _ = reply.send(self.cancel(id));
+            }
+            Msg::Results(peer, batch, reply) => {
+                let ack = self.on_results(peer, batch.results);
+                let _ = reply.send(ack);
+                self.kick = true;
+            }
+            Msg::OfferReply {
+                job,
+                peer,
+                offered,
+                reply,
+            } => {
+                self.on_offer_reply(job, peer, offered, reply);
+                self.kick = true;
+            }
+            Msg::Merged(id, result) => self.on_merged(id, result),
+            Msg::Status(id, reply) => {
+                let statuses = match id {
+                    Some(id) => self
+                        .jobs
+                        .get(&id)
+                        .map(|j| self.status(j))
+                        .into_iter()
+                        .collect(),
+                    None => self.jobs.values().map(|j| self.status(j)).collect(),
+                };
+                let _ = reply.send(statuses);
+            }
+            Msg::Subscribe(id, reply) => {
+                let status = self.jobs.get(&id).map(|job| self.status(job));
+                let rx = status.map(|status| {
+                    self.watchers
+                        .entry(id)
+                        .or_insert_with(|| watch::channel(status).0)
+                        .subscribe()
+                });
+                let _ = reply.send(rx);
+            }
+            Msg::Output(id, chunk, reply) => {
+                let output = self
+                    .jobs
+                    .get(&id)
+                    .and_then(|j| j.chunks.get(chunk as usize))
+                    .and_then(|c| match &c.state {
+                        ChunkState::Verified {
+                            outcome: WireOutcome::Ok,
+                            output,
+                            ..
+                        } => Some(*output),
+                        _ => None,
+                    });
+                let _ = reply.send(output);
+            }
+        }
+    }
+
+    fn cancel(&mut self, id: JobId) -> Option<()> {
+        let job = self.jobs.get_mut(&id)?;
+        if job.state.is_final() {
+            return Some(());
+        }
+        job.state = JobState::Cancelled;
+        job.finished_ms = Some(now_ms());
+        let mut holders: HashSet<PeerId> = HashSet::new();
+        for chunk in &job.chunks {
+            for r in &chunk.replicas {
+                if r.state.is_live() {
+                    holders.insert(r.peer);
+                }
+            }
+        }
+        let write = Write::JobState {
+            id,
+            state: JobState::Cancelled.as_str().into(),
+            finished_ms: job.finished_ms,
+            result: None,
+            error: None,
+        };
+        self.persist(&[write]);
+        tracing::info!(job = %id, "job cancelled");
+        for peer in holders {
+            let net = self.ctx.net.clone();
+            tokio::spawn(async move {
+                let _ = net
+                    .send_task(
+                        peer,
+                        TaskRequest::Cancel {
+                            job_id: id,
+                            chunks: Vec::new(),
+                        },
+                    )
+                    .await;
+            });
+        }
+        self.dirty.insert(id);
+        Some(())
+    }
+
+    fn on_offer_reply(
+        &mut self,
+        id: JobId,
+        peer: PeerId,
+        offered: Vec<(u32, u32)>,
+        reply: Result<TaskReply, crate::net::RequestError>,
+    ) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let accepted: HashSet<(u32, u32)> = match reply {
+            Ok(TaskReply::Offer { accepted, rejected }) => {
+                if rejected.iter().any(|r| r.2 == RejectReason::NoFreeSlots) {
+                    self.backoff.insert(peer, Instant::now() + PEER_BACKOFF);
+                }
+                accepted.into_iter().collect()
+            }
+            Ok(TaskReply::Cancelled) | Err(_) => {
+                self.backoff.insert(peer, Instant::now() + PEER_BACKOFF);
+                HashSet::new()
+            }
+        };
+        let now = now_ms();
+        let mut writes = Vec::new();
+        for (chunk_idx, attempt) in offered {
+            let Some(chunk) = job.chunks.get_mut(chunk_idx as usize) else {
+                continue;
+            };
+            let Some(r) = chunk
+                .replicas
+                .iter_mut()
+                .find(|r| r.attempt == attempt && r.peer == peer)
+            else {
+                continue;
+            };
+            if r.state != ReplicaState::Offered {
+                continue;
+            }
+            if accepted.contains(&(chunk_idx, attempt)) {
+                r.state = ReplicaState::Issued(now);
+                writes.push(Write::Replica(id, replica_row(chunk_idx, r)));
+            } else {
+                // Refused or unanswered: forget it, the peer may be asked again later.
+                let pos = chunk
+                    .replicas
+                    .iter()
+                    .position(|x| x.attempt == attempt && x.peer == peer);
+                if let Some(pos) = pos {
+                    chunk.replicas.remove(pos);
+                }
+            }
+        }
+        self.persist(&writes);
+        self.dirty.insert(id);
+    }
+
+    /// Records results; returns the ack naming those stored (or not ours to keep).
+    fn on_results(&mut self, peer: PeerId, results: Vec<ChunkResult>) -> ResultAck {
+        let mut stored = Vec::new();
+        let mut writes = Vec::new();
+        let mut touched: Vec<(JobId, u32)> = Vec::new();
+        for result in results {
+            let key = (result.job_id, result.chunk, result.attempt);
+            let Some(job) = self.jobs.get_mut(&result.job_id) else {
+                stored.push(key);
+                continue;
+            };
+            let Some(chunk) = job.chunks.get_mut(result.chunk as usize) else {
+                stored.push(key);
+                continue;
+            };
+            let Some(replica) = chunk
+                .replicas
+                .iter_mut()
+                .find(|r| r.attempt == result.attempt && r.peer == peer)
+            else {
+                // Not a replica this peer holds: nothing to keep.
+                stored.push(key);
+                continue;
+            };
+            if matches!(replica.state, ReplicaState::Returned { .. }) {
+                stored.push(key);
+                continue;
+            }
+            // The output must be stored (and match its hash) before the ack.
+            let usable = match &result.output {
+                None => result.output_hash == BlobHash::of(b""),
+                Some(Payload::Inline(bytes)) => {
+                    BlobHash::of(bytes) == result.output_hash && self.ctx.blobs.put(bytes).is_ok()
+                }
+                Some(Payload::Blob { hash, size }) => {
+                    if *hash != result.output_hash || *size > crate::net::protocol::MAX_BLOB_BYTES {
+                        false
+                    } else if self.ctx.blobs.contains(hash) {
+                        true
+                    } else {
+                        // Fetch it, and take the result when the worker retries.
+                        if self.fetching.insert(*hash) {
+                            let (net, blobs, hash) =
+                                (self.ctx.net.clone(), self.ctx.blobs.clone(), *hash);
+                            tokio::spawn(async move {
+                                if let Err(e) =
+                                    crate::net::fetch::fetch_blob(&net, &blobs, hash, &[peer]).await
+                                {
+                                    tracing::warn!(%peer, "cannot fetch a result output: {e}");
+                                }
+                            });
+                        }
+                        continue;
+                    }
+                }
+            };
+            if !usable {
+                tracing::warn!(%peer, job = %result.job_id, chunk = result.chunk, "unusable result (output does not match its hash)");
+                replica.state = ReplicaState::Lost;
+                writes.push(Write::Replica(
+                    result.job_id,
+                    replica_row(result.chunk, replica),
+                ));
+                writes.push(self.reputation.error(peer));
+                stored.push(key);
+                touched.push((result.job_id, result.chunk));
+                continue;
+            }
+            if let Payload::Blob { hash, .. } = result
+                .output
+                .as_ref()
+                .unwrap_or(&Payload::Inline(Vec::new()))
+            {
+                self.fetching.remove(hash);
+            }
+            if !is_deterministic(&result.outcome) {
+                writes.push(self.reputation.error(peer));
+            }
+            replica.state = ReplicaState::Returned {
+                key: agreement_key(&result.outcome, &result.output_hash),
+                outcome: result.outcome,
+                output: result.output_hash,
+                fuel: result.fuel_used,
+            };
+            writes.push(Write::Replica(
+                result.job_id,
+                replica_row(result.chunk, replica),
+            ));
+            // A late result for a chunk already verified still tells on its peer.
+            if let ChunkState::Verified { key: verified, .. } = &chunk.state
+                && let ReplicaState::Returned { key, outcome, .. } = &replica.state
+                && is_deterministic(outcome)
+            {
+                writes.push(if key == verified {
+                    self.reputation.agreed(peer)
+                } else {
+                    self.reputation.disagreed(peer)
+                });
+            }
+            stored.push(key);
+            touched.push((result.job_id, result.chunk));
+        }
+        for (id, idx) in touched {
+            writes.extend(self.evaluate_chunk(id, idx));
+            self.dirty.insert(id);
+        }
+        if !self.persist(&writes) {
+            // Nothing was stored: acknowledge nothing, the worker will retry.
+            return ResultAck { stored: Vec::new() };
+        }
+        let ids: HashSet<JobId> = stored.iter().map(|k| k.0).collect();
+        for id in ids {
+            if let Some(w) = self.check_done(id) {
+                self.persist(&[w]);
+            }
+        }
+        ResultAck { stored }
+    }
+
+    /// Applies a verdict that ends a chunk (verified or failed); returns the writes.
+    fn evaluate_chunk(&mut self, id: JobId, idx: u32) -> Vec<Write> {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Vec::new();
+        };
+        if job.state != JobState::Running {
+            return Vec::new();
+        }
+        let spec = job.spec;
+        let Some(chunk) = job.chunks.get_mut(idx as usize) else {
+            return Vec::new();
+        };
+        if chunk.state != ChunkState::Pending {
+            return Vec::new();
+        }
+        let mut writes = Vec::new();
+        match chunk.evaluate(&spec) {
+            Verdict::Verified(key) => {
+                let winner = chunk.replicas.iter().find_map(|r| match &r.state {
+                    ReplicaState::Returned {
+                        key: k,
+                        outcome,
+                        output,
+                        ..
+                    } if *k == key => Some((outcome.clone(), *output)),
+                    _ => None,
+                });
+                let Some((outcome, output)) = winner else {
+                    return writes;
+                };
+                for r in &chunk.replicas {
+                    if let ReplicaState::Returned {
+                        key: k, outcome, ..
+                    } = &r.state
+                        && is_deterministic(outcome)
+                    {
+                        writes.push(if *k == key {
+                            self.reputation.agreed(r.peer)
+                        } else {
+                            self.reputation.disagreed(r.peer)
+                        });
+                    }
+                }
+                writes.push(Write::ChunkState {
+                    job: id,
+                    idx,
+                    state: "verified".into(),
+                    outcome: Some(encode_outcome(&outcome)),
+                    output: Some(output),
+                });
+                chunk.state = ChunkState::Verified {
+                    outcome,
+                    output,
+                    key,
+                };
+            }
+            Verdict::Failed(reason) => {
+                writes.push(Write::ChunkState {
+                    job: id,
+                    idx,
+                    state: "failed".into(),
+                    outcome: Some(reason.clone().into_bytes()),
+                    output: None,
+                });
+                chunk.state = ChunkState::Failed(reason);
+            }
+            Verdict::Need(_) | Verdict::Wait => {}
+        }
+        writes
+    }
+
+    /// When every chunk has ended: merge (all verified ok) or fail the job.
+    fn check_done(&mut self, id: JobId) -> Option<Write> {
+        let job = self.jobs.get_mut(&id)?;
+        if job.state != JobState::Running
+            || job.chunks.iter().any(|c| c.state == ChunkState::Pending)
+        {
+            return None;
+        }
+        let problems: Vec<String> = job
+            .chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match &c.state {
+                ChunkState::Verified {
+                    outcome: WireOutcome::Ok,
+                    ..
+                } => None,
+                ChunkState::Verified { outcome, .. } => Some(format!(
+                    "chunk {i}: verified failure: {}",
+                    describe(outcome)
+                )),
+                ChunkState::Failed(reason) => Some(format!("chunk {i}: {reason}")),
+                ChunkState::Pending => None,
+            })
+            .collect();
+        self.dirty.insert(id);
+        if problems.is_empty() {
+            job.state = JobState::Merging;
+            let write = Write::JobState {
+                id,
+                state: JobState::Merging.as_str().into(),
+                finished_ms: None,
+                result: None,
+                error: None,
+            };
+            self.start_merge(id);
+            return Some(write);
+        }
+        let total = problems.len();
+        let mut error: String = problems.into_iter().take(5).collect::<Vec<_>>().join("; ");
+        if total > 5 {
+            error.push_str(&format!("; and {} more chunks", total - 5));
+        }
+        tracing::warn!(job = %id, "job failed: {error}");
+        job.state = JobState::Failed;
+        job.finished_ms = Some(now_ms());
+        job.error = Some(error.clone());
+        Some(Write::JobState {
+            id,
+            state: JobState::Failed.as_str().into(),
+            finished_ms: job.finished_ms,
+            result: None,
+            error: Some(error),
+        })
+    }
+
+    /// Runs merge on a blocking thread; the result comes back as `Msg::Merged`.
+    fn start_merge(&self, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        let outputs: Vec<BlobHash> = job
+            .chunks
+            .iter()
+            .filter_map(|c| match &c.state {
+                ChunkState::Verified { output, .. } => Some(*output),
+                _ => None,
+            })
+            .collect();
+        let (blobs, sandbox, module, tx) = (
+            self.ctx.blobs.clone(),
+            self.ctx.sandbox.clone(),
+            job.module,
+            self.tx.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let result = merge(&blobs, &sandbox, module, &outputs);
+            let _ = tx.blocking_send(Msg::Merged(id, result));
+        });
+    }
+
+    fn on_merged(&mut self, id: JobId, result: Result<Option<BlobHash>, String>) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if job.state != JobState::Merging {
+            return;
+        }
+        job.finished_ms = Some(now_ms());
+        match result {
+            Ok(hash) => {
+                job.state = JobState::Done;
+                job.result = hash;
+                tracing::info!(job = %id, "job done");
+            }
+            Err(e) => {
+                job.state = JobState::Failed;
+                job.error = Some(format!("merge failed: {e}"));
+                tracing::warn!(job = %id, "merge failed: {e}");
+            }
+        }
+        let write = Write::JobState {
+            id,
+            state: job.state.as_str().into(),
+            finished_ms: job.finished_ms,
+            result: job.result,
+            error: job.error.clone(),
+        };
+        self.persist(&[write]);
+        self.dirty.insert(id);
+    }
+
+    /// Reissues lost and timed-out replicas and offers every chunk that needs
+    /// replicas to eligible peers, one offer per peer and job.
+    async fn dispatch(&mut self) {
+        if !self.jobs.values().any(|j| j.state == JobState::Running) {
+            return;
+        }
+        let view = self.ctx.net.peers().await;
+        let now = Instant::now();
+        self.backoff.retain(|_, until| *until > now);
+        let alive: HashSet<PeerId> = view
+            .iter()
+            .filter(|p| p.advert.is_some() || p.connected)
+            .filter_map(|p| p.peer_id.parse().ok())
+            .collect();
+        // Live replicas per peer, across jobs.
+        let mut inflight: HashMap<PeerId, u32> = HashMap::new();
+        for job in self.jobs.values().filter(|j| j.state == JobState::Running) {
+            for c in &job.chunks {
+                for r in c.replicas.iter().filter(|r| r.state.is_live()) {
+                    *inflight.entry(r.peer).or_default() += 1;
+                }
+            }
+        }
+        // Capacity per eligible peer.
+        let mut candidates: Vec<(PeerId, u64, i64, f64)> = Vec::new(); // peer, memory, room, score
+        let mut excluded = 0;
+        for p in &view {
+            let (Some(advert), Ok(peer)) = (&p.advert, p.peer_id.parse::<PeerId>()) else {
+                continue;
+            };
+            if advert.version != PROTOCOL_VERSION || self.backoff.contains_key(&peer) {
+                continue;
+            }
+            if self.reputation.excluded(&peer) {
+                excluded += 1;
+                continue;
+            }
+            let room = i64::from(advert.slots_total * QUEUE_FACTOR)
+                - i64::from(inflight.get(&peer).copied().unwrap_or(0));
+            candidates.push((
+                peer,
+                advert.memory_limit,
+                room,
+                self.reputation.score(&peer),
+            ));
+        }
+        let known = view.iter().filter(|p| p.foreign_version.is_none()).count();
+        let now_ms = now_ms();
+        let mut writes = Vec::new();
+        let mut offers: HashMap<(JobId, PeerId), Vec<(u32, u32)>> = HashMap::new();
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for id in ids {
+            let mut unplaced = 0u32;
+            let mut touched = Vec::new();
+            {
+                let Some(job) = self.jobs.get_mut(&id) else {
+                    continue;
+                };
+                if job.state != JobState::Running {
+                    continue;
+                }
+                let spec = job.spec;
+                let timeout_ms = spec.soft_timeout.as_millis() as u64;
+                for (idx, chunk) in job.chunks.iter_mut().enumerate() {
+                    if chunk.state != ChunkState::Pending {
+                        continue;
+                    }
+                    for r in chunk.replicas.iter_mut() {
+                        let lost = match r.state {
+                            ReplicaState::Issued(at) if now_ms.saturating_sub(at) > timeout_ms => {
+                                r.state = ReplicaState::TimedOut(at);
+                                writes.push(self.reputation.timeout(r.peer));
+                                true
+                            }
+                            ReplicaState::Issued(_) if !alive.contains(&r.peer) => {
+                                r.state = ReplicaState::Lost;
+                                true
+                            }
+                            _ => false,
+                        };
+                        if lost {
+                            tracing::debug!(job = %id, chunk = idx, peer = %r.peer, state = r.state.as_str(), "replica reissued");
+                            writes.push(Write::Replica(id, replica_row(idx as u32, r)));
+                        }
+                    }
+                    match chunk.evaluate(&spec) {
+                        Verdict::Need(n) => {
+                            let used: HashSet<PeerId> = chunk.used_peers().copied().collect();
+                            let mut choices: Vec<&mut (PeerId, u64, i64, f64)> = candidates
+                                .iter_mut()
+                                .filter(|(peer, memory, room, _)| {
+                                    *room > 0
+                                        && *memory >= spec.limits.memory_bytes
+                                        && !used.contains(peer)
+                                })
+                                .collect();
+                            // Most room first, then the best standing.
+                            choices.sort_by(|a, b| b.2.cmp(&a.2).then(b.3.total_cmp(&a.3)));
+                            let mut placed = 0;
+                            for choice in choices.into_iter().take(n as usize) {
+                                let attempt = chunk
+                                    .replicas
+                                    .iter()
+                                    .map(|r| r.attempt + 1)
+                                    .max()
+                                    .unwrap_or(0);
+                                chunk.replicas.push(Replica {
+                                    attempt,
+                                    peer: choice.0,
+                                    state: ReplicaState::Offered,
+                                });
+                                choice.2 -= 1;
+                                offers
+                                    .entry((id, choice.0))
+                                    .or_default()
+                                    .push((idx as u32, attempt));
+                                placed += 1;
+                            }
+                            unplaced += n - placed;
+                        }
+                        Verdict::Verified(_) | Verdict::Failed(_) => touched.push(idx as u32),
+                        Verdict::Wait => {}
+                    }
+                }
+            }
+            for idx in touched {
+                writes.extend(self.evaluate_chunk(id, idx));
+            }
+            if let Some(job) = self.jobs.get_mut(&id) {
+                let why = (unplaced > 0).then(|| {
+                    format!(
+                        "waiting for peers: {unplaced} replicas need a distinct peer with free slots and {} MiB per chunk; {} peers advertise capacity, {} known, {} excluded by reputation",
+                        job.spec.limits.memory_bytes / (1024 * 1024),
+                        candidates.len(),
+                        known,
+                        excluded
+                    )
+                });
+                if why != job.why {
+                    job.why = why;
+                    self.dirty.insert(id);
+                }
+            }
+            if let Some(w) = self.check_done(id) {
+                writes.push(w);
+            }
+        }
+        self.persist(&writes);
+        for ((id, peer), items) in offers {
+            self.send_offer(id, peer, items);
+            self.dirty.insert(id);
+        }
+    }
+
+    fn send_offer(&self, id: JobId, peer: PeerId, items: Vec<(u32, u32)>) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        let deadline = job.spec.soft_timeout.as_millis() as u64;
+        let assignments: Vec<Assignment> = items
+            .iter()
+            .filter_map(|&(chunk, attempt)| {
+                let c = job.chunks.get(chunk as usize)?;
+                Some(Assignment {
+                    chunk,
+                    attempt,
+                    module: job.module,
+                    input: c.input.clone(),
+                    limits: job.spec.limits,
+                    soft_deadline_ms: deadline,
+                })
+            })
+            .collect();
+        let (net, tx) = (self.ctx.net.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let reply = net
+                .send_task(
+                    peer,
+                    TaskRequest::Offer {
+                        job_id: id,
+                        assignments,
+                    },
+                )
+                .await;
+            let _ = tx
+                .send(Msg::OfferReply {
+                    job: id,
+                    peer,
+                    offered: items,
+                    reply,
+                })
+                .await;
+        });
+    }
+
+    fn status(&self, job: &Job) -> JobStatus {
+        let mut tallies: BTreeMap<PeerId, PeerTally> = BTreeMap::new();
+        let (mut verified, mut failed, mut issued, mut results, mut disagreements, mut reissues) =
+            (0, 0, 0, 0, 0, 0);
+        let mut failures = Vec::new();
+        for (i, c) in job.chunks.iter().enumerate() {
+            let verified_key = match &c.state {
+                ChunkState::Verified { key, .. } => {
+                    verified += 1;
+                    Some(*key)
+                }
+                ChunkState::Failed(_) => {
+                    failed += 1;
+                    None
+                }
+                ChunkState::Pending => None,
+            };
+            if c.groups().len() > 1 {
+                disagreements += 1;
+            }
+            for r in &c.replicas {
+                let tally = tallies.entry(r.peer).or_insert_with(|| PeerTally {
+                    peer: r.peer.to_string(),
+                    agreed: 0,
+                    disagreed: 0,
+                    in_flight: 0,
+                    excluded: self.reputation.excluded(&r.peer),
+                });
+                match &r.state {
+                    ReplicaState::Offered => {}
+                    ReplicaState::Issued(_) => {
+                        issued += 1;
+                        tally.in_flight += 1;
+                    }
+                    ReplicaState::Returned { key, .. } => {
+                        issued += 1;
+                        results += 1;
+                        match verified_key {
+                            Some(v) if v == *key => tally.agreed += 1,
+                            Some(_) => tally.disagreed += 1,
+                            None => {}
+                        }
+                    }
+                    ReplicaState::TimedOut(_) | ReplicaState::Lost => {
+                        issued += 1;
+                        reissues += 1;
+                    }
+                }
+            }
+            let failure = match &c.state {
+                ChunkState::Failed(reason) => Some(reason.clone()),
+                ChunkState::Verified { outcome, .. } if *outcome != WireOutcome::Ok => {
+                    Some(format!("verified failure: {}", describe(outcome)))
+                }
+                _ => None,
+            };
+            if let Some(reason) = failure
+                && failures.len() < MAX_FAILURES_SHOWN
+            {
+                failures.push(ChunkFailure {
+                    chunk: i as u32,
+                    reason,
+                    evidence: c
+                        .replicas
+                        .iter()
+                        .filter_map(|r| match &r.state {
+                            ReplicaState::Returned {
+                                outcome, output, ..
+                            } => Some((
+                                r.peer.to_string(),
+                                format!("{} (output {:?})", describe(outcome), output),
+                            )),
+                            _ => None,
+                        })
+                        .collect(),
+                });
+            }
+        }
+        let end = job.finished_ms.unwrap_or_else(now_ms);
+        JobStatus {
+            id: job_id_hex(&job.id),
+            name: job.name.clone(),
+            state: job.state,
+            chunks_total: job.chunks.len() as u32,
+            chunks_verified: verified,
+            chunks_failed: failed,
+            replicas_issued: issued,
+            results,
+            disagreements,
+            reissues,
+            why: job.why.clone(),
+            error: job.error.clone(),
+            result: job.result.map(|h| h.to_hex()),
+            elapsed_s: end.saturating_sub(job.created_ms) as f64 / 1000.0,
+            peers: tallies.into_values().collect(),
+            failures,
+        }
+    }
+
+    /// Sends fresh statuses to watchers of jobs that changed.
+    fn publish(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let dirty: Vec<JobId> = self.dirty.drain().collect();
+        for id in dirty {
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
+            if let Some(tx) = self.watchers.get(&id) {
+                if tx.receiver_count() == 0 {
+                    self.watchers.remove(&id);
+                    continue;
+                }
+                let status = self.status(job);
+                tx.send_replace(status);
+            }
+        }
+    }
+}
+
+/// Runs merge over the verified outputs (in chunk order) and stores the result.
+/// Without a merge export the job's result is its chunk outputs (`Ok(None)`).
+fn merge(
+    blobs: &crate::store::BlobStore,
+    sandbox: &crate::sandbox::Sandbox,
+    module_hash: BlobHash,
+    outputs: &[BlobHash],
+) -> Result<Option<BlobHash>, String> {
+    let bytes = blobs
+        .get(&module_hash)
+        .map_err(|e| e.to_string())?
+        .ok_or("the module is no longer in the blob store")?;
+    let module = sandbox.load(&bytes).map_err(|e| e.to_string())?;
+    if !module.has_merge {
+        return Ok(None);
+    }
+    let empty = BlobHash::of(b"");
+    let data: Vec<Vec<u8>> = outputs
+        .iter()
+        .map(|h| {
+            if *h == empty {
+                return Ok(Vec::new());
+            }
+            blobs
+                .get(h)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("verified output {h:?} is missing from the blob store"))
+        })
+        .collect::<Result<_, String>>()?;
+    let exec = sandbox.merge(&module, &data, &crate::sandbox::Limits::SUBMITTER);
+    match exec.outcome {
+        crate::sandbox::Outcome::Ok(result) => {
+            blobs.put(&result).map(Some).map_err(|e| e.to_string())
+        }
+        other => Err(other.to_string()),
+    }
+}

@@ -1,0 +1,148 @@
+//! Peer reputation, local to this submitter and kept in the database.
+//!
+//! Per peer: results that agreed with the verified outcome (and how many in a row),
+//! results in a minority, errors and timeouts. A peer caught in a minority loses
+//! standing; past the thresholds of [`is_excluded`] it is no longer chosen.
+
+use std::collections::HashMap;
+
+use libp2p::PeerId;
+
+use crate::store::db::{ReputationRow, Write};
+
+/// Whether a peer is no longer given work: it was in a minority at least twice and
+/// for more than a tenth of its verified results, or it failed to deliver (errors,
+/// timeouts) at least five times and more often than it agreed.
+pub fn is_excluded(r: &ReputationRow) -> bool {
+    let minority = r.disagreed >= 2 && r.disagreed * 10 > r.agreed;
+    let unreliable = r.errors + r.timeouts >= 5 && r.errors + r.timeouts > r.agreed;
+    minority || unreliable
+}
+
+/// A score for ordering peers (higher is better), in 0..1.
+pub fn score(r: &ReputationRow) -> f64 {
+    (r.agreed as f64 + 1.0)
+        / (r.agreed as f64 + 5.0 * r.disagreed as f64 + (r.errors + r.timeouts) as f64 + 2.0)
+}
+
+/// Every peer's standing.
+#[derive(Debug, Default)]
+pub struct Reputation {
+    rows: HashMap<PeerId, ReputationRow>,
+}
+
+impl Reputation {
+    /// From the stored rows.
+    pub fn load(rows: Vec<ReputationRow>) -> Self {
+        Self {
+            rows: rows
+                .into_iter()
+                .filter_map(|r| r.peer.parse().ok().map(|p| (p, r)))
+                .collect(),
+        }
+    }
+
+    /// A peer's row (zeros for a newcomer).
+    pub fn get(&self, peer: &PeerId) -> ReputationRow {
+        self.rows
+            .get(peer)
+            .cloned()
+            .unwrap_or_else(|| ReputationRow {
+                peer: peer.to_string(),
+                ..ReputationRow::default()
+            })
+    }
+
+    /// Whether the peer is excluded.
+    pub fn excluded(&self, peer: &PeerId) -> bool {
+        self.rows.get(peer).is_some_and(is_excluded)
+    }
+
+    /// The peer's score.
+    pub fn score(&self, peer: &PeerId) -> f64 {
+        score(&self.get(peer))
+    }
+
+    fn update(&mut self, peer: PeerId, change: impl FnOnce(&mut ReputationRow)) -> Write {
+        let mut row = self.get(&peer);
+        let before = is_excluded(&row);
+        change(&mut row);
+        if !before && is_excluded(&row) {
+            tracing::warn!(%peer, agreed = row.agreed, disagreed = row.disagreed,
+                errors = row.errors, timeouts = row.timeouts, "peer excluded by reputation");
+        }
+        self.rows.insert(peer, row.clone());
+        Write::Reputation(row)
+    }
+
+    /// The peer's result agreed with the verified outcome.
+    pub fn agreed(&mut self, peer: PeerId) -> Write {
+        self.update(peer, |r| {
+            r.agreed += 1;
+            r.consecutive += 1;
+        })
+    }
+
+    /// The peer's result was in a minority.
+    pub fn disagreed(&mut self, peer: PeerId) -> Write {
+        self.update(peer, |r| {
+            r.disagreed += 1;
+            r.consecutive = 0;
+        })
+    }
+
+    /// The peer sent something unusable, or failed non-deterministically.
+    pub fn error(&mut self, peer: PeerId) -> Write {
+        self.update(peer, |r| {
+            r.errors += 1;
+            r.consecutive = 0;
+        })
+    }
+
+    /// The peer did not return a replica in time.
+    pub fn timeout(&mut self, peer: PeerId) -> Write {
+        self.update(peer, |r| {
+            r.timeouts += 1;
+            r.consecutive = 0;
+        })
+    }
+
+    /// Every row, for status.
+    pub fn all(&self) -> impl Iterator<Item = (&PeerId, &ReputationRow)> {
+        self.rows.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_always_liar_is_excluded_after_two_minorities_and_honest_peers_never() {
+        let mut rep = Reputation::default();
+        let (honest, liar) = (PeerId::random(), PeerId::random());
+        for _ in 0..100 {
+            rep.agreed(honest);
+        }
+        rep.disagreed(liar);
+        assert!(!rep.excluded(&liar), "one minority can be bad luck");
+        rep.disagreed(liar);
+        assert!(rep.excluded(&liar));
+        assert!(!rep.excluded(&honest));
+        assert!(rep.score(&honest) > rep.score(&liar));
+    }
+
+    #[test]
+    fn an_occasional_liar_is_excluded_too() {
+        let mut rep = Reputation::default();
+        let peer = PeerId::random();
+        for i in 0..30 {
+            if i % 4 == 0 {
+                rep.disagreed(peer);
+            } else {
+                rep.agreed(peer);
+            }
+        }
+        assert!(rep.excluded(&peer));
+    }
+}

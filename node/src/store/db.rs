@@ -1,0 +1,711 @@
+//! The node's SQLite database (WAL): jobs, chunks, replicas, peer reputation (the
+//! submitter's side) and the outbox of finished results (the worker's side).
+//!
+//! The scheduler and the worker keep their live state in memory and write through
+//! here; on restart they load it back. Writes come as a batch of [`Write`]s applied in
+//! one transaction, so a batch of results costs one commit, and a result is durable
+//! before it is acknowledged. Schema changes are numbered migrations
+//! (`PRAGMA user_version`).
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::net::protocol::{BlobHash, JobId};
+
+/// Errors from the database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite said no (full disk, corruption, locked).
+    #[error("database: {0} (check free disk space and permissions of the data dir)")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored value could not be decoded.
+    #[error("database holds a value it cannot decode: {0}")]
+    Corrupt(String),
+}
+
+/// The migrations, in order. Never edit one that has shipped; add another.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE jobs (
+    id            BLOB PRIMARY KEY,
+    name          TEXT NOT NULL,
+    module        BLOB NOT NULL,
+    params        BLOB NOT NULL,
+    spec          BLOB NOT NULL,
+    state         TEXT NOT NULL,
+    chunks_total  INTEGER NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    finished_ms   INTEGER,
+    result        BLOB,
+    error         TEXT
+);
+CREATE TABLE chunks (
+    job_id      BLOB NOT NULL,
+    idx         INTEGER NOT NULL,
+    input       BLOB NOT NULL,
+    input_size  INTEGER NOT NULL,
+    input_data  BLOB,
+    state       TEXT NOT NULL,
+    outcome     BLOB,
+    output      BLOB,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE replicas (
+    job_id      BLOB NOT NULL,
+    chunk       INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    peer        TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    issued_ms   INTEGER NOT NULL,
+    outcome     BLOB,
+    output      BLOB,
+    fuel        INTEGER,
+    PRIMARY KEY (job_id, chunk, attempt)
+) WITHOUT ROWID;
+CREATE TABLE reputation (
+    peer         TEXT PRIMARY KEY,
+    agreed       INTEGER NOT NULL,
+    consecutive  INTEGER NOT NULL,
+    disagreed    INTEGER NOT NULL,
+    errors       INTEGER NOT NULL,
+    timeouts     INTEGER NOT NULL
+);
+CREATE TABLE outbox (
+    job_id      BLOB NOT NULL,
+    chunk       INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    submitter   TEXT NOT NULL,
+    result      BLOB NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    PRIMARY KEY (job_id, chunk, attempt)
+) WITHOUT ROWID;
+"#];
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    /// Its id.
+    pub id: JobId,
+    /// A name for people.
+    pub name: String,
+    /// The module blob.
+    pub module: BlobHash,
+    /// The params it was split with (JSON), empty for input files.
+    pub params: Vec<u8>,
+    /// The job spec, postcard-encoded by the scheduler.
+    pub spec: Vec<u8>,
+    /// `running`, `done`, `failed`, `cancelled`.
+    pub state: String,
+    /// How many chunks.
+    pub chunks_total: u32,
+    /// When it was submitted (unix ms).
+    pub created_ms: u64,
+    /// When it ended (unix ms).
+    pub finished_ms: Option<u64>,
+    /// The merged result blob.
+    pub result: Option<BlobHash>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// A chunk as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkRow {
+    /// Its index.
+    pub idx: u32,
+    /// The input blob.
+    pub input: BlobHash,
+    /// Its size.
+    pub input_size: u64,
+    /// The input itself when small (kept in the database, not as a blob file).
+    pub input_data: Option<Vec<u8>>,
+    /// `pending`, `verified`, `failed`.
+    pub state: String,
+    /// The verified outcome (postcard `WireOutcome`), or the failure reason.
+    pub outcome: Option<Vec<u8>>,
+    /// The verified output blob.
+    pub output: Option<BlobHash>,
+}
+
+/// A replica as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaRow {
+    /// Chunk index.
+    pub chunk: u32,
+    /// Attempt number.
+    pub attempt: u32,
+    /// The worker.
+    pub peer: String,
+    /// `issued`, `returned`, `timed_out`, `lost`.
+    pub state: String,
+    /// When it was accepted (unix ms).
+    pub issued_ms: u64,
+    /// The outcome it returned (postcard `WireOutcome`).
+    pub outcome: Option<Vec<u8>>,
+    /// The output hash it returned.
+    pub output: Option<BlobHash>,
+    /// Fuel it reported.
+    pub fuel: Option<u64>,
+}
+
+/// A peer's standing with this submitter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReputationRow {
+    /// The peer.
+    pub peer: String,
+    /// Results that agreed with the verified outcome.
+    pub agreed: u64,
+    /// Agreements since the last disagreement.
+    pub consecutive: u64,
+    /// Results in a minority.
+    pub disagreed: u64,
+    /// Undeliverable or non-deterministic failures.
+    pub errors: u64,
+    /// Replicas it never returned in time.
+    pub timeouts: u64,
+}
+
+/// A finished result waiting for its submitter's acknowledgement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    /// The job.
+    pub job_id: JobId,
+    /// The chunk.
+    pub chunk: u32,
+    /// The replica.
+    pub attempt: u32,
+    /// Who to deliver to.
+    pub submitter: String,
+    /// The `ChunkResult`, postcard-encoded.
+    pub result: Vec<u8>,
+}
+
+/// One change, applied with others in a single transaction by [`Db::apply`].
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// A new job with its chunks.
+    InsertJob(JobRow, Vec<ChunkRow>),
+    /// A job's state changed.
+    JobState {
+        /// The job.
+        id: JobId,
+        /// New state.
+        state: String,
+        /// When it ended.
+        finished_ms: Option<u64>,
+        /// The result blob.
+        result: Option<BlobHash>,
+        /// Why it failed.
+        error: Option<String>,
+    },
+    /// A chunk was verified or failed.
+    ChunkState {
+        /// The job.
+        job: JobId,
+        /// The chunk.
+        idx: u32,
+        /// New state.
+        state: String,
+        /// Its outcome.
+        outcome: Option<Vec<u8>>,
+        /// Its output.
+        output: Option<BlobHash>,
+    },
+    /// A replica was accepted, returned, timed out or lost (insert or replace).
+    Replica(JobId, ReplicaRow),
+    /// A peer's reputation changed.
+    Reputation(ReputationRow),
+    /// A result entered the outbox.
+    OutboxPut(OutboxRow),
+    /// A result was acknowledged.
+    OutboxDelete(JobId, u32, u32),
+    /// Every outbox entry of a job (cancelled).
+    OutboxDeleteJob(JobId),
+}
+
+/// The database. One connection behind a mutex: writes are short transactions.
+#[derive(Debug)]
+pub struct Db {
+    conn: Mutex<Connection>,
+}
+
+fn job_id(bytes: Vec<u8>) -> Result<JobId, DbError> {
+    <[u8; 16]>::try_from(bytes.as_slice())
+        .map(JobId)
+        .map_err(|_| DbError::Corrupt("job id".into()))
+}
+
+fn hash(bytes: Vec<u8>) -> Result<BlobHash, DbError> {
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map(BlobHash)
+        .map_err(|_| DbError::Corrupt("blob hash".into()))
+}
+
+fn opt_hash(bytes: Option<Vec<u8>>) -> Result<Option<BlobHash>, DbError> {
+    bytes.map(hash).transpose()
+}
+
+impl Db {
+    /// Opens (creating and migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies every write in one transaction: all of them or none.
+    pub fn apply(&self, writes: &[Write]) -> Result<(), DbError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for write in writes {
+            apply_one(&tx, write)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Jobs, oldest first; only those in `states` when given.
+    pub fn jobs(&self, states: Option<&[&str]>) -> Result<Vec<JobRow>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, name, module, params, spec, state, chunks_total, created_ms, finished_ms, result, error
+             FROM jobs ORDER BY created_ms",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, u32>(6)?,
+                r.get::<_, u64>(7)?,
+                r.get::<_, Option<u64>>(8)?,
+                r.get::<_, Option<Vec<u8>>>(9)?,
+                r.get::<_, Option<String>>(10)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (
+                id,
+                name,
+                module,
+                params,
+                spec,
+                state,
+                chunks_total,
+                created_ms,
+                finished_ms,
+                result,
+                error,
+            ) = row?;
+            if states.is_some_and(|s| !s.contains(&state.as_str())) {
+                continue;
+            }
+            out.push(JobRow {
+                id: job_id(id)?,
+                name,
+                module: hash(module)?,
+                params,
+                spec,
+                state,
+                chunks_total,
+                created_ms,
+                finished_ms,
+                result: opt_hash(result)?,
+                error,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A job's chunks in index order.
+    pub fn chunks(&self, job: JobId) -> Result<Vec<ChunkRow>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT idx, input, input_size, input_data, state, outcome, output
+             FROM chunks WHERE job_id = ?1 ORDER BY idx",
+        )?;
+        let rows = stmt.query_map(params![job.0.as_slice()], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, u64>(2)?,
+                r.get::<_, Option<Vec<u8>>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<Vec<u8>>>(5)?,
+                r.get::<_, Option<Vec<u8>>>(6)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (idx, input, input_size, input_data, state, outcome, output) = row?;
+            Ok(ChunkRow {
+                idx,
+                input: hash(input)?,
+                input_size,
+                input_data,
+                state,
+                outcome,
+                output: opt_hash(output)?,
+            })
+        })
+        .collect()
+    }
+
+    /// A job's replicas.
+    pub fn replicas(&self, job: JobId) -> Result<Vec<ReplicaRow>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT chunk, attempt, peer, state, issued_ms, outcome, output, fuel
+             FROM replicas WHERE job_id = ?1 ORDER BY chunk, attempt",
+        )?;
+        let rows = stmt.query_map(params![job.0.as_slice()], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, u64>(4)?,
+                r.get::<_, Option<Vec<u8>>>(5)?,
+                r.get::<_, Option<Vec<u8>>>(6)?,
+                r.get::<_, Option<u64>>(7)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (chunk, attempt, peer, state, issued_ms, outcome, output, fuel) = row?;
+            Ok(ReplicaRow {
+                chunk,
+                attempt,
+                peer,
+                state,
+                issued_ms,
+                outcome,
+                output: opt_hash(output)?,
+                fuel,
+            })
+        })
+        .collect()
+    }
+
+    /// Every peer's reputation.
+    pub fn reputations(&self) -> Result<Vec<ReputationRow>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT peer, agreed, consecutive, disagreed, errors, timeouts FROM reputation",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ReputationRow {
+                peer: r.get(0)?,
+                agreed: r.get(1)?,
+                consecutive: r.get(2)?,
+                disagreed: r.get(3)?,
+                errors: r.get(4)?,
+                timeouts: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The whole outbox, oldest first.
+    pub fn outbox(&self) -> Result<Vec<OutboxRow>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT job_id, chunk, attempt, submitter, result FROM outbox ORDER BY created_ms",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (job, chunk, attempt, submitter, result) = row?;
+            Ok(OutboxRow {
+                job_id: job_id(job)?,
+                chunk,
+                attempt,
+                submitter,
+                result,
+            })
+        })
+        .collect()
+    }
+
+    /// Entries in the outbox.
+    pub fn outbox_len(&self) -> Result<u64, DbError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+}
+
+fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbError> {
+    match write {
+        Write::InsertJob(job, chunks) => {
+            tx.execute(
+                "INSERT INTO jobs (id, name, module, params, spec, state, chunks_total, created_ms, finished_ms, result, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    job.id.0.as_slice(),
+                    job.name,
+                    job.module.0.as_slice(),
+                    job.params,
+                    job.spec,
+                    job.state,
+                    job.chunks_total,
+                    job.created_ms,
+                    job.finished_ms,
+                    job.result.map(|h| h.0.to_vec()),
+                    job.error,
+                ],
+            )?;
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO chunks (job_id, idx, input, input_size, input_data, state, outcome, output)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for c in chunks {
+                stmt.execute(params![
+                    job.id.0.as_slice(),
+                    c.idx,
+                    c.input.0.as_slice(),
+                    c.input_size,
+                    c.input_data,
+                    c.state,
+                    c.outcome,
+                    c.output.map(|h| h.0.to_vec()),
+                ])?;
+            }
+        }
+        Write::JobState {
+            id,
+            state,
+            finished_ms,
+            result,
+            error,
+        } => {
+            tx.execute(
+                "UPDATE jobs SET state = ?2, finished_ms = ?3, result = ?4, error = ?5 WHERE id = ?1",
+                params![
+                    id.0.as_slice(),
+                    state,
+                    finished_ms,
+                    result.map(|h| h.0.to_vec()),
+                    error
+                ],
+            )?;
+        }
+        Write::ChunkState {
+            job,
+            idx,
+            state,
+            outcome,
+            output,
+        } => {
+            tx.prepare_cached(
+                "UPDATE chunks SET state = ?3, outcome = ?4, output = ?5 WHERE job_id = ?1 AND idx = ?2",
+            )?
+            .execute(params![
+                job.0.as_slice(),
+                idx,
+                state,
+                outcome,
+                output.map(|h| h.0.to_vec())
+            ])?;
+        }
+        Write::Replica(job, r) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO replicas (job_id, chunk, attempt, peer, state, issued_ms, outcome, output, fuel)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                job.0.as_slice(),
+                r.chunk,
+                r.attempt,
+                r.peer,
+                r.state,
+                r.issued_ms,
+                r.outcome,
+                r.output.map(|h| h.0.to_vec()),
+                r.fuel
+            ])?;
+        }
+        Write::Reputation(r) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO reputation (peer, agreed, consecutive, disagreed, errors, timeouts)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                r.peer,
+                r.agreed,
+                r.consecutive,
+                r.disagreed,
+                r.errors,
+                r.timeouts
+            ])?;
+        }
+        Write::OutboxPut(o) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO outbox (job_id, chunk, attempt, submitter, result, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                o.job_id.0.as_slice(),
+                o.chunk,
+                o.attempt,
+                o.submitter,
+                o.result,
+                now_ms()
+            ])?;
+        }
+        Write::OutboxDelete(job, chunk, attempt) => {
+            tx.prepare_cached(
+                "DELETE FROM outbox WHERE job_id = ?1 AND chunk = ?2 AND attempt = ?3",
+            )?
+            .execute(params![job.0.as_slice(), chunk, attempt])?;
+        }
+        Write::OutboxDeleteJob(job) => {
+            tx.execute(
+                "DELETE FROM outbox WHERE job_id = ?1",
+                params![job.0.as_slice()],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: u8) -> JobRow {
+        JobRow {
+            id: JobId([id; 16]),
+            name: "t".into(),
+            module: BlobHash::of(b"m"),
+            params: b"{}".to_vec(),
+            spec: vec![1, 2],
+            state: "running".into(),
+            chunks_total: 2,
+            created_ms: u64::from(id),
+            finished_ms: None,
+            result: None,
+            error: None,
+        }
+    }
+
+    fn chunk(idx: u32) -> ChunkRow {
+        ChunkRow {
+            idx,
+            input: BlobHash::of(&idx.to_le_bytes()),
+            input_size: 4,
+            input_data: Some(idx.to_le_bytes().to_vec()),
+            state: "pending".into(),
+            outcome: None,
+            output: None,
+        }
+    }
+
+    #[test]
+    fn writes_survive_reopening_and_a_failed_batch_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let db = Db::open(&path).unwrap();
+            db.apply(&[Write::InsertJob(job(1), vec![chunk(0), chunk(1)])])
+                .unwrap();
+            db.apply(&[
+                Write::Replica(
+                    JobId([1; 16]),
+                    ReplicaRow {
+                        chunk: 0,
+                        attempt: 0,
+                        peer: "p".into(),
+                        state: "issued".into(),
+                        issued_ms: 5,
+                        outcome: None,
+                        output: None,
+                        fuel: None,
+                    },
+                ),
+                Write::ChunkState {
+                    job: JobId([1; 16]),
+                    idx: 1,
+                    state: "verified".into(),
+                    outcome: Some(vec![0]),
+                    output: Some(BlobHash::of(b"o")),
+                },
+            ])
+            .unwrap();
+            // The second insert of the same job fails: the whole batch is rolled back.
+            let err = db.apply(&[
+                Write::Reputation(ReputationRow {
+                    peer: "p".into(),
+                    agreed: 1,
+                    ..Default::default()
+                }),
+                Write::InsertJob(job(1), vec![]),
+            ]);
+            assert!(err.is_err());
+        }
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.jobs(None).unwrap(), vec![job(1)]);
+        let chunks = db.chunks(JobId([1; 16])).unwrap();
+        assert_eq!(chunks[1].state, "verified");
+        assert_eq!(db.replicas(JobId([1; 16])).unwrap().len(), 1);
+        assert!(db.reputations().unwrap().is_empty(), "rolled back");
+        assert!(db.jobs(Some(&["done"])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn outbox_put_list_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let row = OutboxRow {
+            job_id: JobId([2; 16]),
+            chunk: 3,
+            attempt: 1,
+            submitter: "s".into(),
+            result: vec![9; 10],
+        };
+        db.apply(&[Write::OutboxPut(row.clone())]).unwrap();
+        assert_eq!(db.outbox().unwrap(), vec![row]);
+        assert_eq!(db.outbox_len().unwrap(), 1);
+        db.apply(&[Write::OutboxDelete(JobId([2; 16]), 3, 1)])
+            .unwrap();
+        assert!(db.outbox().unwrap().is_empty());
+    }
+}

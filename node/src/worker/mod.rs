@@ -1,0 +1,499 @@
+//! The worker: runs other peers' chunks within the slots this node lends.
+//!
+//! # Message flow
+//! - The node's dispatcher hands it task offers ([`Worker::offer`]). Admission is
+//!   immediate and bounded: an assignment is taken while fewer than
+//!   `slots × QUEUE_FACTOR` are active and the outbox has room, and refused with a
+//!   reason otherwise (`NoFreeSlots`, `LimitsTooHigh`).
+//! - Each taken assignment becomes a task that waits for a slot (a semaphore of
+//!   `slots` permits), fetches the module and a large input from the submitter as
+//!   blobs, and runs the chunk through the [`Executor`] on a blocking thread at low
+//!   OS priority (nice 19), so the volunteer's own programs come first.
+//! - The finished [`ChunkResult`] is written to the outbox (SQLite) before anything
+//!   else, then the delivery task sends it to the submitter in batches; only an
+//!   acknowledgement removes it. A worker that restarts still delivers.
+//! - Cancels ([`Worker::cancel`]) stop running chunks within an epoch tick and drop
+//!   queued ones and undelivered results.
+
+pub mod executor;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::executor::{Executor, LyingExecutor, SandboxExecutor};
+use crate::net::NetClient;
+use crate::net::fetch::fetch_blob;
+use crate::net::protocol::{
+    Assignment, BlobHash, ChunkResult, JobId, Payload, RejectReason, ResultBatch, TaskReply,
+    WireOutcome,
+};
+use crate::sandbox::{ChunkControl, Execution, Outcome, Sandbox};
+use crate::store::BlobStore;
+use crate::store::db::{Db, OutboxRow, Write};
+
+/// Assignments held per slot (one running, the rest queued so no slot idles
+/// between a result and the next offer).
+pub const QUEUE_FACTOR: u32 = 2;
+/// Most undelivered results kept; beyond it, offers are refused.
+pub const MAX_OUTBOX: u64 = 10_000;
+/// Outputs up to this size travel inline; larger ones as blobs.
+pub const INLINE_OUTPUT: usize = 4 * 1024 * 1024;
+/// Results per delivery batch.
+const DELIVERY_BATCH: usize = 64;
+/// After a failed delivery, wait this long before trying that submitter again.
+const DELIVERY_BACKOFF: Duration = Duration::from_secs(2);
+
+type Key = (JobId, u32, u32);
+
+/// The worker. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    net: NetClient,
+    blobs: BlobStore,
+    db: Arc<Db>,
+    sandbox: Sandbox,
+    executor: Arc<dyn Executor>,
+    slots: u32,
+    memory_limit: u64,
+    exec: Arc<Semaphore>,
+    active: Mutex<HashMap<Key, Arc<ChunkControl>>>,
+    outbox_len: std::sync::atomic::AtomicU64,
+    deliver: Notify,
+    changed: Notify,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    executed: std::sync::atomic::AtomicU64,
+}
+
+/// What the worker is doing, for status and adverts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerStatus {
+    /// Slots lent.
+    pub slots_total: u32,
+    /// Slots not running a chunk.
+    pub slots_free: u32,
+    /// Assignments taken and not finished (running + queued).
+    pub active: u32,
+    /// Results waiting for acknowledgement.
+    pub outbox: u64,
+    /// Chunks executed since start.
+    pub executed: u64,
+}
+
+impl Worker {
+    /// A worker lending `slots` slots of at most `memory_limit` bytes each.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        net: NetClient,
+        blobs: BlobStore,
+        db: Arc<Db>,
+        sandbox: Sandbox,
+        executor: Arc<dyn Executor>,
+        slots: u32,
+        memory_limit: u64,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let outbox_len = db.outbox_len().unwrap_or(0);
+        let worker = Self {
+            inner: Arc::new(Inner {
+                net,
+                blobs,
+                db,
+                sandbox,
+                executor,
+                slots,
+                memory_limit,
+                exec: Arc::new(Semaphore::new(slots as usize)),
+                active: Mutex::new(HashMap::new()),
+                outbox_len: outbox_len.into(),
+                deliver: Notify::new(),
+                changed: Notify::new(),
+                tasks: TaskTracker::new(),
+                shutdown,
+                executed: 0.into(),
+            }),
+        };
+        let delivery = worker.clone();
+        worker
+            .inner
+            .tasks
+            .spawn(async move { delivery.deliver_loop().await });
+        worker
+    }
+
+    /// Resolves when the worker's capacity changed (a chunk started or ended).
+    pub async fn capacity_changed(&self) {
+        self.inner.changed.notified().await;
+    }
+
+    /// What the worker is doing now.
+    pub fn status(&self) -> WorkerStatus {
+        let running = self.inner.slots as usize - self.inner.exec.available_permits();
+        WorkerStatus {
+            slots_total: self.inner.slots,
+            slots_free: self.inner.slots - running as u32,
+            active: self.active().len() as u32,
+            outbox: self
+                .inner
+                .outbox_len
+                .load(std::sync::atomic::Ordering::Relaxed),
+            executed: self
+                .inner
+                .executed
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Arc<ChunkControl>>> {
+        self.inner.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes what it can of an offer from `submitter`, refusing the rest with a reason.
+    pub fn offer(
+        &self,
+        submitter: PeerId,
+        job_id: JobId,
+        assignments: Vec<Assignment>,
+    ) -> TaskReply {
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        let capacity = (self.inner.slots * QUEUE_FACTOR) as usize;
+        let outbox_full = self
+            .inner
+            .outbox_len
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= MAX_OUTBOX;
+        let mut taken = Vec::new();
+        {
+            let mut active = self.active();
+            for a in assignments {
+                let key = (job_id, a.chunk, a.attempt);
+                if active.contains_key(&key) {
+                    accepted.push((a.chunk, a.attempt));
+                } else if a.limits.memory_bytes > self.inner.memory_limit {
+                    rejected.push((a.chunk, a.attempt, RejectReason::LimitsTooHigh));
+                } else if outbox_full || active.len() >= capacity {
+                    rejected.push((a.chunk, a.attempt, RejectReason::NoFreeSlots));
+                } else {
+                    let control = Arc::new(ChunkControl::default());
+                    active.insert(key, control.clone());
+                    accepted.push((a.chunk, a.attempt));
+                    taken.push((a, control));
+                }
+            }
+        }
+        for (assignment, control) in taken {
+            let worker = self.clone();
+            self.inner.tasks.spawn(async move {
+                worker.run(submitter, job_id, assignment, control).await;
+            });
+        }
+        TaskReply::Offer { accepted, rejected }
+    }
+
+    /// Stops the given chunks of a job (all of them when `chunks` is empty) and drops
+    /// their undelivered results.
+    pub fn cancel(&self, job_id: JobId, chunks: &[u32]) {
+        let wanted: HashSet<u32> = chunks.iter().copied().collect();
+        let mut writes = Vec::new();
+        for ((job, chunk, attempt), control) in self.active().iter() {
+            if *job == job_id && (wanted.is_empty() || wanted.contains(chunk)) {
+                control.cancel();
+                writes.push(Write::OutboxDelete(*job, *chunk, *attempt));
+            }
+        }
+        if wanted.is_empty() {
+            writes.push(Write::OutboxDeleteJob(job_id));
+        }
+        if let Err(e) = self.inner.db.apply(&writes) {
+            tracing::warn!(error = %e, "could not drop cancelled results from the outbox");
+        }
+        self.refresh_outbox_len();
+    }
+
+    fn refresh_outbox_len(&self) {
+        if let Ok(n) = self.inner.db.outbox_len() {
+            self.inner
+                .outbox_len
+                .store(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Runs one assignment to its result in the outbox.
+    async fn run(
+        &self,
+        submitter: PeerId,
+        job_id: JobId,
+        a: Assignment,
+        control: Arc<ChunkControl>,
+    ) {
+        let key = (job_id, a.chunk, a.attempt);
+        let execution = tokio::select! {
+            _ = self.inner.shutdown.cancelled() => None,
+            e = self.execute(submitter, &a, control.clone()) => e,
+        };
+        let result = execution
+            .filter(|_| !control.is_cancelled())
+            .and_then(|e| self.to_result(job_id, &a, e));
+        if let Some(result) = result {
+            self.store_result(submitter, result);
+        }
+        self.active().remove(&key);
+    }
+
+    /// Waits for a slot, fetches what the chunk needs, and executes it. `None` when
+    /// it cannot be run here (its inputs are unavailable, or it was cancelled).
+    async fn execute(
+        &self,
+        submitter: PeerId,
+        a: &Assignment,
+        control: Arc<ChunkControl>,
+    ) -> Option<Execution> {
+        let _slot = self.inner.exec.clone().acquire_owned().await.ok()?;
+        self.inner.changed.notify_waiters();
+        if control.is_cancelled() {
+            return None;
+        }
+        let module = match self.load_module(submitter, a.module).await {
+            Ok(module) => module,
+            Err(LoadError::Invalid(reason)) => {
+                return Some(Execution {
+                    outcome: Outcome::Invalid(reason),
+                    fuel_used: 0,
+                    elapsed: Duration::ZERO,
+                    logs: Vec::new(),
+                });
+            }
+            Err(LoadError::Unavailable(reason)) => {
+                tracing::warn!(%submitter, "cannot run a chunk: {reason}");
+                return None;
+            }
+        };
+        let input = match &a.input {
+            Payload::Inline(bytes) => bytes.clone(),
+            Payload::Blob { hash, .. } => {
+                if let Err(e) =
+                    fetch_blob(&self.inner.net, &self.inner.blobs, *hash, &[submitter]).await
+                {
+                    tracing::warn!(%submitter, "cannot fetch a chunk input: {e}");
+                    return None;
+                }
+                self.inner.blobs.get(hash).ok().flatten()?
+            }
+        };
+        let executor = self.inner.executor.clone();
+        let limits = a.limits;
+        let exec = tokio::task::spawn_blocking(move || {
+            lower_thread_priority();
+            executor.execute(&module, &input, &limits, control)
+        })
+        .await
+        .ok();
+        self.inner
+            .executed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.changed.notify_waiters();
+        exec
+    }
+
+    async fn load_module(
+        &self,
+        submitter: PeerId,
+        hash: BlobHash,
+    ) -> Result<crate::sandbox::JobModule, LoadError> {
+        fetch_blob(&self.inner.net, &self.inner.blobs, hash, &[submitter])
+            .await
+            .map_err(|e| LoadError::Unavailable(e.to_string()))?;
+        let blobs = self.inner.blobs.clone();
+        let sandbox = self.inner.sandbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let bytes = blobs
+                .get(&hash)
+                .map_err(|e| LoadError::Unavailable(e.to_string()))?
+                .ok_or_else(|| LoadError::Unavailable("module vanished from the store".into()))?;
+            sandbox
+                .load(&bytes)
+                .map_err(|e| LoadError::Invalid(e.to_string()))
+        })
+        .await
+        .map_err(|e| LoadError::Unavailable(e.to_string()))?
+    }
+
+    /// Turns an execution into the result to report (`None` for cancellations).
+    fn to_result(&self, job_id: JobId, a: &Assignment, exec: Execution) -> Option<ChunkResult> {
+        let (outcome, output) = match exec.outcome {
+            Outcome::Ok(bytes) => (WireOutcome::Ok, bytes),
+            Outcome::Trap { kind, message } => (
+                WireOutcome::Trap {
+                    kind: kind.as_str().into(),
+                    message,
+                },
+                Vec::new(),
+            ),
+            Outcome::OutOfFuel => (WireOutcome::OutOfFuel, Vec::new()),
+            Outcome::MemoryLimit => (WireOutcome::MemoryLimit, Vec::new()),
+            Outcome::Timeout => (WireOutcome::Timeout, Vec::new()),
+            Outcome::Invalid(reason) => (WireOutcome::Invalid(reason), Vec::new()),
+            Outcome::Cancelled => return None,
+        };
+        let output_hash = BlobHash::of(&output);
+        let payload = if output.is_empty() {
+            None
+        } else if output.len() <= INLINE_OUTPUT {
+            Some(Payload::Inline(output))
+        } else {
+            match self.inner.blobs.put(&output) {
+                Ok(hash) => Some(Payload::Blob {
+                    hash,
+                    size: output.len() as u64,
+                }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot store a large output; dropping the result");
+                    return None;
+                }
+            }
+        };
+        Some(ChunkResult {
+            job_id,
+            chunk: a.chunk,
+            attempt: a.attempt,
+            outcome,
+            output_hash,
+            output: payload,
+            fuel_used: exec.fuel_used,
+            exec_micros: exec.elapsed.as_micros() as u64,
+        })
+    }
+
+    fn store_result(&self, submitter: PeerId, result: ChunkResult) {
+        let Ok(bytes) = postcard::to_allocvec(&result) else {
+            return;
+        };
+        let row = OutboxRow {
+            job_id: result.job_id,
+            chunk: result.chunk,
+            attempt: result.attempt,
+            submitter: submitter.to_string(),
+            result: bytes,
+        };
+        match self.inner.db.apply(&[Write::OutboxPut(row)]) {
+            Ok(()) => {
+                self.inner
+                    .outbox_len
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.inner.deliver.notify_one();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write a result to the outbox; it is lost")
+            }
+        }
+    }
+
+    /// Sends outbox entries to their submitters until shutdown; an entry leaves the
+    /// outbox only when acknowledged.
+    async fn deliver_loop(&self) {
+        let mut backoff: HashMap<String, Instant> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => break,
+                _ = self.inner.deliver.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let rows = match self.inner.db.outbox() {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the outbox");
+                    continue;
+                }
+            };
+            let mut by_submitter: HashMap<String, Vec<OutboxRow>> = HashMap::new();
+            for row in rows {
+                by_submitter
+                    .entry(row.submitter.clone())
+                    .or_default()
+                    .push(row);
+            }
+            let now = Instant::now();
+            backoff.retain(|_, until| *until > now);
+            for (submitter, rows) in by_submitter {
+                if backoff.contains_key(&submitter) {
+                    continue;
+                }
+                let Ok(peer) = submitter.parse::<PeerId>() else {
+                    continue;
+                };
+                for batch in rows.chunks(DELIVERY_BATCH) {
+                    let results: Vec<ChunkResult> = batch
+                        .iter()
+                        .filter_map(|r| postcard::from_bytes(&r.result).ok())
+                        .collect();
+                    match self
+                        .inner
+                        .net
+                        .send_results(peer, ResultBatch { results })
+                        .await
+                    {
+                        Ok(ack) => {
+                            let writes: Vec<Write> = ack
+                                .stored
+                                .iter()
+                                .map(|(j, c, a)| Write::OutboxDelete(*j, *c, *a))
+                                .collect();
+                            if let Err(e) = self.inner.db.apply(&writes) {
+                                tracing::warn!(error = %e, "cannot clear acknowledged results");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "result delivery failed; will retry");
+                            backoff.insert(submitter.clone(), Instant::now() + DELIVERY_BACKOFF);
+                            break;
+                        }
+                    }
+                }
+            }
+            self.refresh_outbox_len();
+        }
+    }
+
+    /// Waits for the worker's tasks after the shutdown token fired.
+    pub async fn join(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}
+
+enum LoadError {
+    /// The module is bad: a deterministic outcome.
+    Invalid(String),
+    /// It could not be fetched: not this chunk's fault.
+    Unavailable(String),
+}
+
+/// Lowers the calling thread's scheduling priority to the lowest (nice 19), once per
+/// thread, so chunks yield to the volunteer's own programs.
+fn lower_thread_priority() {
+    thread_local! {
+        static LOWERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    LOWERED.with(|done| {
+        if !done.get() {
+            #[cfg(target_os = "linux")]
+            // SAFETY: setpriority on the calling thread (who = 0) has no memory effects.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            }
+            done.set(true);
+        }
+    });
+}
