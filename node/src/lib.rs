@@ -18,18 +18,20 @@
 //! - [`worker`]: runs other peers' chunks within the lent slots; durable outbox.
 //! - [`scheduler`]: the submitter side: plans jobs, places replicas, verifies
 //!   results by quorum, keeps reputation.
-//! - [`api`]: the local control API (axum, token-guarded) the CLI talks to.
+//! - [`api`]: the local control API (axum, token-guarded) the CLI talks to, and the
+//!   Prometheus `/metrics` listener ([`api::metrics`]).
+//! - [`metrics`]: one Prometheus registry per node; a struct of metrics per subsystem,
+//!   recorded where the subsystem handles its events.
 //! - [`Node`]: starts the subsystems in order and shuts them down in order.
 //! - [`cli`]: one file per subcommand; `main.rs` only parses and calls
 //!   [`cli::Cli::execute`].
-//!
-//! Metrics join this layout with the monitoring work (see `docs/ARCHITECTURE.md`).
 
 pub mod api;
 pub mod cli;
 pub mod config;
 pub mod local;
 pub mod local_grid;
+pub mod metrics;
 pub mod net;
 mod node;
 pub mod sandbox;

@@ -5,7 +5,9 @@
 //! lock the data dir -> load (or create) the identity -> open the blob store, the
 //! database and the sandbox, calibrate fuel per second -> start the network -> wait
 //! until it listens -> start the worker and the scheduler (which resumes unfinished
-//! jobs) -> start the control API -> start the advertiser and the inbound dispatcher.
+//! jobs) -> start the control API -> start the `/metrics` listener -> start the
+//! advertiser and the inbound dispatcher. One metrics registry ([`Metrics`]) is made
+//! first; each subsystem is given its own part of it.
 //!
 //! # Inside
 //! - The *advertiser* publishes this node's [`CapacityAdvert`] every advert interval,
@@ -15,10 +17,10 @@
 //!   semaphores); task offers and cancels go to the [`Worker`], which answers at once.
 //!
 //! # Shutdown
-//! stop accepting (control API) -> cancel the tasks and wait for them (dispatcher,
-//! advertiser, scheduler, worker) -> close the network -> remove `api.json` ->
-//! release the lock. Every result was already written before it was acknowledged,
-//! so nothing needs flushing.
+//! stop accepting (control API, metrics listener) -> cancel the tasks and wait for
+//! them (dispatcher, advertiser, scheduler, worker) -> close the network -> remove
+//! `api.json` -> release the lock. Every result was already written before it was
+//! acknowledged, so nothing needs flushing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api;
 use crate::config::{DataDir, NodeConfig, write_private_file};
+use crate::metrics::Metrics;
 use crate::net::protocol::{
     BLOB_PIECE_BYTES, BlobReply, CapacityAdvert, PROTOCOL_VERSION, TaskReply, TaskRequest,
 };
@@ -72,6 +75,16 @@ pub enum NodeError {
     /// The database could not be opened.
     #[error(transparent)]
     Db(#[from] crate::store::DbError),
+    /// The metrics listener could not start.
+    #[error(
+        "could not serve metrics on {addr}: {source} (is another node using it? pick another with --metrics, or --metrics off)"
+    )]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
     /// The control API could not start.
     #[error(
         "could not serve the control API on {addr}: {source} (is another node using it? pick another with --api)"
@@ -142,6 +155,8 @@ pub struct NodeState {
     pub fuel_per_sec: u64,
     /// When the node started.
     pub started: Instant,
+    /// The node's metrics (its own registry).
+    pub metrics: Metrics,
 }
 
 impl NodeState {
@@ -168,6 +183,7 @@ pub struct Node {
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     api: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    metrics: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     scheduler_task: tokio::task::JoinHandle<()>,
     net_task: tokio::task::JoinHandle<()>,
     _lock: std::fs::File,
@@ -189,13 +205,17 @@ impl Node {
         std::fs::create_dir_all(&root).map_err(data_dir_error("creating the data dir", &root))?;
         let lock = lock_data_dir(&data_dir)?;
         let keypair = load_or_create_identity(&data_dir)?;
+        let metrics = Metrics::new();
         let blobs = BlobStore::open(data_dir.blobs())
             .map_err(data_dir_error("opening the blob store", &data_dir.blobs()))?;
-        let db = Arc::new(Db::open(&data_dir.database())?);
-        let sandbox = Sandbox::new(SandboxConfig {
-            cache_dir: Some(data_dir.module_cache()),
-            ..SandboxConfig::default()
-        })?;
+        let db = Arc::new(Db::open(&data_dir.database())?.with_metrics(metrics.store.clone()));
+        let sandbox = Sandbox::with_metrics(
+            SandboxConfig {
+                cache_dir: Some(data_dir.module_cache()),
+                ..SandboxConfig::default()
+            },
+            metrics.sandbox.clone(),
+        )?;
         let calibrating = sandbox.clone();
         let fuel_per_sec =
             tokio::task::spawn_blocking(move || calibrating.calibrate_fuel_per_sec())
@@ -203,7 +223,12 @@ impl Node {
                 .unwrap_or(0);
 
         let shutdown = CancellationToken::new();
-        let network = net::start(&keypair, config.net.clone(), shutdown.child_token())?;
+        let network = net::start(
+            &keypair,
+            config.net.clone(),
+            metrics.net.clone(),
+            shutdown.child_token(),
+        )?;
         let executor = seams
             .executor
             .unwrap_or_else(|| Arc::new(SandboxExecutor::new(sandbox.clone())));
@@ -216,6 +241,7 @@ impl Node {
             config.cpus,
             config.memory_per_chunk,
             shutdown.child_token(),
+            metrics.worker.clone(),
         );
         let (scheduler, scheduler_task) = Scheduler::start(
             SchedulerContext {
@@ -223,6 +249,7 @@ impl Node {
                 blobs: blobs.clone(),
                 db: db.clone(),
                 sandbox: sandbox.clone(),
+                metrics: metrics.scheduler.clone(),
             },
             shutdown.child_token(),
         );
@@ -236,6 +263,7 @@ impl Node {
             config,
             fuel_per_sec,
             started: Instant::now(),
+            metrics,
         });
         let listen = wait_for_listeners(&state.net, state.config.net.listen.len()).await;
         tracing::info!(
@@ -254,6 +282,14 @@ impl Node {
             }
             None => None,
         };
+        let metrics = match state.config.metrics {
+            Some(addr) => Some(
+                api::metrics::serve(addr, state.clone(), shutdown.child_token())
+                    .await
+                    .map_err(|source| NodeError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
 
         let mut tasks = JoinSet::new();
         tasks.spawn(advertise(state.clone(), shutdown.child_token()));
@@ -268,6 +304,7 @@ impl Node {
             shutdown,
             tasks,
             api,
+            metrics,
             scheduler_task,
             net_task: network.task,
             _lock: lock,
@@ -294,6 +331,11 @@ impl Node {
         self.api.as_ref().map(|(addr, _)| *addr)
     }
 
+    /// Where `/metrics` is served, when on (the bound address, so port 0 works).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
+    }
+
     /// The addresses the node listens on, each with `/p2p/<peer id>` appended, as
     /// other peers would bootstrap from.
     pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
@@ -315,6 +357,9 @@ impl Node {
         self.shutdown.cancel();
         if let Some((_, api)) = self.api.take() {
             let _ = api.await;
+        }
+        if let Some((_, metrics)) = self.metrics.take() {
+            let _ = metrics.await;
         }
         while self.tasks.join_next().await.is_some() {}
         let _ = (&mut self.scheduler_task).await;

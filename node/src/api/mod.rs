@@ -20,6 +20,8 @@
 //! | `GET /v1/jobs/{id}/chunks/{n}` | one chunk's verified output |
 //! | `POST /v1/jobs/{id}/cancel` | cancel |
 
+pub mod metrics;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

@@ -12,6 +12,7 @@ use libp2p::{
 use super::NetConfig;
 use super::codec::PostcardCodec;
 use super::protocol::*;
+use crate::metrics::NetMetrics;
 
 /// Every protocol a peer speaks. Owned by the event loop's `Swarm` and nothing else.
 #[derive(NetworkBehaviour)]
@@ -33,13 +34,14 @@ fn request_response<Req, Resp>(
     max_request: usize,
     max_response: usize,
     timeout: Duration,
+    metrics: &NetMetrics,
 ) -> request_response::Behaviour<PostcardCodec<Req, Resp>>
 where
     Req: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
     Resp: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
 {
     request_response::Behaviour::with_codec(
-        PostcardCodec::new(max_request, max_response),
+        PostcardCodec::new(max_request, max_response).with_metrics(metrics.clone()),
         [(
             StreamProtocol::new(protocol),
             request_response::ProtocolSupport::Full,
@@ -51,7 +53,11 @@ where
 }
 
 impl Behaviour {
-    pub(crate) fn new(key: &identity::Keypair, config: &NetConfig) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        key: &identity::Keypair,
+        config: &NetConfig,
+        metrics: &NetMetrics,
+    ) -> anyhow::Result<Self> {
         let peer_id = key.public().to_peer_id();
 
         let limits = connection_limits::ConnectionLimits::default()
@@ -107,18 +113,21 @@ impl Behaviour {
                 MAX_TASK_BYTES,
                 MAX_SMALL_BYTES,
                 config.request_timeout,
+                metrics,
             ),
             result: request_response(
                 RESULT_PROTOCOL,
                 MAX_RESULT_BYTES,
                 MAX_SMALL_BYTES,
                 config.request_timeout,
+                metrics,
             ),
             blob: request_response(
                 BLOB_PROTOCOL,
                 MAX_SMALL_BYTES,
                 MAX_BLOB_REPLY_BYTES,
                 config.request_timeout,
+                metrics,
             ),
         })
     }

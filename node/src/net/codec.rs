@@ -9,6 +9,9 @@
 //! swallow the read error without saying which peer sent it), so the event loop can
 //! count it against the peer and close the stream unanswered. A bad *response* comes
 //! back as an `io::ErrorKind::InvalidData` error with the [`Offence`] inside.
+//!
+//! With [`PostcardCodec::with_metrics`], every message read or written is counted
+//! (messages and bytes, by protocol and direction) in the node's [`NetMetrics`].
 
 use std::io;
 use std::marker::PhantomData;
@@ -18,6 +21,8 @@ use libp2p::StreamProtocol;
 use libp2p::request_response;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::metrics::{Direction, NetMetrics};
 
 /// What a peer did wrong on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +62,7 @@ pub type Inbound<T> = Result<T, Offence>;
 pub struct PostcardCodec<Req, Resp> {
     max_request: usize,
     max_response: usize,
+    metrics: Option<NetMetrics>,
     _types: PhantomData<fn() -> (Req, Resp)>,
 }
 
@@ -71,7 +77,10 @@ impl<Req, Resp> std::fmt::Debug for PostcardCodec<Req, Resp> {
 
 impl<Req, Resp> Clone for PostcardCodec<Req, Resp> {
     fn clone(&self) -> Self {
-        Self::new(self.max_request, self.max_response)
+        Self {
+            metrics: self.metrics.clone(),
+            ..Self::new(self.max_request, self.max_response)
+        }
     }
 }
 
@@ -81,8 +90,41 @@ impl<Req, Resp> PostcardCodec<Req, Resp> {
         Self {
             max_request,
             max_response,
+            metrics: None,
             _types: PhantomData,
         }
+    }
+
+    /// Counts every message read and written in `metrics`.
+    pub fn with_metrics(mut self, metrics: NetMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    async fn receive<T, R>(&self, io: &mut R, limit: usize, protocol: &str) -> io::Result<T>
+    where
+        T: DeserializeOwned,
+        R: AsyncRead + Unpin + Send,
+    {
+        let buf = read_bytes(io, limit, protocol).await?;
+        if let Some(metrics) = &self.metrics {
+            metrics.message(protocol, Direction::In, buf.len());
+        }
+        decode(&buf, protocol)
+    }
+
+    async fn send<T, W>(&self, io: &mut W, value: T, limit: usize, protocol: &str) -> io::Result<()>
+    where
+        T: Serialize,
+        W: AsyncWrite + Unpin + Send,
+    {
+        let bytes = encode(&value, limit)?;
+        io.write_all(&bytes).await?;
+        io.close().await?;
+        if let Some(metrics) = &self.metrics {
+            metrics.message(protocol, Direction::Out, bytes.len());
+        }
+        Ok(())
     }
 }
 
@@ -90,6 +132,15 @@ impl<Req, Resp> PostcardCodec<Req, Resp> {
 pub async fn read_message<T, R>(io: &mut R, limit: usize, protocol: &str) -> io::Result<T>
 where
     T: DeserializeOwned,
+    R: AsyncRead + Unpin + Send,
+{
+    let buf = read_bytes(io, limit, protocol).await?;
+    decode(&buf, protocol)
+}
+
+/// Reads a whole message of at most `limit` bytes, undecoded.
+async fn read_bytes<R>(io: &mut R, limit: usize, protocol: &str) -> io::Result<Vec<u8>>
+where
     R: AsyncRead + Unpin + Send,
 {
     let mut buf = Vec::new();
@@ -103,7 +154,7 @@ where
             },
         ));
     }
-    decode(&buf, protocol)
+    Ok(buf)
 }
 
 /// Decodes a message, turning failure into a [`Offence::Garbled`] I/O error.
@@ -131,16 +182,6 @@ pub fn encode<T: Serialize>(value: &T, limit: usize) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-async fn write_message<T, W>(io: &mut W, value: T, limit: usize) -> io::Result<()>
-where
-    T: Serialize,
-    W: AsyncWrite + Unpin + Send,
-{
-    let bytes = encode(&value, limit)?;
-    io.write_all(&bytes).await?;
-    io.close().await
-}
-
 impl<Req, Resp> request_response::Codec for PostcardCodec<Req, Resp>
 where
     Req: Serialize + DeserializeOwned + Send + 'static,
@@ -158,7 +199,7 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        match read_message(io, self.max_request, protocol.as_ref()).await {
+        match self.receive(io, self.max_request, protocol.as_ref()).await {
             Ok(request) => Ok(Ok(request)),
             Err(e) => match Offence::from_io(&e) {
                 Some(offence) => Ok(Err(offence.clone())),
@@ -171,12 +212,12 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_message(io, self.max_response, protocol.as_ref()).await
+        self.receive(io, self.max_response, protocol.as_ref()).await
     }
 
     async fn write_request<T>(
         &mut self,
-        _protocol: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
         req: Inbound<Req>,
     ) -> io::Result<()>
@@ -184,7 +225,10 @@ where
         T: AsyncWrite + Unpin + Send,
     {
         match req {
-            Ok(req) => write_message(io, req, self.max_request).await,
+            Ok(req) => {
+                self.send(io, req, self.max_request, protocol.as_ref())
+                    .await
+            }
             Err(offence) => Err(io::Error::other(format!(
                 "not sending an invalid request: {offence}"
             ))),
@@ -193,14 +237,15 @@ where
 
     async fn write_response<T>(
         &mut self,
-        _protocol: &StreamProtocol,
+        protocol: &StreamProtocol,
         io: &mut T,
         res: Resp,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_message(io, res, self.max_response).await
+        self.send(io, res, self.max_response, protocol.as_ref())
+            .await
     }
 }
 

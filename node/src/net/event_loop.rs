@@ -5,6 +5,10 @@
 //! into replies, into [`NetEvent`]s for the node (inbound requests, carrying their
 //! response channel) and into the [`PeerBook`]. It makes no decisions about work: what
 //! to accept, run or send is decided above it.
+//!
+//! It records the network's [`NetMetrics`] as it handles events: connections,
+//! pings, adverts, request outcomes, offences and bans, and (every tick) the size of
+//! the peer book and the capacity view.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -21,6 +25,7 @@ use super::codec::{self, Inbound, Offence};
 use super::peers::{NetStatus, PeerBook, PeerInfo};
 use super::protocol::*;
 use super::{NetConfig, NetEvent, RequestError};
+use crate::metrics::{Direction, NetMetrics};
 
 /// Offences a peer may commit before it is disconnected and banned.
 pub(crate) const OFFENCE_THRESHOLD: u32 = 5;
@@ -63,6 +68,7 @@ pub(crate) struct EventLoop {
     bans: HashMap<PeerId, Instant>,
     bootstrapped: bool,
     dropped_inbound: u64,
+    metrics: NetMetrics,
 }
 
 impl EventLoop {
@@ -72,6 +78,7 @@ impl EventLoop {
         events: mpsc::Sender<NetEvent>,
         shutdown: CancellationToken,
         config: NetConfig,
+        metrics: NetMetrics,
     ) -> Self {
         Self {
             swarm,
@@ -89,6 +96,7 @@ impl EventLoop {
             bans: HashMap::new(),
             bootstrapped: false,
             dropped_inbound: 0,
+            metrics,
         }
     }
 
@@ -132,6 +140,20 @@ impl EventLoop {
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             self.book.forgive(&peer);
         }
+        self.record_gauges();
+    }
+
+    /// Sets the gauges that describe the peer book and the capacity view.
+    fn record_gauges(&self) {
+        let m = &self.metrics;
+        m.known_peers.set(self.book.len() as i64);
+        m.view_peers.set(self.book.advert_count() as i64);
+        let (total, free) = self.book.advertised_slots();
+        m.view_slots.with_label_values(&["total"]).set(total as i64);
+        m.view_slots.with_label_values(&["free"]).set(free as i64);
+        m.banned_peers.set(self.bans.len() as i64);
+        m.connected_peers
+            .set(self.swarm.connected_peers().count() as i64);
     }
 
     fn on_command(&mut self, command: Command) {
@@ -236,13 +258,15 @@ impl EventLoop {
             tracing::error!("own capacity advert is over the size limit");
             return;
         };
+        let len = bytes.len();
         match self
             .swarm
             .behaviour_mut()
             .gossipsub
             .publish(self.topic.clone(), bytes)
         {
-            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Ok(_) => self.metrics.message(CAPACITY_TOPIC, Direction::Out, len),
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(gossipsub::PublishError::Duplicate) => {}
             Err(e) => tracing::debug!(error = %e, "advert not published"),
         }
@@ -254,10 +278,13 @@ impl EventLoop {
             return;
         }
         let count = self.book.offence(peer);
+        self.metrics.penalties.inc();
         tracing::warn!(%peer, offences = count, "peer misbehaved: {reason}");
         if count >= OFFENCE_THRESHOLD && !self.bans.contains_key(&peer) {
             tracing::warn!(%peer, "disconnecting and banning peer for {BAN_TIME:?}");
             self.bans.insert(peer, Instant::now() + BAN_TIME);
+            self.metrics.bans.inc();
+            self.metrics.banned_peers.set(self.bans.len() as i64);
             self.swarm.behaviour_mut().blocked.block_peer(peer);
             self.swarm.behaviour_mut().kad.remove_peer(&peer);
             self.book.forget_advert(&peer);
@@ -269,6 +296,7 @@ impl EventLoop {
     fn deliver(&mut self, event: NetEvent) {
         if self.events.try_send(event).is_err() {
             self.dropped_inbound += 1;
+            self.metrics.inbound_dropped.inc();
             tracing::debug!("node busy: dropped an inbound request");
         }
     }
@@ -289,12 +317,20 @@ impl EventLoop {
                 if !self.bootstrapped {
                     self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
                 }
+                self.metrics
+                    .connected_peers
+                    .set(self.swarm.connected_peers().count() as i64);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
                 ..
-            } => self.book.disconnected(&peer_id),
+            } => {
+                self.book.disconnected(&peer_id);
+                self.metrics
+                    .connected_peers
+                    .set(self.swarm.connected_peers().count() as i64);
+            }
             SwarmEvent::OutgoingConnectionError {
                 peer_id: Some(peer),
                 error,
@@ -318,7 +354,10 @@ impl EventLoop {
                 peer,
                 result: Ok(rtt),
                 ..
-            }) => self.book.rtt(peer, rtt),
+            }) => {
+                self.metrics.ping_rtt.observe(rtt.as_secs_f64());
+                self.book.rtt(peer, rtt);
+            }
             BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, addresses, ..
             }) if !self.swarm.is_connected(&peer)
@@ -348,6 +387,7 @@ impl EventLoop {
             }) => self.on_gossip(propagation_source, message_id, message),
             BehaviourEvent::Task(event) => self.on_request_response(
                 event,
+                TASK_PROTOCOL,
                 |s| &mut s.pending_task,
                 |peer, request, channel| NetEvent::Task {
                     peer,
@@ -357,6 +397,7 @@ impl EventLoop {
             ),
             BehaviourEvent::Result(event) => self.on_request_response(
                 event,
+                RESULT_PROTOCOL,
                 |s| &mut s.pending_result,
                 |peer, request, channel| NetEvent::Results {
                     peer,
@@ -366,6 +407,7 @@ impl EventLoop {
             ),
             BehaviourEvent::Blob(event) => self.on_request_response(
                 event,
+                BLOB_PROTOCOL,
                 |s| &mut s.pending_blob,
                 |peer, request, channel| NetEvent::Blob {
                     peer,
@@ -395,13 +437,17 @@ impl EventLoop {
     }
 
     fn on_gossip(&mut self, via: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        self.metrics
+            .message(CAPACITY_TOPIC, Direction::In, message.data.len());
         let acceptance = match self.check_advert(&message) {
             Ok(Some((source, advert))) => {
                 self.book.advert(source, advert);
+                self.metrics.view_peers.set(self.book.advert_count() as i64);
                 gossipsub::MessageAcceptance::Accept
             }
             Ok(None) => gossipsub::MessageAcceptance::Ignore,
-            Err(offence) => {
+            Err((kind, offence)) => {
+                self.metrics.decode_error(CAPACITY_TOPIC, kind);
                 self.penalize(via, &offence);
                 gossipsub::MessageAcceptance::Reject
             }
@@ -414,31 +460,36 @@ impl EventLoop {
     }
 
     /// `Ok(Some)` for a new advert, `Ok(None)` for one to ignore (stale, own, other
-    /// version), `Err` for garbage.
+    /// version), `Err` for garbage: its kind (one of [`DECODE_KINDS`]) and what was wrong.
+    ///
+    /// [`DECODE_KINDS`]: crate::metrics::DECODE_KINDS
     fn check_advert(
         &self,
         message: &gossipsub::Message,
-    ) -> Result<Option<(PeerId, CapacityAdvert)>, String> {
+    ) -> Result<Option<(PeerId, CapacityAdvert)>, (&'static str, String)> {
         let Some(source) = message.source else {
-            return Err("unsigned advert".into());
+            return Err(("invalid", "unsigned advert".into()));
         };
         if source == *self.swarm.local_peer_id() {
             return Ok(None);
         }
         if message.data.len() > MAX_ADVERT_BYTES {
-            return Err(format!("advert of {} bytes", message.data.len()));
+            return Err((
+                "oversized",
+                format!("advert of {} bytes", message.data.len()),
+            ));
         }
         // Decode only the version first, so adverts of a future layout are ignored,
         // not punished.
         let version: u16 = postcard::take_from_bytes::<u16>(&message.data)
             .map(|(v, _)| v)
-            .map_err(|e| format!("undecodable advert: {e}"))?;
+            .map_err(|e| ("garbled", format!("undecodable advert: {e}")))?;
         if version != PROTOCOL_VERSION {
             return Ok(None);
         }
         let advert: CapacityAdvert =
-            codec::decode(&message.data, CAPACITY_TOPIC).map_err(|e| e.to_string())?;
-        advert.check()?;
+            codec::decode(&message.data, CAPACITY_TOPIC).map_err(|e| ("garbled", e.to_string()))?;
+        advert.check().map_err(|e| ("invalid", e))?;
         if !self.book.is_newer(&source, advert.seq) {
             return Ok(None);
         }
@@ -448,9 +499,18 @@ impl EventLoop {
     /// Penalises a peer whose request or response broke the wire rules.
     fn on_failure(&mut self, peer: PeerId, error: &std::io::Error) {
         if let Some(offence) = Offence::from_io(error) {
-            let reason = offence.to_string();
-            self.penalize(peer, &reason);
+            self.on_offence(peer, offence);
         }
+    }
+
+    /// Counts a wire offence (as a decode error and against the peer).
+    fn on_offence(&mut self, peer: PeerId, offence: &Offence) {
+        let (protocol, kind) = match offence {
+            Offence::Oversized { protocol, .. } => (protocol, "oversized"),
+            Offence::Garbled { protocol, .. } => (protocol, "garbled"),
+        };
+        self.metrics.decode_error(protocol, kind);
+        self.penalize(peer, &offence.to_string());
     }
 
     /// One request-response protocol's events: inbound requests go up to the node,
@@ -458,6 +518,7 @@ impl EventLoop {
     fn on_request_response<Req, Resp>(
         &mut self,
         event: request_response::Event<Inbound<Req>, Resp>,
+        protocol: &'static str,
         pending: fn(&mut Self) -> &mut PendingMap<Resp>,
         inbound: fn(PeerId, Req, request_response::ResponseChannel<Resp>) -> NetEvent,
     ) {
@@ -468,12 +529,13 @@ impl EventLoop {
                 } => match request {
                     Ok(request) => self.deliver(inbound(peer, request, channel)),
                     // Dropping the channel closes the stream unanswered.
-                    Err(offence) => self.penalize(peer, &offence.to_string()),
+                    Err(offence) => self.on_offence(peer, &offence),
                 },
                 request_response::Message::Response {
                     request_id,
                     response,
                 } => {
+                    self.metrics.request(protocol, Ok(()));
                     if let Some(reply) = pending(self).remove(&request_id) {
                         let _ = reply.send(Ok(response));
                     }
@@ -488,8 +550,10 @@ impl EventLoop {
                 if let request_response::OutboundFailure::Io(e) = &error {
                     self.on_failure(peer, e);
                 }
+                let error = RequestError::from(error);
+                self.metrics.request(protocol, Err(&error));
                 if let Some(reply) = pending(self).remove(&request_id) {
-                    let _ = reply.send(Err(RequestError::from(error)));
+                    let _ = reply.send(Err(error));
                 }
             }
             request_response::Event::InboundFailure {

@@ -295,10 +295,11 @@ pub enum NetError {
 }
 
 /// Builds the swarm, listens, and spawns the event loop. It stops when `shutdown`
-/// fires.
+/// fires. The event loop and the codec record into `metrics`.
 pub fn start(
     keypair: &identity::Keypair,
     config: NetConfig,
+    metrics: crate::metrics::NetMetrics,
     shutdown: CancellationToken,
 ) -> Result<Network, NetError> {
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
@@ -313,7 +314,7 @@ pub fn start(
         .map_err(|e| setup(&e))?
         .with_quic()
         .with_behaviour(|key| {
-            behaviour::Behaviour::new(key, &behaviour_config)
+            behaviour::Behaviour::new(key, &behaviour_config, &metrics)
                 .map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string()))
         })
         .map_err(|e| setup(&e))?
@@ -330,7 +331,7 @@ pub fn start(
     let local_peer_id = *swarm.local_peer_id();
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
-    let event_loop = EventLoop::new(swarm, command_rx, event_tx, shutdown, config);
+    let event_loop = EventLoop::new(swarm, command_rx, event_tx, shutdown, config, metrics);
     let task = tokio::spawn(event_loop.run());
     Ok(Network {
         client: NetClient {

@@ -208,6 +208,19 @@ impl PeerBook {
         self.peers.len()
     }
 
+    /// Slots (total, free) in the fresh adverts.
+    pub(crate) fn advertised_slots(&self) -> (u64, u64) {
+        self.peers.values().filter_map(|e| e.advert.as_ref()).fold(
+            (0, 0),
+            |(total, free), (a, _)| {
+                (
+                    total + u64::from(a.slots_total),
+                    free + u64::from(a.slots_free),
+                )
+            },
+        )
+    }
+
     pub(crate) fn advert_count(&self) -> usize {
         self.peers.values().filter(|e| e.advert.is_some()).count()
     }

@@ -37,6 +37,7 @@ pub use validate::{AbiReport, ModuleError, ModuleInfo};
 
 use self::cache::{CompileCache, ModuleMemo};
 use self::exec::{HostState, Ticker};
+use crate::metrics::SandboxMetrics;
 
 /// The largest wasm stack a guest may use. Unbounded recursion ends in a
 /// `StackOverflow` trap well before the host thread's own stack is at risk.
@@ -120,6 +121,7 @@ struct Inner {
     ticker: Ticker,
     fuel: bool,
     epochs: bool,
+    metrics: SandboxMetrics,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -154,6 +156,15 @@ fn engine_config(fuel: bool, epochs: bool) -> Config {
 impl Sandbox {
     /// Builds the engine, the linker and the caches.
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        Self::with_metrics(config, SandboxMetrics::default())
+    }
+
+    /// Like [`new`](Self::new), recording compile-cache lookups, compile times and
+    /// calls in `metrics` (a node's).
+    pub fn with_metrics(
+        config: SandboxConfig,
+        metrics: SandboxMetrics,
+    ) -> Result<Self, SandboxError> {
         let engine = Engine::new(&engine_config(config.fuel, config.epochs))
             .map_err(|e| SandboxError::Engine(e.to_string()))?;
         let linker = exec::linker(&engine).map_err(|e| SandboxError::Engine(e.to_string()))?;
@@ -171,6 +182,7 @@ impl Sandbox {
                 ticker,
                 fuel: config.fuel,
                 epochs: config.epochs,
+                metrics,
             }),
         })
     }
@@ -181,6 +193,7 @@ impl Sandbox {
         let binary = validate::to_binary(bytes)?;
         let hash = blake3::hash(&binary).to_hex().to_string();
         if let Some(module) = self.inner.memo.get(&hash) {
+            self.inner.metrics.lookup("memory_hit");
             return Ok(module);
         }
         let module = self.compile(&hash, &binary)?;
@@ -210,10 +223,13 @@ impl Sandbox {
         if let Some(disk) = &self.inner.disk
             && let Some(module) = disk.load(&self.inner.engine, hash)
         {
+            self.inner.metrics.lookup("disk_hit");
             return Ok(module);
         }
+        let started = std::time::Instant::now();
         let module = wasmtime::Module::from_binary(&self.inner.engine, binary)
             .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        self.inner.metrics.compiled(started.elapsed());
         if let Some(disk) = &self.inner.disk
             && validate::check_abi(&module).problems.is_empty()
         {
@@ -233,7 +249,9 @@ impl Sandbox {
         limits: &Limits,
         control: Option<Arc<ChunkControl>>,
     ) -> Execution {
-        exec::call(&self.inner, module, entry, input, limits, control)
+        let execution = exec::call(&self.inner, module, entry, input, limits, control);
+        self.inner.metrics.call(entry, &execution);
+        execution
     }
 
     /// Runs `peergrid_run` on one chunk input.
@@ -299,8 +317,9 @@ impl Sandbox {
             fuel: FUEL,
             ..Limits::CHUNK
         };
+        // Straight to `exec::call`: calibration is not a call for the metrics.
         (0..3)
-            .map(|_| self.run_chunk(&module, b"", &limits).elapsed)
+            .map(|_| exec::call(&self.inner, &module, Entry::Run, b"", &limits, None).elapsed)
             .min()
             .map_or(0, |t| (FUEL as f64 / t.as_secs_f64().max(1e-6)) as u64)
     }

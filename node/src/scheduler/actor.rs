@@ -95,7 +95,8 @@ impl Actor {
         rx: mpsc::Receiver<Msg>,
         shutdown: CancellationToken,
     ) -> Self {
-        let reputation = Reputation::load(ctx.db.reputations().unwrap_or_default());
+        let reputation = Reputation::load(ctx.db.reputations().unwrap_or_default())
+            .with_metrics(ctx.metrics.clone());
         let mut actor = Self {
             ctx,
             tx,
@@ -440,6 +441,7 @@ impl Actor {
             }
             if accepted.contains(&(chunk_idx, attempt)) {
                 r.state = ReplicaState::Issued(now);
+                self.ctx.metrics.replicas_issued.inc();
                 writes.push(Write::Replica(id, replica_row(chunk_idx, r)));
             } else {
                 // Refused or unanswered: forget it, the peer may be asked again later.
@@ -584,6 +586,7 @@ impl Actor {
             return Vec::new();
         }
         let spec = job.spec;
+        let created_ms = job.created_ms;
         let Some(chunk) = job.chunks.get_mut(idx as usize) else {
             return Vec::new();
         };
@@ -630,6 +633,8 @@ impl Actor {
                     output,
                     key,
                 };
+                let waited = now_ms().saturating_sub(created_ms) as f64 / 1000.0;
+                self.ctx.metrics.submit_to_verified.observe(waited);
             }
             Verdict::Failed(reason) => {
                 writes.push(Write::ChunkState {
@@ -839,6 +844,11 @@ impl Actor {
                             _ => false,
                         };
                         if lost {
+                            self.ctx
+                                .metrics
+                                .reissues
+                                .with_label_values(&[r.state.as_str()])
+                                .inc();
                             tracing::debug!(job = %id, chunk = idx, peer = %r.peer, state = r.state.as_str(), "replica reissued");
                             writes.push(Write::Replica(id, replica_row(idx as u32, r)));
                         }

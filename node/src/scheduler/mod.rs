@@ -56,6 +56,8 @@ pub struct SchedulerContext {
     pub db: Arc<Db>,
     /// The sandbox (split and merge run here).
     pub sandbox: Sandbox,
+    /// The scheduler's metrics.
+    pub metrics: crate::metrics::SchedulerMetrics,
 }
 
 /// A job to submit. The module (and any input files) must already be in the blob

@@ -29,6 +29,7 @@ pub fn score(r: &ReputationRow) -> f64 {
 #[derive(Debug, Default)]
 pub struct Reputation {
     rows: HashMap<PeerId, ReputationRow>,
+    metrics: crate::metrics::SchedulerMetrics,
 }
 
 impl Reputation {
@@ -39,7 +40,16 @@ impl Reputation {
                 .into_iter()
                 .filter_map(|r| r.peer.parse().ok().map(|p| (p, r)))
                 .collect(),
+            metrics: Default::default(),
         }
+    }
+
+    /// Records verdicts and exclusions in `metrics` (the node's).
+    pub fn with_metrics(mut self, metrics: crate::metrics::SchedulerMetrics) -> Self {
+        let excluded = self.rows.values().filter(|r| is_excluded(r)).count();
+        metrics.peers_excluded.set(excluded as i64);
+        self.metrics = metrics;
+        self
     }
 
     /// A peer's row (zeros for a newcomer).
@@ -70,6 +80,9 @@ impl Reputation {
         if !before && is_excluded(&row) {
             tracing::warn!(%peer, agreed = row.agreed, disagreed = row.disagreed,
                 errors = row.errors, timeouts = row.timeouts, "peer excluded by reputation");
+            self.metrics.peers_excluded.inc();
+        } else if before && !is_excluded(&row) {
+            self.metrics.peers_excluded.dec();
         }
         self.rows.insert(peer, row.clone());
         Write::Reputation(row)
@@ -77,6 +90,7 @@ impl Reputation {
 
     /// The peer's result agreed with the verified outcome.
     pub fn agreed(&mut self, peer: PeerId) -> Write {
+        self.metrics.verdict("agreed");
         self.update(peer, |r| {
             r.agreed += 1;
             r.consecutive += 1;
@@ -85,6 +99,7 @@ impl Reputation {
 
     /// The peer's result was in a minority.
     pub fn disagreed(&mut self, peer: PeerId) -> Write {
+        self.metrics.verdict("disagreed");
         self.update(peer, |r| {
             r.disagreed += 1;
             r.consecutive = 0;
@@ -93,6 +108,7 @@ impl Reputation {
 
     /// The peer sent something unusable, or failed non-deterministically.
     pub fn error(&mut self, peer: PeerId) -> Write {
+        self.metrics.verdict("error");
         self.update(peer, |r| {
             r.errors += 1;
             r.consecutive = 0;

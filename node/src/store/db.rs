@@ -228,6 +228,7 @@ pub enum Write {
 #[derive(Debug)]
 pub struct Db {
     conn: Mutex<Connection>,
+    metrics: crate::metrics::StoreMetrics,
 }
 
 fn job_id(bytes: Vec<u8>) -> Result<JobId, DbError> {
@@ -263,7 +264,14 @@ impl Db {
         }
         Ok(Self {
             conn: Mutex::new(conn),
+            metrics: crate::metrics::StoreMetrics::default(),
         })
+    }
+
+    /// Records write latency and failures in `metrics` (a node's).
+    pub fn with_metrics(mut self, metrics: crate::metrics::StoreMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -275,6 +283,18 @@ impl Db {
         if writes.is_empty() {
             return Ok(());
         }
+        let started = std::time::Instant::now();
+        let result = self.apply_all(writes);
+        self.metrics
+            .write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.metrics.write_errors.inc();
+        }
+        result
+    }
+
+    fn apply_all(&self, writes: &[Write]) -> Result<(), DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         for write in writes {

@@ -74,6 +74,7 @@ struct Inner {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     executed: std::sync::atomic::AtomicU64,
+    metrics: crate::metrics::WorkerMetrics,
 }
 
 /// What the worker is doing, for status and adverts.
@@ -103,6 +104,7 @@ impl Worker {
         slots: u32,
         memory_limit: u64,
         shutdown: CancellationToken,
+        metrics: crate::metrics::WorkerMetrics,
     ) -> Self {
         let outbox_len = db.outbox_len().unwrap_or(0);
         let worker = Self {
@@ -122,6 +124,7 @@ impl Worker {
                 tasks: TaskTracker::new(),
                 shutdown,
                 executed: 0.into(),
+                metrics,
             }),
         };
         let delivery = worker.clone();
@@ -243,6 +246,9 @@ impl Worker {
             _ = self.inner.shutdown.cancelled() => None,
             e = self.execute(submitter, &a, control.clone()) => e,
         };
+        if let Some(e) = &execution {
+            self.inner.metrics.executed(e);
+        }
         let result = execution
             .filter(|_| !control.is_cancelled())
             .and_then(|e| self.to_result(job_id, &a, e));
