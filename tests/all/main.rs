@@ -1,4 +1,5 @@
 //! peergrid's integration tests, one binary with a module per area (STYLE.md 15).
 
 mod examples;
+mod monitoring;
 mod network;

@@ -1,6 +1,8 @@
 //! Helpers shared by peergrid's integration tests (`tests/all/`): running example
-//! jobs in the sandbox ([`sandbox`]) and a multi-node harness ([`testnet`]).
+//! jobs in the sandbox ([`sandbox`]), a multi-node harness ([`testnet`]) and a real
+//! Prometheus server ([`prometheus`]).
 
+pub mod prometheus;
 pub mod sandbox;
 pub mod testnet;
 
