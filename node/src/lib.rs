@@ -39,4 +39,4 @@ pub mod scheduler;
 pub mod store;
 pub mod worker;
 
-pub use node::{Node, NodeError, NodeState, Seams, load_or_create_identity};
+pub use node::{ExecutorFactory, Node, NodeError, NodeState, Seams, load_or_create_identity};

@@ -2,13 +2,11 @@
 //! real libp2p on loopback, each with its own temporary data dir. `peergrid demo`
 //! and `peergrid bench` use it; liars are injected through the executor seam.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use crate::config::{DataDir, NodeOptions};
-use crate::worker::{Executor, LyingExecutor};
 use crate::{Node, Seams};
 
 /// The running grid.
@@ -32,15 +30,15 @@ impl LocalGrid {
             bail!("--liars {liars} is more than the {workers} workers");
         }
         let mut dirs = Vec::new();
-        let mut spawn = |bootstrap: Vec<String>, executor: Option<Arc<dyn Executor>>| {
+        let mut spawn = |bootstrap: Vec<String>, seams: Seams| {
             let dir = tempfile::tempdir().context("creating a temporary data dir")?;
             let config = NodeOptions::loopback(bootstrap, cpus)
                 .resolve(DataDir::resolve(Some(dir.path().to_path_buf())))?;
             dirs.push(dir);
-            anyhow::Ok(Node::spawn_with(config, Seams { executor }))
+            anyhow::Ok(Node::spawn_with(config, seams))
         };
-        // The submitter lends nothing (1 slot nobody uses: it is not in its own view).
-        let submitter = spawn(Vec::new(), None)?.await?;
+        // The submitter's own slots go unused: it is not in its own view.
+        let submitter = spawn(Vec::new(), Seams::default())?.await?;
         let bootstrap: Vec<String> = submitter
             .listen_addrs()
             .await
@@ -49,14 +47,12 @@ impl LocalGrid {
             .collect();
         let mut nodes = Vec::new();
         for i in 0..workers {
-            let executor: Option<Arc<dyn Executor>> = (i >= workers - liars).then(|| {
-                Arc::new(LyingExecutor::new(
-                    submitter.state().sandbox.clone(),
-                    1.0,
-                    i as u64 + 1,
-                )) as Arc<dyn Executor>
-            });
-            nodes.push(spawn(bootstrap.clone(), executor)?.await?);
+            let seams = if i >= workers - liars {
+                Seams::liar(1.0, i as u64 + 1)
+            } else {
+                Seams::default()
+            };
+            nodes.push(spawn(bootstrap.clone(), seams)?.await?);
         }
         Ok(Self {
             submitter,

@@ -125,13 +125,39 @@ pub fn load_or_create_identity(data_dir: &DataDir) -> Result<identity::Keypair, 
     }
 }
 
+/// Makes a node's executor from the node's own sandbox.
+pub type ExecutorFactory = Box<dyn FnOnce(&Sandbox) -> Arc<dyn Executor> + Send>;
+
 /// Seams for tests and demos: parts of a node that can be replaced. The release
 /// daemon always uses the defaults.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Seams {
     /// What runs chunks (default: the sandbox). A `LyingExecutor` makes a dishonest
-    /// worker.
-    pub executor: Option<Arc<dyn Executor>>,
+    /// worker. Given the node's sandbox, whose engine compiled the modules.
+    pub executor: Option<ExecutorFactory>,
+}
+
+impl std::fmt::Debug for Seams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seams")
+            .field("executor", &self.executor.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+impl Seams {
+    /// A worker that lies on about `probability` of chunks (see `LyingExecutor`).
+    pub fn liar(probability: f64, salt: u64) -> Self {
+        Self {
+            executor: Some(Box::new(move |sandbox: &Sandbox| {
+                Arc::new(crate::worker::LyingExecutor::new(
+                    sandbox.clone(),
+                    probability,
+                    salt,
+                )) as Arc<dyn Executor>
+            })),
+        }
+    }
 }
 
 /// What the control API and the node's tasks share.
@@ -229,9 +255,10 @@ impl Node {
             metrics.net.clone(),
             shutdown.child_token(),
         )?;
-        let executor = seams
-            .executor
-            .unwrap_or_else(|| Arc::new(SandboxExecutor::new(sandbox.clone())));
+        let executor = match seams.executor {
+            Some(make) => make(&sandbox),
+            None => Arc::new(SandboxExecutor::new(sandbox.clone())),
+        };
         let worker = Worker::new(
             network.client.clone(),
             blobs.clone(),

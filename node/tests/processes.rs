@@ -22,11 +22,15 @@ impl Drop for NodeProcess {
 }
 
 fn start_node(dir: &Path, bootstrap: Option<&str>) -> NodeProcess {
+    start_node_on(dir, bootstrap, "/ip4/127.0.0.1/tcp/0")
+}
+
+fn start_node_on(dir: &Path, bootstrap: Option<&str>, listen: &str) -> NodeProcess {
     let started = Instant::now();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_peergrid"));
     cmd.arg("--data-dir")
         .arg(dir)
-        .args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        .args(["node", "--listen", listen, "--no-mdns"])
         .args(["--api", "127.0.0.1:0", "--metrics", "off"])
         .args([
             "--advert-interval",
@@ -183,5 +187,106 @@ fn ureq_get(url: &str) -> Result<(), u16> {
         Ok(_) => Ok(()),
         Err(ureq::Error::StatusCode(code)) => Err(code),
         Err(_) => Err(0),
+    }
+}
+
+fn cli(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_peergrid"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("peergrid runs")
+}
+
+/// Chunk index -> (state, replica rows) from a stopped submitter's database.
+fn chunk_record(dir: &Path) -> Vec<(String, u32)> {
+    let db = rusqlite::Connection::open(dir.join("peergrid.sqlite")).expect("db opens");
+    let mut stmt = db
+        .prepare(
+            "SELECT c.state, (SELECT COUNT(*) FROM replicas r WHERE r.job_id = c.job_id AND r.chunk = c.idx)
+             FROM chunks c ORDER BY c.idx",
+        )
+        .expect("query");
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))
+        .expect("rows")
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
+#[test]
+fn a_submitter_killed_mid_job_resumes_without_rerunning_verified_chunks() {
+    let dirs: Vec<_> = (0..4)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut submitter = start_node(dirs[0].path(), None);
+    let _workers: Vec<NodeProcess> = (1..4)
+        .map(|i| start_node(dirs[i].path(), Some(&submitter.addr)))
+        .collect();
+    wait_until(
+        "the submitter to see 3 workers",
+        Duration::from_secs(30),
+        || with_capacity(&peers_json(dirs[0].path())).len() >= 3,
+    );
+    let out = cli(
+        dirs[0].path(),
+        &[
+            "submit",
+            "primes",
+            "--params",
+            r#"{"limit":6000000000,"chunks":150}"#,
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait_until(
+        "some chunks to be verified",
+        Duration::from_secs(120),
+        || {
+            let out = cli(dirs[0].path(), &["status", &id, "--json"]);
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            s["chunks_verified"].as_u64().unwrap_or(0) >= 20
+        },
+    );
+    // SIGKILL: no graceful shutdown.
+    submitter.child.kill().expect("kill");
+    let _ = submitter.child.wait();
+    let before = chunk_record(dirs[0].path());
+    let verified_before: Vec<usize> = (0..before.len())
+        .filter(|&i| before[i].0 == "verified")
+        .collect();
+    assert!(
+        !verified_before.is_empty() && verified_before.len() < before.len(),
+        "killed mid-job"
+    );
+
+    submitter = start_node(dirs[0].path(), None);
+    let _ = &submitter;
+    wait_until(
+        "the resumed job to finish",
+        Duration::from_secs(300),
+        || {
+            let out = cli(dirs[0].path(), &["status", &id, "--json"]);
+            let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            s["state"] == "done"
+        },
+    );
+    let out = cli(dirs[0].path(), &["results", &id]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("279545368"),
+        "π(6·10^9)"
+    );
+    drop(submitter);
+    let after = chunk_record(dirs[0].path());
+    for i in verified_before {
+        assert_eq!(after[i], before[i], "verified chunk {i} was run again");
     }
 }

@@ -1,5 +1,6 @@
 //! peergrid's integration tests, one binary with a module per area (STYLE.md 15).
 
 mod examples;
+mod grid;
 mod monitoring;
 mod network;

@@ -6,7 +6,9 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use peergrid_node::config::{DataDir, NodeConfig, NodeOptions};
-use peergrid_node::{Node, NodeError};
+use peergrid_node::net::protocol::JobId;
+use peergrid_node::scheduler::{JobSpec, JobStatus, SubmitError, SubmitRequest};
+use peergrid_node::{Node, NodeError, Seams};
 
 /// Installs a test log subscriber once (`RUST_LOG` to see node logs).
 pub fn init_logging() {
@@ -53,6 +55,15 @@ impl TestNet {
 
     /// Like [`spawn`](Self::spawn), letting the caller adjust each node's config.
     pub async fn spawn_with(n: usize, adjust: impl Fn(usize, &mut NodeConfig)) -> TestNet {
+        Self::spawn_full(n, adjust, |_| Seams::default()).await
+    }
+
+    /// Like [`spawn_with`](Self::spawn_with), with seams (e.g. a lying executor) per node.
+    pub async fn spawn_full(
+        n: usize,
+        adjust: impl Fn(usize, &mut NodeConfig),
+        seams: impl Fn(usize) -> Seams,
+    ) -> TestNet {
         init_logging();
         let mut nodes: Vec<TestNode> = Vec::with_capacity(n);
         let mut bootstrap = Vec::new();
@@ -60,7 +71,9 @@ impl TestNet {
             let dir = tempfile::tempdir().expect("tempdir");
             let mut config = test_config(dir.path(), &bootstrap);
             adjust(i, &mut config);
-            let node = Node::spawn(config).await.expect("node starts");
+            let node = Node::spawn_with(config, seams(i))
+                .await
+                .expect("node starts");
             if i == 0 {
                 bootstrap = node
                     .listen_addrs()
@@ -73,6 +86,120 @@ impl TestNet {
             nodes.push(TestNode { node, dir });
         }
         TestNet { nodes }
+    }
+
+    /// Adds a node bootstrapped from node 0.
+    pub async fn add_node(&mut self) -> usize {
+        let bootstrap: Vec<String> = self
+            .node(0)
+            .listen_addrs()
+            .await
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = Node::spawn(test_config(dir.path(), &bootstrap))
+            .await
+            .expect("node starts");
+        self.nodes.push(TestNode { node, dir });
+        self.nodes.len() - 1
+    }
+
+    /// Waits until node `i` sees `n` capacity adverts.
+    pub async fn wait_for_adverts(&self, i: usize, n: usize) {
+        wait_for(
+            &format!("node {i} to see {n} adverts"),
+            Duration::from_secs(30),
+            || async {
+                let seen = self
+                    .node(i)
+                    .net()
+                    .peers()
+                    .await
+                    .iter()
+                    .filter(|p| p.advert.is_some())
+                    .count();
+                (seen >= n).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Submits a built-in job (by name) through node `i`'s scheduler.
+    pub async fn submit(
+        &self,
+        i: usize,
+        job: &str,
+        params: &str,
+        spec: JobSpec,
+    ) -> Result<JobId, SubmitError> {
+        let wasm = peergrid_jobs::find(job).expect("a built-in job").wasm;
+        self.submit_module(i, job, wasm, Some(params), None, spec)
+            .await
+    }
+
+    /// Submits any module through node `i`'s scheduler.
+    pub async fn submit_module(
+        &self,
+        i: usize,
+        name: &str,
+        wasm: &[u8],
+        params: Option<&str>,
+        inputs: Option<Vec<Vec<u8>>>,
+        spec: JobSpec,
+    ) -> Result<JobId, SubmitError> {
+        let state = self.node(i).state();
+        let module = state.blobs.put(wasm).expect("module stored");
+        let inputs = inputs.map(|list| {
+            list.iter()
+                .map(|b| state.blobs.put(b).expect("input stored").to_hex())
+                .collect()
+        });
+        state
+            .scheduler
+            .submit(SubmitRequest {
+                name: name.into(),
+                module: module.to_hex(),
+                params: params.map(|p| serde_json::from_str(p).expect("params are JSON")),
+                inputs,
+                spec: Some(spec),
+            })
+            .await
+    }
+
+    /// The status of a job on node `i`.
+    pub async fn status(&self, i: usize, id: JobId) -> JobStatus {
+        self.node(i)
+            .state()
+            .scheduler
+            .status(Some(id))
+            .await
+            .pop()
+            .expect("the job exists")
+    }
+
+    /// Waits until a job on node `i` ends; returns its final status.
+    pub async fn wait_job(&self, i: usize, id: JobId, timeout: Duration) -> JobStatus {
+        wait_for("the job to end", timeout, || async {
+            let s = self.status(i, id).await;
+            s.state.is_final().then_some(s)
+        })
+        .await
+    }
+
+    /// The merged result bytes of a done job on node `i`.
+    pub fn result(&self, i: usize, status: &JobStatus) -> Vec<u8> {
+        let hash = status
+            .result
+            .as_deref()
+            .and_then(peergrid_node::net::protocol::BlobHash::from_hex)
+            .expect("a done job has a result");
+        self.node(i)
+            .state()
+            .blobs
+            .get(&hash)
+            .expect("read")
+            .expect("the result blob is stored")
     }
 
     /// Node `i`.

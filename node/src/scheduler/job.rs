@@ -215,8 +215,11 @@ pub fn agreement_key(outcome: &WireOutcome, output: &BlobHash) -> [u8; 32] {
 }
 
 /// Whether honest peers always agree on this outcome (so it can be verified).
+/// A worker's wall-clock timeout depends on its machine; `Invalid` means the worker
+/// could not instantiate a module the submitter itself validated, so it is the
+/// worker's fault. Neither is ever accepted as the chunk's answer.
 pub fn is_deterministic(outcome: &WireOutcome) -> bool {
-    !matches!(outcome, WireOutcome::Timeout)
+    !matches!(outcome, WireOutcome::Timeout | WireOutcome::Invalid(_))
 }
 
 impl Chunk {

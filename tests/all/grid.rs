@@ -1,0 +1,293 @@
+//! Jobs across the grid with real nodes on loopback: redundant execution, quorum
+//! verification, liars, workers and submitters that die, cancels, waiting for peers,
+//! and submissions refused before anything is sent.
+
+use std::time::Duration;
+
+use peergrid_node::Seams;
+use peergrid_node::local::{self, LocalOptions};
+use peergrid_node::scheduler::{JobSpec, JobState};
+use peergrid_tests::{TestNet, wait_for};
+
+const MANDELBROT_200: &str =
+    r#"{"width": 64, "height": 200, "max_iter": 200, "rows_per_chunk": 1}"#;
+
+fn spec() -> JobSpec {
+    JobSpec {
+        soft_timeout: Duration::from_secs(30),
+        ..JobSpec::default()
+    }
+}
+
+/// The result `peergrid run` gives for a built-in job.
+fn local_result(job: &str, params: &str) -> Vec<u8> {
+    let sandbox = peergrid_tests::sandbox();
+    let module = sandbox
+        .load(peergrid_jobs::find(job).expect("built-in").wasm)
+        .expect("loads");
+    let report = local::run_job(
+        &sandbox,
+        &module,
+        params.as_bytes(),
+        &LocalOptions::default(),
+        &|_| {},
+        &|| {},
+    )
+    .expect("runs locally");
+    report.result().expect("a result").to_vec()
+}
+
+fn liars(from: usize, probability: f64) -> impl Fn(usize) -> Seams {
+    move |i| {
+        if i >= from {
+            Seams::liar(probability, i as u64)
+        } else {
+            Seams::default()
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_chunk_job_over_5_peers_gives_exactly_the_local_result() {
+    let net = TestNet::spawn(6).await;
+    net.wait_for_adverts(0, 5).await;
+    let id = net
+        .submit(0, "mandelbrot", MANDELBROT_200, spec())
+        .await
+        .expect("submitted");
+    let status = net.wait_job(0, id, Duration::from_secs(180)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert_eq!(status.chunks_verified, 200);
+    assert!(
+        status.replicas_issued >= 400,
+        "every chunk ran at least twice"
+    );
+    assert!(status.peers.len() >= 2);
+    assert!(net.result(0, &status) == local_result("mandelbrot", MANDELBROT_200));
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_always_lies_is_outvoted_excluded_and_no_longer_chosen() {
+    let net = TestNet::spawn_full(6, |_, _| {}, liars(5, 1.0)).await;
+    net.wait_for_adverts(0, 5).await;
+    let liar = net.node(5).peer_id().to_string();
+    let params = r#"{"width": 64, "height": 100, "max_iter": 100, "rows_per_chunk": 1}"#;
+    let id = net
+        .submit(0, "mandelbrot", params, spec())
+        .await
+        .expect("submitted");
+    let status = net.wait_job(0, id, Duration::from_secs(180)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert!(
+        net.result(0, &status) == local_result("mandelbrot", params),
+        "zero wrong outputs accepted"
+    );
+    let tally = status
+        .peers
+        .iter()
+        .find(|p| p.peer == liar)
+        .expect("the liar got work");
+    assert_eq!(tally.agreed, 0);
+    assert!(tally.disagreed >= 2 && tally.excluded, "{tally:?}");
+
+    // A second job: the liar is not chosen at all.
+    let id = net
+        .submit(0, "mandelbrot", params, spec())
+        .await
+        .expect("submitted");
+    let status = net.wait_job(0, id, Duration::from_secs(180)).await;
+    assert_eq!(status.state, JobState::Done);
+    assert!(
+        status.peers.iter().all(|p| p.peer != liar),
+        "the excluded liar got replicas"
+    );
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_that_lie_sometimes_are_caught_too() {
+    let net = TestNet::spawn_full(7, |_, _| {}, liars(5, 0.3)).await;
+    net.wait_for_adverts(0, 6).await;
+    let params = r#"{"width": 64, "height": 150, "max_iter": 100, "rows_per_chunk": 1}"#;
+    let id = net
+        .submit(0, "mandelbrot", params, spec())
+        .await
+        .expect("submitted");
+    let status = net.wait_job(0, id, Duration::from_secs(180)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert!(
+        net.result(0, &status) == local_result("mandelbrot", params),
+        "zero wrong outputs accepted"
+    );
+    for i in [5, 6] {
+        let peer = net.node(i).peer_id().to_string();
+        let tally = status
+            .peers
+            .iter()
+            .find(|p| p.peer == peer)
+            .expect("liar got work");
+        assert!(tally.disagreed > 0 && tally.excluded, "liar {i}: {tally:?}");
+    }
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_mid_job_loses_nothing() {
+    let mut net = TestNet::spawn(4).await;
+    net.wait_for_adverts(0, 3).await;
+    let params = r#"{"limit": 4000000000, "chunks": 120}"#;
+    let id = net
+        .submit(0, "primes", params, spec())
+        .await
+        .expect("submitted");
+    wait_for(
+        "some chunks to be verified",
+        Duration::from_secs(60),
+        || async { (net.status(0, id).await.chunks_verified >= 10).then_some(()) },
+    )
+    .await;
+    let victim = net.nodes.remove(1);
+    assert!(
+        victim.node.state().worker.status().active > 0 || net.status(0, id).await.state.is_final()
+    );
+    victim.node.shutdown().await;
+    let status = net.wait_job(0, id, Duration::from_secs(180)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    let result: serde_json::Value = serde_json::from_slice(&net.result(0, &status)).expect("JSON");
+    assert_eq!(result["primes_below_limit"], 189_961_812);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_chunk_always_traps_ends_as_a_verified_failure() {
+    let net = TestNet::spawn(4).await;
+    net.wait_for_adverts(0, 3).await;
+    let id = net
+        .submit(
+            0,
+            "faults",
+            r#"{"chunks": 6, "mode": "panic", "only": 3}"#,
+            spec(),
+        )
+        .await
+        .expect("submitted");
+    let status = net.wait_job(0, id, Duration::from_secs(60)).await;
+    assert_eq!(status.state, JobState::Failed, "{status:?}");
+    let error = status.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("chunk 3: verified failure")
+            && error.contains("chunk 3 panicked on purpose"),
+        "{error}"
+    );
+    assert_eq!(status.failures.len(), 1);
+    assert_eq!(
+        status.failures[0].evidence.len(),
+        2,
+        "two replicas agreed; no retry loop"
+    );
+    assert_eq!(status.chunks_verified, 6);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_the_workers_and_stays_cancelled_across_a_restart() {
+    let mut net = TestNet::spawn(3).await;
+    net.wait_for_adverts(0, 2).await;
+    let spec = JobSpec {
+        limits: peergrid_node::sandbox::Limits {
+            fuel: u64::MAX / 2,
+            ..JobSpec::default().limits
+        },
+        ..spec()
+    };
+    let id = net
+        .submit(0, "faults", r#"{"chunks": 2, "mode": "loop"}"#, spec)
+        .await
+        .expect("submitted");
+    wait_for(
+        "the workers to run the chunks",
+        Duration::from_secs(30),
+        || async {
+            let busy = (1..3).all(|i| net.node(i).state().worker.status().slots_free < 2);
+            busy.then_some(())
+        },
+    )
+    .await;
+    net.node(0)
+        .state()
+        .scheduler
+        .cancel(id)
+        .await
+        .expect("cancelled");
+    wait_for("the workers to stop", Duration::from_secs(10), || async {
+        let idle = (1..3).all(|i| net.node(i).state().worker.status().active == 0);
+        idle.then_some(())
+    })
+    .await;
+    net.restart(0).await.expect("restarts");
+    assert_eq!(net.status(0, id).await.state, JobState::Cancelled);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_few_peers_the_job_waits_says_why_and_proceeds_when_peers_join() {
+    let mut net = TestNet::spawn(2).await;
+    net.wait_for_adverts(0, 1).await;
+    let params = r#"{"limit": 100000, "chunks": 4}"#;
+    let id = net
+        .submit(0, "primes", params, spec())
+        .await
+        .expect("submitted");
+    let why = wait_for(
+        "the job to say why it waits",
+        Duration::from_secs(20),
+        || async { net.status(0, id).await.why },
+    )
+    .await;
+    assert!(
+        why.contains("waiting for peers") && why.contains("1 peers advertise"),
+        "{why}"
+    );
+    net.add_node().await;
+    let status = net.wait_job(0, id, Duration::from_secs(60)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert!(status.why.is_none());
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_submissions_are_refused_before_anything_is_sent() {
+    let net = TestNet::spawn(2).await;
+    net.wait_for_adverts(0, 1).await;
+    let not_abi = br#"(module (import "env" "now" (func)) (memory (export "memory") 1))"#;
+    let err = net
+        .submit_module(0, "bad", not_abi, Some("{}"), None, spec())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("env.now"), "{err}");
+    let err = net
+        .submit(0, "primes", r#"{"limit": 1}"#, spec())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("split failed") && err.to_string().contains("limit"),
+        "{err}"
+    );
+    let primes = peergrid_jobs::find("primes").expect("primes").wasm;
+    let err = net
+        .submit_module(0, "empty", primes, None, Some(Vec::new()), spec())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+    let bad_spec = JobSpec {
+        quorum: 3,
+        ..spec()
+    };
+    let err = net.submit(0, "primes", "{}", bad_spec).await.unwrap_err();
+    assert!(err.to_string().contains("quorum"), "{err}");
+    // Nothing was recorded, and the worker was offered nothing.
+    assert!(net.node(0).state().scheduler.status(None).await.is_empty());
+    assert_eq!(net.node(1).state().worker.status().executed, 0);
+    net.shutdown().await;
+}
