@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use peergrid_node::Seams;
 use peergrid_node::scheduler::{JobState, SubmitRequest};
+use peergrid_node::{Node, NodeError, Seams};
 use peergrid_tests::prometheus::{self, Prometheus, assert_promtool_ok, promtool};
+use peergrid_tests::testnet::test_config;
 use peergrid_tests::{TestNet, wait_for};
 use serde_json::Value;
 
@@ -244,6 +245,70 @@ fn the_scrape_config_and_alert_rules_pass_promtool() {
         "test rules",
         &promtool(&tools, &["test", "rules", &path("alerts_test.yml")], None),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_serves_the_text_format_on_its_own_address() {
+    peergrid_tests::testnet::init_logging();
+    let (a, b, c) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let mut config = test_config(a.path(), &[]);
+    config.metrics = Some("127.0.0.1:0".parse().expect("an address"));
+    let node = Node::spawn(config).await.expect("node starts");
+    let addr = node.metrics_addr().expect("metrics on");
+    assert_ne!(Some(addr), node.api_addr(), "its own listener");
+    let url = format!("http://{addr}/metrics");
+    let (content_type, body) = tokio::task::spawn_blocking(move || {
+        let mut response = ureq::get(&url).call().expect("scrape");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (
+            content_type,
+            response.body_mut().read_to_string().expect("body"),
+        )
+    })
+    .await
+    .expect("scrape task");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    for name in [
+        "peergrid_node_info",
+        "peergrid_net_connected_peers",
+        "peergrid_worker_slots{state=\"free\"} 2",
+        "peergrid_worker_advertised_fuel_per_second",
+        "peergrid_sandbox_compile_cache_lookups_total",
+        "peergrid_scheduler_jobs{state=\"running\"} 0",
+        "peergrid_store_write_seconds_count",
+    ] {
+        assert!(
+            body.contains(name),
+            "{name} missing from the scrape:\n{body}"
+        );
+    }
+
+    // An address already taken is a clear error naming the flag.
+    let mut taken = test_config(b.path(), &[]);
+    taken.metrics = Some(addr);
+    let err = Node::spawn(taken).await.expect_err("the address is taken");
+    assert!(matches!(err, NodeError::Metrics { .. }), "{err:?}");
+    assert!(err.to_string().contains("--metrics"), "{err}");
+
+    // `--metrics off` serves nothing.
+    let off = Node::spawn(test_config(c.path(), &[]))
+        .await
+        .expect("node starts");
+    assert_eq!(off.metrics_addr(), None);
+    off.shutdown().await;
+    node.shutdown().await;
 }
 
 /// Nodes in the test grid, and the one that lies.
