@@ -365,10 +365,9 @@ async fn chunk_output(
 ) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
     match state.scheduler.chunk_output(id, chunk).await {
-        Some(hash) if hash == crate::net::protocol::BlobHash::of(b"") => {
-            Ok(Vec::<u8>::new().into_response())
+        Some(bytes) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
         }
-        Some(hash) => Ok(blob_response(&state, hash).await),
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
             "that chunk has no verified output".into(),

@@ -4,6 +4,12 @@
 //! `bench sandbox` runs every example's chunks natively and in the sandbox (fuel and
 //! every limit on, as the grid runs them), alternating rounds and keeping each side's
 //! best round, and also with fuel and/or epochs off to show what each costs.
+//!
+//! `bench grid` starts in-process grids on loopback (real network, store and
+//! scheduler code) and measures the overhead of distributing and verifying work:
+//! no-op chunks per second at redundancy 2, one-chunk submit→verified latency, the
+//! efficiency of a CPU-bound job against the sandbox alone, and how throughput and
+//! memory change with the number of peers.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -18,12 +24,15 @@ use crate::sandbox::{JobModule, Limits, Outcome, Sandbox, SandboxConfig};
 pub enum BenchCmd {
     /// Native vs sandboxed time for each example job, and the cost of fuel and epochs.
     Sandbox(SandboxBench),
+    /// Overhead, efficiency and scale of the grid on loopback.
+    Grid(super::bench_grid::GridBench),
 }
 
 impl BenchCmd {
     pub(super) fn execute(self, _global: &GlobalOpts) -> anyhow::Result<ExitCode> {
         match self {
             Self::Sandbox(b) => b.execute(),
+            Self::Grid(b) => b.execute(),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod bench_grid;
 pub mod cancel;
 pub mod client;
 pub mod common;

@@ -2,7 +2,7 @@
 //! results, and writes every change through to the database before it is
 //! acknowledged. See the module docs of [`scheduler`](super) for the message flow.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -27,6 +27,10 @@ use crate::worker::QUEUE_FACTOR;
 const TICK: Duration = Duration::from_millis(250);
 /// A peer that refused or failed an offer is skipped for this long.
 const PEER_BACKOFF: Duration = Duration::from_secs(1);
+/// Outputs up to this size are kept in the database rather than as blob files.
+const DB_OUTPUT: usize = 64 * 1024;
+/// Progress is published to watchers at most this often per job.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// Failures with evidence kept in a status.
 const MAX_FAILURES_SHOWN: usize = 10;
 
@@ -41,7 +45,13 @@ pub(super) struct Actor {
     backoff: HashMap<PeerId, Instant>,
     fetching: HashSet<BlobHash>,
     dirty: HashSet<JobId>,
+    /// When each job's status was last published (publishing is throttled).
+    published: HashMap<JobId, Instant>,
+    /// Chunks whose state changed since the last dispatch; a light dispatch looks
+    /// only at these, a full one (every tick) at every chunk.
+    attention: HashMap<JobId, BTreeSet<u32>>,
     kick: bool,
+    full: bool,
 }
 
 fn encode_outcome(o: &WireOutcome) -> Vec<u8> {
@@ -65,15 +75,22 @@ pub(super) fn describe(o: &WireOutcome) -> String {
 }
 
 fn replica_row(chunk: u32, r: &Replica) -> ReplicaRow {
-    let (issued_ms, outcome, output, fuel) = match &r.state {
-        ReplicaState::Issued(at) | ReplicaState::TimedOut(at) => (*at, None, None, None),
+    let (issued_ms, outcome, output, fuel, output_data) = match &r.state {
+        ReplicaState::Issued(at) | ReplicaState::TimedOut(at) => (*at, None, None, None, None),
         ReplicaState::Returned {
             outcome,
             output,
             fuel,
+            data,
             ..
-        } => (0, Some(encode_outcome(outcome)), Some(*output), Some(*fuel)),
-        ReplicaState::Offered | ReplicaState::Lost => (0, None, None, None),
+        } => (
+            0,
+            Some(encode_outcome(outcome)),
+            Some(*output),
+            Some(*fuel),
+            data.clone(),
+        ),
+        ReplicaState::Offered | ReplicaState::Lost => (0, None, None, None, None),
     };
     ReplicaRow {
         chunk,
@@ -83,6 +100,7 @@ fn replica_row(chunk: u32, r: &Replica) -> ReplicaRow {
         issued_ms,
         outcome,
         output,
+        output_data,
         fuel,
     }
 }
@@ -108,7 +126,10 @@ impl Actor {
             backoff: HashMap::new(),
             fetching: HashSet::new(),
             dirty: HashSet::new(),
+            published: HashMap::new(),
+            attention: HashMap::new(),
             kick: true,
+            full: true,
         };
         match actor.ctx.db.jobs(None) {
             Ok(rows) => {
@@ -185,6 +206,7 @@ impl Actor {
                         outcome,
                         output,
                         fuel: r.fuel.unwrap_or(0),
+                        data: r.output_data,
                     },
                     _ => ReplicaState::Lost,
                 },
@@ -232,11 +254,15 @@ impl Actor {
                     Some(msg) => self.on_message(msg),
                     None => break,
                 },
-                _ = tick.tick() => self.kick = true,
+                _ = tick.tick() => {
+                    self.kick = true;
+                    self.full = true;
+                }
             }
             if self.kick {
                 self.kick = false;
-                self.dispatch().await;
+                let full = std::mem::take(&mut self.full);
+                self.dispatch(full).await;
             }
             self.publish();
         }
@@ -298,6 +324,7 @@ impl Actor {
                     self.dirty.insert(job.id);
                     self.jobs.insert(job.id, *job);
                     self.kick = true;
+                    self.full = true;
                 }
                 let _ = reply.send(result);
             }
@@ -445,6 +472,7 @@ impl Actor {
                 writes.push(Write::Replica(id, replica_row(chunk_idx, r)));
             } else {
                 // Refused or unanswered: forget it, the peer may be asked again later.
+                self.attention.entry(id).or_default().insert(chunk_idx);
                 let pos = chunk
                     .replicas
                     .iter()
@@ -486,12 +514,17 @@ impl Actor {
                 stored.push(key);
                 continue;
             }
-            // The output must be stored (and match its hash) before the ack.
+            // The output must be stored (and match its hash) before the ack: small
+            // ones go into the database with the replica, larger ones into blobs.
+            let mut data = None;
             let usable = match &result.output {
                 None => result.output_hash == BlobHash::of(b""),
-                Some(Payload::Inline(bytes)) => {
-                    BlobHash::of(bytes) == result.output_hash && self.ctx.blobs.put(bytes).is_ok()
+                Some(Payload::Inline(bytes)) if BlobHash::of(bytes) != result.output_hash => false,
+                Some(Payload::Inline(bytes)) if bytes.len() <= DB_OUTPUT => {
+                    data = Some(bytes.clone());
+                    true
                 }
+                Some(Payload::Inline(bytes)) => self.ctx.blobs.put(bytes).is_ok(),
                 Some(Payload::Blob { hash, size }) => {
                     if *hash != result.output_hash || *size > crate::net::protocol::MAX_BLOB_BYTES {
                         false
@@ -541,6 +574,7 @@ impl Actor {
                 outcome: result.outcome,
                 output: result.output_hash,
                 fuel: result.fuel_used,
+                data,
             };
             writes.push(Write::Replica(
                 result.job_id,
@@ -562,6 +596,7 @@ impl Actor {
         }
         for (id, idx) in touched {
             writes.extend(self.evaluate_chunk(id, idx));
+            self.attention.entry(id).or_default().insert(idx);
             self.dirty.insert(id);
         }
         if !self.persist(&writes) {
@@ -601,13 +636,20 @@ impl Actor {
                         key: k,
                         outcome,
                         output,
+                        data,
                         ..
-                    } if *k == key => Some((outcome.clone(), *output)),
+                    } if *k == key => Some((outcome.clone(), *output, data.clone())),
                     _ => None,
                 });
-                let Some((outcome, output)) = winner else {
+                let Some((outcome, output, output_data)) = winner else {
                     return writes;
                 };
+                // The verified output now lives in the chunk's row; free the copies.
+                for r in chunk.replicas.iter_mut() {
+                    if let ReplicaState::Returned { data, .. } = &mut r.state {
+                        *data = None;
+                    }
+                }
                 for r in &chunk.replicas {
                     if let ReplicaState::Returned {
                         key: k, outcome, ..
@@ -627,6 +669,7 @@ impl Actor {
                     state: "verified".into(),
                     outcome: Some(encode_outcome(&outcome)),
                     output: Some(output),
+                    output_data,
                 });
                 chunk.state = ChunkState::Verified {
                     outcome,
@@ -643,6 +686,7 @@ impl Actor {
                     state: "failed".into(),
                     outcome: Some(reason.clone().into_bytes()),
                     output: None,
+                    output_data: None,
                 });
                 chunk.state = ChunkState::Failed(reason);
             }
@@ -712,22 +756,15 @@ impl Actor {
         let Some(job) = self.jobs.get(&id) else {
             return;
         };
-        let outputs: Vec<BlobHash> = job
-            .chunks
-            .iter()
-            .filter_map(|c| match &c.state {
-                ChunkState::Verified { output, .. } => Some(*output),
-                _ => None,
-            })
-            .collect();
-        let (blobs, sandbox, module, tx) = (
+        let (blobs, db, sandbox, module, tx) = (
             self.ctx.blobs.clone(),
+            self.ctx.db.clone(),
             self.ctx.sandbox.clone(),
             job.module,
             self.tx.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            let result = merge(&blobs, &sandbox, module, &outputs);
+            let result = merge(&blobs, &db, &sandbox, module, id);
             let _ = tx.blocking_send(Msg::Merged(id, result));
         });
     }
@@ -763,9 +800,11 @@ impl Actor {
         self.dirty.insert(id);
     }
 
-    /// Reissues lost and timed-out replicas and offers every chunk that needs
-    /// replicas to eligible peers, one offer per peer and job.
-    async fn dispatch(&mut self) {
+    /// Reissues lost and timed-out replicas and offers chunks that need replicas to
+    /// eligible peers, one offer per peer and job. A `full` dispatch (every tick, and
+    /// for a new job) looks at every chunk; a light one (after results and offer
+    /// replies) only at the chunks that changed.
+    async fn dispatch(&mut self, full: bool) {
         if !self.jobs.values().any(|j| j.state == JobState::Running) {
             return;
         }
@@ -814,9 +853,15 @@ impl Actor {
         let mut writes = Vec::new();
         let mut offers: HashMap<(JobId, PeerId), Vec<(u32, u32)>> = HashMap::new();
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        let mut attention = std::mem::take(&mut self.attention);
         for id in ids {
             let mut unplaced = 0u32;
             let mut touched = Vec::new();
+            let mut deferred = Vec::new();
+            let changed = attention.remove(&id).unwrap_or_default();
+            if !full && changed.is_empty() {
+                continue;
+            }
             {
                 let Some(job) = self.jobs.get_mut(&id) else {
                     continue;
@@ -827,7 +872,14 @@ impl Actor {
                 let spec = job.spec;
                 let timeout_ms = spec.soft_timeout.as_millis() as u64;
                 for (idx, chunk) in job.chunks.iter_mut().enumerate() {
-                    if chunk.state != ChunkState::Pending {
+                    if chunk.state != ChunkState::Pending
+                        || (!full && !changed.contains(&(idx as u32)))
+                    {
+                        continue;
+                    }
+                    if !full && !candidates.iter().any(|c| c.2 > 0) {
+                        // No room anywhere: look at it again when a slot frees up.
+                        deferred.push(idx as u32);
                         continue;
                     }
                     for r in chunk.replicas.iter_mut() {
@@ -887,6 +939,9 @@ impl Actor {
                                 placed += 1;
                             }
                             unplaced += n - placed;
+                            if placed < n {
+                                deferred.push(idx as u32);
+                            }
                         }
                         Verdict::Verified(_) | Verdict::Failed(_) => touched.push(idx as u32),
                         Verdict::Wait => {}
@@ -896,7 +951,12 @@ impl Actor {
             for idx in touched {
                 writes.extend(self.evaluate_chunk(id, idx));
             }
-            if let Some(job) = self.jobs.get_mut(&id) {
+            if !deferred.is_empty() {
+                self.attention.entry(id).or_default().extend(deferred);
+            }
+            if let Some(job) = self.jobs.get_mut(&id)
+                && (full || unplaced > 0)
+            {
                 let why = (unplaced > 0).then(|| {
                     format!(
                         "waiting for peers: {unplaced} replicas need a distinct peer with free slots and {} MiB per chunk; {} peers advertise capacity, {} known, {} excluded by reputation",
@@ -1062,16 +1122,28 @@ impl Actor {
         }
     }
 
-    /// Sends fresh statuses to watchers of jobs that changed.
+    /// Sends fresh statuses to watchers of jobs that changed, at most every
+    /// [`PUBLISH_EVERY`] per job (at once when the job ends).
     fn publish(&mut self) {
         if self.dirty.is_empty() {
             return;
         }
-        let dirty: Vec<JobId> = self.dirty.drain().collect();
+        let now = Instant::now();
+        let dirty: Vec<JobId> = self.dirty.iter().copied().collect();
         for id in dirty {
             let Some(job) = self.jobs.get(&id) else {
+                self.dirty.remove(&id);
                 continue;
             };
+            let recent = self
+                .published
+                .get(&id)
+                .is_some_and(|at| now.duration_since(*at) < PUBLISH_EVERY);
+            if recent && !job.state.is_final() {
+                continue;
+            }
+            self.dirty.remove(&id);
+            self.published.insert(id, now);
             if let Some(tx) = self.watchers.get(&id) {
                 if tx.receiver_count() == 0 {
                     self.watchers.remove(&id);
@@ -1088,9 +1160,10 @@ impl Actor {
 /// Without a merge export the job's result is its chunk outputs (`Ok(None)`).
 fn merge(
     blobs: &crate::store::BlobStore,
+    db: &crate::store::Db,
     sandbox: &crate::sandbox::Sandbox,
     module_hash: BlobHash,
-    outputs: &[BlobHash],
+    job: JobId,
 ) -> Result<Option<BlobHash>, String> {
     let bytes = blobs
         .get(&module_hash)
@@ -1100,18 +1173,11 @@ fn merge(
     if !module.has_merge {
         return Ok(None);
     }
-    let empty = BlobHash::of(b"");
-    let data: Vec<Vec<u8>> = outputs
-        .iter()
-        .map(|h| {
-            if *h == empty {
-                return Ok(Vec::new());
-            }
-            blobs
-                .get(h)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("verified output {h:?} is missing from the blob store"))
-        })
+    let data: Vec<Vec<u8>> = db
+        .chunk_outputs(job)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|output| read_output(blobs, output))
         .collect::<Result<_, String>>()?;
     let exec = sandbox.merge(&module, &data, &crate::sandbox::Limits::SUBMITTER);
     match exec.outcome {
@@ -1119,5 +1185,21 @@ fn merge(
             blobs.put(&result).map(Some).map_err(|e| e.to_string())
         }
         other => Err(other.to_string()),
+    }
+}
+
+/// A verified output's bytes: from the database when kept there, else its blob.
+pub(super) fn read_output(
+    blobs: &crate::store::BlobStore,
+    (hash, data): (Option<BlobHash>, Option<Vec<u8>>),
+) -> Result<Vec<u8>, String> {
+    match (data, hash) {
+        (Some(bytes), _) => Ok(bytes),
+        (None, Some(h)) if h == BlobHash::of(b"") => Ok(Vec::new()),
+        (None, Some(h)) => blobs
+            .get(&h)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("verified output {h:?} is missing from the blob store")),
+        (None, None) => Err("a chunk has no verified output".into()),
     }
 }

@@ -4,7 +4,6 @@
 //! through to the database. [`Chunk::evaluate`] decides, from the replicas returned
 //! so far, whether a chunk is verified, needs more replicas, or has failed.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use libp2p::PeerId;
@@ -144,6 +143,9 @@ pub enum ReplicaState {
         output: BlobHash,
         /// Fuel reported.
         fuel: u64,
+        /// The output itself when small, kept until the chunk is verified (then in
+        /// the database only).
+        data: Option<Vec<u8>>,
     },
     /// Not returned within the soft timeout (a late result still counts).
     TimedOut(u64),
@@ -223,16 +225,18 @@ pub fn is_deterministic(outcome: &WireOutcome) -> bool {
 }
 
 impl Chunk {
-    /// Groups of peers by agreement key, over deterministic returned results.
-    pub fn groups(&self) -> HashMap<[u8; 32], Vec<PeerId>> {
-        let mut groups: HashMap<[u8; 32], Vec<PeerId>> = HashMap::new();
+    /// Groups of distinct peers by agreement key, over deterministic returned
+    /// results. A chunk has a handful of replicas, so a vector beats a map here.
+    pub fn groups(&self) -> Vec<([u8; 32], Vec<PeerId>)> {
+        let mut groups: Vec<([u8; 32], Vec<PeerId>)> = Vec::new();
         for r in &self.replicas {
             if let ReplicaState::Returned { key, outcome, .. } = &r.state
                 && is_deterministic(outcome)
             {
-                let peers = groups.entry(*key).or_default();
-                if !peers.contains(&r.peer) {
-                    peers.push(r.peer);
+                match groups.iter_mut().find(|(k, _)| k == key) {
+                    Some((_, peers)) if !peers.contains(&r.peer) => peers.push(r.peer),
+                    Some(_) => {}
+                    None => groups.push((*key, vec![r.peer])),
                 }
             }
         }
@@ -251,9 +255,13 @@ impl Chunk {
         {
             return Verdict::Verified(*key);
         }
-        let best = groups.values().map(|p| p.len() as u32).max().unwrap_or(0);
+        let best = groups
+            .iter()
+            .map(|(_, p)| p.len() as u32)
+            .max()
+            .unwrap_or(0);
         let live = self.replicas.iter().filter(|r| r.state.is_live()).count() as u32;
-        let returned: u32 = groups.values().map(|p| p.len() as u32).sum();
+        let returned: u32 = groups.iter().map(|(_, p)| p.len() as u32).sum();
         let needed = spec
             .redundancy
             .saturating_sub(live + returned)
@@ -331,6 +339,7 @@ mod tests {
                 outcome: WireOutcome::Ok,
                 output,
                 fuel: 1,
+                data: None,
             },
         }
     }

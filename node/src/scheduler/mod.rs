@@ -297,9 +297,17 @@ impl Scheduler {
         self.ask(|tx| Msg::Subscribe(id, tx)).await.flatten()
     }
 
-    /// The verified output blob of one chunk.
-    pub async fn chunk_output(&self, id: JobId, chunk: u32) -> Option<BlobHash> {
-        self.ask(|tx| Msg::Output(id, chunk, tx)).await.flatten()
+    /// The verified output of one chunk (`None` unless it verified to a result).
+    pub async fn chunk_output(&self, id: JobId, chunk: u32) -> Option<Vec<u8>> {
+        self.ask(|tx| Msg::Output(id, chunk, tx)).await.flatten()?;
+        let (db, blobs) = (self.ctx.db.clone(), self.ctx.blobs.clone());
+        tokio::task::spawn_blocking(move || {
+            let output = db.chunk_outputs(id).ok()?.into_iter().nth(chunk as usize)?;
+            actor::read_output(&blobs, output).ok()
+        })
+        .await
+        .ok()
+        .flatten()
     }
 }
 

@@ -49,6 +49,7 @@ CREATE TABLE chunks (
     state       TEXT NOT NULL,
     outcome     BLOB,
     output      BLOB,
+    output_data BLOB,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 CREATE TABLE replicas (
@@ -60,6 +61,7 @@ CREATE TABLE replicas (
     issued_ms   INTEGER NOT NULL,
     outcome     BLOB,
     output      BLOB,
+    output_data BLOB,
     fuel        INTEGER,
     PRIMARY KEY (job_id, chunk, attempt)
 ) WITHOUT ROWID;
@@ -81,6 +83,10 @@ CREATE TABLE outbox (
     PRIMARY KEY (job_id, chunk, attempt)
 ) WITHOUT ROWID;
 "#];
+
+/// A verified output as stored: its blob hash, and its bytes when kept in the
+/// database.
+pub type StoredOutput = (Option<BlobHash>, Option<Vec<u8>>);
 
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,6 +151,8 @@ pub struct ReplicaRow {
     pub outcome: Option<Vec<u8>>,
     /// The output hash it returned.
     pub output: Option<BlobHash>,
+    /// The output itself when small (kept here, not as a blob file).
+    pub output_data: Option<Vec<u8>>,
     /// Fuel it reported.
     pub fuel: Option<u64>,
 }
@@ -211,6 +219,8 @@ pub enum Write {
         outcome: Option<Vec<u8>>,
         /// Its output.
         output: Option<BlobHash>,
+        /// The output itself when small.
+        output_data: Option<Vec<u8>>,
     },
     /// A replica was accepted, returned, timed out or lost (insert or replace).
     Replica(JobId, ReplicaRow),
@@ -398,7 +408,7 @@ impl Db {
     pub fn replicas(&self, job: JobId) -> Result<Vec<ReplicaRow>, DbError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT chunk, attempt, peer, state, issued_ms, outcome, output, fuel
+            "SELECT chunk, attempt, peer, state, issued_ms, outcome, output, fuel, output_data
              FROM replicas WHERE job_id = ?1 ORDER BY chunk, attempt",
         )?;
         let rows = stmt.query_map(params![job.0.as_slice()], |r| {
@@ -411,10 +421,11 @@ impl Db {
                 r.get::<_, Option<Vec<u8>>>(5)?,
                 r.get::<_, Option<Vec<u8>>>(6)?,
                 r.get::<_, Option<u64>>(7)?,
+                r.get::<_, Option<Vec<u8>>>(8)?,
             ))
         })?;
         rows.map(|row| {
-            let (chunk, attempt, peer, state, issued_ms, outcome, output, fuel) = row?;
+            let (chunk, attempt, peer, state, issued_ms, outcome, output, fuel, output_data) = row?;
             Ok(ReplicaRow {
                 chunk,
                 attempt,
@@ -423,8 +434,29 @@ impl Db {
                 issued_ms,
                 outcome,
                 output: opt_hash(output)?,
+                output_data,
                 fuel,
             })
+        })
+        .collect()
+    }
+
+    /// Each verified chunk's output, in chunk order: its bytes when kept in the
+    /// database, else its blob hash.
+    pub fn chunk_outputs(&self, job: JobId) -> Result<Vec<StoredOutput>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT output, output_data FROM chunks WHERE job_id = ?1 ORDER BY idx",
+        )?;
+        let rows = stmt.query_map(params![job.0.as_slice()], |r| {
+            Ok((
+                r.get::<_, Option<Vec<u8>>>(0)?,
+                r.get::<_, Option<Vec<u8>>>(1)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (output, data) = row?;
+            Ok((opt_hash(output)?, data))
         })
         .collect()
     }
@@ -547,22 +579,25 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbErro
             state,
             outcome,
             output,
+            output_data,
         } => {
             tx.prepare_cached(
-                "UPDATE chunks SET state = ?3, outcome = ?4, output = ?5 WHERE job_id = ?1 AND idx = ?2",
+                "UPDATE chunks SET state = ?3, outcome = ?4, output = ?5, output_data = ?6
+                 WHERE job_id = ?1 AND idx = ?2",
             )?
             .execute(params![
                 job.0.as_slice(),
                 idx,
                 state,
                 outcome,
-                output.map(|h| h.0.to_vec())
+                output.map(|h| h.0.to_vec()),
+                output_data
             ])?;
         }
         Write::Replica(job, r) => {
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO replicas (job_id, chunk, attempt, peer, state, issued_ms, outcome, output, fuel)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR REPLACE INTO replicas (job_id, chunk, attempt, peer, state, issued_ms, outcome, output, fuel, output_data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 job.0.as_slice(),
@@ -573,7 +608,8 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbErro
                 r.issued_ms,
                 r.outcome,
                 r.output.map(|h| h.0.to_vec()),
-                r.fuel
+                r.fuel,
+                r.output_data
             ])?;
         }
         Write::Reputation(r) => {
@@ -678,6 +714,7 @@ mod tests {
                         issued_ms: 5,
                         outcome: None,
                         output: None,
+                        output_data: None,
                         fuel: None,
                     },
                 ),
@@ -687,6 +724,7 @@ mod tests {
                     state: "verified".into(),
                     outcome: Some(vec![0]),
                     output: Some(BlobHash::of(b"o")),
+                    output_data: Some(b"o".to_vec()),
                 },
             ])
             .unwrap();

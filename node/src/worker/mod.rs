@@ -44,6 +44,8 @@ pub const QUEUE_FACTOR: u32 = 2;
 pub const MAX_OUTBOX: u64 = 10_000;
 /// Outputs up to this size travel inline; larger ones as blobs.
 pub const INLINE_OUTPUT: usize = 4 * 1024 * 1024;
+/// Modules kept loaded (by blob hash); the cache is emptied when full.
+const MODULE_CACHE: usize = 32;
 /// Results per delivery batch.
 const DELIVERY_BATCH: usize = 64;
 /// After a failed delivery, wait this long before trying that submitter again.
@@ -68,6 +70,8 @@ struct Inner {
     memory_limit: u64,
     exec: Arc<Semaphore>,
     active: Mutex<HashMap<Key, Arc<ChunkControl>>>,
+    /// Modules loaded by blob hash, so a chunk costs no disk read or hashing.
+    modules: Mutex<HashMap<BlobHash, crate::sandbox::JobModule>>,
     outbox_len: std::sync::atomic::AtomicU64,
     deliver: Notify,
     changed: Notify,
@@ -118,6 +122,7 @@ impl Worker {
                 memory_limit,
                 exec: Arc::new(Semaphore::new(slots as usize)),
                 active: Mutex::new(HashMap::new()),
+                modules: Mutex::new(HashMap::new()),
                 outbox_len: outbox_len.into(),
                 deliver: Notify::new(),
                 changed: Notify::new(),
@@ -314,6 +319,27 @@ impl Worker {
     }
 
     async fn load_module(
+        &self,
+        submitter: PeerId,
+        hash: BlobHash,
+    ) -> Result<crate::sandbox::JobModule, LoadError> {
+        if let Some(module) = self.modules().get(&hash) {
+            return Ok(module.clone());
+        }
+        let module = self.fetch_and_load(submitter, hash).await?;
+        let mut modules = self.modules();
+        if modules.len() >= MODULE_CACHE {
+            modules.clear();
+        }
+        modules.insert(hash, module.clone());
+        Ok(module)
+    }
+
+    fn modules(&self) -> std::sync::MutexGuard<'_, HashMap<BlobHash, crate::sandbox::JobModule>> {
+        self.inner.modules.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn fetch_and_load(
         &self,
         submitter: PeerId,
         hash: BlobHash,
