@@ -70,6 +70,21 @@ pub struct NativeJob {
     pub merge: Option<EntryPoint>,
 }
 
+impl NativeJob {
+    /// Runs the whole job natively over bytes, exactly as the sandbox would: split
+    /// the JSON params, run every chunk in order, merge. For tests and benchmarks.
+    pub fn run_all(&self, params: &[u8]) -> Result<Vec<u8>, String> {
+        let split = self.split.ok_or("the job has no split")?;
+        let merge = self.merge.ok_or("the job has no merge")?;
+        let inputs = split(params)?;
+        let outputs = bytes::decode_list(&inputs)?
+            .into_iter()
+            .map(self.run)
+            .collect::<Result<Vec<_>, String>>()?;
+        merge(&bytes::encode_list(&outputs))
+    }
+}
+
 /// Splits `0..total` into at most `chunks` contiguous, non-empty, half-open ranges of
 /// nearly equal size (the first ones one larger). A helper for `split` functions.
 pub fn ranges(total: u64, chunks: u64) -> Vec<(u64, u64)> {
@@ -375,13 +390,7 @@ mod tests {
     #[test]
     fn native_job_runs_split_run_merge() {
         let job = PEERGRID_JOB;
-        let inputs = (job.split.unwrap())(br#"{"n":4}"#).unwrap();
-        let outputs: Vec<Vec<u8>> = bytes::decode_list(&inputs)
-            .unwrap()
-            .into_iter()
-            .map(|i| (job.run)(i).unwrap())
-            .collect();
-        let merged = (job.merge.unwrap())(&bytes::encode_list(&outputs)).unwrap();
+        let merged = job.run_all(br#"{"n":4}"#).unwrap();
         assert_eq!(String::from_utf8(merged).unwrap().trim(), "12");
         // Empty params mean {}.
         assert!((job.split.unwrap())(b"").is_ok());

@@ -37,11 +37,5 @@ pub fn run_example_in_sandbox(
 /// Runs a built-in example end to end natively (same bytes in and out as the sandbox).
 pub fn run_example_natively(name: &str, params: &str) -> Result<Vec<u8>, String> {
     let example = peergrid_jobs::find(name).ok_or_else(|| format!("no example {name}"))?;
-    let job = example.native;
-    let list = (job.split.ok_or("no split")?)(params.as_bytes())?;
-    let outputs = peergrid_sdk::bytes::decode_list(&list)?
-        .into_iter()
-        .map(job.run)
-        .collect::<Result<Vec<_>, _>>()?;
-    (job.merge.ok_or("no merge")?)(&peergrid_sdk::bytes::encode_list(&outputs))
+    example.native.run_all(params.as_bytes())
 }

@@ -416,18 +416,11 @@ peergrid_sdk::export!(run: run, split: split, merge: merge);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use peergrid_sdk::bytes;
 
     /// Runs the job exactly as the sandbox does: JSON params -> split -> run each chunk
     /// over postcard bytes -> merge -> result bytes.
     fn run_job(params: &str) -> Result<Vec<u8>, String> {
-        let job = PEERGRID_JOB;
-        let inputs = (job.split.unwrap())(params.as_bytes())?;
-        let outputs = bytes::decode_list(&inputs)?
-            .into_iter()
-            .map(job.run)
-            .collect::<Result<Vec<_>, String>>()?;
-        (job.merge.unwrap())(&bytes::encode_list(&outputs))
+        PEERGRID_JOB.run_all(params.as_bytes())
     }
 
     /// Decodes a PNG: (width, height, RGB bytes).

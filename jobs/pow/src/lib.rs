@@ -335,7 +335,6 @@ peergrid_sdk::export!(run: run, split: split, merge: merge);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use peergrid_sdk::bytes;
 
     /// The smallest nonce for the default params (`"peergrid"`, 20 bits), computed once
     /// with this job and checked by [`brute_force`] in `default_params_answer`.
@@ -345,13 +344,7 @@ mod tests {
     /// Runs the job exactly as the sandbox does: JSON params -> split -> run each chunk
     /// over postcard bytes -> merge -> JSON result bytes.
     fn run_job(params: &str) -> Result<serde_json::Value, String> {
-        let job = PEERGRID_JOB;
-        let inputs = (job.split.unwrap())(params.as_bytes())?;
-        let outputs = bytes::decode_list(&inputs)?
-            .into_iter()
-            .map(job.run)
-            .collect::<Result<Vec<_>, String>>()?;
-        let result = (job.merge.unwrap())(&bytes::encode_list(&outputs))?;
+        let result = PEERGRID_JOB.run_all(params.as_bytes())?;
         Ok(serde_json::from_slice(&result).unwrap())
     }
 

@@ -277,18 +277,11 @@ fn count_primes(lo: u64, hi: u64) -> (u64, Option<u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use peergrid_sdk::bytes;
 
     /// Runs the job exactly as the sandbox does: JSON params -> split -> run each chunk
     /// over postcard bytes -> merge -> JSON result bytes.
     fn run_job(params: &str) -> Result<serde_json::Value, String> {
-        let job = PEERGRID_JOB;
-        let inputs = (job.split.unwrap())(params.as_bytes())?;
-        let outputs = bytes::decode_list(&inputs)?
-            .into_iter()
-            .map(job.run)
-            .collect::<Result<Vec<_>, String>>()?;
-        let result = (job.merge.unwrap())(&bytes::encode_list(&outputs))?;
+        let result = PEERGRID_JOB.run_all(params.as_bytes())?;
         Ok(serde_json::from_slice(&result).unwrap())
     }
 
