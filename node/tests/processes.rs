@@ -268,17 +268,27 @@ fn a_submitter_killed_mid_job_resumes_without_rerunning_verified_chunks() {
         "killed mid-job"
     );
 
-    submitter = start_node(dirs[0].path(), None);
-    let _ = &submitter;
-    wait_until(
-        "the resumed job to finish",
-        Duration::from_secs(300),
-        || {
-            let out = cli(dirs[0].path(), &["status", &id, "--json"]);
-            let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            s["state"] == "done"
-        },
-    );
+    // Restarted where the workers knew it (a node's port is normally fixed).
+    let listen = submitter
+        .addr
+        .rsplit_once("/p2p/")
+        .map(|(a, _)| a.to_string())
+        .unwrap_or_default();
+    submitter = start_node_on(dirs[0].path(), None, &listen);
+    let started = Instant::now();
+    loop {
+        let out = cli(dirs[0].path(), &["status", &id, "--json"]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if s["state"] == "done" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the resumed job did not finish: {s} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let out = cli(dirs[0].path(), &["results", &id]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("279545368"),
