@@ -99,7 +99,8 @@ pub struct NodeOptions {
     /// Do not discover peers on the local network with mDNS.
     #[arg(long)]
     pub no_mdns: bool,
-    /// CPU cores to lend (one chunk slot per core). [default: all cores]
+    /// CPU cores to lend (one chunk slot per core); 0 lends nothing (a node that
+    /// only submits). [default: all cores]
     #[arg(long, value_name = "N")]
     pub cpus: Option<u32>,
     /// Most memory one chunk may use, e.g. 512MiB. [default: 512MiB]

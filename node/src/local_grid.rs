@@ -30,15 +30,16 @@ impl LocalGrid {
             bail!("--liars {liars} is more than the {workers} workers");
         }
         let mut dirs = Vec::new();
-        let mut spawn = |bootstrap: Vec<String>, seams: Seams| {
+        let mut spawn = |bootstrap: Vec<String>, seams: Seams, cpus: u32| {
             let dir = tempfile::tempdir().context("creating a temporary data dir")?;
             let config = NodeOptions::loopback(bootstrap, cpus)
                 .resolve(DataDir::resolve(Some(dir.path().to_path_buf())))?;
             dirs.push(dir);
             anyhow::Ok(Node::spawn_with(config, seams))
         };
-        // The submitter's own slots go unused: it is not in its own view.
-        let submitter = spawn(Vec::new(), Seams::default())?.await?;
+        // The submitter only submits (lends no slots), so every replica crosses the
+        // network.
+        let submitter = spawn(Vec::new(), Seams::default(), 0)?.await?;
         let bootstrap: Vec<String> = submitter
             .listen_addrs()
             .await
@@ -52,7 +53,7 @@ impl LocalGrid {
             } else {
                 Seams::default()
             };
-            nodes.push(spawn(bootstrap.clone(), seams)?.await?);
+            nodes.push(spawn(bootstrap.clone(), seams, cpus)?.await?);
         }
         Ok(Self {
             submitter,

@@ -277,9 +277,11 @@ impl Node {
                 db: db.clone(),
                 sandbox: sandbox.clone(),
                 metrics: metrics.scheduler.clone(),
+                local_worker: Some(worker.clone()),
             },
             shutdown.child_token(),
         );
+        worker.set_local_scheduler(scheduler.clone());
         let state = Arc::new(NodeState {
             net: network.client.clone(),
             blobs,

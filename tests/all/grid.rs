@@ -192,7 +192,13 @@ async fn a_job_whose_chunk_always_traps_ends_as_a_verified_failure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_the_workers_and_stays_cancelled_across_a_restart() {
-    let mut net = TestNet::spawn(3).await;
+    // The submitter lends nothing here, so the chunks run on the two workers.
+    let mut net = TestNet::spawn_with(3, |i, c| {
+        if i == 0 {
+            c.cpus = 0
+        }
+    })
+    .await;
     net.wait_for_adverts(0, 2).await;
     let spec = JobSpec {
         limits: peergrid_node::sandbox::Limits {
@@ -232,7 +238,13 @@ async fn cancel_stops_the_workers_and_stays_cancelled_across_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_few_peers_the_job_waits_says_why_and_proceeds_when_peers_join() {
-    let mut net = TestNet::spawn(2).await;
+    // The submitter lends nothing: one worker is one peer too few for redundancy 2.
+    let mut net = TestNet::spawn_with(2, |i, c| {
+        if i == 0 {
+            c.cpus = 0
+        }
+    })
+    .await;
     net.wait_for_adverts(0, 1).await;
     let params = r#"{"limit": 100000, "chunks": 4}"#;
     let id = net
@@ -253,6 +265,33 @@ async fn too_few_peers_the_job_waits_says_why_and_proceeds_when_peers_join() {
     let status = net.wait_job(0, id, Duration::from_secs(60)).await;
     assert_eq!(status.state, JobState::Done, "{status:?}");
     assert!(status.why.is_none());
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitter_that_lends_slots_verifies_with_its_own_worker() {
+    // Three nodes; one worker dies mid-job: the submitter and the survivor are the
+    // two distinct peers every chunk still gets.
+    let mut net = TestNet::spawn(3).await;
+    net.wait_for_adverts(0, 2).await;
+    let params = r#"{"limit": 3000000000, "chunks": 60}"#;
+    let id = net
+        .submit(0, "primes", params, spec())
+        .await
+        .expect("submitted");
+    wait_for(
+        "some chunks to be verified",
+        Duration::from_secs(60),
+        || async { (net.status(0, id).await.chunks_verified >= 5).then_some(()) },
+    )
+    .await;
+    net.nodes.remove(2).node.shutdown().await;
+    let status = net.wait_job(0, id, Duration::from_secs(180)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    let me = net.node(0).peer_id().to_string();
+    assert!(status.peers.iter().any(|p| p.peer == me && p.agreed > 0));
+    let result: serde_json::Value = serde_json::from_slice(&net.result(0, &status)).expect("JSON");
+    assert_eq!(result["primes_below_limit"], 144_449_537);
     net.shutdown().await;
 }
 

@@ -811,11 +811,13 @@ impl Actor {
         let view = self.ctx.net.peers().await;
         let now = Instant::now();
         self.backoff.retain(|_, until| *until > now);
-        let alive: HashSet<PeerId> = view
+        let local = self.ctx.net.local_peer_id();
+        let mut alive: HashSet<PeerId> = view
             .iter()
             .filter(|p| p.advert.is_some() || p.connected)
             .filter_map(|p| p.peer_id.parse().ok())
             .collect();
+        alive.insert(local);
         // Live replicas per peer, across jobs.
         let mut inflight: HashMap<PeerId, u32> = HashMap::new();
         for job in self.jobs.values().filter(|j| j.state == JobState::Running) {
@@ -847,6 +849,16 @@ impl Actor {
                 room,
                 self.reputation.score(&peer),
             ));
+        }
+        // This node's own worker, offered directly.
+        if let Some(worker) = &self.ctx.local_worker
+            && !self.backoff.contains_key(&local)
+            && worker.capacity().0 > 0
+        {
+            let (slots, memory) = worker.capacity();
+            let room = i64::from(slots * QUEUE_FACTOR)
+                - i64::from(inflight.get(&local).copied().unwrap_or(0));
+            candidates.push((local, memory, room, 1.0));
         }
         let known = view.iter().filter(|p| p.foreign_version.is_none()).count();
         let now_ms = now_ms();
@@ -977,17 +989,25 @@ impl Actor {
         }
         self.persist(&writes);
         for ((id, peer), items) in offers {
-            self.send_offer(id, peer, items);
             self.dirty.insert(id);
+            if peer == local
+                && let Some(worker) = self.ctx.local_worker.clone()
+            {
+                let reply = worker.offer(local, id, self.assignments(id, &items));
+                self.on_offer_reply(id, peer, items, Ok(reply));
+                continue;
+            }
+            self.send_offer(id, peer, items);
         }
     }
 
-    fn send_offer(&self, id: JobId, peer: PeerId, items: Vec<(u32, u32)>) {
+    /// The assignments for (chunk, attempt) pairs of a job.
+    fn assignments(&self, id: JobId, items: &[(u32, u32)]) -> Vec<Assignment> {
         let Some(job) = self.jobs.get(&id) else {
-            return;
+            return Vec::new();
         };
         let deadline = job.spec.soft_timeout.as_millis() as u64;
-        let assignments: Vec<Assignment> = items
+        items
             .iter()
             .filter_map(|&(chunk, attempt)| {
                 let c = job.chunks.get(chunk as usize)?;
@@ -1000,7 +1020,11 @@ impl Actor {
                     soft_deadline_ms: deadline,
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    fn send_offer(&self, id: JobId, peer: PeerId, items: Vec<(u32, u32)>) {
+        let assignments = self.assignments(id, &items);
         let (net, tx) = (self.ctx.net.clone(), self.tx.clone());
         tokio::spawn(async move {
             let reply = net

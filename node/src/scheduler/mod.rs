@@ -10,6 +10,7 @@
 //!   replicas that timed out or whose peer left, and offers chunks that need replicas
 //!   to eligible peers (fresh advert, capacity, memory, not excluded by reputation,
 //!   never a peer already used for that chunk), batched into one offer per peer.
+//!   This node's own worker is one of the candidates (offered directly).
 //! - Workers' result batches arrive through the node's dispatcher
 //!   ([`Scheduler::results`]); each result is checked (its replica, its output hash),
 //!   written to the database with its output blob, and only then acknowledged. A chunk
@@ -58,6 +59,10 @@ pub struct SchedulerContext {
     pub sandbox: Sandbox,
     /// The scheduler's metrics.
     pub metrics: crate::metrics::SchedulerMetrics,
+    /// This node's own worker: a submitter that lends slots runs replicas of its
+    /// own jobs too (it trusts its own results), offered directly, not over the
+    /// network.
+    pub local_worker: Option<crate::worker::Worker>,
 }
 
 /// A job to submit. The module (and any input files) must already be in the blob

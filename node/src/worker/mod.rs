@@ -70,6 +70,8 @@ struct Inner {
     memory_limit: u64,
     exec: Arc<Semaphore>,
     active: Mutex<HashMap<Key, Arc<ChunkControl>>>,
+    /// This node's scheduler: results of its own jobs are delivered to it directly.
+    local_scheduler: std::sync::OnceLock<crate::scheduler::Scheduler>,
     /// Modules loaded by blob hash, so a chunk costs no disk read or hashing.
     modules: Mutex<HashMap<BlobHash, crate::sandbox::JobModule>>,
     outbox_len: std::sync::atomic::AtomicU64,
@@ -123,6 +125,7 @@ impl Worker {
                 exec: Arc::new(Semaphore::new(slots as usize)),
                 active: Mutex::new(HashMap::new()),
                 modules: Mutex::new(HashMap::new()),
+                local_scheduler: std::sync::OnceLock::new(),
                 outbox_len: outbox_len.into(),
                 deliver: Notify::new(),
                 changed: Notify::new(),
@@ -138,6 +141,16 @@ impl Worker {
             .tasks
             .spawn(async move { delivery.deliver_loop().await });
         worker
+    }
+
+    /// Lets results of this node's own jobs go straight to its scheduler.
+    pub fn set_local_scheduler(&self, scheduler: crate::scheduler::Scheduler) {
+        let _ = self.inner.local_scheduler.set(scheduler);
+    }
+
+    /// Slots lent and the memory limit per chunk.
+    pub fn capacity(&self) -> (u32, u64) {
+        (self.inner.slots, self.inner.memory_limit)
     }
 
     /// Resolves when the worker's capacity changed (a chunk started or ended).
@@ -470,12 +483,14 @@ impl Worker {
                         .iter()
                         .filter_map(|r| postcard::from_bytes(&r.result).ok())
                         .collect();
-                    match self
-                        .inner
-                        .net
-                        .send_results(peer, ResultBatch { results })
-                        .await
-                    {
+                    let batch = ResultBatch { results };
+                    let sent = match self.inner.local_scheduler.get() {
+                        Some(local) if peer == self.inner.net.local_peer_id() => {
+                            Ok(local.results(peer, batch).await)
+                        }
+                        _ => self.inner.net.send_results(peer, batch).await,
+                    };
+                    match sent {
                         Ok(ack) => {
                             let writes: Vec<Write> = ack
                                 .stored
