@@ -248,9 +248,9 @@ impl NodeOptions {
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let cpus = self.cpus.unwrap_or(cores);
-        if cpus == 0 || cpus > 1024 {
+        if cpus > 1024 {
             return Err(ConfigError(format!(
-                "--cpus must be between 1 and 1024, got {cpus}"
+                "--cpus must be between 0 (lend nothing) and 1024, got {cpus}"
             )));
         }
         let memory_per_chunk = match &self.memory {
@@ -391,7 +391,7 @@ mod tests {
         );
         assert!(
             bad(NodeOptions {
-                cpus: Some(0),
+                cpus: Some(5000),
                 ..Default::default()
             })
             .contains("--cpus")
