@@ -380,6 +380,17 @@ mod tests {
     }
 
     #[test]
+    fn a_node_may_lend_nothing() {
+        let config = NodeOptions {
+            cpus: Some(0),
+            ..NodeOptions::default()
+        }
+        .resolve(DataDir::resolve(Some("/tmp/x".into())))
+        .unwrap();
+        assert_eq!(config.cpus, 0);
+    }
+
+    #[test]
     fn bad_options_say_what_is_wrong() {
         let bad = |o: NodeOptions| o.resolve(DataDir::resolve(None)).unwrap_err().to_string();
         assert!(
