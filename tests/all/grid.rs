@@ -37,6 +37,14 @@ fn local_result(job: &str, params: &str) -> Vec<u8> {
     report.result().expect("a result").to_vec()
 }
 
+/// Node 0 lends nothing, so every replica goes to the workers (liars included)
+/// and they get enough chunks for their lies to show.
+fn submit_only(i: usize, config: &mut peergrid_node::config::NodeConfig) {
+    if i == 0 {
+        config.cpus = 0;
+    }
+}
+
 fn liars(from: usize, probability: f64) -> impl Fn(usize) -> Seams {
     move |i| {
         if i >= from {
@@ -69,7 +77,7 @@ async fn a_200_chunk_job_over_5_peers_gives_exactly_the_local_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_always_lies_is_outvoted_excluded_and_no_longer_chosen() {
-    let net = TestNet::spawn_full(6, |_, _| {}, liars(5, 1.0)).await;
+    let net = TestNet::spawn_full(6, submit_only, liars(5, 1.0)).await;
     net.wait_for_adverts(0, 5).await;
     let liar = net.node(5).peer_id().to_string();
     let params = r#"{"width": 64, "height": 100, "max_iter": 100, "rows_per_chunk": 1}"#;
@@ -107,7 +115,7 @@ async fn a_worker_that_always_lies_is_outvoted_excluded_and_no_longer_chosen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_that_lie_sometimes_are_caught_too() {
-    let net = TestNet::spawn_full(7, |_, _| {}, liars(5, 0.3)).await;
+    let net = TestNet::spawn_full(7, submit_only, liars(5, 0.3)).await;
     net.wait_for_adverts(0, 6).await;
     let params = r#"{"width": 64, "height": 150, "max_iter": 100, "rows_per_chunk": 1}"#;
     let id = net
