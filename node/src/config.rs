@@ -133,8 +133,8 @@ impl NodeOptions {
             cpus: Some(cpus),
             api: Some("off".into()),
             metrics: Some("off".into()),
-            advert_interval: Some("300ms".into()),
-            advert_ttl: Some("2s".into()),
+            advert_interval: Some("500ms".into()),
+            advert_ttl: Some("3s".into()),
             ..NodeOptions::default()
         }
     }

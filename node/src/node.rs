@@ -434,7 +434,10 @@ async fn wait_for_listeners(net: &NetClient, listeners: usize) -> Vec<String> {
     }
 }
 
-/// Publishes the capacity advert every interval, with a rising sequence number.
+/// Publishes the capacity advert every interval, with a rising sequence number, and
+/// on a capacity change when the last advert is older than [`ADVERT_MIN_GAP`]:
+/// every advert costs every peer a signature check, and submitters count what they
+/// have in flight themselves, so a busy worker must not flood the topic.
 async fn advertise(state: Arc<NodeState>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(state.config.advert_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -443,22 +446,25 @@ async fn advertise(state: Arc<NodeState>, shutdown: CancellationToken) {
     let mut seq = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    let mut last = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
             _ = state.worker.capacity_changed() => {
-                // Let a burst of changes settle into one advert.
-                tokio::time::sleep(ADVERT_SETTLE).await;
+                if last.elapsed() < ADVERT_MIN_GAP {
+                    continue;
+                }
             }
         }
         seq += 1;
+        last = Instant::now();
         state.net.publish_advert(state.advert(seq)).await;
     }
 }
 
-/// After a capacity change, wait this long before re-advertising.
-const ADVERT_SETTLE: Duration = Duration::from_millis(200);
+/// A capacity change is advertised at once only when the last advert is older.
+const ADVERT_MIN_GAP: Duration = Duration::from_secs(1);
 /// Result batches handled at once.
 const RESULT_HANDLERS: usize = 8;
 
