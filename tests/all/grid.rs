@@ -149,12 +149,7 @@ async fn a_worker_stopped_mid_job_loses_nothing() {
         .submit(0, "primes", params, spec())
         .await
         .expect("submitted");
-    wait_for(
-        "some chunks to be verified",
-        Duration::from_secs(60),
-        || async { (net.status(0, id).await.chunks_verified >= 10).then_some(()) },
-    )
-    .await;
+    net.wait_verified(0, id, 10).await;
     let victim = net.nodes.remove(1);
     assert!(
         victim.node.state().worker.status().active > 0 || net.status(0, id).await.state.is_final()
@@ -287,12 +282,7 @@ async fn a_submitter_that_lends_slots_verifies_with_its_own_worker() {
         .submit(0, "primes", params, spec())
         .await
         .expect("submitted");
-    wait_for(
-        "some chunks to be verified",
-        Duration::from_secs(60),
-        || async { (net.status(0, id).await.chunks_verified >= 5).then_some(()) },
-    )
-    .await;
+    net.wait_verified(0, id, 5).await;
     net.nodes.remove(2).node.shutdown().await;
     let status = net.wait_job(0, id, Duration::from_secs(180)).await;
     assert_eq!(status.state, JobState::Done, "{status:?}");

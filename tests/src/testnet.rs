@@ -178,6 +178,14 @@ impl TestNet {
             .expect("the job exists")
     }
 
+    /// Waits until at least `n` chunks of a job on node `i` are verified.
+    pub async fn wait_verified(&self, i: usize, id: JobId, n: u32) {
+        wait_for("chunks to be verified", Duration::from_secs(60), || async {
+            (self.status(i, id).await.chunks_verified >= n).then_some(())
+        })
+        .await;
+    }
+
     /// Waits until a job on node `i` ends; returns its final status.
     pub async fn wait_job(&self, i: usize, id: JobId, timeout: Duration) -> JobStatus {
         wait_for("the job to end", timeout, || async {

@@ -49,15 +49,20 @@ impl ApiClient {
         })
     }
 
-    /// GETs a JSON resource.
-    pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let mut r = self.call(
+    /// Sends an authorised GET.
+    fn get_response(&self, path: &str) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+        self.call(
             path,
             self.agent
                 .get(self.url(path))
                 .header("Authorization", self.auth())
                 .call(),
-        )?;
+        )
+    }
+
+    /// GETs a JSON resource.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let mut r = self.get_response(path)?;
         r.body_mut()
             .read_json()
             .with_context(|| format!("reading the node's answer to {path}"))
@@ -65,13 +70,7 @@ impl ApiClient {
 
     /// GETs raw bytes.
     pub fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
-        let mut r = self.call(
-            path,
-            self.agent
-                .get(self.url(path))
-                .header("Authorization", self.auth())
-                .call(),
-        )?;
+        let mut r = self.get_response(path)?;
         r.body_mut()
             .with_config()
             .limit(u64::MAX)
