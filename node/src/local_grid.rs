@@ -67,14 +67,7 @@ impl LocalGrid {
     pub async fn wait_for_workers(&self, timeout: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
-            let seen = self
-                .submitter
-                .net()
-                .peers()
-                .await
-                .iter()
-                .filter(|p| p.advert.is_some())
-                .count();
+            let seen = self.submitter.net().advert_count().await;
             if seen >= self.workers.len() {
                 return Ok(());
             }

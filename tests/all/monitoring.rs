@@ -415,14 +415,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         Duration::from_secs(30),
         || async {
             for n in &net.nodes {
-                let seen = n
-                    .node
-                    .net()
-                    .peers()
-                    .await
-                    .iter()
-                    .filter(|p| p.advert.is_some())
-                    .count();
+                let seen = n.node.net().advert_count().await;
                 if seen < NODES - 1 {
                     return None;
                 }

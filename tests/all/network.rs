@@ -21,13 +21,7 @@ fn bytes(len: usize, seed: &str) -> Vec<u8> {
 }
 
 async fn adverts_seen(net: &TestNet, i: usize) -> usize {
-    net.node(i)
-        .net()
-        .peers()
-        .await
-        .iter()
-        .filter(|p| p.advert.is_some())
-        .count()
+    net.node(i).net().advert_count().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

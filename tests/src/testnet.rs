@@ -111,14 +111,7 @@ impl TestNet {
             &format!("node {i} to see {n} adverts"),
             Duration::from_secs(30),
             || async {
-                let seen = self
-                    .node(i)
-                    .net()
-                    .peers()
-                    .await
-                    .iter()
-                    .filter(|p| p.advert.is_some())
-                    .count();
+                let seen = self.node(i).net().advert_count().await;
                 (seen >= n).then_some(())
             },
         )

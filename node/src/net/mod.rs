@@ -197,6 +197,11 @@ impl NetClient {
         self.ask(Command::Peers).await.unwrap_or_default()
     }
 
+    /// How many peers have a fresh capacity advert in this node's view.
+    pub async fn advert_count(&self) -> usize {
+        self.status().await.map_or(0, |s| s.adverts)
+    }
+
     /// The network's view of this node.
     pub async fn status(&self) -> Option<NetStatus> {
         self.ask(Command::Status).await
