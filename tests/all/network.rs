@@ -471,7 +471,7 @@ async fn a_peer_of_another_version_is_ignored_politely_and_garbage_adverts_are_p
     let topic = gossipsub::IdentTopic::new(protocol::CAPACITY_TOPIC);
 
     // A peer of protocol version 2: identify says so, its adverts say so.
-    let mut future = raw_peer("/peergrid/2.0.0");
+    let mut future = raw_peer("/peergrid/9.0.0");
     let future_id = *future.local_peer_id();
     future
         .behaviour_mut()
@@ -491,7 +491,7 @@ async fn a_peer_of_another_version_is_ignored_politely_and_garbage_adverts_are_p
         .iter()
         .find(|p| p.peer_id == future_id.to_string())
         .expect("the peer is known");
-    assert_eq!(info.foreign_version.as_deref(), Some("/peergrid/2.0.0"));
+    assert_eq!(info.foreign_version.as_deref(), Some("/peergrid/9.0.0"));
     assert!(info.advert.is_none(), "its adverts are ignored");
     assert_eq!(info.offences, 0, "speaking another version is no offence");
 
