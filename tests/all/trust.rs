@@ -171,6 +171,21 @@ async fn a_disagreement_resets_trust_and_re_verifies_what_rested_on_that_word() 
         .find(|r| r.peer == liar)
         .expect("the liar has a row");
     assert!(row.disagreed > 0 && row.consecutive == 0, "{row:?}");
+    // The evidence names the liar's signed wrong answers.
+    let evidence = net
+        .node(0)
+        .state()
+        .scheduler
+        .evidence(id)
+        .await
+        .expect("the job is known");
+    let lies: Vec<_> = evidence
+        .iter()
+        .flat_map(|c| &c.replicas)
+        .filter(|r| r.peer == liar && r.agrees == Some(false))
+        .collect();
+    assert!(!lies.is_empty(), "{evidence:?}");
+    assert!(lies.iter().all(|r| r.signature_valid), "{lies:?}");
     net.shutdown().await;
 }
 
