@@ -177,6 +177,12 @@ fn bench_trust_accepts_no_wrong_result_from_a_quarter_of_liars() {
     assert_eq!(figures["wrong_accepted"], 0, "{figures}");
     assert_eq!(figures["chunks_failed"], 0, "{figures}");
     assert_eq!(figures["liars_total"], 3);
-    assert!(figures["liars_excluded"].as_u64().unwrap() >= 1, "{figures}");
-    assert!(figures["replicas_per_chunk"].as_f64().unwrap() > 1.0, "{figures}");
+    assert!(
+        figures["liars_excluded"].as_u64().unwrap() >= 1,
+        "{figures}"
+    );
+    assert!(
+        figures["replicas_per_chunk"].as_f64().unwrap() > 1.0,
+        "{figures}"
+    );
 }
