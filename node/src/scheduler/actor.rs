@@ -1344,12 +1344,7 @@ impl Actor {
                     let mut placed = 0;
                     for i in picks {
                         let choice = &mut candidates[i];
-                        let attempt = chunk
-                            .replicas
-                            .iter()
-                            .map(|r| r.attempt + 1)
-                            .max()
-                            .unwrap_or(0);
+                        let attempt = chunk.next_attempt();
                         chunk.replicas.push(Replica {
                             attempt,
                             peer: choice.peer,
@@ -1470,12 +1465,7 @@ impl Actor {
                 kept.push_back((id, idx));
                 continue;
             };
-            let attempt = chunk
-                .replicas
-                .iter()
-                .map(|r| r.attempt + 1)
-                .max()
-                .unwrap_or(0);
+            let attempt = chunk.next_attempt();
             chunk.replicas.push(Replica {
                 attempt,
                 peer: choice.peer,
@@ -1511,12 +1501,7 @@ impl Actor {
         if chunk.used_peers().any(|p| *p == local) {
             return false;
         }
-        let attempt = chunk
-            .replicas
-            .iter()
-            .map(|r| r.attempt + 1)
-            .max()
-            .unwrap_or(0);
+        let attempt = chunk.next_attempt();
         chunk.replicas.push(Replica {
             attempt,
             peer: local,
