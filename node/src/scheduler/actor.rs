@@ -356,7 +356,22 @@ impl Actor {
     }
 
     fn persist(&self, writes: &[Write]) -> bool {
-        match self.ctx.db.apply(writes) {
+        // A batch of results updates the same peers' reputation many times: only the
+        // last row of each peer needs writing.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (i, w) in writes.iter().enumerate() {
+            if let Write::Reputation(row) = w {
+                last.insert(row.peer.as_str(), i);
+            }
+        }
+        let result =
+            self.ctx
+                .db
+                .apply_each(writes.iter().enumerate().filter_map(|(i, w)| match w {
+                    Write::Reputation(row) if last.get(row.peer.as_str()) != Some(&i) => None,
+                    _ => Some(w),
+                }));
+        match result {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, "cannot write scheduler state");
