@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use peergrid_node::Seams;
 use peergrid_node::config::NodeConfig;
-use peergrid_node::scheduler::{JobSpec, JobState, Replication, Standing, TrustPolicy};
-use peergrid_tests::{TestNet, local_result, wait_for};
+use peergrid_node::scheduler::{JobSpec, JobState, JobStatus, Replication, Standing, TrustPolicy};
+use peergrid_tests::{TestNet, local_result};
 
 const PARAMS: &str = r#"{"width": 48, "height": 120, "max_iter": 60, "rows_per_chunk": 1}"#;
+/// Twice the chunks, for a liar that is honest for longer.
+const LONG_PARAMS: &str = r#"{"width": 48, "height": 240, "max_iter": 60, "rows_per_chunk": 1}"#;
 
 fn spec(replication: Replication) -> JobSpec {
     JobSpec {
@@ -37,6 +39,7 @@ fn submitter(policy: TrustPolicy) -> impl Fn(usize, &mut NodeConfig) {
 async fn submit_with_a_patient_liar(
     policy: TrustPolicy,
     honest: u64,
+    params: &str,
 ) -> (TestNet, String, peergrid_node::net::protocol::JobId) {
     let net = TestNet::spawn_full(4, submitter(policy), |i| {
         if i == 3 {
@@ -49,10 +52,32 @@ async fn submit_with_a_patient_liar(
     net.wait_for_adverts(0, 3).await;
     let liar = net.node(3).peer_id().to_string();
     let id = net
-        .submit(0, "mandelbrot", PARAMS, spec(Replication::Adaptive))
+        .submit(0, "mandelbrot", params, spec(Replication::Adaptive))
         .await
         .expect("submitted");
     (net, liar, id)
+}
+
+/// Waits until node 0's status of the job satisfies `done`; fails with the status
+/// if the job ends first (or after four minutes on a slow machine).
+async fn until(
+    net: &TestNet,
+    id: peergrid_node::net::protocol::JobId,
+    what: &str,
+    done: impl Fn(&JobStatus) -> bool,
+) -> JobStatus {
+    let started = std::time::Instant::now();
+    loop {
+        let status = net.status(0, id).await;
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            !status.state.is_final() && started.elapsed() < Duration::from_secs(240),
+            "gave up waiting for {what}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +89,7 @@ async fn peers_on_probation_never_verify_each_other_the_submitter_witnesses() {
         .submit(0, "mandelbrot", params, spec(Replication::Adaptive))
         .await
         .expect("submitted");
-    let status = net.wait_job(0, id, Duration::from_secs(120)).await;
+    let status = net.wait_job(0, id, Duration::from_secs(240)).await;
     assert_eq!(status.state, JobState::Done, "{status:?}");
     assert_eq!(net.result(0, &status), local_result("mandelbrot", params));
     // Two fresh workers agreeing is not enough: node 0 ran witnesses itself.
@@ -85,28 +110,25 @@ async fn a_trusted_peer_that_turns_liar_is_caught_by_a_spot_check() {
         plant_rate: 0.0,
         ..TrustPolicy::default()
     };
-    let (net, liar, id) = submit_with_a_patient_liar(policy, 12).await;
-    let caught = wait_for(
-        "the liar to be caught",
-        Duration::from_secs(120),
-        || async {
-            let status = net.status(0, id).await;
-            (status.trust.caught > 0).then_some(status)
-        },
-    )
-    .await;
+    // Honest for 30 chunks: by then its streak makes nearly all its chunks solo
+    // (q = (1/streak)²), so its first lie is one a spot check sees.
+    let (net, liar, id) = submit_with_a_patient_liar(policy, 30, LONG_PARAMS).await;
+    let caught = until(&net, id, "the liar to be caught", |s| s.trust.caught > 0).await;
     let tally = caught.peers.iter().find(|p| p.peer == liar).expect("liar");
     assert!(tally.excluded, "{tally:?}");
     assert_eq!(tally.standing, Some(Standing::Excluded));
     // Everything it answered alone is verified again; the result is right.
-    let status = net.wait_job(0, id, Duration::from_secs(120)).await;
+    let status = net.wait_job(0, id, Duration::from_secs(240)).await;
     assert_eq!(status.state, JobState::Done, "{status:?}");
     assert!(
         status.trust.spot_checks > 0 && status.trust.reverified > 0,
         "{:?}",
         status.trust
     );
-    assert_eq!(net.result(0, &status), local_result("mandelbrot", PARAMS));
+    assert_eq!(
+        net.result(0, &status),
+        local_result("mandelbrot", LONG_PARAMS)
+    );
     net.shutdown().await;
 }
 
@@ -119,18 +141,15 @@ async fn a_disagreement_resets_trust_and_re_verifies_what_rested_on_that_word() 
         plant_rate: 0.0,
         ..TrustPolicy::default()
     };
-    let (net, liar, id) = submit_with_a_patient_liar(policy, 15).await;
-    wait_for(
-        "the liar to lose trust",
-        Duration::from_secs(120),
-        || async {
-            let status = net.status(0, id).await;
-            let tally = status.peers.iter().find(|p| p.peer == liar)?;
-            (status.trust.reverified > 0 && tally.standing != Some(Standing::Trusted)).then_some(())
-        },
-    )
+    let (net, liar, id) = submit_with_a_patient_liar(policy, 15, PARAMS).await;
+    until(&net, id, "the liar to lose trust", |s| {
+        s.trust.reverified > 0
+            && s.peers
+                .iter()
+                .any(|p| p.peer == liar && p.standing != Some(Standing::Trusted))
+    })
     .await;
-    let status = net.wait_job(0, id, Duration::from_secs(120)).await;
+    let status = net.wait_job(0, id, Duration::from_secs(240)).await;
     assert_eq!(status.state, JobState::Done, "{status:?}");
     assert!(status.trust.unreplicated > 0, "{:?}", status.trust);
     assert_eq!(
@@ -198,7 +217,7 @@ async fn placement_never_gives_two_replicas_of_a_chunk_to_one_subnet() {
         .submit(0, "mandelbrot", params, spec(Replication::Fixed))
         .await
         .expect("submitted");
-    let status = net.wait_job(0, id, Duration::from_secs(120)).await;
+    let status = net.wait_job(0, id, Duration::from_secs(240)).await;
     assert_eq!(status.state, JobState::Done, "{status:?}");
     let (a, b) = (
         net.node(1).peer_id().to_string(),
@@ -244,7 +263,7 @@ async fn results_signed_with_another_key_than_the_senders_are_refused() {
         .submit(0, "mandelbrot", params, spec(Replication::Fixed))
         .await
         .expect("submitted");
-    let status = net.wait_job(0, id, Duration::from_secs(120)).await;
+    let status = net.wait_job(0, id, Duration::from_secs(240)).await;
     assert_eq!(status.state, JobState::Done, "{status:?}");
     assert_eq!(net.result(0, &status), local_result("mandelbrot", params));
     assert!(status.trust.bad_signatures > 0, "{:?}", status.trust);
