@@ -265,8 +265,9 @@ impl Node {
             db.clone(),
             sandbox.clone(),
             executor,
-            config.cpus,
+            config.volunteer.clone(),
             config.memory_per_chunk,
+            Some(data_dir.volunteer_state()),
             shutdown.child_token(),
             metrics.worker.clone(),
         );
