@@ -143,6 +143,11 @@ pub struct NodeOptions {
     /// bounds the chunks run at once to this / --memory. [default: off]
     #[arg(long, value_name = "SIZE")]
     pub memory_total: Option<String>,
+    /// Most disk space the blob cache (modules, inputs, outputs) may use, e.g.
+    /// 10GiB, or "off"; least recently used blobs are evicted, never those of this
+    /// node's own jobs or results not yet delivered. [default: off]
+    #[arg(long, value_name = "SIZE")]
+    pub blob_cache: Option<String>,
     /// Control API address (127.0.0.1 only), or "off". [default: 127.0.0.1:7947]
     #[arg(long, value_name = "ADDR")]
     pub api: Option<String>,
@@ -192,6 +197,8 @@ pub struct NodeConfig {
     pub volunteer: crate::worker::politeness::VolunteerConfig,
     /// Most memory per chunk, in bytes.
     pub memory_per_chunk: u64,
+    /// Disk limit of the blob cache, in bytes; `None`: no limit.
+    pub blob_cache: Option<u64>,
     /// Control API address; `None` when off.
     pub api: Option<SocketAddr>,
     /// Metrics address; `None` when off.
@@ -267,6 +274,7 @@ impl NodeOptions {
             withdraw_after: self.withdraw_after.or(file.withdraw_after),
             memory: self.memory.or(file.memory),
             memory_total: self.memory_total.or(file.memory_total),
+            blob_cache: self.blob_cache.or(file.blob_cache),
             api: self.api.or(file.api),
             metrics: self.metrics.or(file.metrics),
             advert_interval: self.advert_interval.or(file.advert_interval),
@@ -357,6 +365,10 @@ impl NodeOptions {
             cpus,
             volunteer,
             memory_per_chunk,
+            blob_cache: match self.blob_cache.as_deref().map(str::trim) {
+                None | Some("off") => None,
+                Some(s) => Some(parse_size(s).map_err(|e| ConfigError(format!("--blob-cache: {e}")))?),
+            },
             api: parse_addr("api", self.api.as_deref().unwrap_or(DEFAULT_API), true)?,
             metrics: parse_addr(
                 "metrics",

@@ -265,7 +265,14 @@ impl Node {
             db.clone(),
             sandbox.clone(),
             executor,
-            config.volunteer.clone(),
+            // `cpus` is the one source of truth for the slots lent (tests change it).
+            crate::worker::politeness::VolunteerConfig {
+                preferences: crate::worker::politeness::Preferences {
+                    cpus: config.cpus,
+                    ..config.volunteer.preferences.clone()
+                },
+                ..config.volunteer.clone()
+            },
             config.memory_per_chunk,
             Some(data_dir.volunteer_state()),
             shutdown.child_token(),
@@ -323,6 +330,9 @@ impl Node {
 
         let mut tasks = JoinSet::new();
         tasks.spawn(advertise(state.clone(), shutdown.child_token()));
+        if let Some(limit) = state.config.blob_cache {
+            tasks.spawn(keep_blob_cache(state.clone(), limit, shutdown.child_token()));
+        }
         tasks.spawn(dispatch(
             state.clone(),
             network.events,
@@ -461,6 +471,37 @@ async fn advertise(state: Arc<NodeState>, shutdown: CancellationToken) {
         seq += 1;
         last = Instant::now();
         state.net.publish_advert(state.advert(seq)).await;
+    }
+}
+
+/// How often the blob cache is brought under its disk limit.
+const BLOB_CACHE_EVERY: Duration = Duration::from_secs(60);
+/// Blobs used more recently than this are never evicted (work in flight uses them).
+const BLOB_CACHE_GRACE: Duration = Duration::from_secs(600);
+
+/// Keeps the blob cache under `limit` bytes: every minute, evicts the least recently
+/// used blobs that nothing of this node's own refers to (see `Db::referenced_blobs`).
+async fn keep_blob_cache(state: Arc<NodeState>, limit: u64, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(BLOB_CACHE_EVERY) => {}
+        }
+        let (db, blobs) = (state.db.clone(), state.blobs.clone());
+        let evicted = tokio::task::spawn_blocking(move || {
+            let pinned = db.referenced_blobs().map_err(|e| e.to_string())?;
+            blobs
+                .evict(limit, &pinned, BLOB_CACHE_GRACE)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        match evicted {
+            Ok(Ok((held, n))) if n > 0 => {
+                tracing::info!(evicted = n, held_bytes = held, "blob cache trimmed")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not trim the blob cache"),
+            _ => {}
+        }
     }
 }
 

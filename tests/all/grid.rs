@@ -20,7 +20,7 @@ fn spec() -> JobSpec {
 }
 
 /// The result `peergrid run` gives for a built-in job.
-fn local_result(job: &str, params: &str) -> Vec<u8> {
+pub(crate) fn local_result(job: &str, params: &str) -> Vec<u8> {
     let sandbox = peergrid_tests::sandbox();
     let module = sandbox
         .load(peergrid_jobs::find(job).expect("built-in").wasm)

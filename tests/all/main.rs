@@ -4,3 +4,4 @@ mod examples;
 mod grid;
 mod monitoring;
 mod network;
+mod volunteer;

@@ -480,6 +480,41 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Every blob this node's state refers to: the modules, inputs, verified and
+    /// returned outputs and merged results of its own jobs (finished ones too), and
+    /// the large outputs waiting in the outbox. The blob cache never evicts these.
+    pub fn referenced_blobs(&self) -> Result<std::collections::HashSet<BlobHash>, DbError> {
+        let conn = self.conn();
+        let mut pinned = std::collections::HashSet::new();
+        for query in [
+            "SELECT module FROM jobs",
+            "SELECT result FROM jobs WHERE result IS NOT NULL",
+            "SELECT input FROM chunks",
+            "SELECT output FROM chunks WHERE output IS NOT NULL",
+            "SELECT output FROM replicas WHERE output IS NOT NULL",
+        ] {
+            let mut stmt = conn.prepare(query)?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            for row in rows {
+                if let Ok(hash) = <[u8; 32]>::try_from(row?.as_slice()) {
+                    pinned.insert(BlobHash(hash));
+                }
+            }
+        }
+        let mut stmt = conn.prepare("SELECT result FROM outbox")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        for row in rows {
+            if let Ok(crate::net::protocol::ChunkResult {
+                output: Some(crate::net::protocol::Payload::Blob { hash, .. }),
+                ..
+            }) = postcard::from_bytes(&row?)
+            {
+                pinned.insert(hash);
+            }
+        }
+        Ok(pinned)
+    }
+
     /// The whole outbox, oldest first.
     pub fn outbox(&self) -> Result<Vec<OutboxRow>, DbError> {
         let conn = self.conn();
