@@ -443,7 +443,7 @@ fn a_cpu_hog_suspends_the_worker_whose_chunks_pause_and_the_job_still_completes(
         &[
             "primes",
             "--params",
-            r#"{"limit":4000000000,"chunks":40}"#,
+            r#"{"limit":20000000000,"chunks":40}"#,
             "--redundancy",
             "1",
             "--quorum",
@@ -506,8 +506,8 @@ fn a_cpu_hog_suspends_the_worker_whose_chunks_pause_and_the_job_still_completes(
     });
     let out = cli(dirs[0].path(), &["results", &id]);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("189961812"),
-        "π(4·10^9): {}",
+        String::from_utf8_lossy(&out.stdout).contains("882206716"),
+        "π(2·10^10): {}",
         String::from_utf8_lossy(&out.stdout)
     );
     let s = status_json(dirs[1].path());
