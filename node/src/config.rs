@@ -367,7 +367,9 @@ impl NodeOptions {
             memory_per_chunk,
             blob_cache: match self.blob_cache.as_deref().map(str::trim) {
                 None | Some("off") => None,
-                Some(s) => Some(parse_size(s).map_err(|e| ConfigError(format!("--blob-cache: {e}")))?),
+                Some(s) => {
+                    Some(parse_size(s).map_err(|e| ConfigError(format!("--blob-cache: {e}")))?)
+                }
             },
             api: parse_addr("api", self.api.as_deref().unwrap_or(DEFAULT_API), true)?,
             metrics: parse_addr(

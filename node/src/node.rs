@@ -331,7 +331,11 @@ impl Node {
         let mut tasks = JoinSet::new();
         tasks.spawn(advertise(state.clone(), shutdown.child_token()));
         if let Some(limit) = state.config.blob_cache {
-            tasks.spawn(keep_blob_cache(state.clone(), limit, shutdown.child_token()));
+            tasks.spawn(keep_blob_cache(
+                state.clone(),
+                limit,
+                shutdown.child_token(),
+            ));
         }
         tasks.spawn(dispatch(
             state.clone(),

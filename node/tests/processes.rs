@@ -366,16 +366,14 @@ struct Hog(Vec<Child>);
 impl Hog {
     fn start() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Hog(
-            (0..cores)
-                .map(|_| {
-                    Command::new("sh")
-                        .args(["-c", "while :; do :; done"])
-                        .spawn()
-                        .expect("sh starts")
-                })
-                .collect(),
-        )
+        Hog((0..cores)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .expect("sh starts")
+            })
+            .collect())
     }
 }
 
@@ -450,11 +448,9 @@ fn a_cpu_hog_suspends_the_worker_whose_chunks_pause_and_the_job_still_completes(
             "1",
         ],
     );
-    wait_until(
-        "the worker to run chunks",
-        Duration::from_secs(60),
-        || status_json(dirs[1].path())["worker"]["slots_free"] == 0,
-    );
+    wait_until("the worker to run chunks", Duration::from_secs(60), || {
+        status_json(dirs[1].path())["worker"]["slots_free"] == 0
+    });
 
     let hog = Hog::start();
     let started = Instant::now();
@@ -490,16 +486,17 @@ fn a_cpu_hog_suspends_the_worker_whose_chunks_pause_and_the_job_still_completes(
     let after = job_json(dirs[0].path(), &id)["chunks_verified"]
         .as_u64()
         .unwrap_or(0);
-    assert!(after <= before + 2, "work went on while suspended: {before} -> {after}");
+    assert!(
+        after <= before + 2,
+        "work went on while suspended: {before} -> {after}"
+    );
     assert!(after < 40, "the job ended before the hog could matter");
 
     drop(hog);
     let ended = Instant::now();
-    wait_until(
-        "the worker to work again",
-        Duration::from_secs(120),
-        || status_json(dirs[1].path())["volunteer"]["state"] != "suspended",
-    );
+    wait_until("the worker to work again", Duration::from_secs(120), || {
+        status_json(dirs[1].path())["volunteer"]["state"] != "suspended"
+    });
     let resumed_after = ended.elapsed();
     wait_until("the job to finish", Duration::from_secs(300), || {
         job_json(dirs[0].path(), &id)["state"] == "done"
@@ -530,7 +527,13 @@ fn cpu_time_percent_50_keeps_the_node_near_half_a_core() {
         dirs[1].path(),
         Some(&submitter.addr),
         LOOPBACK,
-        &["--cpus", "1", "--cpu-time-percent", "50", "--lend-when-busy"],
+        &[
+            "--cpus",
+            "1",
+            "--cpu-time-percent",
+            "50",
+            "--lend-when-busy",
+        ],
     );
     let worker_id = peer_id(&worker);
     wait_until(
@@ -557,7 +560,11 @@ fn cpu_time_percent_50_keeps_the_node_near_half_a_core() {
     let pid = worker.child.id();
     let throttled = cpu_share(pid, Duration::from_secs(5));
     let out = cli(dirs[1].path(), &["prefs", "--cpu-time-percent", "100"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::thread::sleep(Duration::from_millis(500));
     let full = cpu_share(pid, Duration::from_secs(5));
     println!(
@@ -585,7 +592,11 @@ fn pause_and_resume_by_hand_survive_a_restart() {
         status_json(dir.path())["slots_total"] == 1
     });
     let out = cli(dir.path(), &["pause"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("suspended: paused by hand"));
     let s = status_json(dir.path());
     assert_eq!(s["slots_total"], 0, "{s}");
@@ -599,11 +610,19 @@ fn pause_and_resume_by_hand_survive_a_restart() {
     assert!(said.contains("suspended: paused by hand"), "{said}");
 
     let out = cli(dir.path(), &["resume"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(state(dir.path())["state"], "idle");
     drop(node);
     let node = start_node_with(dir.path(), None, LOOPBACK, &extra);
-    assert_eq!(state(dir.path())["state"], "idle", "still resumed after a restart");
+    assert_eq!(
+        state(dir.path())["state"],
+        "idle",
+        "still resumed after a restart"
+    );
 
     // A timed pause ends by itself.
     let out = cli(dir.path(), &["pause", "--for", "1s"]);
@@ -615,7 +634,11 @@ fn pause_and_resume_by_hand_survive_a_restart() {
     let out = cli(dir.path(), &["prefs", "--active-hours", "nonsense"]);
     assert!(!out.status.success(), "a bad window is refused");
     let out = cli(dir.path(), &["prefs", "--cpu-time-percent", "40", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(node);
     let _node = start_node_with(dir.path(), None, LOOPBACK, &extra);
     let prefs: serde_json::Value =

@@ -26,14 +26,21 @@ async fn a_worker_paused_too_long_withdraws_its_chunks_and_the_job_completes_els
         soft_timeout: Duration::from_secs(120),
         ..JobSpec::default()
     };
-    let id = net.submit(0, "primes", PRIMES, spec).await.expect("submitted");
+    let id = net
+        .submit(0, "primes", PRIMES, spec)
+        .await
+        .expect("submitted");
     let worker = &net.node(1).state().worker;
     wait_for("node 1 to run chunks", Duration::from_secs(60), || async {
         (worker.status().active > 0).then_some(())
     })
     .await;
     worker.pause(None).expect("paused");
-    assert_eq!(worker.status().slots_total, 0, "a paused worker lends nothing");
+    assert_eq!(
+        worker.status().slots_total,
+        0,
+        "a paused worker lends nothing"
+    );
     wait_for(
         "node 1 to withdraw its chunks",
         Duration::from_secs(30),
@@ -49,6 +56,10 @@ async fn a_worker_paused_too_long_withdraws_its_chunks_and_the_job_completes_els
         "withdrawn chunks were reissued: {withdrawn} withdrawn, {} reissued",
         status.reissues
     );
-    assert_eq!(worker.status().active, 0, "nothing left on the paused worker");
+    assert_eq!(
+        worker.status().active,
+        0,
+        "nothing left on the paused worker"
+    );
     net.shutdown().await;
 }

@@ -150,10 +150,7 @@ pub async fn serve(
         .route("/v1/jobs/{id}/result", get(job_result))
         .route("/v1/jobs/{id}/chunks/{chunk}", get(chunk_output))
         .route("/v1/jobs/{id}/cancel", post(cancel))
-        .route(
-            "/v1/preferences",
-            get(get_preferences).put(put_preferences),
-        )
+        .route("/v1/preferences", get(get_preferences).put(put_preferences))
         .route("/v1/pause", post(pause))
         .route("/v1/resume", post(resume))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
@@ -428,7 +425,9 @@ async fn put_preferences(
         .map(Json)
         .map_err(|e| match e {
             PreferenceError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
-            e @ PreferenceError::Io(_) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            e @ PreferenceError::Io(_) => {
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
         })
 }
 
@@ -442,17 +441,21 @@ async fn pause(
         .map(crate::config::parse_duration)
         .transpose()
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    state
-        .worker
-        .pause(duration)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("could not keep the pause in the data dir: {e}")))?;
+    state.worker.pause(duration).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not keep the pause in the data dir: {e}"),
+        )
+    })?;
     Ok(Json(state.worker.volunteer_status()))
 }
 
 async fn resume(State(state): State<Arc<NodeState>>) -> Result<Json<VolunteerStatus>, ApiError> {
-    state
-        .worker
-        .resume()
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("could not keep the resume in the data dir: {e}")))?;
+    state.worker.resume().map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not keep the resume in the data dir: {e}"),
+        )
+    })?;
     Ok(Json(state.worker.volunteer_status()))
 }

@@ -501,7 +501,10 @@ fn a_paused_call_waits_at_the_gate_and_goes_on_where_it_stopped() {
     let elapsed = started.elapsed();
     let seen_paused = pauser.join().expect("pauser thread");
     assert_eq!(exec.outcome, Outcome::Ok(b"x".to_vec()), "not timed out");
-    assert_eq!(exec.fuel_used, alone.fuel_used, "the same work, not restarted");
+    assert_eq!(
+        exec.fuel_used, alone.fuel_used,
+        "the same work, not restarted"
+    );
     assert!(elapsed >= Duration::from_millis(1500), "{elapsed:?}");
     assert!(seen_paused, "the call showed as paused");
     assert_eq!(gate.running(), 0, "the place was given back");

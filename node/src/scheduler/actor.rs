@@ -522,11 +522,7 @@ impl Actor {
                     result.job_id,
                     replica_row(result.chunk, replica),
                 ));
-                self.ctx
-                    .metrics
-                    .reissues
-                    .with_label_values(&["lost"])
-                    .inc();
+                self.ctx.metrics.reissues.with_label_values(&["lost"]).inc();
                 stored.push(key);
                 touched.push((result.job_id, result.chunk));
                 continue;

@@ -298,13 +298,14 @@ mod tests {
         store.get(&oldest).unwrap();
         let hour = std::time::Duration::from_secs(3600);
         assert_eq!(store.evict(2500, &pins, hour).unwrap(), (3000, 1));
-        assert!(!store.contains(&old), "the least recently used unpinned blob went");
+        assert!(
+            !store.contains(&old),
+            "the least recently used unpinned blob went"
+        );
         assert!(store.contains(&oldest) && store.contains(&new));
         // Without a grace period the next least recently used goes; the pin holds.
         assert_eq!(
-            store
-                .evict(2500, &pins, std::time::Duration::ZERO)
-                .unwrap(),
+            store.evict(2500, &pins, std::time::Duration::ZERO).unwrap(),
             (2000, 1)
         );
         assert!(store.contains(&pinned));

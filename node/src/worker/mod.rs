@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 
 pub use self::executor::{Executor, LyingExecutor, SandboxExecutor};
 use self::politeness::{
-    Decision, Pause, PreferenceChanges, PreferenceError, Preferences, Politeness, SystemClock,
+    Decision, Pause, Politeness, PreferenceChanges, PreferenceError, Preferences, SystemClock,
     VolunteerConfig, VolunteerStatus,
 };
 use crate::net::NetClient;
@@ -564,13 +564,18 @@ impl Worker {
     /// Sets the gate to `decision`; wakes the advertiser when the slots changed.
     fn apply(&self, decision: Decision) {
         let before = self.inner.gate.allowed();
-        self.inner
-            .gate
-            .set(decision.allowed.min(self.inner.slots_max), decision.duty_percent);
+        self.inner.gate.set(
+            decision.allowed.min(self.inner.slots_max),
+            decision.duty_percent,
+        );
         if before != self.inner.gate.allowed() {
             match &decision.reason {
                 Some(reason) => tracing::info!(slots = decision.allowed, "suspended: {reason}"),
-                None => tracing::info!(slots = decision.allowed, "lending {} slots", decision.allowed),
+                None => tracing::info!(
+                    slots = decision.allowed,
+                    "lending {} slots",
+                    decision.allowed
+                ),
             }
             self.inner.changed.notify_waiters();
         }
@@ -622,7 +627,10 @@ impl Worker {
             }
         }
         if n > 0 {
-            tracing::info!(chunks = n, "withdrew chunks paused too long; their submitters will reissue them");
+            tracing::info!(
+                chunks = n,
+                "withdrew chunks paused too long; their submitters will reissue them"
+            );
             self.inner
                 .withdrawn
                 .fetch_add(n, std::sync::atomic::Ordering::Relaxed);

@@ -426,7 +426,8 @@ pub fn decide(
         return suspended(Reason::NothingLent);
     }
     if let Some(s) = sample {
-        if prefs.suspend_above_percent > 0 && s.other_percent > f32::from(prefs.suspend_above_percent)
+        if prefs.suspend_above_percent > 0
+            && s.other_percent > f32::from(prefs.suspend_above_percent)
         {
             return suspended(Reason::Busy {
                 other_percent: s.other_percent,
@@ -875,10 +876,7 @@ mod tests {
             other_percent: 50.0,
             peergrid_percent: 0.0,
         };
-        assert_eq!(
-            decide(&p, 4, 512 * MIB, Some(&half), 0, None, 0).allowed,
-            2
-        );
+        assert_eq!(decide(&p, 4, 512 * MIB, Some(&half), 0, None, 0).allowed, 2);
         // Every core used by others: none spare.
         let full = CpuSample {
             other_percent: 97.0,
