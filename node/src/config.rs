@@ -161,15 +161,34 @@ pub struct NodeOptions {
     /// the advert interval]
     #[arg(long, value_name = "DURATION")]
     pub advert_ttl: Option<String>,
+    /// Two replicas of one chunk never go to peers in the same IPv4 network of this
+    /// prefix length (0: no rule). [default: 24]
+    #[arg(long, value_name = "BITS")]
+    pub placement_ipv4_prefix: Option<u8>,
+    /// The same for IPv6. [default: 48]
+    #[arg(long, value_name = "BITS")]
+    pub placement_ipv6_prefix: Option<u8>,
+    /// Two replicas of one chunk also never go to peers found the same way (mDNS,
+    /// bootstrap, DHT, inbound).
+    #[arg(long)]
+    pub placement_distinct_discovery: bool,
+}
+
+/// A loopback address in a /24 of its own for each call (127.a.b.1), so that the
+/// nodes of an in-process grid count as different networks for placement.
+pub fn next_loopback_ip() -> std::net::Ipv4Addr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (250 * 250);
+    std::net::Ipv4Addr::new(127, (n / 250 + 1) as u8, (n % 250 + 1) as u8, 1)
 }
 
 impl NodeOptions {
     /// Options for a node on loopback only, as in-process grids (demo, benchmarks,
-    /// tests) use: a free TCP port on 127.0.0.1, no mDNS, no control API or metrics,
-    /// fast adverts.
+    /// tests) use: a free TCP port on a loopback address of its own /24 (see
+    /// [`next_loopback_ip`]), no mDNS, no control API or metrics, fast adverts.
     pub fn loopback(bootstrap: Vec<String>, cpus: u32) -> Self {
         NodeOptions {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            listen: vec![format!("/ip4/{}/tcp/0", next_loopback_ip())],
             bootstrap,
             no_mdns: true,
             cpus: Some(cpus),
@@ -205,6 +224,10 @@ pub struct NodeConfig {
     pub metrics: Option<SocketAddr>,
     /// How often the advert is re-sent.
     pub advert_interval: Duration,
+    /// Which peers may hold replicas of the same chunk.
+    pub placement: crate::scheduler::PlacementPolicy,
+    /// Adaptive replication's numbers (the defaults; tests change them).
+    pub trust: crate::scheduler::TrustPolicy,
 }
 
 /// A bad option, in words a user can act on.
@@ -279,6 +302,10 @@ impl NodeOptions {
             metrics: self.metrics.or(file.metrics),
             advert_interval: self.advert_interval.or(file.advert_interval),
             advert_ttl: self.advert_ttl.or(file.advert_ttl),
+            placement_ipv4_prefix: self.placement_ipv4_prefix.or(file.placement_ipv4_prefix),
+            placement_ipv6_prefix: self.placement_ipv6_prefix.or(file.placement_ipv6_prefix),
+            placement_distinct_discovery: self.placement_distinct_discovery
+                || file.placement_distinct_discovery,
         }
     }
 
@@ -378,6 +405,22 @@ impl NodeOptions {
                 false,
             )?,
             advert_interval,
+            placement: {
+                let default = crate::scheduler::PlacementPolicy::default();
+                let ipv4_prefix = self.placement_ipv4_prefix.unwrap_or(default.ipv4_prefix);
+                let ipv6_prefix = self.placement_ipv6_prefix.unwrap_or(default.ipv6_prefix);
+                if ipv4_prefix > 32 || ipv6_prefix > 128 {
+                    return Err(ConfigError(format!(
+                        "--placement-ipv4-prefix must be 0..=32 and --placement-ipv6-prefix 0..=128, got {ipv4_prefix} and {ipv6_prefix}"
+                    )));
+                }
+                crate::scheduler::PlacementPolicy {
+                    ipv4_prefix,
+                    ipv6_prefix,
+                    distinct_discovery: self.placement_distinct_discovery,
+                }
+            },
+            trust: crate::scheduler::TrustPolicy::default(),
         })
     }
 }

@@ -135,12 +135,16 @@ pub struct Seams {
     /// What runs chunks (default: the sandbox). A `LyingExecutor` makes a dishonest
     /// worker. Given the node's sandbox, whose engine compiled the modules.
     pub executor: Option<ExecutorFactory>,
+    /// Sign results with another key than the node's own: a worker that passes off
+    /// answers as another peer's (submitters must reject them).
+    pub forge_signatures: bool,
 }
 
 impl std::fmt::Debug for Seams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Seams")
             .field("executor", &self.executor.as_ref().map(|_| "custom"))
+            .field("forge_signatures", &self.forge_signatures)
             .finish()
     }
 }
@@ -156,6 +160,29 @@ impl Seams {
                     salt,
                 )) as Arc<dyn Executor>
             })),
+            forge_signatures: false,
+        }
+    }
+
+    /// A worker that answers its first `honest` chunks honestly (earning trust),
+    /// then lies on every chunk.
+    pub fn patient_liar(honest: u64, salt: u64) -> Self {
+        Self {
+            executor: Some(Box::new(move |sandbox: &Sandbox| {
+                Arc::new(
+                    crate::worker::LyingExecutor::new(sandbox.clone(), 1.0, salt)
+                        .honest_first(honest),
+                ) as Arc<dyn Executor>
+            })),
+            forge_signatures: false,
+        }
+    }
+
+    /// A worker whose results are signed with a key that is not its own.
+    pub fn forger() -> Self {
+        Self {
+            forge_signatures: true,
+            ..Self::default()
         }
     }
 }
@@ -259,8 +286,15 @@ impl Node {
             Some(make) => make(&sandbox),
             None => Arc::new(SandboxExecutor::new(sandbox.clone())),
         };
+        let worker_net = if seams.forge_signatures {
+            network
+                .client
+                .with_signer(identity::Keypair::generate_ed25519())
+        } else {
+            network.client.clone()
+        };
         let worker = Worker::new(
-            network.client.clone(),
+            worker_net,
             blobs.clone(),
             db.clone(),
             sandbox.clone(),
@@ -286,6 +320,8 @@ impl Node {
                 sandbox: sandbox.clone(),
                 metrics: metrics.scheduler.clone(),
                 local_worker: Some(worker.clone()),
+                trust: config.trust,
+                placement: config.placement,
             },
             shutdown.child_token(),
         );

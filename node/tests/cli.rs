@@ -161,3 +161,28 @@ fn examples_export_writes_every_module() {
         assert!(text(&out.stdout).contains(name));
     }
 }
+
+#[test]
+fn bench_trust_accepts_no_wrong_result_from_a_quarter_of_liars() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = peergrid(
+        &[
+            "bench", "trust", "--peers", "12", "--chunks", "300", "--liars", "0.25", "--json",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let figures: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(figures["chunks"], 300);
+    assert_eq!(figures["wrong_accepted"], 0, "{figures}");
+    assert_eq!(figures["chunks_failed"], 0, "{figures}");
+    assert_eq!(figures["liars_total"], 3);
+    assert!(
+        figures["liars_excluded"].as_u64().unwrap() >= 1,
+        "{figures}"
+    );
+    assert!(
+        figures["replicas_per_chunk"].as_f64().unwrap() > 1.0,
+        "{figures}"
+    );
+}

@@ -26,7 +26,13 @@ impl Drop for NodeProcess {
 }
 
 fn start_node(dir: &Path, bootstrap: Option<&str>) -> NodeProcess {
-    start_node_on(dir, bootstrap, "/ip4/127.0.0.1/tcp/0")
+    // Each node on a loopback address of its own /24: placement never gives two
+    // replicas of a chunk to one network.
+    start_node_on(
+        dir,
+        bootstrap,
+        &format!("/ip4/{}/tcp/0", peergrid_node::config::next_loopback_ip()),
+    )
 }
 
 fn start_node_on(dir: &Path, bootstrap: Option<&str>, listen: &str) -> NodeProcess {

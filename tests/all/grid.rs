@@ -6,15 +6,18 @@ use std::time::Duration;
 
 use peergrid_node::Seams;
 use peergrid_node::local::{self, LocalOptions};
-use peergrid_node::scheduler::{JobSpec, JobState};
+use peergrid_node::scheduler::{JobSpec, JobState, Replication};
 use peergrid_tests::{TestNet, wait_for};
 
 const MANDELBROT_200: &str =
     r#"{"width": 64, "height": 200, "max_iter": 200, "rows_per_chunk": 1}"#;
 
+/// Fixed replication: these tests are about quorum, outvoting and exclusion (the
+/// adaptive rules have tests of their own in `trust.rs`).
 fn spec() -> JobSpec {
     JobSpec {
         soft_timeout: Duration::from_secs(30),
+        replication: Replication::Fixed,
         ..JobSpec::default()
     }
 }

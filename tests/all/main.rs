@@ -4,4 +4,5 @@ mod examples;
 mod grid;
 mod monitoring;
 mod network;
+mod trust;
 mod volunteer;

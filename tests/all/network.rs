@@ -470,8 +470,8 @@ async fn a_peer_of_another_version_is_ignored_politely_and_garbage_adverts_are_p
     let addr = net.node(0).listen_addrs().await[0].clone();
     let topic = gossipsub::IdentTopic::new(protocol::CAPACITY_TOPIC);
 
-    // A peer of protocol version 2: identify says so, its adverts say so.
-    let mut future = raw_peer("/peergrid/2.0.0");
+    // A peer of protocol version 9: identify says so, its adverts say so.
+    let mut future = raw_peer("/peergrid/9.0.0");
     let future_id = *future.local_peer_id();
     future
         .behaviour_mut()
@@ -482,7 +482,7 @@ async fn a_peer_of_another_version_is_ignored_politely_and_garbage_adverts_are_p
     for _ in 0..10 {
         let _ = future.behaviour_mut().gossipsub.publish(
             topic.clone(),
-            postcard::to_allocvec(&advert(2)).expect("encodes"),
+            postcard::to_allocvec(&advert(9)).expect("encodes"),
         );
         raw_drive(&mut future, Duration::from_millis(300)).await;
     }
@@ -491,7 +491,7 @@ async fn a_peer_of_another_version_is_ignored_politely_and_garbage_adverts_are_p
         .iter()
         .find(|p| p.peer_id == future_id.to_string())
         .expect("the peer is known");
-    assert_eq!(info.foreign_version.as_deref(), Some("/peergrid/2.0.0"));
+    assert_eq!(info.foreign_version.as_deref(), Some("/peergrid/9.0.0"));
     assert!(info.advert.is_none(), "its adverts are ignored");
     assert_eq!(info.offences, 0, "speaking another version is no offence");
 

@@ -16,6 +16,7 @@
 //! | `POST /v1/jobs` | submit ([`SubmitRequest`]); `{"id"}`, or 400 with `{"error"}` |
 //! | `GET /v1/jobs`, `GET /v1/jobs/{id}` | [`JobStatus`] |
 //! | `GET /v1/jobs/{id}/events` | server-sent events, one [`JobStatus`] per change, until it ends |
+//! | `GET /v1/jobs/{id}/evidence` | every disagreement: each peer's signed answer ([`ChunkEvidence`](crate::scheduler::ChunkEvidence) list) |
 //! | `GET /v1/jobs/{id}/result` | the merged result's bytes |
 //! | `GET /v1/jobs/{id}/chunks/{n}` | one chunk's verified output |
 //! | `POST /v1/jobs/{id}/cancel` | cancel |
@@ -147,6 +148,7 @@ pub async fn serve(
         .route("/v1/jobs", post(submit).get(jobs))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/jobs/{id}/evidence", get(job_evidence))
         .route("/v1/jobs/{id}/result", get(job_result))
         .route("/v1/jobs/{id}/chunks/{chunk}", get(chunk_output))
         .route("/v1/jobs/{id}/cancel", post(cancel))
@@ -283,6 +285,19 @@ async fn job(
         .status(Some(id))
         .await
         .pop()
+        .map(Json)
+        .ok_or_else(not_found)
+}
+
+async fn job_evidence(
+    State(state): State<Arc<NodeState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<crate::scheduler::ChunkEvidence>>, ApiError> {
+    let id = job_id(&id)?;
+    state
+        .scheduler
+        .evidence(id)
+        .await
         .map(Json)
         .ok_or_else(not_found)
 }

@@ -10,6 +10,10 @@
 //! no-op chunks per second at redundancy 2, one-chunk submit→verified latency, the
 //! efficiency of a CPU-bound job against the sandbox alone, and how throughput and
 //! memory change with the number of peers.
+//!
+//! `bench trust` runs the real scheduler against a simulated population of honest
+//! peers, liars, colluders and lazy peers, and counts wrong results accepted and
+//! replicas per chunk.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -26,6 +30,9 @@ pub enum BenchCmd {
     Sandbox(SandboxBench),
     /// Overhead, efficiency and scale of the grid on loopback.
     Grid(super::bench_grid::GridBench),
+    /// Wrong results accepted and replicas per chunk with liars and colluders, on the
+    /// real scheduler against a simulated population.
+    Trust(super::bench_trust::TrustBench),
 }
 
 impl BenchCmd {
@@ -33,6 +40,7 @@ impl BenchCmd {
         match self {
             Self::Sandbox(b) => b.execute(),
             Self::Grid(b) => b.execute(),
+            Self::Trust(b) => b.execute(),
         }
     }
 }

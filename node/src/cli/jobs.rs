@@ -85,6 +85,25 @@ pub(super) fn print_job(s: &JobStatus) {
         "replicas  {} issued, {} results, {} chunks with disagreement, {} reissued",
         s.replicas_issued, s.results, s.disagreements, s.reissues
     );
+    let t = &s.trust;
+    if s.replication == crate::scheduler::Replication::Adaptive {
+        println!(
+            "trust     adaptive: {} chunks on one trusted peer's word, {} witnessed here, {} spot checks, {} plants, {} re-verified, {} peers caught",
+            t.unreplicated, t.witness_runs, t.spot_checks, t.plants, t.reverified, t.caught
+        );
+    }
+    if t.bad_signatures > 0 {
+        println!(
+            "refused   {} results whose signature was not their sender's",
+            t.bad_signatures
+        );
+    }
+    if s.disagreements > 0 {
+        println!(
+            "evidence  peergrid status {} --evidence",
+            &s.id[..12.min(s.id.len())]
+        );
+    }
     if let Some(why) = &s.why {
         println!("why       {why}");
     }
@@ -95,10 +114,11 @@ pub(super) fn print_job(s: &JobStatus) {
             p.agreed,
             p.disagreed,
             p.in_flight,
-            if p.excluded {
-                "  (excluded by reputation)"
-            } else {
-                ""
+            match p.standing {
+                _ if p.excluded => "  (excluded by reputation)",
+                Some(crate::scheduler::Standing::Trusted) => "  (trusted)",
+                Some(crate::scheduler::Standing::Probation) => "  (on probation)",
+                _ => "",
             }
         );
     }

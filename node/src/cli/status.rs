@@ -10,7 +10,7 @@ use super::common::fuel;
 use super::jobs::{print_job, resolve_job};
 use crate::api::Status;
 use crate::config::DataDir;
-use crate::scheduler::JobStatus;
+use crate::scheduler::{ChunkEvidence, JobStatus};
 
 /// Show the local node's state, or a job's.
 #[derive(Debug, clap::Args)]
@@ -20,6 +20,10 @@ pub struct StatusCmd {
     /// Follow the job's progress until it ends.
     #[arg(long, requires = "job")]
     pub follow: bool,
+    /// List every chunk where peers disagreed: each peer's answer and whether its
+    /// signature checks out.
+    #[arg(long, requires = "job", conflicts_with = "follow")]
+    pub evidence: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -30,6 +34,16 @@ impl StatusCmd {
         let client = ApiClient::connect(&DataDir::resolve(global.data_dir.clone()))?;
         if let Some(job) = &self.job {
             let id = resolve_job(&client, job)?;
+            if self.evidence {
+                let evidence: Vec<ChunkEvidence> =
+                    client.get(&format!("/v1/jobs/{id}/evidence"))?;
+                if self.json {
+                    println!("{}", serde_json::to_string_pretty(&evidence)?);
+                } else {
+                    print_evidence(&evidence);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let status: JobStatus = if self.follow {
                 super::submit::follow(&client, &id, self.json)?
             } else {
@@ -114,5 +128,41 @@ impl StatusCmd {
             );
         }
         Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn print_evidence(evidence: &[ChunkEvidence]) {
+    if evidence.is_empty() {
+        println!("no disagreements: every peer that answered agreed");
+        return;
+    }
+    for c in evidence {
+        println!(
+            "chunk {} ({}{})",
+            c.chunk,
+            c.state,
+            c.accepted
+                .as_deref()
+                .map(|h| format!(", accepted output {}", &h[..16.min(h.len())]))
+                .unwrap_or_default()
+        );
+        for r in &c.replicas {
+            println!(
+                "  {}  {:<9} {:<28} {}  {}",
+                &r.peer[r.peer.len().saturating_sub(16)..],
+                r.state,
+                r.outcome.as_deref().unwrap_or("-"),
+                match r.agrees {
+                    Some(true) => "agrees",
+                    Some(false) => "DISAGREES",
+                    None => "",
+                },
+                match (&r.signature, r.signature_valid) {
+                    (Some(sig), true) => format!("signed {}…", &sig[..16.min(sig.len())]),
+                    (Some(_), false) => "signature INVALID".to_string(),
+                    (None, _) => "unsigned".to_string(),
+                }
+            );
+        }
     }
 }

@@ -35,6 +35,10 @@ pub struct SubmitCmd {
     /// Most replicas per chunk before it fails (disagreements issue more).
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub max_replicas: u32,
+    /// `adaptive`: peers this node trusts run most chunks alone, with spot checks
+    /// (see docs/ARCHITECTURE.md); `fixed`: every chunk gets --redundancy replicas.
+    #[arg(long, value_enum, default_value = "adaptive")]
+    pub replication: ReplicationArg,
     #[command(flatten)]
     pub limits: LimitOpts,
     /// Reissue a replica not returned after this long (soft timeout), e.g. 2m.
@@ -83,6 +87,15 @@ fn read_inputs(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(inputs)
 }
 
+/// `--replication`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ReplicationArg {
+    /// Trust earned by agreement cuts replication (the default).
+    Adaptive,
+    /// Always --redundancy replicas.
+    Fixed,
+}
+
 impl SubmitCmd {
     pub(super) fn execute(self, global: &GlobalOpts) -> anyhow::Result<ExitCode> {
         let source = JobSource::resolve(&self.job)?;
@@ -99,6 +112,10 @@ impl SubmitCmd {
             max_replicas: self.max_replicas,
             limits: self.limits.chunk_limits(),
             soft_timeout: self.reissue_after,
+            replication: match self.replication {
+                ReplicationArg::Adaptive => crate::scheduler::Replication::Adaptive,
+                ReplicationArg::Fixed => crate::scheduler::Replication::Fixed,
+            },
         };
         spec.check().map_err(anyhow::Error::msg)?;
         let client = ApiClient::connect(&DataDir::resolve(global.data_dir.clone()))?;

@@ -309,8 +309,23 @@ impl EventLoop {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
+                let source = match &endpoint {
+                    libp2p::core::ConnectedPoint::Listener { .. } => "inbound",
+                    libp2p::core::ConnectedPoint::Dialer { address, .. }
+                        if self.config.bootstrap.iter().any(|b| {
+                            b.iter()
+                                .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                                .eq(address
+                                    .iter()
+                                    .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))))
+                        }) =>
+                    {
+                        "bootstrap"
+                    }
+                    libp2p::core::ConnectedPoint::Dialer { .. } => "dialed",
+                };
                 self.book
-                    .connected(peer_id, endpoint.get_remote_address().clone());
+                    .connected(peer_id, endpoint.get_remote_address().clone(), source);
                 for reply in self.pending_dial.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
@@ -364,6 +379,7 @@ impl EventLoop {
                 && self.swarm.connected_peers().count() < TARGET_CONNECTIONS
                 && !self.bans.contains_key(&peer) =>
             {
+                self.book.discovered(peer, "dht");
                 let opts = DialOpts::peer_id(peer)
                     .addresses(addresses.into_vec())
                     .build();
@@ -371,6 +387,7 @@ impl EventLoop {
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
+                    self.book.discovered(peer, "mdns");
                     self.swarm
                         .behaviour_mut()
                         .kad

@@ -2,7 +2,7 @@
 //!
 //! # Who talks to whom
 //! - [`start`] builds the `Swarm` (TCP + Noise + Yamux, and QUIC; identify, ping,
-//!   Kademlia on `/peergrid/kad/1.0.0`, gossipsub, mDNS, connection limits, a ban list
+//!   Kademlia on `/peergrid/kad/2.0.0`, gossipsub, mDNS, connection limits, a ban list
 //!   and three request-response protocols with a size-capped postcard codec), starts
 //!   listening and spawns the [`event_loop`], the only task that touches the Swarm.
 //! - Everything else holds a cloneable [`NetClient`]: each call sends a `Command` with
@@ -24,7 +24,9 @@ pub(crate) mod event_loop;
 pub mod fetch;
 pub mod peers;
 pub mod protocol;
+pub mod sim;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId, identity, request_response};
@@ -150,6 +152,9 @@ impl From<request_response::OutboundFailure> for RequestError {
 pub struct NetClient {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
+    /// The key results are signed with: the node's identity (a fault-injection seam
+    /// may swap it, see [`NetClient::with_signer`]).
+    signer: Arc<identity::Keypair>,
 }
 
 /// Capacity of the command channel. Senders wait when it is full (backpressure).
@@ -161,6 +166,31 @@ impl NetClient {
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer_id
+    }
+
+    /// Signs bytes with this node's identity key (results, see
+    /// [`ChunkResult::signed_bytes`](protocol::ChunkResult::signed_bytes)).
+    pub fn sign(&self, bytes: &[u8]) -> Vec<u8> {
+        self.signer.sign(bytes).unwrap_or_default()
+    }
+
+    /// The same client signing with another key: a seam for tests of forged results.
+    pub fn with_signer(&self, key: identity::Keypair) -> Self {
+        Self {
+            signer: Arc::new(key),
+            ..self.clone()
+        }
+    }
+
+    /// A client served by a simulation instead of a swarm (see [`sim`]).
+    pub fn simulated(local: &identity::Keypair, peers: impl sim::SimulatedPeers) -> Self {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        tokio::spawn(sim::serve(rx, peers));
+        Self {
+            commands: tx,
+            local_peer_id: local.public().to_peer_id(),
+            signer: Arc::new(local.clone()),
+        }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
@@ -342,6 +372,7 @@ pub fn start(
         client: NetClient {
             commands: command_tx,
             local_peer_id,
+            signer: Arc::new(keypair.clone()),
         },
         events: event_rx,
         task,

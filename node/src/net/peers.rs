@@ -4,8 +4,10 @@
 //! each with at most [`MAX_ADDRS`] addresses.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +28,38 @@ struct Entry {
     advert: Option<(CapacityAdvert, Instant)>,
     last_seq: u64,
     offences: u32,
+    /// The remote IP of the latest connection (what the network saw, not a claim).
+    observed: Option<IpAddr>,
+    /// The addresses it says it listens on (identify).
+    listen: Vec<Multiaddr>,
+    /// How it was first found.
+    source: Option<&'static str>,
+}
+
+/// The IP in an address, if it has one.
+pub(crate) fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+impl Entry {
+    /// The address placement groups the peer by: the observed one, except on
+    /// loopback, where every connection's source is 127.0.0.1 and the loopback
+    /// address the peer listens on is what tells two local peers apart.
+    fn ip(&self) -> Option<IpAddr> {
+        let observed = self.observed?;
+        if !observed.is_loopback() {
+            return Some(observed);
+        }
+        self.listen
+            .iter()
+            .filter_map(ip_of)
+            .find(|ip| ip.is_loopback() && ip.is_ipv4() == observed.is_ipv4())
+            .or(Some(observed))
+    }
 }
 
 /// A snapshot of one known peer, as `peergrid peers` shows it.
@@ -49,6 +83,12 @@ pub struct PeerInfo {
     pub advert_age_s: Option<f64>,
     /// Offences counted against it.
     pub offences: u32,
+    /// The IP its connections come from (placement groups peers by its network).
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// How it was found: `bootstrap`, `mdns`, `dht`, `inbound` or `dialed`.
+    #[serde(default)]
+    pub discovered: Option<String>,
 }
 
 /// The network side of `peergrid status`.
@@ -126,10 +166,17 @@ impl PeerBook {
         }
     }
 
-    pub(crate) fn connected(&mut self, peer: PeerId, addr: Multiaddr) {
+    pub(crate) fn connected(&mut self, peer: PeerId, addr: Multiaddr, source: &'static str) {
         let entry = self.entry(peer);
         entry.connected = true;
+        entry.observed = ip_of(&addr).or(entry.observed);
+        entry.source.get_or_insert(source);
         Self::add_addr(entry, addr);
+    }
+
+    /// Records how a peer was found, unless it was found before.
+    pub(crate) fn discovered(&mut self, peer: PeerId, source: &'static str) {
+        self.entry(peer).source.get_or_insert(source);
     }
 
     pub(crate) fn disconnected(&mut self, peer: &PeerId) {
@@ -142,6 +189,7 @@ impl PeerBook {
         let entry = self.entry(peer);
         entry.agent = Some(agent.chars().take(64).collect());
         entry.foreign_version = None;
+        entry.listen = addrs.iter().take(MAX_ADDRS).cloned().collect();
         for addr in addrs {
             Self::add_addr(entry, addr);
         }
@@ -244,6 +292,8 @@ impl PeerBook {
                 advert: e.advert.as_ref().map(|(a, _)| a.clone()),
                 advert_age_s: e.advert.as_ref().map(|(_, at)| at.elapsed().as_secs_f64()),
                 offences: e.offences,
+                ip: e.ip().map(|ip| ip.to_string()),
+                discovered: e.source.map(str::to_string),
             })
             .collect();
         out.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
@@ -295,10 +345,47 @@ mod tests {
         let peer = PeerId::random();
         for i in 0..100u16 {
             let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", 1000 + i).parse().unwrap();
-            book.connected(peer, addr);
+            book.connected(peer, addr, "inbound");
         }
         let info = book.snapshot();
         let me = info.iter().find(|p| p.peer_id == peer.to_string()).unwrap();
         assert_eq!(me.addrs.len(), MAX_ADDRS);
+    }
+
+    #[test]
+    fn loopback_peers_are_told_apart_by_their_listen_address_others_by_the_observed_one() {
+        let mut book = PeerBook::new(Duration::from_secs(10));
+        let (local, remote) = (PeerId::random(), PeerId::random());
+        book.connected(local, "/ip4/127.0.0.1/tcp/5000".parse().unwrap(), "inbound");
+        book.identified(
+            local,
+            vec!["/ip4/127.0.7.1/tcp/4000".parse().unwrap()],
+            "peergrid".into(),
+        );
+        book.connected(
+            remote,
+            "/ip4/198.51.100.4/tcp/5000".parse().unwrap(),
+            "dialed",
+        );
+        book.identified(
+            remote,
+            vec!["/ip4/203.0.113.1/tcp/4000".parse().unwrap()],
+            "peergrid".into(),
+        );
+        book.discovered(remote, "dht");
+        let info = book.snapshot();
+        let get = |p: PeerId| info.iter().find(|i| i.peer_id == p.to_string()).unwrap();
+        assert_eq!(get(local).ip.as_deref(), Some("127.0.7.1"));
+        assert_eq!(
+            get(remote).ip.as_deref(),
+            Some("198.51.100.4"),
+            "a claim is not an address"
+        );
+        assert_eq!(get(local).discovered.as_deref(), Some("inbound"));
+        assert_eq!(
+            get(remote).discovered.as_deref(),
+            Some("dialed"),
+            "the first way wins"
+        );
     }
 }

@@ -11,19 +11,19 @@ use serde::{Deserialize, Serialize};
 use crate::sandbox::Limits;
 
 /// Major version of the peergrid protocol family.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// identify's protocol version string; peers with another one are not added to the DHT.
-pub const IDENTIFY_PROTOCOL: &str = "/peergrid/1.0.0";
+pub const IDENTIFY_PROTOCOL: &str = "/peergrid/2.0.0";
 /// The Kademlia protocol: peergrid's own DHT, never the public IPFS one.
-pub const KAD_PROTOCOL: &str = "/peergrid/kad/1.0.0";
+pub const KAD_PROTOCOL: &str = "/peergrid/kad/2.0.0";
 /// The gossipsub topic capacity adverts travel on.
-pub const CAPACITY_TOPIC: &str = "peergrid/capacity/1";
+pub const CAPACITY_TOPIC: &str = "peergrid/capacity/2";
 /// Submitter -> worker: offers of chunks, cancels.
-pub const TASK_PROTOCOL: &str = "/peergrid/task/1";
+pub const TASK_PROTOCOL: &str = "/peergrid/task/2";
 /// Worker -> submitter: chunk results.
-pub const RESULT_PROTOCOL: &str = "/peergrid/result/1";
+pub const RESULT_PROTOCOL: &str = "/peergrid/result/2";
 /// Anyone -> holder: blob pieces by BLAKE3 hash.
-pub const BLOB_PROTOCOL: &str = "/peergrid/blob/1";
+pub const BLOB_PROTOCOL: &str = "/peergrid/blob/2";
 
 /// Largest capacity advert accepted, in bytes.
 pub const MAX_ADVERT_BYTES: usize = 4 * 1024;
@@ -256,6 +256,63 @@ pub struct ChunkResult {
     pub fuel_used: u64,
     /// Wall time of the execution in microseconds.
     pub exec_micros: u64,
+    /// The worker's signature (its libp2p identity key) over [`ChunkResult::signed_bytes`]:
+    /// binds the answer to the peer that gave it, so it cannot be replayed as another
+    /// peer's, and keeps the evidence of a disagreement checkable by anyone.
+    pub signature: Vec<u8>,
+}
+
+/// Largest signature accepted on a result (ed25519 signatures are 64 bytes).
+pub const MAX_SIGNATURE_BYTES: usize = 128;
+
+impl ChunkResult {
+    /// What the worker signs: a domain tag, the job, chunk and attempt, and the
+    /// agreement key (outcome and output hash together).
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        result_signed_bytes(
+            &self.job_id,
+            self.chunk,
+            self.attempt,
+            &self.outcome,
+            &self.output_hash,
+        )
+    }
+}
+
+/// The bytes a worker signs for one result (see [`ChunkResult::signed_bytes`]).
+pub fn result_signed_bytes(
+    job_id: &JobId,
+    chunk: u32,
+    attempt: u32,
+    outcome: &WireOutcome,
+    output_hash: &BlobHash,
+) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(96);
+    bytes.extend_from_slice(b"peergrid/result/v1\0");
+    bytes.extend_from_slice(&job_id.0);
+    bytes.extend_from_slice(&chunk.to_le_bytes());
+    bytes.extend_from_slice(&attempt.to_le_bytes());
+    bytes.extend_from_slice(
+        blake3::hash(&postcard::to_allocvec(outcome).unwrap_or_default()).as_bytes(),
+    );
+    bytes.extend_from_slice(&output_hash.0);
+    bytes
+}
+
+/// Whether `signature` over these result fields was made by `peer`'s identity key.
+/// Peer ids that do not embed their public key (RSA) cannot be checked and fail.
+pub fn verify_result_signature(peer: &libp2p::PeerId, signed: &[u8], signature: &[u8]) -> bool {
+    if signature.is_empty() || signature.len() > MAX_SIGNATURE_BYTES {
+        return false;
+    }
+    let multihash = peer.as_ref();
+    if multihash.code() != 0 {
+        return false;
+    }
+    match libp2p::identity::PublicKey::try_decode_protobuf(multihash.digest()) {
+        Ok(key) => key.verify(signed, signature),
+        Err(_) => false,
+    }
 }
 
 /// Worker -> submitter requests on [`RESULT_PROTOCOL`]: a batch of results.

@@ -2,10 +2,11 @@
 //! results, and writes every change through to the database before it is
 //! acknowledged. See the module docs of [`scheduler`](super) for the message flow.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
+use rand::rngs::StdRng;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -14,10 +15,14 @@ use super::job::{
     is_deterministic,
 };
 use super::reputation::Reputation;
-use super::{ChunkFailure, JobStatus, Msg, PeerTally, SchedulerContext, job_id_hex};
+use super::trust::{Standing, TrustPolicy};
+use super::{
+    ChunkEvidence, ChunkFailure, JobStatus, MAX_EVIDENCE, Msg, PeerTally, ReplicaEvidence,
+    SchedulerContext, job_id_hex,
+};
 use crate::net::protocol::{
     Assignment, BlobHash, ChunkResult, JobId, PROTOCOL_VERSION, Payload, RejectReason, ResultAck,
-    TaskReply, TaskRequest, WireOutcome,
+    TaskReply, TaskRequest, WireOutcome, result_signed_bytes, verify_result_signature,
 };
 use crate::store::db::{ChunkRow, JobRow, ReplicaRow, Write, now_ms};
 use crate::worker::QUEUE_FACTOR;
@@ -33,6 +38,37 @@ const DB_OUTPUT: usize = 64 * 1024;
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// Failures with evidence kept in a status.
 const MAX_FAILURES_SHOWN: usize = 10;
+/// Runs this node does at once itself (witnesses and spot checks).
+const LOCAL_RUNS: usize = 2;
+/// Planted chunks waiting for a trusted peer with room.
+const MAX_PLANTS_QUEUED: usize = 1000;
+
+/// A candidate worker in one dispatch.
+struct Candidate {
+    peer: PeerId,
+    memory: u64,
+    room: i64,
+    score: f64,
+    standing: Standing,
+    group: Option<String>,
+    source: Option<String>,
+}
+
+/// A peer's standing, this node being always trusted.
+fn standing_of(
+    reputation: &Reputation,
+    trust: &TrustPolicy,
+    local: &PeerId,
+    peer: &PeerId,
+) -> Standing {
+    if peer == local {
+        Standing::Trusted
+    } else {
+        reputation
+            .row(peer)
+            .map_or(Standing::Probation, |row| trust.standing(row))
+    }
+}
 
 pub(super) struct Actor {
     ctx: SchedulerContext,
@@ -52,6 +88,17 @@ pub(super) struct Actor {
     attention: HashMap<JobId, BTreeSet<u32>>,
     kick: bool,
     full: bool,
+    local: PeerId,
+    rng: StdRng,
+    /// Per peer, the chunks verified on its word alone (newest last, bounded by
+    /// the policy's window): re-verified if it is ever found wrong.
+    solo_index: HashMap<PeerId, VecDeque<(JobId, u32)>>,
+    /// Verified chunks to plant with a trusted peer.
+    plants: VecDeque<(JobId, u32)>,
+    /// Runs this node is doing itself now.
+    local_runs: usize,
+    /// Peer -> (network group, discovery source), from the last dispatch's view.
+    groups: HashMap<PeerId, (Option<String>, Option<String>)>,
 }
 
 fn encode_outcome(o: &WireOutcome) -> Vec<u8> {
@@ -76,13 +123,16 @@ pub(super) fn describe(o: &WireOutcome) -> String {
 }
 
 fn replica_row(chunk: u32, r: &Replica) -> ReplicaRow {
-    let (issued_ms, outcome, output, fuel, output_data) = match &r.state {
-        ReplicaState::Issued(at) | ReplicaState::TimedOut(at) => (*at, None, None, None, None),
+    let (issued_ms, outcome, output, fuel, output_data, signature) = match &r.state {
+        ReplicaState::Issued(at) | ReplicaState::TimedOut(at) => {
+            (*at, None, None, None, None, None)
+        }
         ReplicaState::Returned {
             outcome,
             output,
             fuel,
             data,
+            signature,
             ..
         } => (
             0,
@@ -90,8 +140,9 @@ fn replica_row(chunk: u32, r: &Replica) -> ReplicaRow {
             Some(*output),
             Some(*fuel),
             data.clone(),
+            Some(signature.clone()),
         ),
-        ReplicaState::Offered | ReplicaState::Lost => (0, None, None, None, None),
+        ReplicaState::Offered | ReplicaState::Lost => (0, None, None, None, None, None),
     };
     ReplicaRow {
         chunk,
@@ -103,6 +154,7 @@ fn replica_row(chunk: u32, r: &Replica) -> ReplicaRow {
         output,
         output_data,
         fuel,
+        signature,
     }
 }
 
@@ -116,6 +168,7 @@ impl Actor {
     ) -> Self {
         let reputation = Reputation::load(ctx.db.reputations().unwrap_or_default())
             .with_metrics(ctx.metrics.clone());
+        let ctx_local = ctx.net.local_peer_id();
         let mut actor = Self {
             ctx,
             tx,
@@ -131,6 +184,12 @@ impl Actor {
             attention: HashMap::new(),
             kick: true,
             full: true,
+            local: ctx_local,
+            rng: rand::make_rng(),
+            solo_index: HashMap::new(),
+            plants: VecDeque::new(),
+            local_runs: 0,
+            groups: HashMap::new(),
         };
         match actor.ctx.db.jobs(None) {
             Ok(rows) => {
@@ -138,6 +197,13 @@ impl Actor {
                     match actor.load_job(row) {
                         Ok(job) => {
                             actor.dirty.insert(job.id);
+                            for (idx, chunk) in job.chunks.iter().enumerate() {
+                                if let (Some(peer), ChunkState::Verified { .. }) =
+                                    (chunk.solo, &chunk.state)
+                                {
+                                    actor.remember_solo(peer, job.id, idx as u32);
+                                }
+                            }
                             actor.jobs.insert(job.id, job);
                         }
                         Err(e) => tracing::error!("cannot load a job: {e}"),
@@ -154,7 +220,7 @@ impl Actor {
     }
 
     fn load_job(&self, row: JobRow) -> Result<Job, String> {
-        let spec: JobSpec = postcard::from_bytes(&row.spec).map_err(|e| e.to_string())?;
+        let spec = JobSpec::decode(&row.spec)?;
         let state = JobState::parse(&row.state).ok_or("unknown job state")?;
         let chunk_rows = self.ctx.db.chunks(row.id).map_err(|e| e.to_string())?;
         let replica_rows = self.ctx.db.replicas(row.id).map_err(|e| e.to_string())?;
@@ -188,6 +254,7 @@ impl Actor {
                     input_hash: c.input,
                     state,
                     replicas: Vec::new(),
+                    solo: c.solo.and_then(|p| p.parse().ok()),
                 }
             })
             .collect();
@@ -208,6 +275,7 @@ impl Actor {
                         output,
                         fuel: r.fuel.unwrap_or(0),
                         data: r.output_data,
+                        signature: r.signature.unwrap_or_default(),
                     },
                     _ => ReplicaState::Lost,
                 },
@@ -217,6 +285,7 @@ impl Actor {
                 attempt: r.attempt,
                 peer,
                 state,
+                check: false,
             });
         }
         Ok(Job {
@@ -231,6 +300,7 @@ impl Actor {
             result: row.result,
             error: row.error,
             why: None,
+            trust: Default::default(),
         })
     }
 
@@ -313,6 +383,7 @@ impl Actor {
                         state: "pending".into(),
                         outcome: None,
                         output: None,
+                        solo: None,
                     })
                     .collect();
                 let result = self
@@ -347,6 +418,7 @@ impl Actor {
                 self.kick = true;
             }
             Msg::Merged(id, result) => self.on_merged(id, result),
+            Msg::LocalRun(id, idx, attempt, result) => self.on_local_run(id, idx, attempt, result),
             Msg::Status(id, reply) => {
                 let statuses = match id {
                     Some(id) => self
@@ -368,6 +440,9 @@ impl Actor {
                         .subscribe()
                 });
                 let _ = reply.send(rx);
+            }
+            Msg::Evidence(id, reply) => {
+                let _ = reply.send(self.evidence(id));
             }
             Msg::Output(id, chunk, reply) => {
                 let output = self
@@ -492,6 +567,8 @@ impl Actor {
         let mut stored = Vec::new();
         let mut writes = Vec::new();
         let mut touched: Vec<(JobId, u32)> = Vec::new();
+        // Peers found wrong: their results on their word alone are re-verified.
+        let mut caught: Vec<PeerId> = Vec::new();
         for result in results {
             let key = (result.job_id, result.chunk, result.attempt);
             let Some(job) = self.jobs.get_mut(&result.job_id) else {
@@ -513,6 +590,21 @@ impl Actor {
             };
             if matches!(replica.state, ReplicaState::Returned { .. }) {
                 stored.push(key);
+                continue;
+            }
+            // The answer must be this peer's own, signed with its identity key.
+            if !verify_result_signature(&peer, &result.signed_bytes(), &result.signature) {
+                tracing::warn!(%peer, job = %result.job_id, chunk = result.chunk,
+                    "refused a result whose signature is not the sending peer's");
+                replica.state = ReplicaState::Lost;
+                writes.push(Write::Replica(
+                    result.job_id,
+                    replica_row(result.chunk, replica),
+                ));
+                job.trust.bad_signatures += 1;
+                writes.push(self.reputation.error(peer));
+                stored.push(key);
+                touched.push((result.job_id, result.chunk));
                 continue;
             }
             if result.outcome == WireOutcome::Withdrawn {
@@ -588,24 +680,52 @@ impl Actor {
                 output: result.output_hash,
                 fuel: result.fuel_used,
                 data,
+                signature: result.signature,
             };
             writes.push(Write::Replica(
                 result.job_id,
                 replica_row(result.chunk, replica),
             ));
-            // A late result for a chunk already verified still tells on its peer.
+            // A late result for a chunk already verified still tells on its peer; a
+            // check (plant or spot check) tells on the peer whose word was taken.
             if let ChunkState::Verified { key: verified, .. } = &chunk.state
                 && let ReplicaState::Returned { key, outcome, .. } = &replica.state
                 && is_deterministic(outcome)
             {
-                writes.push(if key == verified {
-                    self.reputation.agreed(peer)
-                } else {
-                    self.reputation.disagreed(peer)
-                });
+                let (agrees, check, solo) = (key == verified, replica.check, chunk.solo);
+                match (check, solo) {
+                    // This node re-ran a chunk taken on one peer's word.
+                    (true, Some(solo)) if peer == self.local => {
+                        if agrees {
+                            writes.push(self.reputation.agreed(solo, true));
+                        } else {
+                            tracing::warn!(peer = %solo, job = %result.job_id, chunk = result.chunk,
+                                "spot check: a trusted peer's answer was wrong; excluding it");
+                            job.trust.caught += 1;
+                            writes.push(self.reputation.caught(solo));
+                            caught.push(solo);
+                        }
+                    }
+                    // A plant: the answer was known.
+                    (true, _) if !agrees => {
+                        tracing::warn!(%peer, job = %result.job_id, chunk = result.chunk,
+                            "planted chunk answered wrongly; excluding the peer");
+                        job.trust.caught += 1;
+                        writes.push(self.reputation.caught(peer));
+                        caught.push(peer);
+                    }
+                    (_, _) if agrees => writes.push(self.reputation.agreed(peer, true)),
+                    (_, _) => {
+                        writes.push(self.reputation.disagreed(peer));
+                        caught.push(peer);
+                    }
+                }
             }
             stored.push(key);
             touched.push((result.job_id, result.chunk));
+        }
+        for peer in caught {
+            writes.extend(self.reverify(peer));
         }
         for (id, idx) in touched {
             writes.extend(self.evaluate_chunk(id, idx));
@@ -642,7 +762,10 @@ impl Actor {
             return Vec::new();
         }
         let mut writes = Vec::new();
-        match chunk.evaluate(&spec) {
+        let local = self.local;
+        let standing = |p: &PeerId| standing_of(&self.reputation, &self.ctx.trust, &local, p);
+        let verdict = chunk.evaluate(&spec, &standing);
+        match verdict {
             Verdict::Verified(key) => {
                 let winner = chunk.replicas.iter().find_map(|r| match &r.state {
                     ReplicaState::Returned {
@@ -651,29 +774,57 @@ impl Actor {
                         output,
                         data,
                         ..
-                    } if *k == key => Some((outcome.clone(), *output, data.clone())),
+                    } if *k == key => Some((outcome.clone(), *output, data.clone(), r.attempt)),
                     _ => None,
                 });
-                let Some((outcome, output, output_data)) = winner else {
+                let Some((outcome, output, mut output_data, attempt)) = winner else {
                     return writes;
                 };
+                if output_data.is_none() && !self.ctx.blobs.contains(&output) {
+                    // Verified again after a re-open: the copy in memory was freed,
+                    // the replica's row still has it.
+                    output_data =
+                        self.ctx
+                            .db
+                            .replica_output(id, idx, attempt)
+                            .unwrap_or_else(|e| {
+                                tracing::error!(error = %e, "cannot read a replica's output");
+                                None
+                            });
+                }
+                let agreeing: Vec<PeerId> = chunk
+                    .groups(&standing)
+                    .into_iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, peers)| peers)
+                    .unwrap_or_default();
+                // Taken on one trusted peer's word (adaptive replication)?
+                let on_word = spec.adaptive() && chunk.solo.is_some_and(|solo| agreeing == [solo]);
+                let witnessed = agreeing.iter().any(|p| standing(p) == Standing::Trusted);
+                if !on_word {
+                    chunk.solo = None;
+                }
                 // The verified output now lives in the chunk's row; free the copies.
                 for r in chunk.replicas.iter_mut() {
                     if let ReplicaState::Returned { data, .. } = &mut r.state {
                         *data = None;
                     }
                 }
-                for r in &chunk.replicas {
-                    if let ReplicaState::Returned {
-                        key: k, outcome, ..
-                    } = &r.state
-                        && is_deterministic(outcome)
-                    {
-                        writes.push(if *k == key {
-                            self.reputation.agreed(r.peer)
-                        } else {
-                            self.reputation.disagreed(r.peer)
-                        });
+                let mut wrong = Vec::new();
+                if !on_word {
+                    for r in &chunk.replicas {
+                        if let ReplicaState::Returned {
+                            key: k, outcome, ..
+                        } = &r.state
+                            && is_deterministic(outcome)
+                        {
+                            writes.push(if *k == key {
+                                self.reputation.agreed(r.peer, witnessed)
+                            } else {
+                                wrong.push(r.peer);
+                                self.reputation.disagreed(r.peer)
+                            });
+                        }
                     }
                 }
                 writes.push(Write::ChunkState {
@@ -683,14 +834,33 @@ impl Actor {
                     outcome: Some(encode_outcome(&outcome)),
                     output: Some(output),
                     output_data,
+                    solo: chunk.solo.filter(|_| on_word).map(|p| p.to_string()),
                 });
                 chunk.state = ChunkState::Verified {
                     outcome,
                     output,
                     key,
                 };
+                let solo = chunk.solo;
                 let waited = now_ms().saturating_sub(created_ms) as f64 / 1000.0;
                 self.ctx.metrics.submit_to_verified.observe(waited);
+                if on_word {
+                    job.trust.unreplicated += 1;
+                }
+                let plant = spec.adaptive() && witnessed && self.ctx.trust.plant(&mut self.rng);
+                let spot = on_word && self.ctx.trust.spot_check(&mut self.rng);
+                if let (true, Some(solo)) = (on_word, solo) {
+                    self.remember_solo(solo, id, idx);
+                }
+                if plant && self.plants.len() < MAX_PLANTS_QUEUED {
+                    self.plants.push_back((id, idx));
+                }
+                if spot {
+                    self.start_local_run(id, idx, true);
+                }
+                for peer in wrong {
+                    writes.extend(self.reverify(peer));
+                }
             }
             Verdict::Failed(reason) => {
                 writes.push(Write::ChunkState {
@@ -700,10 +870,78 @@ impl Actor {
                     outcome: Some(reason.clone().into_bytes()),
                     output: None,
                     output_data: None,
+                    solo: None,
                 });
                 chunk.state = ChunkState::Failed(reason);
             }
-            Verdict::Need(_) | Verdict::Wait => {}
+            Verdict::Need(_) | Verdict::NeedWitness | Verdict::Wait => {}
+        }
+        writes
+    }
+
+    /// Remembers a chunk verified on `peer`'s word alone (bounded per peer).
+    fn remember_solo(&mut self, peer: PeerId, id: JobId, idx: u32) {
+        let list = self.solo_index.entry(peer).or_default();
+        list.push_back((id, idx));
+        while list.len() > self.ctx.trust.recheck_window {
+            list.pop_front();
+        }
+    }
+
+    /// `peer` was found wrong: every chunk verified on its word alone is opened
+    /// again (a finished job runs again for those chunks, then merges again).
+    fn reverify(&mut self, peer: PeerId) -> Vec<Write> {
+        let Some(list) = self.solo_index.remove(&peer) else {
+            return Vec::new();
+        };
+        let mut writes = Vec::new();
+        let mut reopened = 0usize;
+        for (id, idx) in list {
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            if matches!(job.state, JobState::Cancelled | JobState::Failed) {
+                continue;
+            }
+            let Some(chunk) = job.chunks.get_mut(idx as usize) else {
+                continue;
+            };
+            if chunk.solo != Some(peer) || !matches!(chunk.state, ChunkState::Verified { .. }) {
+                continue;
+            }
+            chunk.state = ChunkState::Pending;
+            chunk.solo = None;
+            writes.push(Write::ChunkState {
+                job: id,
+                idx,
+                state: "pending".into(),
+                outcome: None,
+                output: None,
+                output_data: None,
+                solo: None,
+            });
+            job.trust.reverified += 1;
+            reopened += 1;
+            if job.state != JobState::Running {
+                tracing::warn!(job = %id, %peer, "a finished job runs again: a result it rested on is being re-verified");
+                job.state = JobState::Running;
+                job.result = None;
+                job.finished_ms = None;
+                job.error = None;
+                writes.push(Write::JobState {
+                    id,
+                    state: JobState::Running.as_str().into(),
+                    finished_ms: None,
+                    result: None,
+                    error: None,
+                });
+            }
+            self.attention.entry(id).or_default().insert(idx);
+            self.dirty.insert(id);
+        }
+        if reopened > 0 {
+            tracing::warn!(%peer, chunks = reopened, "re-verifying results taken on the word of a peer found wrong");
+            self.kick = true;
         }
         writes
     }
@@ -824,13 +1062,25 @@ impl Actor {
         let view = self.ctx.net.peers().await;
         let now = Instant::now();
         self.backoff.retain(|_, until| *until > now);
-        let local = self.ctx.net.local_peer_id();
+        let local = self.local;
+        let placement = self.ctx.placement;
         let mut alive: HashSet<PeerId> = view
             .iter()
             .filter(|p| p.advert.is_some() || p.connected)
             .filter_map(|p| p.peer_id.parse().ok())
             .collect();
         alive.insert(local);
+        for p in &view {
+            if let Ok(peer) = p.peer_id.parse::<PeerId>() {
+                self.groups.insert(
+                    peer,
+                    (placement.group(p), placement.source(p).map(str::to_string)),
+                );
+            }
+        }
+        if self.groups.len() > 2 * crate::net::peers::MAX_PEERS {
+            self.groups.retain(|peer, _| alive.contains(peer));
+        }
         // Live replicas per peer, across jobs.
         let mut inflight: HashMap<PeerId, u32> = HashMap::new();
         for job in self.jobs.values().filter(|j| j.state == JobState::Running) {
@@ -841,7 +1091,7 @@ impl Actor {
             }
         }
         // Capacity per eligible peer.
-        let mut candidates: Vec<(PeerId, u64, i64, f64)> = Vec::new(); // peer, memory, room, score
+        let mut candidates: Vec<Candidate> = Vec::new();
         let mut excluded = 0;
         for p in &view {
             let (Some(advert), Ok(peer)) = (&p.advert, p.peer_id.parse::<PeerId>()) else {
@@ -856,12 +1106,15 @@ impl Actor {
             }
             let room = i64::from(advert.slots_total * QUEUE_FACTOR)
                 - i64::from(inflight.get(&peer).copied().unwrap_or(0));
-            candidates.push((
+            candidates.push(Candidate {
                 peer,
-                advert.memory_limit,
+                memory: advert.memory_limit,
                 room,
-                self.reputation.score(&peer),
-            ));
+                score: self.reputation.score(&peer),
+                standing: standing_of(&self.reputation, &self.ctx.trust, &local, &peer),
+                group: placement.group(p),
+                source: placement.source(p).map(str::to_string),
+            });
         }
         // This node's own worker, offered directly.
         if let Some(worker) = &self.ctx.local_worker
@@ -871,12 +1124,21 @@ impl Actor {
             let (slots, memory) = worker.capacity();
             let room = i64::from(slots * QUEUE_FACTOR)
                 - i64::from(inflight.get(&local).copied().unwrap_or(0));
-            candidates.push((local, memory, room, 1.0));
+            candidates.push(Candidate {
+                peer: local,
+                memory,
+                room,
+                score: 1.0,
+                standing: Standing::Trusted,
+                group: None,
+                source: None,
+            });
         }
         let known = view.iter().filter(|p| p.foreign_version.is_none()).count();
         let now_ms = now_ms();
         let mut writes = Vec::new();
         let mut offers: HashMap<(JobId, PeerId), Vec<(u32, u32)>> = HashMap::new();
+        let mut local_runs: Vec<(JobId, u32)> = Vec::new();
         let ids: Vec<JobId> = self.jobs.keys().copied().collect();
         let mut attention = std::mem::take(&mut self.attention);
         for id in ids {
@@ -902,7 +1164,7 @@ impl Actor {
                     {
                         continue;
                     }
-                    if !full && !candidates.iter().any(|c| c.2 > 0) {
+                    if !full && !candidates.iter().any(|c| c.room > 0) {
                         // No room anywhere: look at it again when a slot frees up.
                         deferred.push(idx as u32);
                         continue;
@@ -930,46 +1192,137 @@ impl Actor {
                             writes.push(Write::Replica(id, replica_row(idx as u32, r)));
                         }
                     }
-                    match chunk.evaluate(&spec) {
-                        Verdict::Need(n) => {
-                            let used: HashSet<PeerId> = chunk.used_peers().copied().collect();
-                            let mut choices: Vec<&mut (PeerId, u64, i64, f64)> = candidates
-                                .iter_mut()
-                                .filter(|(peer, memory, room, _)| {
-                                    *room > 0
-                                        && *memory >= spec.limits.memory_bytes
-                                        && !used.contains(peer)
-                                })
-                                .collect();
-                            // Most room first, then the best standing.
-                            choices.sort_by(|a, b| b.2.cmp(&a.2).then(b.3.total_cmp(&a.3)));
-                            let mut placed = 0;
-                            for choice in choices.into_iter().take(n as usize) {
-                                let attempt = chunk
-                                    .replicas
-                                    .iter()
-                                    .map(|r| r.attempt + 1)
-                                    .max()
-                                    .unwrap_or(0);
-                                chunk.replicas.push(Replica {
-                                    attempt,
-                                    peer: choice.0,
-                                    state: ReplicaState::Offered,
+                    let standing =
+                        |p: &PeerId| standing_of(&self.reputation, &self.ctx.trust, &local, p);
+                    let verdict = chunk.evaluate(&spec, &standing);
+                    let (n, witness) = match verdict {
+                        Verdict::Need(n) => (n, false),
+                        Verdict::NeedWitness => (1, true),
+                        Verdict::Verified(_) | Verdict::Failed(_) => {
+                            touched.push(idx as u32);
+                            continue;
+                        }
+                        Verdict::Wait => continue,
+                    };
+                    // Never a peer, a network or (if asked) a discovery source twice.
+                    let used: HashSet<PeerId> = chunk.used_peers().copied().collect();
+                    let mut used_groups: HashSet<&str> = HashSet::new();
+                    let mut used_sources: HashSet<&str> = HashSet::new();
+                    for r in &chunk.replicas {
+                        if matches!(r.state, ReplicaState::Lost | ReplicaState::TimedOut(_)) {
+                            continue;
+                        }
+                        if let Some((group, source)) = self.groups.get(&r.peer) {
+                            used_groups.extend(group.as_deref());
+                            used_sources.extend(source.as_deref());
+                        }
+                    }
+                    let mut choices: Vec<usize> = (0..candidates.len())
+                        .filter(|&i| {
+                            let c = &candidates[i];
+                            c.room > 0
+                                && c.memory >= spec.limits.memory_bytes
+                                && !used.contains(&c.peer)
+                                && c.group.as_deref().is_none_or(|g| !used_groups.contains(g))
+                                && c.source
+                                    .as_deref()
+                                    .is_none_or(|s| !used_sources.contains(s))
+                                && (!witness || c.standing == Standing::Trusted)
+                        })
+                        .collect();
+                    // Most room first, then the best standing.
+                    choices.sort_by(|&a, &b| {
+                        let (a, b) = (&candidates[a], &candidates[b]);
+                        b.room.cmp(&a.room).then(b.score.total_cmp(&a.score))
+                    });
+                    let mut picks: Vec<usize> = Vec::new();
+                    for &i in &choices {
+                        if picks.len() as u32 == n {
+                            break;
+                        }
+                        // Two picks may not share a network or source either.
+                        let c = &candidates[i];
+                        let clash = picks.iter().any(|&j| {
+                            let o = &candidates[j];
+                            (c.group.is_some() && c.group == o.group)
+                                || (c.source.is_some() && c.source == o.source)
+                        });
+                        if !clash {
+                            picks.push(i);
+                        }
+                    }
+                    let adaptive = spec.adaptive();
+                    if adaptive && !witness && !chunk.has_trusted(&standing) {
+                        // Peers on probation cannot verify each other: if a trusted
+                        // peer fits, let it hold the last replica of the quorum.
+                        let has_trusted = picks
+                            .iter()
+                            .any(|&i| candidates[i].standing == Standing::Trusted);
+                        if !has_trusted
+                            && let Some(&last) = picks.last()
+                            && let Some(&t) = choices.iter().find(|&&i| {
+                                let c = &candidates[i];
+                                c.standing == Standing::Trusted
+                                    && !picks.contains(&i)
+                                    && picks.iter().filter(|&&j| j != last).all(|&j| {
+                                        let o = &candidates[j];
+                                        !(c.group.is_some() && c.group == o.group)
+                                    })
+                            })
+                            && let Some(slot) = picks.last_mut()
+                        {
+                            *slot = t;
+                        }
+                    }
+                    if adaptive && !witness && chunk.replicas.is_empty() && chunk.solo.is_none() {
+                        // A fresh chunk whose best peer is trusted may run on it alone.
+                        if let Some(&first) = picks.first() {
+                            let peer = candidates[first].peer;
+                            let alone = candidates[first].standing == Standing::Trusted
+                                && self.reputation.row(&peer).is_some_and(|row| {
+                                    self.ctx.trust.runs_alone(row, &mut self.rng)
                                 });
-                                choice.2 -= 1;
-                                offers
-                                    .entry((id, choice.0))
-                                    .or_default()
-                                    .push((idx as u32, attempt));
-                                placed += 1;
-                            }
-                            unplaced += n - placed;
-                            if placed < n {
-                                deferred.push(idx as u32);
+                            if alone {
+                                chunk.solo = Some(peer);
+                                picks.truncate(1);
                             }
                         }
-                        Verdict::Verified(_) | Verdict::Failed(_) => touched.push(idx as u32),
-                        Verdict::Wait => {}
+                    }
+                    let mut placed = 0;
+                    for i in picks {
+                        let choice = &mut candidates[i];
+                        let attempt = chunk
+                            .replicas
+                            .iter()
+                            .map(|r| r.attempt + 1)
+                            .max()
+                            .unwrap_or(0);
+                        chunk.replicas.push(Replica {
+                            attempt,
+                            peer: choice.peer,
+                            state: ReplicaState::Offered,
+                            check: false,
+                        });
+                        choice.room -= 1;
+                        offers
+                            .entry((id, choice.peer))
+                            .or_default()
+                            .push((idx as u32, attempt));
+                        placed += 1;
+                    }
+                    let wanted = if chunk.solo.is_some() && placed == 1 {
+                        1
+                    } else {
+                        n
+                    };
+                    if witness && placed == 0 && self.ctx.local_worker_slots() == 0 {
+                        // No trusted peer with room, and no local worker: witness it here.
+                        local_runs.push((id, idx as u32));
+                        continue;
+                    }
+                    unplaced += wanted.saturating_sub(placed);
+                    if placed < wanted {
+                        deferred.push(idx as u32);
                     }
                 }
             }
@@ -984,7 +1337,7 @@ impl Actor {
             {
                 let why = (unplaced > 0).then(|| {
                     format!(
-                        "waiting for peers: {unplaced} replicas need a distinct peer with free slots and {} MiB per chunk; {} peers advertise capacity, {} known, {} excluded by reputation",
+                        "waiting for peers: {unplaced} replicas need a distinct peer (in another network than the chunk's other replicas) with free slots and {} MiB per chunk; {} peers advertise capacity, {} known, {} excluded by reputation",
                         job.spec.limits.memory_bytes / (1024 * 1024),
                         candidates.len(),
                         known,
@@ -1000,7 +1353,13 @@ impl Actor {
                 writes.push(w);
             }
         }
+        self.place_plants(&mut candidates, &mut offers);
         self.persist(&writes);
+        for (id, idx) in local_runs {
+            if !self.start_local_run(id, idx, false) {
+                self.attention.entry(id).or_default().insert(idx);
+            }
+        }
         for ((id, peer), items) in offers {
             self.dirty.insert(id);
             if peer == local
@@ -1012,6 +1371,165 @@ impl Actor {
             }
             self.send_offer(id, peer, items);
         }
+    }
+
+    /// Offers queued plants (verified chunks, answer known) to trusted peers that
+    /// have room and have not run them.
+    fn place_plants(
+        &mut self,
+        candidates: &mut [Candidate],
+        offers: &mut HashMap<(JobId, PeerId), Vec<(u32, u32)>>,
+    ) {
+        let mut kept = VecDeque::new();
+        while let Some((id, idx)) = self.plants.pop_front() {
+            let Some(job) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let Some(chunk) = job.chunks.get_mut(idx as usize) else {
+                continue;
+            };
+            if !matches!(chunk.state, ChunkState::Verified { .. }) {
+                continue;
+            }
+            let used: HashSet<PeerId> = chunk.used_peers().copied().collect();
+            let Some(choice) = candidates.iter_mut().find(|c| {
+                c.standing == Standing::Trusted
+                    && c.peer != self.local
+                    && c.room > 0
+                    && c.memory >= job.spec.limits.memory_bytes
+                    && !used.contains(&c.peer)
+            }) else {
+                kept.push_back((id, idx));
+                continue;
+            };
+            let attempt = chunk
+                .replicas
+                .iter()
+                .map(|r| r.attempt + 1)
+                .max()
+                .unwrap_or(0);
+            chunk.replicas.push(Replica {
+                attempt,
+                peer: choice.peer,
+                state: ReplicaState::Offered,
+                check: true,
+            });
+            choice.room -= 1;
+            job.trust.plants += 1;
+            offers
+                .entry((id, choice.peer))
+                .or_default()
+                .push((idx, attempt));
+        }
+        self.plants = kept;
+    }
+
+    /// Runs a chunk on this node's own sandbox: a witness for peers on probation, or
+    /// (`check`) a spot check of a result taken on one peer's word. Returns false
+    /// when it cannot start now.
+    fn start_local_run(&mut self, id: JobId, idx: u32, check: bool) -> bool {
+        if self.local_runs >= LOCAL_RUNS {
+            return false;
+        }
+        let local = self.local;
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return false;
+        };
+        let (module, limits) = (job.module, job.spec.limits);
+        let Some(chunk) = job.chunks.get_mut(idx as usize) else {
+            return false;
+        };
+        if chunk.used_peers().any(|p| *p == local) {
+            return false;
+        }
+        let attempt = chunk
+            .replicas
+            .iter()
+            .map(|r| r.attempt + 1)
+            .max()
+            .unwrap_or(0);
+        chunk.replicas.push(Replica {
+            attempt,
+            peer: local,
+            state: ReplicaState::Issued(now_ms()),
+            check,
+        });
+        if check {
+            job.trust.spot_checks += 1;
+        } else {
+            job.trust.witness_runs += 1;
+        }
+        let input = chunk.input.clone();
+        self.local_runs += 1;
+        let (blobs, sandbox, net, tx) = (
+            self.ctx.blobs.clone(),
+            self.ctx.sandbox.clone(),
+            self.ctx.net.clone(),
+            self.tx.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let result =
+                run_locally(&blobs, &sandbox, module, &input, &limits).map(|(outcome, output)| {
+                    let output_hash = BlobHash::of(&output);
+                    let signature = net.sign(&result_signed_bytes(
+                        &id,
+                        idx,
+                        attempt,
+                        &outcome,
+                        &output_hash,
+                    ));
+                    ChunkResult {
+                        job_id: id,
+                        chunk: idx,
+                        attempt,
+                        outcome,
+                        output_hash,
+                        output: (!output.is_empty()).then_some(Payload::Inline(output)),
+                        fuel_used: 0,
+                        exec_micros: 0,
+                        signature,
+                    }
+                });
+            let _ = tx.blocking_send(Msg::LocalRun(id, idx, attempt, result));
+        });
+        true
+    }
+
+    /// A local run ended: its result is recorded like any peer's.
+    fn on_local_run(
+        &mut self,
+        id: JobId,
+        idx: u32,
+        attempt: u32,
+        result: Result<ChunkResult, String>,
+    ) {
+        self.local_runs = self.local_runs.saturating_sub(1);
+        match result {
+            Ok(result) => {
+                self.on_results(self.local, vec![result]);
+            }
+            Err(e) => {
+                tracing::warn!(job = %id, chunk = idx, "this node could not run a chunk itself: {e}");
+                let local = self.local;
+                if let Some(r) = self
+                    .jobs
+                    .get_mut(&id)
+                    .and_then(|j| j.chunks.get_mut(idx as usize))
+                    .and_then(|c| {
+                        c.replicas
+                            .iter_mut()
+                            .find(|r| r.attempt == attempt && r.peer == local)
+                    })
+                {
+                    r.state = ReplicaState::Lost;
+                    let row = replica_row(idx, r);
+                    self.persist(&[Write::Replica(id, row)]);
+                }
+            }
+        }
+        self.attention.entry(id).or_default().insert(idx);
+        self.dirty.insert(id);
+        self.kick = true;
     }
 
     /// The assignments for (chunk, attempt) pairs of a job.
@@ -1061,6 +1579,7 @@ impl Actor {
     }
 
     fn status(&self, job: &Job) -> JobStatus {
+        let standing = |p: &PeerId| standing_of(&self.reputation, &self.ctx.trust, &self.local, p);
         let mut tallies: BTreeMap<PeerId, PeerTally> = BTreeMap::new();
         let (mut verified, mut failed, mut issued, mut results, mut disagreements, mut reissues) =
             (0, 0, 0, 0, 0, 0);
@@ -1077,7 +1596,7 @@ impl Actor {
                 }
                 ChunkState::Pending => None,
             };
-            if c.groups().len() > 1 {
+            if c.groups(&standing).len() > 1 {
                 disagreements += 1;
             }
             for r in &c.replicas {
@@ -1087,6 +1606,7 @@ impl Actor {
                     disagreed: 0,
                     in_flight: 0,
                     excluded: self.reputation.excluded(&r.peer),
+                    standing: Some(standing(&r.peer)),
                 });
                 match &r.state {
                     ReplicaState::Offered => {}
@@ -1156,7 +1676,92 @@ impl Actor {
             elapsed_s: end.saturating_sub(job.created_ms) as f64 / 1000.0,
             peers: tallies.into_values().collect(),
             failures,
+            trust: job.trust,
+            replication: job.spec.replication,
         }
+    }
+
+    /// Every chunk whose peers disagreed (or that failed), with each answer and its
+    /// signature, read from the database (replica rows keep them).
+    fn evidence(&self, id: JobId) -> Option<Vec<ChunkEvidence>> {
+        let job = self.jobs.get(&id)?;
+        let standing = |p: &PeerId| standing_of(&self.reputation, &self.ctx.trust, &self.local, p);
+        let chunks: BTreeSet<u32> = job
+            .chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                matches!(c.state, ChunkState::Failed(_))
+                    || c.replicas.iter().any(|r| {
+                        matches!(&r.state, ReplicaState::Returned { key, .. }
+                            if matches!(&c.state, ChunkState::Verified { key: v, .. } if v != key))
+                    })
+                    || c.groups(&standing).len() > 1
+            })
+            .map(|(i, _)| i as u32)
+            .take(MAX_EVIDENCE)
+            .collect();
+        let rows = match self.ctx.db.replicas(id) {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read replicas for evidence");
+                Vec::new()
+            }
+        };
+        let mut out: BTreeMap<u32, ChunkEvidence> = chunks
+            .iter()
+            .map(|&i| {
+                let c = &job.chunks[i as usize];
+                let (state, accepted) = match &c.state {
+                    ChunkState::Verified { output, .. } => ("verified", Some(output.to_hex())),
+                    ChunkState::Failed(_) => ("failed", None),
+                    ChunkState::Pending => ("pending", None),
+                };
+                (
+                    i,
+                    ChunkEvidence {
+                        chunk: i,
+                        state: state.into(),
+                        accepted,
+                        replicas: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        for row in rows {
+            let Some(ev) = out.get_mut(&row.chunk) else {
+                continue;
+            };
+            let outcome = decode_outcome(row.outcome.as_deref());
+            let signature_valid = match (&outcome, row.output, &row.signature, row.peer.parse()) {
+                (Some(o), Some(h), Some(sig), Ok(peer)) => verify_result_signature(
+                    &peer,
+                    &result_signed_bytes(&id, row.chunk, row.attempt, o, &h),
+                    sig,
+                ),
+                _ => false,
+            };
+            let verified = match &job.chunks[row.chunk as usize].state {
+                ChunkState::Verified { key, .. } => Some(*key),
+                _ => None,
+            };
+            ev.replicas.push(ReplicaEvidence {
+                peer: row.peer,
+                state: row.state,
+                agrees: match (&outcome, row.output, verified) {
+                    (Some(o), Some(h), Some(v)) => Some(agreement_key(o, &h) == v),
+                    _ => None,
+                },
+                outcome: outcome.as_ref().map(describe),
+                output: row.output.map(|h| h.to_hex()),
+                signature: row
+                    .signature
+                    .as_ref()
+                    .map(|s| s.iter().map(|b| format!("{b:02x}")).collect()),
+                signature_valid,
+            });
+        }
+        Some(out.into_values().collect())
     }
 
     /// Sends fresh statuses to watchers of jobs that changed, at most every
@@ -1223,6 +1828,31 @@ fn merge(
         }
         other => Err(other.to_string()),
     }
+}
+
+/// Runs one chunk on this node's sandbox (a witness or a spot check): the outcome
+/// and output as a worker would report them.
+fn run_locally(
+    blobs: &crate::store::BlobStore,
+    sandbox: &crate::sandbox::Sandbox,
+    module_hash: BlobHash,
+    input: &Payload,
+    limits: &crate::sandbox::Limits,
+) -> Result<(WireOutcome, Vec<u8>), String> {
+    let bytes = blobs
+        .get(&module_hash)
+        .map_err(|e| e.to_string())?
+        .ok_or("the module is no longer in the blob store")?;
+    let module = sandbox.load(&bytes).map_err(|e| e.to_string())?;
+    let input = match input {
+        Payload::Inline(bytes) => bytes.clone(),
+        Payload::Blob { hash, .. } => blobs
+            .get(hash)
+            .map_err(|e| e.to_string())?
+            .ok_or("the chunk's input is no longer in the blob store")?,
+    };
+    let exec = sandbox.run_chunk(&module, &input, limits);
+    crate::worker::wire_outcome(exec.outcome).ok_or_else(|| "the run was cancelled".to_string())
 }
 
 /// A verified output's bytes: from the database when kept there, else its blob.

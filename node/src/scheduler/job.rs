@@ -9,8 +9,22 @@ use std::time::Duration;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
+use super::trust::Standing;
 use crate::net::protocol::{BlobHash, JobId, Payload, WireOutcome};
 use crate::sandbox::Limits;
+
+/// How many replicas a chunk gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Replication {
+    /// Always `redundancy` replicas, and any `quorum` distinct peers verify.
+    Fixed,
+    /// Trusted peers run most chunks alone; peers on probation never verify each
+    /// other (see [`trust`](super::trust)). `redundancy` and `quorum` apply to the
+    /// chunks that are replicated.
+    #[default]
+    Adaptive,
+}
 
 /// How a job is run: replication and limits. Stored with the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +40,19 @@ pub struct JobSpec {
     /// A replica not returned after this is reissued elsewhere (a late result still
     /// counts).
     pub soft_timeout: Duration,
+    /// Fixed or adaptive replication.
+    #[serde(default)]
+    pub replication: Replication,
+}
+
+/// The spec as stored before adaptive replication existed (decoded as fixed).
+#[derive(Deserialize)]
+struct JobSpecV1 {
+    redundancy: u32,
+    quorum: u32,
+    max_replicas: u32,
+    limits: Limits,
+    soft_timeout: Duration,
 }
 
 impl Default for JobSpec {
@@ -36,11 +63,35 @@ impl Default for JobSpec {
             max_replicas: 5,
             limits: Limits::CHUNK,
             soft_timeout: Duration::from_secs(120),
+            replication: Replication::Adaptive,
         }
     }
 }
 
 impl JobSpec {
+    /// Decodes a stored spec, including those stored before `replication` existed.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        match postcard::from_bytes::<Self>(bytes) {
+            Ok(spec) => Ok(spec),
+            Err(e) => match postcard::from_bytes::<JobSpecV1>(bytes) {
+                Ok(v1) => Ok(Self {
+                    redundancy: v1.redundancy,
+                    quorum: v1.quorum,
+                    max_replicas: v1.max_replicas,
+                    limits: v1.limits,
+                    soft_timeout: v1.soft_timeout,
+                    replication: Replication::Fixed,
+                }),
+                Err(_) => Err(e.to_string()),
+            },
+        }
+    }
+
+    /// Whether the trust rules apply: adaptive, and a quorum of at least two.
+    pub fn adaptive(&self) -> bool {
+        self.replication == Replication::Adaptive && self.quorum >= 2
+    }
+
     /// Checks the numbers make sense together.
     pub fn check(&self) -> Result<(), String> {
         if self.quorum == 0 || self.redundancy == 0 {
@@ -146,6 +197,8 @@ pub enum ReplicaState {
         /// The output itself when small, kept until the chunk is verified (then in
         /// the database only).
         data: Option<Vec<u8>>,
+        /// The worker's signature over the result.
+        signature: Vec<u8>,
     },
     /// Not returned within the soft timeout (a late result still counts).
     TimedOut(u64),
@@ -180,6 +233,9 @@ pub struct Replica {
     pub peer: PeerId,
     /// Where it is.
     pub state: ReplicaState,
+    /// A check of a chunk already verified (a plant, or this node's spot check): a
+    /// different answer is proof of a lie.
+    pub check: bool,
 }
 
 /// One chunk.
@@ -193,6 +249,9 @@ pub struct Chunk {
     pub state: ChunkState,
     /// Every replica ever issued.
     pub replicas: Vec<Replica>,
+    /// Set when the chunk was given to one trusted peer alone (adaptive replication);
+    /// once verified, the result rests on that peer's word.
+    pub solo: Option<PeerId>,
 }
 
 /// What [`Chunk::evaluate`] decided.
@@ -202,6 +261,9 @@ pub enum Verdict {
     Verified([u8; 32]),
     /// Issue this many more replicas (to peers not yet used for this chunk).
     Need(u32),
+    /// Peers agree, but none of them is trusted: one replica on a trusted peer (or
+    /// this node itself) is needed to witness it.
+    NeedWitness,
     /// Wait for replicas in flight.
     Wait,
     /// No agreement is possible within the limits.
@@ -229,12 +291,14 @@ pub fn is_deterministic(outcome: &WireOutcome) -> bool {
 
 impl Chunk {
     /// Groups of distinct peers by agreement key, over deterministic returned
-    /// results. A chunk has a handful of replicas, so a vector beats a map here.
-    pub fn groups(&self) -> Vec<([u8; 32], Vec<PeerId>)> {
+    /// results of peers not excluded. A chunk has a handful of replicas, so a vector
+    /// beats a map here.
+    pub fn groups(&self, standing: &dyn Fn(&PeerId) -> Standing) -> Vec<([u8; 32], Vec<PeerId>)> {
         let mut groups: Vec<([u8; 32], Vec<PeerId>)> = Vec::new();
         for r in &self.replicas {
             if let ReplicaState::Returned { key, outcome, .. } = &r.state
                 && is_deterministic(outcome)
+                && standing(&r.peer) != Standing::Excluded
             {
                 match groups.iter_mut().find(|(k, _)| k == key) {
                     Some((_, peers)) if !peers.contains(&r.peer) => peers.push(r.peer),
@@ -246,31 +310,81 @@ impl Chunk {
         groups
     }
 
-    /// Decides what the chunk needs next. Replicas with a deterministic result and
-    /// those in flight count towards `max_replicas`; replicas that were lost or timed
-    /// out are replaced, up to twice `max_replicas` replicas in all.
-    pub fn evaluate(&self, spec: &JobSpec) -> Verdict {
-        let groups = self.groups();
+    /// Decides what the chunk needs next, given each peer's standing (this node
+    /// itself is always trusted). Replicas with a deterministic result and those in
+    /// flight count towards `max_replicas`; replicas that were lost or timed out are
+    /// replaced, up to twice `max_replicas` replicas in all. Results of excluded
+    /// peers are ignored.
+    ///
+    /// In an adaptive job, a chunk given to one trusted peer alone ([`Chunk::solo`])
+    /// is verified by that peer's result; any other chunk needs `quorum` agreeing
+    /// peers of which at least one is trusted.
+    pub fn evaluate(&self, spec: &JobSpec, standing: &dyn Fn(&PeerId) -> Standing) -> Verdict {
+        let adaptive = spec.adaptive();
+        let groups = self.groups(standing);
+        if adaptive
+            && let Some(solo) = self.solo
+            && standing(&solo) == Standing::Trusted
+        {
+            if let Some((key, _)) = groups.iter().find(|(_, peers)| peers.contains(&solo)) {
+                return Verdict::Verified(*key);
+            }
+            if self
+                .replicas
+                .iter()
+                .any(|r| r.peer == solo && r.state.is_live())
+            {
+                return Verdict::Wait;
+            }
+            // Lost, timed out or failed non-deterministically: replicate it.
+        }
+        let witnessed = |peers: &Vec<PeerId>| {
+            !adaptive || peers.iter().any(|p| standing(p) == Standing::Trusted)
+        };
         if let Some((key, _)) = groups
             .iter()
-            .filter(|(_, peers)| peers.len() as u32 >= spec.quorum)
+            .filter(|(_, peers)| peers.len() as u32 >= spec.quorum && witnessed(peers))
             .max_by_key(|(_, peers)| peers.len())
         {
             return Verdict::Verified(*key);
+        }
+        let live = self.replicas.iter().filter(|r| r.state.is_live()).count() as u32;
+        let returned: u32 = groups.iter().map(|(_, p)| p.len() as u32).sum();
+        let room = spec.max_replicas.saturating_sub(live + returned);
+        let total_room = (spec.max_replicas * 2).saturating_sub(self.replicas.len() as u32);
+        if groups
+            .iter()
+            .any(|(_, peers)| peers.len() as u32 >= spec.quorum)
+        {
+            // Agreement without a trusted peer in it (adaptive only).
+            let witness_live = self
+                .replicas
+                .iter()
+                .any(|r| r.state.is_live() && standing(&r.peer) == Standing::Trusted);
+            if witness_live {
+                return Verdict::Wait;
+            }
+            if room.min(total_room) > 0 {
+                return Verdict::NeedWitness;
+            }
+            if live == 0 {
+                return Verdict::Failed(format!(
+                    "{} peers on probation agreed but no trusted peer confirmed it within {} replicas",
+                    spec.quorum,
+                    self.replicas.len()
+                ));
+            }
+            return Verdict::Wait;
         }
         let best = groups
             .iter()
             .map(|(_, p)| p.len() as u32)
             .max()
             .unwrap_or(0);
-        let live = self.replicas.iter().filter(|r| r.state.is_live()).count() as u32;
-        let returned: u32 = groups.iter().map(|(_, p)| p.len() as u32).sum();
         let needed = spec
             .redundancy
             .saturating_sub(live + returned)
             .max(spec.quorum.saturating_sub(best + live));
-        let room = spec.max_replicas.saturating_sub(live + returned);
-        let total_room = (spec.max_replicas * 2).saturating_sub(self.replicas.len() as u32);
         let can = needed.min(room).min(total_room);
         if can > 0 {
             return Verdict::Need(can);
@@ -284,6 +398,14 @@ impl Chunk {
             ));
         }
         Verdict::Wait
+    }
+
+    /// Whether the chunk's replicas hold a trusted peer (live or returned).
+    pub fn has_trusted(&self, standing: &dyn Fn(&PeerId) -> Standing) -> bool {
+        self.replicas.iter().any(|r| {
+            !matches!(r.state, ReplicaState::Lost | ReplicaState::TimedOut(_))
+                && standing(&r.peer) == Standing::Trusted
+        })
     }
 
     /// Peers already used for this chunk (replicas of a chunk never share a peer).
@@ -317,6 +439,8 @@ pub struct Job {
     pub error: Option<String>,
     /// Why nothing moves, when that is the case.
     pub why: Option<String>,
+    /// What adaptive replication did (since this node started).
+    pub trust: super::TrustCounts,
 }
 
 #[cfg(test)]
@@ -329,7 +453,19 @@ mod tests {
             input_hash: BlobHash::of(b""),
             state: ChunkState::Pending,
             replicas: Vec::new(),
+            solo: None,
         }
+    }
+
+    fn fixed() -> JobSpec {
+        JobSpec {
+            replication: Replication::Fixed,
+            ..JobSpec::default()
+        }
+    }
+
+    fn all_trusted(_: &PeerId) -> Standing {
+        Standing::Trusted
     }
 
     fn returned(peer: PeerId, output: &[u8]) -> Replica {
@@ -343,7 +479,9 @@ mod tests {
                 output,
                 fuel: 1,
                 data: None,
+                signature: Vec::new(),
             },
+            check: false,
         }
     }
 
@@ -352,12 +490,13 @@ mod tests {
             attempt: 0,
             peer,
             state: ReplicaState::Issued(0),
+            check: false,
         }
     }
 
     #[test]
     fn a_fresh_chunk_needs_redundancy_replicas() {
-        assert_eq!(chunk().evaluate(&JobSpec::default()), Verdict::Need(2));
+        assert_eq!(chunk().evaluate(&fixed(), &all_trusted), Verdict::Need(2));
     }
 
     #[test]
@@ -366,12 +505,12 @@ mod tests {
         let mut c = chunk();
         c.replicas = vec![returned(a, b"x"), returned(a, b"x")];
         assert_ne!(
-            std::mem::discriminant(&c.evaluate(&JobSpec::default())),
+            std::mem::discriminant(&c.evaluate(&fixed(), &all_trusted)),
             std::mem::discriminant(&Verdict::Verified([0; 32]))
         );
         c.replicas.push(returned(b, b"x"));
         assert!(matches!(
-            c.evaluate(&JobSpec::default()),
+            c.evaluate(&fixed(), &all_trusted),
             Verdict::Verified(_)
         ));
     }
@@ -380,37 +519,47 @@ mod tests {
     fn disagreement_asks_for_one_more_then_gives_up_at_the_cap() {
         let spec = JobSpec {
             max_replicas: 3,
-            ..JobSpec::default()
+            ..fixed()
         };
         let mut c = chunk();
         c.replicas = vec![
             returned(PeerId::random(), b"x"),
             returned(PeerId::random(), b"y"),
         ];
-        assert_eq!(c.evaluate(&spec), Verdict::Need(1));
+        assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Need(1));
         c.replicas.push(issued(PeerId::random()));
-        assert_eq!(c.evaluate(&spec), Verdict::Wait);
+        assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Wait);
         c.replicas.pop();
         c.replicas.push(returned(PeerId::random(), b"z"));
-        assert!(matches!(c.evaluate(&spec), Verdict::Failed(_)));
+        assert!(matches!(
+            c.evaluate(&spec, &all_trusted),
+            Verdict::Failed(_)
+        ));
         c.replicas.pop();
         c.replicas.push(returned(PeerId::random(), b"x"));
-        assert!(matches!(c.evaluate(&spec), Verdict::Verified(_)));
+        assert!(matches!(
+            c.evaluate(&spec, &all_trusted),
+            Verdict::Verified(_)
+        ));
     }
 
     #[test]
     fn lost_replicas_are_replaced_but_not_forever() {
-        let spec = JobSpec::default();
+        let spec = fixed();
         let mut c = chunk();
         for _ in 0..(spec.max_replicas * 2) {
-            assert!(matches!(c.evaluate(&spec), Verdict::Need(_)));
+            assert!(matches!(c.evaluate(&spec, &all_trusted), Verdict::Need(_)));
             c.replicas.push(Replica {
                 attempt: 0,
                 peer: PeerId::random(),
                 state: ReplicaState::Lost,
+                check: false,
             });
         }
-        assert!(matches!(c.evaluate(&spec), Verdict::Failed(_)));
+        assert!(matches!(
+            c.evaluate(&spec, &all_trusted),
+            Verdict::Failed(_)
+        ));
     }
 
     #[test]
@@ -428,5 +577,78 @@ mod tests {
             ..JobSpec::default()
         };
         assert!(single.check().is_ok());
+    }
+
+    #[test]
+    fn peers_on_probation_never_verify_each_other() {
+        let (a, b, t) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let standing = move |p: &PeerId| {
+            if *p == t {
+                Standing::Trusted
+            } else {
+                Standing::Probation
+            }
+        };
+        let spec = JobSpec::default();
+        let mut c = chunk();
+        c.replicas = vec![returned(a, b"x"), returned(b, b"x")];
+        assert_eq!(c.evaluate(&spec, &standing), Verdict::NeedWitness);
+        c.replicas.push(issued(t));
+        assert_eq!(c.evaluate(&spec, &standing), Verdict::Wait);
+        c.replicas.pop();
+        c.replicas.push(returned(t, b"x"));
+        assert!(matches!(c.evaluate(&spec, &standing), Verdict::Verified(_)));
+        // The same two under fixed replication verify on their own.
+        c.replicas.pop();
+        assert!(matches!(
+            c.evaluate(&fixed(), &standing),
+            Verdict::Verified(_)
+        ));
+    }
+
+    #[test]
+    fn a_solo_chunk_rests_on_its_trusted_peer_until_that_peer_loses_trust() {
+        let t = PeerId::random();
+        let mut c = chunk();
+        c.solo = Some(t);
+        c.replicas = vec![issued(t)];
+        let spec = JobSpec::default();
+        assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Wait);
+        c.replicas = vec![returned(t, b"x")];
+        assert!(matches!(
+            c.evaluate(&spec, &all_trusted),
+            Verdict::Verified(_)
+        ));
+        // Demoted to probation: its answer is one vote, and needs a trusted second.
+        let probation = |_: &PeerId| Standing::Probation;
+        assert_eq!(c.evaluate(&spec, &probation), Verdict::Need(1));
+        // Excluded: its answer does not count at all.
+        let excluded = |_: &PeerId| Standing::Excluded;
+        assert_eq!(c.evaluate(&spec, &excluded), Verdict::Need(2));
+    }
+
+    #[test]
+    fn specs_stored_before_adaptive_replication_decode_as_fixed() {
+        #[derive(Serialize)]
+        struct Old {
+            redundancy: u32,
+            quorum: u32,
+            max_replicas: u32,
+            limits: Limits,
+            soft_timeout: Duration,
+        }
+        let bytes = postcard::to_allocvec(&Old {
+            redundancy: 3,
+            quorum: 2,
+            max_replicas: 6,
+            limits: Limits::CHUNK,
+            soft_timeout: Duration::from_secs(9),
+        })
+        .unwrap();
+        let spec = JobSpec::decode(&bytes).unwrap();
+        assert_eq!((spec.redundancy, spec.replication), (3, Replication::Fixed));
+        let new = postcard::to_allocvec(&JobSpec::default()).unwrap();
+        assert_eq!(JobSpec::decode(&new).unwrap(), JobSpec::default());
+        assert!(JobSpec::decode(b"\xff").is_err());
     }
 }

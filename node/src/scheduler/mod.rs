@@ -23,7 +23,9 @@
 
 mod actor;
 pub mod job;
+pub mod placement;
 pub mod reputation;
+pub mod trust;
 
 use std::sync::Arc;
 
@@ -32,7 +34,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use self::job::{JobSpec, JobState};
+pub use self::job::{JobSpec, JobState, Replication};
+pub use self::placement::PlacementPolicy;
+pub use self::trust::{Standing, TrustPolicy};
 use crate::net::NetClient;
 use crate::net::protocol::{BlobHash, JobId, Payload, ResultAck, ResultBatch};
 use crate::sandbox::{Limits, Sandbox};
@@ -43,6 +47,8 @@ use crate::store::{BlobStore, Db};
 pub const INLINE_INPUT: usize = 64 * 1024;
 /// Most chunks in one job.
 pub const MAX_CHUNKS: usize = 1_000_000;
+/// Most chunks `peergrid status JOB --evidence` lists.
+pub const MAX_EVIDENCE: usize = 1000;
 /// Capacity of the actor's inbox.
 const INBOX: usize = 1024;
 
@@ -63,6 +69,17 @@ pub struct SchedulerContext {
     /// own jobs too (it trusts its own results), offered directly, not over the
     /// network.
     pub local_worker: Option<crate::worker::Worker>,
+    /// Adaptive replication and spot checks.
+    pub trust: TrustPolicy,
+    /// Which peers may share a chunk.
+    pub placement: PlacementPolicy,
+}
+
+impl SchedulerContext {
+    /// Slots this node's own worker lends (0 when it lends none).
+    pub fn local_worker_slots(&self) -> u32 {
+        self.local_worker.as_ref().map_or(0, |w| w.capacity().0)
+    }
 }
 
 /// A job to submit. The module (and any input files) must already be in the blob
@@ -123,6 +140,60 @@ pub struct PeerTally {
     pub in_flight: u32,
     /// Whether this submitter no longer chooses it.
     pub excluded: bool,
+    /// Its standing with this submitter (`trusted`, `probation`, `excluded`).
+    #[serde(default)]
+    pub standing: Option<Standing>,
+}
+
+/// What adaptive replication did for a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustCounts {
+    /// Chunks verified on one trusted peer's word alone.
+    pub unreplicated: u32,
+    /// Results re-run by this node to check a peer's word.
+    pub spot_checks: u32,
+    /// Verified chunks re-issued to a trusted peer as if new.
+    pub plants: u32,
+    /// Runs this node did itself to witness peers on probation.
+    pub witness_runs: u32,
+    /// Peers caught lying by a spot check or a plant.
+    pub caught: u32,
+    /// Chunks re-opened because the peer whose word they rested on lost trust.
+    pub reverified: u32,
+    /// Results refused because their signature did not match the sender.
+    pub bad_signatures: u32,
+}
+
+/// One peer's answer for a chunk, as `peergrid status JOB --evidence` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaEvidence {
+    /// The peer.
+    pub peer: String,
+    /// The replica's state.
+    pub state: String,
+    /// Its outcome, described.
+    pub outcome: Option<String>,
+    /// Its output hash (hex).
+    pub output: Option<String>,
+    /// Its signature over job, chunk, attempt, outcome and output hash (hex).
+    pub signature: Option<String>,
+    /// Whether the signature checks out against the peer's key.
+    pub signature_valid: bool,
+    /// Whether it matches the accepted answer.
+    pub agrees: Option<bool>,
+}
+
+/// A chunk whose peers did not all agree, with every answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkEvidence {
+    /// The chunk.
+    pub chunk: u32,
+    /// `verified`, `failed` or `pending`.
+    pub state: String,
+    /// The accepted answer's output hash (hex), if any.
+    pub accepted: Option<String>,
+    /// Every replica's answer.
+    pub replicas: Vec<ReplicaEvidence>,
 }
 
 /// A chunk that did not verify to a result.
@@ -171,6 +242,12 @@ pub struct JobStatus {
     pub peers: Vec<PeerTally>,
     /// The first failed chunks, with evidence.
     pub failures: Vec<ChunkFailure>,
+    /// What adaptive replication did.
+    #[serde(default)]
+    pub trust: TrustCounts,
+    /// Fixed or adaptive.
+    #[serde(default)]
+    pub replication: Replication,
 }
 
 pub(crate) enum Msg {
@@ -187,6 +264,14 @@ pub(crate) enum Msg {
     Status(Option<JobId>, oneshot::Sender<Vec<JobStatus>>),
     Subscribe(JobId, oneshot::Sender<Option<watch::Receiver<JobStatus>>>),
     Output(JobId, u32, oneshot::Sender<Option<BlobHash>>),
+    Evidence(JobId, oneshot::Sender<Option<Vec<ChunkEvidence>>>),
+    /// A run this node did itself (witness or spot check) ended.
+    LocalRun(
+        JobId,
+        u32,
+        u32,
+        Result<crate::net::protocol::ChunkResult, String>,
+    ),
 }
 
 /// A handle to the scheduler. Cheap to clone.
@@ -272,6 +357,7 @@ impl Scheduler {
             result: None,
             error: None,
             why: None,
+            trust: Default::default(),
         };
         self.ask(|tx| Msg::Insert(Box::new(job), tx))
             .await
@@ -295,6 +381,12 @@ impl Scheduler {
     /// Status of one job, or of all.
     pub async fn status(&self, id: Option<JobId>) -> Vec<JobStatus> {
         self.ask(|tx| Msg::Status(id, tx)).await.unwrap_or_default()
+    }
+
+    /// The evidence of every disagreement in a job (at most
+    /// [`MAX_EVIDENCE`] chunks); `None` for an unknown job.
+    pub async fn evidence(&self, id: JobId) -> Option<Vec<ChunkEvidence>> {
+        self.ask(|tx| Msg::Evidence(id, tx)).await.flatten()
     }
 
     /// A live view of a job's status.
@@ -391,6 +483,7 @@ fn plan(
                 input_hash,
                 state: job::ChunkState::Pending,
                 replicas: Vec::new(),
+                solo: None,
             })
         })
         .collect()

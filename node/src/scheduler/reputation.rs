@@ -1,8 +1,10 @@
 //! Peer reputation, local to this submitter and kept in the database.
 //!
 //! Per peer: results that agreed with the verified outcome (and how many in a row),
-//! results in a minority, errors and timeouts. A peer caught in a minority loses
-//! standing; past the thresholds of [`is_excluded`] it is no longer chosen.
+//! results in a minority, errors, timeouts, and lies caught by a spot check or a
+//! planted chunk. A peer caught in a minority loses its streak (and so its trust, see
+//! [`trust`](super::trust)); past the thresholds of [`is_excluded`] it is no longer
+//! chosen.
 
 use std::collections::HashMap;
 
@@ -10,10 +12,14 @@ use libp2p::PeerId;
 
 use crate::store::db::{ReputationRow, Write};
 
-/// Whether a peer is no longer given work: it was in a minority at least twice and
-/// for more than a tenth of its verified results, or it failed to deliver (errors,
-/// timeouts) at least five times and more often than it agreed.
+/// Whether a peer is no longer given work: it was caught lying by a check whose
+/// answer was known, or it was in a minority at least twice and for more than a tenth
+/// of its verified results, or it failed to deliver (errors, timeouts) at least five
+/// times and more often than it agreed.
 pub fn is_excluded(r: &ReputationRow) -> bool {
+    if r.caught > 0 {
+        return true;
+    }
     let minority = r.disagreed >= 2 && r.disagreed * 10 > r.agreed;
     let unreliable = r.errors + r.timeouts >= 5 && r.errors + r.timeouts > r.agreed;
     minority || unreliable
@@ -63,6 +69,11 @@ impl Reputation {
             })
     }
 
+    /// A peer's row, if it has one.
+    pub fn row(&self, peer: &PeerId) -> Option<&ReputationRow> {
+        self.rows.get(peer)
+    }
+
     /// Whether the peer is excluded.
     pub fn excluded(&self, peer: &PeerId) -> bool {
         self.rows.get(peer).is_some_and(is_excluded)
@@ -88,12 +99,27 @@ impl Reputation {
         Write::Reputation(row)
     }
 
-    /// The peer's result agreed with the verified outcome.
-    pub fn agreed(&mut self, peer: PeerId) -> Write {
+    /// The peer's result agreed with the verified outcome. Only a `witnessed`
+    /// verification (one a trusted peer or this node took part in) extends its
+    /// streak: peers on probation cannot vouch for each other.
+    pub fn agreed(&mut self, peer: PeerId, witnessed: bool) -> Write {
         self.metrics.verdict("agreed");
         self.update(peer, |r| {
             r.agreed += 1;
-            r.consecutive += 1;
+            if witnessed {
+                r.consecutive += 1;
+            }
+        })
+    }
+
+    /// The peer answered a check whose answer was known (a plant, or this node's
+    /// own re-run) with something else: excluded.
+    pub fn caught(&mut self, peer: PeerId) -> Write {
+        self.metrics.verdict("caught");
+        self.update(peer, |r| {
+            r.caught += 1;
+            r.disagreed += 1;
+            r.consecutive = 0;
         })
     }
 
@@ -138,7 +164,7 @@ mod tests {
         let mut rep = Reputation::default();
         let (honest, liar) = (PeerId::random(), PeerId::random());
         for _ in 0..100 {
-            rep.agreed(honest);
+            rep.agreed(honest, true);
         }
         rep.disagreed(liar);
         assert!(!rep.excluded(&liar), "one minority can be bad luck");
@@ -156,9 +182,32 @@ mod tests {
             if i % 4 == 0 {
                 rep.disagreed(peer);
             } else {
-                rep.agreed(peer);
+                rep.agreed(peer, true);
             }
         }
         assert!(rep.excluded(&peer));
+    }
+
+    #[test]
+    fn one_caught_lie_excludes_even_a_long_standing_peer() {
+        let mut rep = Reputation::default();
+        let peer = PeerId::random();
+        for _ in 0..1000 {
+            rep.agreed(peer, true);
+        }
+        rep.caught(peer);
+        assert!(rep.excluded(&peer));
+        assert_eq!(rep.get(&peer).consecutive, 0);
+    }
+
+    #[test]
+    fn unwitnessed_agreement_counts_but_builds_no_streak() {
+        let mut rep = Reputation::default();
+        let peer = PeerId::random();
+        for _ in 0..50 {
+            rep.agreed(peer, false);
+        }
+        let row = rep.get(&peer);
+        assert_eq!((row.agreed, row.consecutive), (50, 0));
     }
 }

@@ -26,7 +26,8 @@ pub enum DbError {
 }
 
 /// The migrations, in order. Never edit one that has shipped; add another.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE jobs (
     id            BLOB PRIMARY KEY,
     name          TEXT NOT NULL,
@@ -82,7 +83,14 @@ CREATE TABLE outbox (
     created_ms  INTEGER NOT NULL,
     PRIMARY KEY (job_id, chunk, attempt)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+-- Adaptive replication and signed results (protocol 2).
+ALTER TABLE chunks ADD COLUMN solo_peer TEXT;
+ALTER TABLE replicas ADD COLUMN signature BLOB;
+ALTER TABLE reputation ADD COLUMN caught INTEGER NOT NULL DEFAULT 0;
+"#,
+];
 
 /// A verified output as stored: its blob hash, and its bytes when kept in the
 /// database.
@@ -132,6 +140,8 @@ pub struct ChunkRow {
     pub outcome: Option<Vec<u8>>,
     /// The verified output blob.
     pub output: Option<BlobHash>,
+    /// When verified on one trusted peer's word alone (adaptive replication): that peer.
+    pub solo: Option<String>,
 }
 
 /// A replica as stored.
@@ -155,6 +165,8 @@ pub struct ReplicaRow {
     pub output_data: Option<Vec<u8>>,
     /// Fuel it reported.
     pub fuel: Option<u64>,
+    /// The worker's signature over the result (evidence).
+    pub signature: Option<Vec<u8>>,
 }
 
 /// A peer's standing with this submitter.
@@ -172,6 +184,8 @@ pub struct ReputationRow {
     pub errors: u64,
     /// Replicas it never returned in time.
     pub timeouts: u64,
+    /// Times it was caught lying by a spot check or a planted chunk (excluded).
+    pub caught: u64,
 }
 
 /// A finished result waiting for its submitter's acknowledgement.
@@ -221,6 +235,8 @@ pub enum Write {
         output: Option<BlobHash>,
         /// The output itself when small.
         output_data: Option<Vec<u8>>,
+        /// The peer whose word alone it rests on, if any.
+        solo: Option<String>,
     },
     /// A replica was accepted, returned, timed out or lost (insert or replace).
     Replica(JobId, ReplicaRow),
@@ -375,7 +391,7 @@ impl Db {
     pub fn chunks(&self, job: JobId) -> Result<Vec<ChunkRow>, DbError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT idx, input, input_size, input_data, state, outcome, output
+            "SELECT idx, input, input_size, input_data, state, outcome, output, solo_peer
              FROM chunks WHERE job_id = ?1 ORDER BY idx",
         )?;
         let rows = stmt.query_map(params![job.0.as_slice()], |r| {
@@ -387,10 +403,11 @@ impl Db {
                 r.get::<_, String>(4)?,
                 r.get::<_, Option<Vec<u8>>>(5)?,
                 r.get::<_, Option<Vec<u8>>>(6)?,
+                r.get::<_, Option<String>>(7)?,
             ))
         })?;
         rows.map(|row| {
-            let (idx, input, input_size, input_data, state, outcome, output) = row?;
+            let (idx, input, input_size, input_data, state, outcome, output, solo) = row?;
             Ok(ChunkRow {
                 idx,
                 input: hash(input)?,
@@ -399,6 +416,7 @@ impl Db {
                 state,
                 outcome,
                 output: opt_hash(output)?,
+                solo,
             })
         })
         .collect()
@@ -408,7 +426,7 @@ impl Db {
     pub fn replicas(&self, job: JobId) -> Result<Vec<ReplicaRow>, DbError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT chunk, attempt, peer, state, issued_ms, outcome, output, fuel, output_data
+            "SELECT chunk, attempt, peer, state, issued_ms, outcome, output, fuel, output_data, signature
              FROM replicas WHERE job_id = ?1 ORDER BY chunk, attempt",
         )?;
         let rows = stmt.query_map(params![job.0.as_slice()], |r| {
@@ -422,10 +440,22 @@ impl Db {
                 r.get::<_, Option<Vec<u8>>>(6)?,
                 r.get::<_, Option<u64>>(7)?,
                 r.get::<_, Option<Vec<u8>>>(8)?,
+                r.get::<_, Option<Vec<u8>>>(9)?,
             ))
         })?;
         rows.map(|row| {
-            let (chunk, attempt, peer, state, issued_ms, outcome, output, fuel, output_data) = row?;
+            let (
+                chunk,
+                attempt,
+                peer,
+                state,
+                issued_ms,
+                outcome,
+                output,
+                fuel,
+                output_data,
+                signature,
+            ) = row?;
             Ok(ReplicaRow {
                 chunk,
                 attempt,
@@ -436,9 +466,28 @@ impl Db {
                 output: opt_hash(output)?,
                 output_data,
                 fuel,
+                signature,
             })
         })
         .collect()
+    }
+
+    /// The output bytes a replica returned, when kept in the database.
+    pub fn replica_output(
+        &self,
+        job: JobId,
+        chunk: u32,
+        attempt: u32,
+    ) -> Result<Option<Vec<u8>>, DbError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT output_data FROM replicas WHERE job_id = ?1 AND chunk = ?2 AND attempt = ?3",
+                params![job.0.as_slice(), chunk, attempt],
+                |r| r.get::<_, Option<Vec<u8>>>(0),
+            )
+            .optional()?
+            .flatten())
     }
 
     /// Each verified chunk's output, in chunk order: its bytes when kept in the
@@ -465,7 +514,7 @@ impl Db {
     pub fn reputations(&self) -> Result<Vec<ReputationRow>, DbError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT peer, agreed, consecutive, disagreed, errors, timeouts FROM reputation",
+            "SELECT peer, agreed, consecutive, disagreed, errors, timeouts, caught FROM reputation",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(ReputationRow {
@@ -475,6 +524,7 @@ impl Db {
                 disagreed: r.get(3)?,
                 errors: r.get(4)?,
                 timeouts: r.get(5)?,
+                caught: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -615,9 +665,10 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbErro
             outcome,
             output,
             output_data,
+            solo,
         } => {
             tx.prepare_cached(
-                "UPDATE chunks SET state = ?3, outcome = ?4, output = ?5, output_data = ?6
+                "UPDATE chunks SET state = ?3, outcome = ?4, output = ?5, output_data = ?6, solo_peer = ?7
                  WHERE job_id = ?1 AND idx = ?2",
             )?
             .execute(params![
@@ -626,13 +677,14 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbErro
                 state,
                 outcome,
                 output.map(|h| h.0.to_vec()),
-                output_data
+                output_data,
+                solo
             ])?;
         }
         Write::Replica(job, r) => {
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO replicas (job_id, chunk, attempt, peer, state, issued_ms, outcome, output, fuel, output_data)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT OR REPLACE INTO replicas (job_id, chunk, attempt, peer, state, issued_ms, outcome, output, fuel, output_data, signature)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 job.0.as_slice(),
@@ -644,13 +696,14 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbErro
                 r.outcome,
                 r.output.map(|h| h.0.to_vec()),
                 r.fuel,
-                r.output_data
+                r.output_data,
+                r.signature
             ])?;
         }
         Write::Reputation(r) => {
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO reputation (peer, agreed, consecutive, disagreed, errors, timeouts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO reputation (peer, agreed, consecutive, disagreed, errors, timeouts, caught)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 r.peer,
@@ -658,7 +711,8 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbErro
                 r.consecutive,
                 r.disagreed,
                 r.errors,
-                r.timeouts
+                r.timeouts,
+                r.caught
             ])?;
         }
         Write::OutboxPut(o) => {
@@ -727,6 +781,7 @@ mod tests {
             state: "pending".into(),
             outcome: None,
             output: None,
+            solo: None,
         }
     }
 
@@ -751,6 +806,7 @@ mod tests {
                         output: None,
                         output_data: None,
                         fuel: None,
+                        signature: Some(vec![7; 64]),
                     },
                 ),
                 Write::ChunkState {
@@ -760,6 +816,7 @@ mod tests {
                     outcome: Some(vec![0]),
                     output: Some(BlobHash::of(b"o")),
                     output_data: Some(b"o".to_vec()),
+                    solo: Some("trusted-peer".into()),
                 },
             ])
             .unwrap();
@@ -778,7 +835,10 @@ mod tests {
         assert_eq!(db.jobs(None).unwrap(), vec![job(1)]);
         let chunks = db.chunks(JobId([1; 16])).unwrap();
         assert_eq!(chunks[1].state, "verified");
-        assert_eq!(db.replicas(JobId([1; 16])).unwrap().len(), 1);
+        assert_eq!(chunks[1].solo.as_deref(), Some("trusted-peer"));
+        let replicas = db.replicas(JobId([1; 16])).unwrap();
+        assert_eq!(replicas.len(), 1);
+        assert_eq!(replicas[0].signature, Some(vec![7; 64]));
         assert!(db.reputations().unwrap().is_empty(), "rolled back");
         assert!(db.jobs(Some(&["done"])).unwrap().is_empty());
     }

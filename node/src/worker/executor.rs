@@ -55,6 +55,9 @@ pub struct LyingExecutor {
     inner: SandboxExecutor,
     probability: f64,
     salt: u64,
+    /// Chunks answered honestly before lying starts (a peer that earns trust first).
+    honest_first: u64,
+    runs: std::sync::atomic::AtomicU64,
 }
 
 impl LyingExecutor {
@@ -64,7 +67,15 @@ impl LyingExecutor {
             inner: SandboxExecutor::new(sandbox),
             probability,
             salt,
+            honest_first: 0,
+            runs: 0.into(),
         }
+    }
+
+    /// Answers the first `n` chunks honestly, to earn trust, before it lies.
+    pub fn honest_first(mut self, n: u64) -> Self {
+        self.honest_first = n;
+        self
     }
 
     fn lies_about(&self, input: &[u8]) -> bool {
@@ -85,7 +96,9 @@ impl Executor for LyingExecutor {
         control: Arc<ChunkControl>,
     ) -> Execution {
         let mut exec = self.inner.execute(module, input, limits, control);
+        let run = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Outcome::Ok(output) = &mut exec.outcome
+            && run >= self.honest_first
             && self.lies_about(input)
         {
             let mut h = blake3::Hasher::new();

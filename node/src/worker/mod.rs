@@ -66,6 +66,26 @@ const DELIVERY_BACKOFF: Duration = Duration::from_secs(2);
 
 type Key = (JobId, u32, u32);
 
+/// A sandbox outcome as reported on the wire, with the output bytes beside it
+/// (`None` for a cancelled run, which has nothing to report).
+pub fn wire_outcome(outcome: Outcome) -> Option<(WireOutcome, Vec<u8>)> {
+    Some(match outcome {
+        Outcome::Ok(bytes) => (WireOutcome::Ok, bytes),
+        Outcome::Trap { kind, message } => (
+            WireOutcome::Trap {
+                kind: kind.as_str().into(),
+                message,
+            },
+            Vec::new(),
+        ),
+        Outcome::OutOfFuel => (WireOutcome::OutOfFuel, Vec::new()),
+        Outcome::MemoryLimit => (WireOutcome::MemoryLimit, Vec::new()),
+        Outcome::Timeout => (WireOutcome::Timeout, Vec::new()),
+        Outcome::Invalid(reason) => (WireOutcome::Invalid(reason), Vec::new()),
+        Outcome::Cancelled => return None,
+    })
+}
+
 /// The worker. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Worker {
@@ -332,7 +352,9 @@ impl Worker {
             self.inner.metrics.executed(e);
         }
         let result = if control.is_withdrawn() {
-            Some(withdrawn_result(job_id, &a))
+            let mut result = withdrawn_result(job_id, &a);
+            result.signature = self.inner.net.sign(&result.signed_bytes());
+            Some(result)
         } else {
             execution
                 .filter(|_| !control.is_cancelled())
@@ -455,21 +477,7 @@ impl Worker {
 
     /// Turns an execution into the result to report (`None` for cancellations).
     fn to_result(&self, job_id: JobId, a: &Assignment, exec: Execution) -> Option<ChunkResult> {
-        let (outcome, output) = match exec.outcome {
-            Outcome::Ok(bytes) => (WireOutcome::Ok, bytes),
-            Outcome::Trap { kind, message } => (
-                WireOutcome::Trap {
-                    kind: kind.as_str().into(),
-                    message,
-                },
-                Vec::new(),
-            ),
-            Outcome::OutOfFuel => (WireOutcome::OutOfFuel, Vec::new()),
-            Outcome::MemoryLimit => (WireOutcome::MemoryLimit, Vec::new()),
-            Outcome::Timeout => (WireOutcome::Timeout, Vec::new()),
-            Outcome::Invalid(reason) => (WireOutcome::Invalid(reason), Vec::new()),
-            Outcome::Cancelled => return None,
-        };
+        let (outcome, output) = wire_outcome(exec.outcome)?;
         let output_hash = BlobHash::of(&output);
         let payload = if output.is_empty() {
             None
@@ -487,7 +495,7 @@ impl Worker {
                 }
             }
         };
-        Some(ChunkResult {
+        let mut result = ChunkResult {
             job_id,
             chunk: a.chunk,
             attempt: a.attempt,
@@ -496,7 +504,10 @@ impl Worker {
             output: payload,
             fuel_used: exec.fuel_used,
             exec_micros: exec.elapsed.as_micros() as u64,
-        })
+            signature: Vec::new(),
+        };
+        result.signature = self.inner.net.sign(&result.signed_bytes());
+        Some(result)
     }
 
     fn store_result(&self, submitter: PeerId, result: ChunkResult) {
@@ -713,7 +724,7 @@ impl Worker {
     }
 }
 
-/// The result that tells a submitter a chunk was withdrawn (not run here).
+/// The result that tells a submitter a chunk was withdrawn (not run here), unsigned.
 fn withdrawn_result(job_id: JobId, a: &Assignment) -> ChunkResult {
     ChunkResult {
         job_id,
@@ -724,6 +735,7 @@ fn withdrawn_result(job_id: JobId, a: &Assignment) -> ChunkResult {
         output: None,
         fuel_used: 0,
         exec_micros: 0,
+        signature: Vec::new(),
     }
 }
 

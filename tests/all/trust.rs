@@ -1,0 +1,278 @@
+//! Trust under attack, with real nodes on loopback: peers on probation need a
+//! witness, a trusted peer that turns liar is caught by a spot check, a
+//! disagreement resets trust and re-verifies what rested on that peer's word,
+//! placement keeps replicas of a chunk out of one subnet, and results signed with
+//! another key than the sender's are refused.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use peergrid_node::Seams;
+use peergrid_node::config::NodeConfig;
+use peergrid_node::local::{self, LocalOptions};
+use peergrid_node::scheduler::{JobSpec, JobState, Replication, Standing, TrustPolicy};
+use peergrid_tests::{TestNet, wait_for};
+
+const PARAMS: &str = r#"{"width": 48, "height": 120, "max_iter": 60, "rows_per_chunk": 1}"#;
+
+fn spec(replication: Replication) -> JobSpec {
+    JobSpec {
+        soft_timeout: Duration::from_secs(30),
+        replication,
+        ..JobSpec::default()
+    }
+}
+
+fn local_result(params: &str) -> Vec<u8> {
+    let sandbox = peergrid_tests::sandbox();
+    let module = sandbox
+        .load(peergrid_jobs::find("mandelbrot").expect("built-in").wasm)
+        .expect("loads");
+    local::run_job(
+        &sandbox,
+        &module,
+        params.as_bytes(),
+        &LocalOptions::default(),
+        &|_| {},
+        &|| {},
+    )
+    .expect("runs locally")
+    .result()
+    .expect("a result")
+    .to_vec()
+}
+
+/// Node 0 submits and lends nothing, with this trust policy.
+fn submitter(policy: TrustPolicy) -> impl Fn(usize, &mut NodeConfig) {
+    move |i, config| {
+        if i == 0 {
+            config.cpus = 0;
+            config.trust = policy;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_on_probation_never_verify_each_other_the_submitter_witnesses() {
+    let net = TestNet::spawn_with(3, submitter(TrustPolicy::default())).await;
+    net.wait_for_adverts(0, 2).await;
+    let params = r#"{"width": 32, "height": 16, "max_iter": 50, "rows_per_chunk": 1}"#;
+    let id = net
+        .submit(0, "mandelbrot", params, spec(Replication::Adaptive))
+        .await
+        .expect("submitted");
+    let status = net.wait_job(0, id, Duration::from_secs(120)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert_eq!(net.result(0, &status), local_result(params));
+    // Two fresh workers agreeing is not enough: node 0 ran witnesses itself.
+    assert!(status.trust.witness_runs > 0, "{:?}", status.trust);
+    assert_eq!(
+        status.trust.unreplicated, 0,
+        "nobody was trusted yet at first"
+    );
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_peer_that_turns_liar_is_caught_by_a_spot_check() {
+    let policy = TrustPolicy {
+        trust_after: 1,
+        min_replication: 0.001,
+        spot_check_rate: 1.0,
+        plant_rate: 0.0,
+        ..TrustPolicy::default()
+    };
+    let net = TestNet::spawn_full(4, submitter(policy), |i| {
+        if i == 3 {
+            Seams::patient_liar(12, 3)
+        } else {
+            Seams::default()
+        }
+    })
+    .await;
+    net.wait_for_adverts(0, 3).await;
+    let liar = net.node(3).peer_id().to_string();
+    let id = net
+        .submit(0, "mandelbrot", PARAMS, spec(Replication::Adaptive))
+        .await
+        .expect("submitted");
+    let caught = wait_for(
+        "the liar to be caught",
+        Duration::from_secs(120),
+        || async {
+            let status = net.status(0, id).await;
+            (status.trust.caught > 0).then_some(status)
+        },
+    )
+    .await;
+    let tally = caught.peers.iter().find(|p| p.peer == liar).expect("liar");
+    assert!(tally.excluded, "{tally:?}");
+    assert_eq!(tally.standing, Some(Standing::Excluded));
+    // Everything it answered alone is verified again; the result is right.
+    let status = net.wait_job(0, id, Duration::from_secs(120)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert!(
+        status.trust.spot_checks > 0 && status.trust.reverified > 0,
+        "{:?}",
+        status.trust
+    );
+    assert_eq!(net.result(0, &status), local_result(PARAMS));
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disagreement_resets_trust_and_re_verifies_what_rested_on_that_word() {
+    let policy = TrustPolicy {
+        trust_after: 1,
+        min_replication: 0.3,
+        spot_check_rate: 0.0,
+        plant_rate: 0.0,
+        ..TrustPolicy::default()
+    };
+    let net = TestNet::spawn_full(4, submitter(policy), |i| {
+        if i == 3 {
+            Seams::patient_liar(15, 4)
+        } else {
+            Seams::default()
+        }
+    })
+    .await;
+    net.wait_for_adverts(0, 3).await;
+    let liar = net.node(3).peer_id().to_string();
+    let id = net
+        .submit(0, "mandelbrot", PARAMS, spec(Replication::Adaptive))
+        .await
+        .expect("submitted");
+    wait_for(
+        "the liar to lose trust",
+        Duration::from_secs(120),
+        || async {
+            let status = net.status(0, id).await;
+            let tally = status.peers.iter().find(|p| p.peer == liar)?;
+            (status.trust.reverified > 0 && tally.standing != Some(Standing::Trusted)).then_some(())
+        },
+    )
+    .await;
+    let status = net.wait_job(0, id, Duration::from_secs(120)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert!(status.trust.unreplicated > 0, "{:?}", status.trust);
+    assert_eq!(
+        net.result(0, &status),
+        local_result(PARAMS),
+        "no lie stands"
+    );
+    let row = net
+        .node(0)
+        .state()
+        .db
+        .reputations()
+        .expect("reputations")
+        .into_iter()
+        .find(|r| r.peer == liar)
+        .expect("the liar has a row");
+    assert!(row.disagreed > 0 && row.consecutive == 0, "{row:?}");
+    // The evidence names the liar's signed wrong answers.
+    let evidence = net
+        .node(0)
+        .state()
+        .scheduler
+        .evidence(id)
+        .await
+        .expect("the job is known");
+    let lies: Vec<_> = evidence
+        .iter()
+        .flat_map(|c| &c.replicas)
+        .filter(|r| r.peer == liar && r.agrees == Some(false))
+        .collect();
+    assert!(!lies.is_empty(), "{evidence:?}");
+    assert!(lies.iter().all(|r| r.signature_valid), "{lies:?}");
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_never_gives_two_replicas_of_a_chunk_to_one_subnet() {
+    // Workers 1 and 2 share 127.0.201.0/24; worker 3 is alone in 127.0.202.0/24.
+    let net = TestNet::spawn_with(4, |i, config| {
+        let listen = match i {
+            0 => {
+                config.cpus = 0;
+                return;
+            }
+            1 => "/ip4/127.0.201.1/tcp/0",
+            2 => "/ip4/127.0.201.2/tcp/0",
+            _ => "/ip4/127.0.202.1/tcp/0",
+        };
+        config.net.listen = vec![listen.parse().expect("multiaddr")];
+    })
+    .await;
+    net.wait_for_adverts(0, 3).await;
+    let peers = net.node(0).state().net.peers().await;
+    let ip_of = |i: usize| {
+        let id = net.node(i).peer_id().to_string();
+        peers
+            .iter()
+            .find(|p| p.peer_id == id)
+            .and_then(|p| p.ip.clone())
+    };
+    assert_eq!(ip_of(1).as_deref(), Some("127.0.201.1"));
+    assert_eq!(ip_of(3).as_deref(), Some("127.0.202.1"));
+    let params = r#"{"width": 32, "height": 30, "max_iter": 50, "rows_per_chunk": 1}"#;
+    let id = net
+        .submit(0, "mandelbrot", params, spec(Replication::Fixed))
+        .await
+        .expect("submitted");
+    let status = net.wait_job(0, id, Duration::from_secs(120)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    let (a, b) = (
+        net.node(1).peer_id().to_string(),
+        net.node(2).peer_id().to_string(),
+    );
+    let mut by_chunk: HashMap<u32, Vec<String>> = HashMap::new();
+    for r in net.node(0).state().db.replicas(id).expect("replicas") {
+        by_chunk.entry(r.chunk).or_default().push(r.peer);
+    }
+    assert_eq!(by_chunk.len(), 30);
+    for (chunk, peers) in &by_chunk {
+        assert!(
+            !(peers.contains(&a) && peers.contains(&b)),
+            "chunk {chunk} went twice to 127.0.201.0/24: {peers:?}"
+        );
+    }
+    assert_eq!(net.result(0, &status), local_result(params));
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_signed_with_another_key_than_the_senders_are_refused() {
+    let net = TestNet::spawn_full(
+        4,
+        |i, config| {
+            if i == 0 {
+                config.cpus = 0;
+            }
+        },
+        |i| {
+            if i == 3 {
+                Seams::forger()
+            } else {
+                Seams::default()
+            }
+        },
+    )
+    .await;
+    net.wait_for_adverts(0, 3).await;
+    let forger = net.node(3).peer_id().to_string();
+    let params = r#"{"width": 32, "height": 24, "max_iter": 50, "rows_per_chunk": 1}"#;
+    let id = net
+        .submit(0, "mandelbrot", params, spec(Replication::Fixed))
+        .await
+        .expect("submitted");
+    let status = net.wait_job(0, id, Duration::from_secs(120)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert_eq!(net.result(0, &status), local_result(params));
+    assert!(status.trust.bad_signatures > 0, "{:?}", status.trust);
+    if let Some(tally) = status.peers.iter().find(|p| p.peer == forger) {
+        assert_eq!(tally.agreed, 0, "a forged result counted: {tally:?}");
+    }
+    net.shutdown().await;
+}
