@@ -682,28 +682,30 @@ impl Politeness {
     /// Samples the CPU use (when `sample`, else keeps the last sample), decides and
     /// returns the decision.
     pub fn tick(&self, sample: bool) -> Decision {
-        let watch = Self::lock(&self.prefs).watches_cpu();
-        let fresh = {
+        // One lock at a time (never two held together), so no order to get wrong.
+        let prefs = self.preferences();
+        let pause = Self::lock(&self.saved).pause;
+        let watch = prefs.watches_cpu();
+        let fresh = if sample {
             let mut monitor = Self::lock(&self.monitor);
             if !watch {
                 *monitor = None;
             } else if monitor.is_none() {
                 *monitor = CpuMonitor::new();
             }
-            match monitor.as_mut() {
-                Some(m) if sample => m.sample(),
-                _ => None,
-            }
+            monitor.as_mut().and_then(CpuMonitor::sample)
+        } else {
+            None
         };
         let mut last = Self::lock(&self.last);
         let sample = if watch { fresh.or(last.1) } else { None };
         let decision = decide(
-            &Self::lock(&self.prefs),
+            &prefs,
             self.cores,
             self.memory_per_chunk,
             sample.as_ref(),
             self.clock.local_minute(),
-            Self::lock(&self.saved).pause,
+            pause,
             self.clock.now_ms(),
         );
         *last = (decision.clone(), sample);
