@@ -452,6 +452,8 @@ fn a_cpu_hog_suspends_the_worker_whose_chunks_pause_and_the_job_still_completes(
             "1",
             "--quorum",
             "1",
+            "--replication",
+            "fixed",
         ],
     );
     wait_until("the worker to run chunks", Duration::from_secs(60), || {
@@ -558,6 +560,8 @@ fn cpu_time_percent_50_keeps_the_node_near_half_a_core() {
             "1",
             "--quorum",
             "1",
+            "--replication",
+            "fixed",
         ],
     );
     wait_until("the worker to run a chunk", Duration::from_secs(60), || {
