@@ -786,6 +786,58 @@ mod tests {
     }
 
     #[test]
+    fn every_blob_of_the_nodes_own_jobs_and_outbox_is_referenced() {
+        use crate::net::protocol::{ChunkResult, Payload, WireOutcome};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let merged = BlobHash::of(b"merged");
+        let large = BlobHash::of(b"a large output");
+        let result = ChunkResult {
+            job_id: JobId([9; 16]),
+            chunk: 0,
+            attempt: 0,
+            outcome: WireOutcome::Ok,
+            output_hash: large,
+            output: Some(Payload::Blob {
+                hash: large,
+                size: 14,
+            }),
+            fuel_used: 1,
+            exec_micros: 1,
+            signature: Vec::new(),
+        };
+        db.apply(&[
+            Write::InsertJob(job(1), vec![chunk(0), chunk(1)]),
+            Write::JobState {
+                id: JobId([1; 16]),
+                state: "done".into(),
+                finished_ms: Some(9),
+                result: Some(merged),
+                error: None,
+            },
+            Write::OutboxPut(OutboxRow {
+                job_id: JobId([9; 16]),
+                chunk: 0,
+                attempt: 0,
+                submitter: "p".into(),
+                result: postcard::to_allocvec(&result).unwrap(),
+            }),
+        ])
+        .unwrap();
+        let pinned = db.referenced_blobs().unwrap();
+        for hash in [
+            BlobHash::of(b"m"),
+            merged,
+            chunk(0).input,
+            chunk(1).input,
+            large,
+        ] {
+            assert!(pinned.contains(&hash), "{hash:?} is not pinned");
+        }
+        assert!(!pinned.contains(&BlobHash::of(b"someone else's module")));
+    }
+
+    #[test]
     fn writes_survive_reopening_and_a_failed_batch_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
