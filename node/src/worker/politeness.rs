@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
 
 /// Most CPU slots one node may lend.
 pub const MAX_CPUS: u32 = 1024;
+/// Samples in a row below the limits before a worker that stepped aside for other
+/// programs comes back.
+pub const CALM_SAMPLES: usize = 3;
 
 /// The volunteer's computing preferences (BOINC's, and a few more).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -453,6 +456,16 @@ pub fn decide(
     }
 }
 
+/// Adds a sample of other programs' use to `recent` (the last [`CALM_SAMPLES`])
+/// and returns the highest of them: busy at once, calm only after a calm while.
+pub fn busiest_recent(recent: &mut std::collections::VecDeque<f32>, other: f32) -> f32 {
+    if recent.len() >= CALM_SAMPLES {
+        recent.pop_front();
+    }
+    recent.push_back(other);
+    recent.iter().copied().fold(0.0, f32::max)
+}
+
 /// Measures, from the OS, what share of the machine's CPU other programs use: the
 /// machine's total use minus that of every peergrid process (this node's chunks,
 /// and other peergrid nodes on the machine, which yield to each other anyway).
@@ -600,6 +613,10 @@ pub struct Politeness {
     prefs: Mutex<Preferences>,
     last: Mutex<(Decision, Option<CpuSample>)>,
     monitor: Mutex<Option<CpuMonitor>>,
+    /// Other programs' use in the last few samples: the rule sees the highest, so
+    /// the worker steps aside at the first busy sample and comes back only after
+    /// [`CALM_SAMPLES`] calm ones (no flapping around a limit).
+    recent_other: Mutex<std::collections::VecDeque<f32>>,
     cores: u32,
     memory_per_chunk: u64,
     clock: std::sync::Arc<dyn Clock>,
@@ -654,6 +671,7 @@ impl Politeness {
             prefs: Mutex::new(prefs),
             last: Mutex::new((first, None)),
             monitor: Mutex::new(monitor),
+            recent_other: Mutex::new(std::collections::VecDeque::new()),
             cores,
             memory_per_chunk,
             clock,
@@ -697,6 +715,10 @@ impl Politeness {
         } else {
             None
         };
+        let fresh = fresh.map(|s| CpuSample {
+            other_percent: busiest_recent(&mut Self::lock(&self.recent_other), s.other_percent),
+            ..s
+        });
         let mut last = Self::lock(&self.last);
         let sample = if watch { fresh.or(last.1) } else { None };
         let decision = decide(
@@ -913,6 +935,20 @@ mod tests {
         assert_eq!(
             decide(&p, 2, MIB, None, 0, Some(Pause::Indefinitely), u64::MAX).allowed,
             0
+        );
+    }
+
+    #[test]
+    fn the_worker_steps_aside_at_once_and_comes_back_after_calm_samples() {
+        let mut recent = std::collections::VecDeque::new();
+        assert_eq!(busiest_recent(&mut recent, 10.0), 10.0);
+        assert_eq!(busiest_recent(&mut recent, 90.0), 90.0, "busy at once");
+        assert_eq!(busiest_recent(&mut recent, 5.0), 90.0);
+        assert_eq!(busiest_recent(&mut recent, 5.0), 90.0);
+        assert_eq!(
+            busiest_recent(&mut recent, 5.0),
+            5.0,
+            "calm after 3 calm samples"
         );
     }
 
