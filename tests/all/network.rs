@@ -512,8 +512,20 @@ async fn a_peer_of_another_version_is_ignored_politely_and_garbage_adverts_are_p
         );
         let _ = garbler.behaviour_mut().gossipsub.publish(
             topic.clone(),
+            // Our version, then a sequence number whose varint never ends.
             vec![
-                1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+                protocol::PROTOCOL_VERSION as u8,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0xff,
+                0x7f,
             ],
         );
         raw_drive(&mut garbler, Duration::from_millis(300)).await;

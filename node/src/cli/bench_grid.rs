@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::local;
 use crate::local_grid::LocalGrid;
 use crate::sandbox::Limits;
-use crate::scheduler::{JobSpec, JobState, JobStatus, SubmitRequest};
+use crate::scheduler::{JobSpec, JobState, JobStatus, Replication, SubmitRequest};
 
 /// Options of `bench grid`.
 #[derive(Debug, clap::Args)]
@@ -151,6 +151,8 @@ fn noop_spec() -> JobSpec {
             memory_bytes: 64 * 1024 * 1024,
             ..Limits::CHUNK
         },
+        // The overhead of redundancy 2 itself: every chunk runs twice.
+        replication: Replication::Fixed,
         ..JobSpec::default()
     }
 }
@@ -264,7 +266,11 @@ impl GridBench {
             ..JobSpec::default()
         };
         let (_, r1) = run_job(&grid, "primes", &self.cpu_params, single).await?;
-        let (_, r2) = run_job(&grid, "primes", &self.cpu_params, JobSpec::default()).await?;
+        let double = JobSpec {
+            replication: Replication::Fixed,
+            ..JobSpec::default()
+        };
+        let (_, r2) = run_job(&grid, "primes", &self.cpu_params, double).await?;
         grid.shutdown().await;
         let efficiency = Efficiency {
             cores,

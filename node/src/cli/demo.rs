@@ -83,8 +83,12 @@ impl DemoCmd {
                 module: module.to_hex(),
                 params: Some(params),
                 inputs: None,
+                // Fixed quorum 2, so that every chunk shows verification at work
+                // (`peergrid submit` defaults to adaptive replication, whose warm-up
+                // on a fresh grid this small would be most of the job).
                 spec: Some(JobSpec {
                     soft_timeout: Duration::from_secs(30),
+                    replication: crate::scheduler::Replication::Fixed,
                     ..JobSpec::default()
                 }),
             })

@@ -71,6 +71,30 @@ pub(crate) struct EventLoop {
     metrics: NetMetrics,
 }
 
+/// Decodes and checks the bytes of a gossiped capacity advert: `Ok(Some)` for a valid
+/// advert, `Ok(None)` for one of another protocol version (ignored, not punished),
+/// `Err` for garbage: its kind (one of [`DECODE_KINDS`]) and what was wrong. Pure, so
+/// it can be fed arbitrary bytes (see the property tests below).
+///
+/// [`DECODE_KINDS`]: crate::metrics::DECODE_KINDS
+pub(crate) fn decode_advert(data: &[u8]) -> Result<Option<CapacityAdvert>, (&'static str, String)> {
+    if data.len() > MAX_ADVERT_BYTES {
+        return Err(("oversized", format!("advert of {} bytes", data.len())));
+    }
+    // Decode only the version first, so adverts of a future layout are ignored,
+    // not punished.
+    let version: u16 = postcard::take_from_bytes::<u16>(data)
+        .map(|(v, _)| v)
+        .map_err(|e| ("garbled", format!("undecodable advert: {e}")))?;
+    if version != PROTOCOL_VERSION {
+        return Ok(None);
+    }
+    let advert: CapacityAdvert =
+        codec::decode(data, CAPACITY_TOPIC).map_err(|e| ("garbled", e.to_string()))?;
+    advert.check().map_err(|e| ("invalid", e))?;
+    Ok(Some(advert))
+}
+
 impl EventLoop {
     pub(crate) fn new(
         swarm: Swarm<Behaviour>,
@@ -490,23 +514,9 @@ impl EventLoop {
         if source == *self.swarm.local_peer_id() {
             return Ok(None);
         }
-        if message.data.len() > MAX_ADVERT_BYTES {
-            return Err((
-                "oversized",
-                format!("advert of {} bytes", message.data.len()),
-            ));
-        }
-        // Decode only the version first, so adverts of a future layout are ignored,
-        // not punished.
-        let version: u16 = postcard::take_from_bytes::<u16>(&message.data)
-            .map(|(v, _)| v)
-            .map_err(|e| ("garbled", format!("undecodable advert: {e}")))?;
-        if version != PROTOCOL_VERSION {
+        let Some(advert) = decode_advert(&message.data)? else {
             return Ok(None);
-        }
-        let advert: CapacityAdvert =
-            codec::decode(&message.data, CAPACITY_TOPIC).map_err(|e| ("garbled", e.to_string()))?;
-        advert.check().map_err(|e| ("invalid", e))?;
+        };
         if !self.book.is_newer(&source, advert.seq) {
             return Ok(None);
         }
@@ -580,5 +590,127 @@ impl EventLoop {
             } => self.on_failure(peer, &e),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Property tests of the gossip advert decoder: arbitrary bytes never panic,
+    //! valid adverts round-trip, other versions are ignored rather than punished.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn advert() -> impl Strategy<Value = CapacityAdvert> {
+        (
+            any::<u64>(),
+            0..=MAX_ADVERT_SLOTS,
+            0..=MAX_ADVERT_SLOTS,
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec("[a-z0-9-]{0,64}", 0..=MAX_FEATURES),
+        )
+            .prop_map(|(seq, total, free, cores, memory, fuel, features)| {
+                let slots_total = total.max(free);
+                CapacityAdvert {
+                    version: PROTOCOL_VERSION,
+                    seq,
+                    slots_total,
+                    slots_free: free.min(slots_total),
+                    cores,
+                    memory_limit: memory,
+                    fuel_per_sec: fuel,
+                    features,
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..2 * MAX_ADVERT_BYTES)) {
+            match decode_advert(&data) {
+                Ok(Some(advert)) => {
+                    prop_assert_eq!(advert.version, PROTOCOL_VERSION);
+                    prop_assert!(advert.check().is_ok());
+                    // The scheduler multiplies a peer's slots by the queue factor.
+                    prop_assert!(advert.slots_total.checked_mul(crate::worker::QUEUE_FACTOR).is_some());
+                }
+                Ok(None) => {}
+                Err((kind, _)) => {
+                    prop_assert!(crate::metrics::DECODE_KINDS.contains(&kind), "{kind}");
+                    prop_assert_eq!(kind == "oversized", data.len() > MAX_ADVERT_BYTES);
+                }
+            }
+        }
+
+        #[test]
+        fn valid_adverts_round_trip(advert in advert()) {
+            let bytes = codec::encode(&advert, MAX_ADVERT_BYTES).expect("a valid advert fits");
+            prop_assert_eq!(decode_advert(&bytes), Ok(Some(advert)));
+        }
+
+        #[test]
+        fn mutated_adverts_never_panic(
+            advert in advert(),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+            cut in any::<prop::sample::Index>(),
+            tail in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut bytes = codec::encode(&advert, MAX_ADVERT_BYTES).expect("fits");
+            for (at, x) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= x;
+            }
+            let _ = decode_advert(&bytes);
+            let _ = decode_advert(&bytes[..cut.index(bytes.len() + 1)]);
+            bytes.extend_from_slice(&tail);
+            let _ = decode_advert(&bytes);
+        }
+
+        #[test]
+        fn other_versions_are_ignored_not_punished(
+            version in any::<u16>().prop_filter("another version", |v| *v != PROTOCOL_VERSION),
+            rest in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            let mut bytes = postcard::to_allocvec(&version).expect("encodes");
+            bytes.extend_from_slice(&rest);
+            prop_assert_eq!(decode_advert(&bytes), Ok(None));
+        }
+    }
+
+    #[test]
+    fn adverts_that_break_the_rules_are_invalid_not_garbled() {
+        let mut advert = CapacityAdvert {
+            version: PROTOCOL_VERSION,
+            seq: 1,
+            slots_total: 1,
+            slots_free: 2,
+            cores: 1,
+            memory_limit: 1,
+            fuel_per_sec: 1,
+            features: vec![],
+        };
+        let bytes = codec::encode(&advert, MAX_ADVERT_BYTES).expect("encodes");
+        assert_eq!(decode_advert(&bytes).unwrap_err().0, "invalid");
+        // Found by these tests' reading: u32::MAX slots overflowed
+        // `slots_total * QUEUE_FACTOR` in the scheduler (a panic in debug builds).
+        advert.slots_free = 0;
+        advert.slots_total = u32::MAX;
+        let bytes = codec::encode(&advert, MAX_ADVERT_BYTES).expect("encodes");
+        assert_eq!(decode_advert(&bytes).unwrap_err().0, "invalid");
+        advert.slots_total = 1;
+        advert.features = vec!["f".into(); MAX_FEATURES + 1];
+        let bytes = codec::encode(&advert, MAX_ADVERT_BYTES).expect("encodes");
+        assert_eq!(decode_advert(&bytes).unwrap_err().0, "invalid");
+        assert_eq!(
+            decode_advert(&vec![1u8; MAX_ADVERT_BYTES + 1])
+                .unwrap_err()
+                .0,
+            "oversized"
+        );
     }
 }

@@ -41,6 +41,9 @@ pub const MAX_SMALL_BYTES: usize = 64 * 1024;
 pub const MAX_BLOB_BYTES: u64 = 1024 * 1024 * 1024;
 /// Most feature strings in an advert.
 pub const MAX_FEATURES: usize = 16;
+/// Most slots an advert may claim. Far above any real machine; it keeps a peer's
+/// numbers out of overflow in the scheduler's arithmetic (`slots * QUEUE_FACTOR`).
+pub const MAX_ADVERT_SLOTS: u32 = 1 << 16;
 
 /// A BLAKE3 hash naming a blob.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -101,6 +104,12 @@ impl CapacityAdvert {
     pub fn check(&self) -> Result<(), String> {
         if self.features.len() > MAX_FEATURES || self.features.iter().any(|f| f.len() > 64) {
             return Err("too many or too long features".into());
+        }
+        if self.slots_total > MAX_ADVERT_SLOTS {
+            return Err(format!(
+                "{} slots (at most {MAX_ADVERT_SLOTS})",
+                self.slots_total
+            ));
         }
         if self.slots_free > self.slots_total {
             return Err(format!(

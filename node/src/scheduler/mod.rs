@@ -409,8 +409,8 @@ impl Scheduler {
 }
 
 /// Validates the module and makes the chunks: from `inputs` (blob hashes) or from the
-/// module's `split`. Blocking (runs the sandbox).
-fn plan(
+/// module's `split`. Blocking (runs the sandbox). Public for the planning bench.
+pub fn plan(
     blobs: &BlobStore,
     sandbox: &Sandbox,
     module_hash: BlobHash,
