@@ -456,8 +456,9 @@ fn a_cpu_hog_suspends_the_worker_whose_chunks_pause_and_the_job_still_completes(
             "fixed",
         ],
     );
+    // Computing inside the sandbox (not still fetching or compiling the module).
     wait_until("the worker to run chunks", Duration::from_secs(60), || {
-        status_json(dirs[1].path())["worker"]["slots_free"] == 0
+        status_json(dirs[1].path())["worker"]["running"].as_u64() >= Some(1)
     });
 
     let hog = Hog::start();
@@ -565,7 +566,7 @@ fn cpu_time_percent_50_keeps_the_node_near_half_a_core() {
         ],
     );
     wait_until("the worker to run a chunk", Duration::from_secs(60), || {
-        status_json(dirs[1].path())["worker"]["slots_free"] == 0
+        status_json(dirs[1].path())["worker"]["running"] == 1
     });
     let pid = worker.child.id();
     let throttled = cpu_share(pid, Duration::from_secs(5));

@@ -132,6 +132,8 @@ pub struct WorkerStatus {
     pub slots_free: u32,
     /// Slots the preferences lend when the machine is spare (`--cpus`).
     pub slots_lent: u32,
+    /// Chunks computing inside the sandbox now (not paused, not still fetching).
+    pub running: u32,
     /// Chunks paused inside the sandbox (suspended, or over the slots lent now).
     pub paused: u32,
     /// Chunks withdrawn since start (paused too long; reissued by their submitters).
@@ -235,6 +237,7 @@ impl Worker {
             slots_total: allowed,
             slots_free: allowed.saturating_sub(running),
             slots_lent: self.inner.politeness.preferences().cpus,
+            running: self.inner.gate.running(),
             paused,
             withdrawn: self
                 .inner
