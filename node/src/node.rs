@@ -486,9 +486,10 @@ async fn wait_for_listeners(net: &NetClient, listeners: usize) -> Vec<String> {
 }
 
 /// Publishes the capacity advert every interval, with a rising sequence number, and
-/// on a capacity change when the last advert is older than [`ADVERT_MIN_GAP`]:
-/// every advert costs every peer a signature check, and submitters count what they
-/// have in flight themselves, so a busy worker must not flood the topic.
+/// on a capacity change that matters to placement (slots lent, memory, full or not)
+/// when the last advert is older than [`ADVERT_MIN_GAP`]: every advert costs every
+/// peer a signature check, and submitters count what they have in flight
+/// themselves, so a busy worker must not flood the topic.
 async fn advertise(state: Arc<NodeState>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(state.config.advert_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -498,19 +499,38 @@ async fn advertise(state: Arc<NodeState>, shutdown: CancellationToken) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let mut last = Instant::now();
+    // What submitters place work by: an early advert only when this changes.
+    let placement_key = |a: &CapacityAdvert| (a.slots_total, a.memory_limit, a.slots_free == 0);
+    let mut published = None;
+    // A change that came too soon after the last advert goes out when the gap is
+    // over, not at the next tick (a worker that suspends must say so quickly).
+    let mut deferred = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
+            _ = tokio::time::sleep_until((last + ADVERT_MIN_GAP).into()), if deferred => {
+                deferred = false;
+                if published == Some(placement_key(&state.advert(seq))) {
+                    continue;
+                }
+            }
             _ = state.worker.capacity_changed() => {
+                if published == Some(placement_key(&state.advert(seq))) {
+                    continue;
+                }
                 if last.elapsed() < ADVERT_MIN_GAP {
+                    deferred = true;
                     continue;
                 }
             }
         }
+        deferred = false;
         seq += 1;
         last = Instant::now();
-        state.net.publish_advert(state.advert(seq)).await;
+        let advert = state.advert(seq);
+        published = Some(placement_key(&advert));
+        state.net.publish_advert(advert).await;
     }
 }
 

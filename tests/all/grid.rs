@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use peergrid_node::Seams;
-use peergrid_node::local::{self, LocalOptions};
 use peergrid_node::scheduler::{JobSpec, JobState, Replication};
-use peergrid_tests::{TestNet, wait_for};
+use peergrid_tests::{TestNet, local_result, wait_for};
 
 const MANDELBROT_200: &str =
     r#"{"width": 64, "height": 200, "max_iter": 200, "rows_per_chunk": 1}"#;
@@ -20,24 +19,6 @@ fn spec() -> JobSpec {
         replication: Replication::Fixed,
         ..JobSpec::default()
     }
-}
-
-/// The result `peergrid run` gives for a built-in job.
-pub(crate) fn local_result(job: &str, params: &str) -> Vec<u8> {
-    let sandbox = peergrid_tests::sandbox();
-    let module = sandbox
-        .load(peergrid_jobs::find(job).expect("built-in").wasm)
-        .expect("loads");
-    let report = local::run_job(
-        &sandbox,
-        &module,
-        params.as_bytes(),
-        &LocalOptions::default(),
-        &|_| {},
-        &|| {},
-    )
-    .expect("runs locally");
-    report.result().expect("a result").to_vec()
 }
 
 /// Node 0 lends nothing, so every replica goes to the workers (liars included)

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use peergrid_node::Seams;
 use peergrid_node::config::NodeConfig;
-use peergrid_node::local::{self, LocalOptions};
 use peergrid_node::scheduler::{JobSpec, JobState, Replication, Standing, TrustPolicy};
-use peergrid_tests::{TestNet, wait_for};
+use peergrid_tests::{TestNet, local_result, wait_for};
 
 const PARAMS: &str = r#"{"width": 48, "height": 120, "max_iter": 60, "rows_per_chunk": 1}"#;
 
@@ -23,25 +22,6 @@ fn spec(replication: Replication) -> JobSpec {
     }
 }
 
-fn local_result(params: &str) -> Vec<u8> {
-    let sandbox = peergrid_tests::sandbox();
-    let module = sandbox
-        .load(peergrid_jobs::find("mandelbrot").expect("built-in").wasm)
-        .expect("loads");
-    local::run_job(
-        &sandbox,
-        &module,
-        params.as_bytes(),
-        &LocalOptions::default(),
-        &|_| {},
-        &|| {},
-    )
-    .expect("runs locally")
-    .result()
-    .expect("a result")
-    .to_vec()
-}
-
 /// Node 0 submits and lends nothing, with this trust policy.
 fn submitter(policy: TrustPolicy) -> impl Fn(usize, &mut NodeConfig) {
     move |i, config| {
@@ -50,6 +30,29 @@ fn submitter(policy: TrustPolicy) -> impl Fn(usize, &mut NodeConfig) {
             config.trust = policy;
         }
     }
+}
+
+/// A submitter with `policy`, two honest workers and node 3, which answers its first
+/// `honest` chunks honestly and then lies; an adaptive job of [`PARAMS`] submitted.
+async fn submit_with_a_patient_liar(
+    policy: TrustPolicy,
+    honest: u64,
+) -> (TestNet, String, peergrid_node::net::protocol::JobId) {
+    let net = TestNet::spawn_full(4, submitter(policy), |i| {
+        if i == 3 {
+            Seams::patient_liar(honest, 3)
+        } else {
+            Seams::default()
+        }
+    })
+    .await;
+    net.wait_for_adverts(0, 3).await;
+    let liar = net.node(3).peer_id().to_string();
+    let id = net
+        .submit(0, "mandelbrot", PARAMS, spec(Replication::Adaptive))
+        .await
+        .expect("submitted");
+    (net, liar, id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +66,7 @@ async fn peers_on_probation_never_verify_each_other_the_submitter_witnesses() {
         .expect("submitted");
     let status = net.wait_job(0, id, Duration::from_secs(120)).await;
     assert_eq!(status.state, JobState::Done, "{status:?}");
-    assert_eq!(net.result(0, &status), local_result(params));
+    assert_eq!(net.result(0, &status), local_result("mandelbrot", params));
     // Two fresh workers agreeing is not enough: node 0 ran witnesses itself.
     assert!(status.trust.witness_runs > 0, "{:?}", status.trust);
     assert_eq!(
@@ -82,20 +85,7 @@ async fn a_trusted_peer_that_turns_liar_is_caught_by_a_spot_check() {
         plant_rate: 0.0,
         ..TrustPolicy::default()
     };
-    let net = TestNet::spawn_full(4, submitter(policy), |i| {
-        if i == 3 {
-            Seams::patient_liar(12, 3)
-        } else {
-            Seams::default()
-        }
-    })
-    .await;
-    net.wait_for_adverts(0, 3).await;
-    let liar = net.node(3).peer_id().to_string();
-    let id = net
-        .submit(0, "mandelbrot", PARAMS, spec(Replication::Adaptive))
-        .await
-        .expect("submitted");
+    let (net, liar, id) = submit_with_a_patient_liar(policy, 12).await;
     let caught = wait_for(
         "the liar to be caught",
         Duration::from_secs(120),
@@ -116,7 +106,7 @@ async fn a_trusted_peer_that_turns_liar_is_caught_by_a_spot_check() {
         "{:?}",
         status.trust
     );
-    assert_eq!(net.result(0, &status), local_result(PARAMS));
+    assert_eq!(net.result(0, &status), local_result("mandelbrot", PARAMS));
     net.shutdown().await;
 }
 
@@ -129,20 +119,7 @@ async fn a_disagreement_resets_trust_and_re_verifies_what_rested_on_that_word() 
         plant_rate: 0.0,
         ..TrustPolicy::default()
     };
-    let net = TestNet::spawn_full(4, submitter(policy), |i| {
-        if i == 3 {
-            Seams::patient_liar(15, 4)
-        } else {
-            Seams::default()
-        }
-    })
-    .await;
-    net.wait_for_adverts(0, 3).await;
-    let liar = net.node(3).peer_id().to_string();
-    let id = net
-        .submit(0, "mandelbrot", PARAMS, spec(Replication::Adaptive))
-        .await
-        .expect("submitted");
+    let (net, liar, id) = submit_with_a_patient_liar(policy, 15).await;
     wait_for(
         "the liar to lose trust",
         Duration::from_secs(120),
@@ -158,7 +135,7 @@ async fn a_disagreement_resets_trust_and_re_verifies_what_rested_on_that_word() 
     assert!(status.trust.unreplicated > 0, "{:?}", status.trust);
     assert_eq!(
         net.result(0, &status),
-        local_result(PARAMS),
+        local_result("mandelbrot", PARAMS),
         "no lie stands"
     );
     let row = net
@@ -238,7 +215,7 @@ async fn placement_never_gives_two_replicas_of_a_chunk_to_one_subnet() {
             "chunk {chunk} went twice to 127.0.201.0/24: {peers:?}"
         );
     }
-    assert_eq!(net.result(0, &status), local_result(params));
+    assert_eq!(net.result(0, &status), local_result("mandelbrot", params));
     net.shutdown().await;
 }
 
@@ -269,7 +246,7 @@ async fn results_signed_with_another_key_than_the_senders_are_refused() {
         .expect("submitted");
     let status = net.wait_job(0, id, Duration::from_secs(120)).await;
     assert_eq!(status.state, JobState::Done, "{status:?}");
-    assert_eq!(net.result(0, &status), local_result(params));
+    assert_eq!(net.result(0, &status), local_result("mandelbrot", params));
     assert!(status.trust.bad_signatures > 0, "{:?}", status.trust);
     if let Some(tally) = status.peers.iter().find(|p| p.peer == forger) {
         assert_eq!(tally.agreed, 0, "a forged result counted: {tally:?}");

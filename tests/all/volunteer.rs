@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use peergrid_node::scheduler::{JobSpec, JobState};
-use peergrid_tests::{TestNet, wait_for};
-
-use crate::grid::local_result;
+use peergrid_tests::{TestNet, local_result, wait_for};
 
 const PRIMES: &str = r#"{"limit": 3000000000, "chunks": 24}"#;
 

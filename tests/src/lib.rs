@@ -6,5 +6,5 @@ pub mod prometheus;
 pub mod sandbox;
 pub mod testnet;
 
-pub use sandbox::{run_example_in_sandbox, run_example_natively, sandbox};
+pub use sandbox::{local_result, run_example_in_sandbox, run_example_natively, sandbox};
 pub use testnet::{TestNet, wait_for};

@@ -39,3 +39,23 @@ pub fn run_example_natively(name: &str, params: &str) -> Result<Vec<u8>, String>
     let example = peergrid_jobs::find(name).ok_or_else(|| format!("no example {name}"))?;
     example.native.run_all(params.as_bytes())
 }
+
+/// The merged result `peergrid run` gives for a built-in job: what a grid must give.
+pub fn local_result(job: &str, params: &str) -> Vec<u8> {
+    let sandbox = sandbox();
+    let module = sandbox
+        .load(peergrid_jobs::find(job).expect("built-in").wasm)
+        .expect("loads");
+    peergrid_node::local::run_job(
+        &sandbox,
+        &module,
+        params.as_bytes(),
+        &peergrid_node::local::LocalOptions::default(),
+        &|_| {},
+        &|| {},
+    )
+    .expect("runs locally")
+    .result()
+    .expect("a result")
+    .to_vec()
+}

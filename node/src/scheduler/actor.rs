@@ -99,6 +99,20 @@ pub(super) struct Actor {
     local_runs: usize,
     /// Peer -> (network group, discovery source), from the last dispatch's view.
     groups: HashMap<PeerId, (Option<String>, Option<String>)>,
+    /// Live replicas per peer across running jobs: recounted by every full dispatch,
+    /// kept up to date in between (a light dispatch must not walk every replica).
+    inflight: HashMap<PeerId, u32>,
+    /// The capacity view as of the last full dispatch.
+    view: std::sync::Arc<Vec<(PeerId, crate::net::PeerInfo)>>,
+    /// Peers in that view with an advert or a connection (and this node).
+    alive: HashSet<PeerId>,
+}
+
+/// One replica fewer in flight on `peer`.
+fn landed(inflight: &mut HashMap<PeerId, u32>, peer: &PeerId) {
+    if let Some(n) = inflight.get_mut(peer) {
+        *n = n.saturating_sub(1);
+    }
 }
 
 fn encode_outcome(o: &WireOutcome) -> Vec<u8> {
@@ -190,6 +204,9 @@ impl Actor {
             plants: VecDeque::new(),
             local_runs: 0,
             groups: HashMap::new(),
+            inflight: HashMap::new(),
+            view: Default::default(),
+            alive: HashSet::new(),
         };
         match actor.ctx.db.jobs(None) {
             Ok(rows) => {
@@ -340,7 +357,22 @@ impl Actor {
     }
 
     fn persist(&self, writes: &[Write]) -> bool {
-        match self.ctx.db.apply(writes) {
+        // A batch of results updates the same peers' reputation many times: only the
+        // last row of each peer needs writing.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (i, w) in writes.iter().enumerate() {
+            if let Write::Reputation(row) = w {
+                last.insert(row.peer.as_str(), i);
+            }
+        }
+        let result =
+            self.ctx
+                .db
+                .apply_each(writes.iter().enumerate().filter_map(|(i, w)| match w {
+                    Write::Reputation(row) if last.get(row.peer.as_str()) != Some(&i) => None,
+                    _ => Some(w),
+                }));
+        match result {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, "cannot write scheduler state");
@@ -548,6 +580,7 @@ impl Actor {
                 writes.push(Write::Replica(id, replica_row(chunk_idx, r)));
             } else {
                 // Refused or unanswered: forget it, the peer may be asked again later.
+                landed(&mut self.inflight, &peer);
                 self.attention.entry(id).or_default().insert(chunk_idx);
                 let pos = chunk
                     .replicas
@@ -593,9 +626,15 @@ impl Actor {
                 continue;
             }
             // The answer must be this peer's own, signed with its identity key.
-            if !verify_result_signature(&peer, &result.signed_bytes(), &result.signature) {
+            // (This node's own results come straight from its worker, not the network.)
+            if peer != self.local
+                && !verify_result_signature(&peer, &result.signed_bytes(), &result.signature)
+            {
                 tracing::warn!(%peer, job = %result.job_id, chunk = result.chunk,
                     "refused a result whose signature is not the sending peer's");
+                if replica.state.is_live() {
+                    landed(&mut self.inflight, &peer);
+                }
                 replica.state = ReplicaState::Lost;
                 writes.push(Write::Replica(
                     result.job_id,
@@ -654,6 +693,9 @@ impl Actor {
             };
             if !usable {
                 tracing::warn!(%peer, job = %result.job_id, chunk = result.chunk, "unusable result (output does not match its hash)");
+                if replica.state.is_live() {
+                    landed(&mut self.inflight, &peer);
+                }
                 replica.state = ReplicaState::Lost;
                 writes.push(Write::Replica(
                     result.job_id,
@@ -673,6 +715,9 @@ impl Actor {
             }
             if !is_deterministic(&result.outcome) {
                 writes.push(self.reputation.error(peer));
+            }
+            if replica.state.is_live() {
+                landed(&mut self.inflight, &peer);
             }
             replica.state = ReplicaState::Returned {
                 key: agreement_key(&result.outcome, &result.output_hash),
@@ -1059,42 +1104,59 @@ impl Actor {
         if !self.jobs.values().any(|j| j.state == JobState::Running) {
             return;
         }
-        let view = self.ctx.net.peers().await;
         let now = Instant::now();
         self.backoff.retain(|_, until| *until > now);
         let local = self.local;
         let placement = self.ctx.placement;
-        let mut alive: HashSet<PeerId> = view
-            .iter()
-            .filter(|p| p.advert.is_some() || p.connected)
-            .filter_map(|p| p.peer_id.parse().ok())
-            .collect();
-        alive.insert(local);
-        for p in &view {
-            if let Ok(peer) = p.peer_id.parse::<PeerId>() {
+        if full || self.view.is_empty() {
+            // The capacity view changes at advert pace; light dispatches (after every
+            // result batch) use the one read by the last full dispatch.
+            let view: Vec<(PeerId, crate::net::PeerInfo)> = self
+                .ctx
+                .net
+                .peers()
+                .await
+                .into_iter()
+                .filter_map(|p| Some((p.peer_id.parse().ok()?, p)))
+                .collect();
+            let mut alive: HashSet<PeerId> = view
+                .iter()
+                .filter(|(_, p)| p.advert.is_some() || p.connected)
+                .map(|(peer, _)| *peer)
+                .collect();
+            alive.insert(local);
+            for (peer, p) in &view {
                 self.groups.insert(
-                    peer,
+                    *peer,
                     (placement.group(p), placement.source(p).map(str::to_string)),
                 );
             }
+            if self.groups.len() > 2 * crate::net::peers::MAX_PEERS {
+                self.groups.retain(|peer, _| alive.contains(peer));
+            }
+            self.view = std::sync::Arc::new(view);
+            self.alive = alive;
         }
-        if self.groups.len() > 2 * crate::net::peers::MAX_PEERS {
-            self.groups.retain(|peer, _| alive.contains(peer));
-        }
+        let view = self.view.clone();
+        let alive = self.alive.clone();
         // Live replicas per peer, across jobs.
-        let mut inflight: HashMap<PeerId, u32> = HashMap::new();
-        for job in self.jobs.values().filter(|j| j.state == JobState::Running) {
-            for c in &job.chunks {
-                for r in c.replicas.iter().filter(|r| r.state.is_live()) {
-                    *inflight.entry(r.peer).or_default() += 1;
+        if full {
+            let mut inflight: HashMap<PeerId, u32> = HashMap::new();
+            for job in self.jobs.values().filter(|j| j.state == JobState::Running) {
+                for c in &job.chunks {
+                    for r in c.replicas.iter().filter(|r| r.state.is_live()) {
+                        *inflight.entry(r.peer).or_default() += 1;
+                    }
                 }
             }
+            self.inflight = inflight;
         }
+        let inflight = &self.inflight;
         // Capacity per eligible peer.
         let mut candidates: Vec<Candidate> = Vec::new();
         let mut excluded = 0;
-        for p in &view {
-            let (Some(advert), Ok(peer)) = (&p.advert, p.peer_id.parse::<PeerId>()) else {
+        for (peer, p) in view.iter() {
+            let (Some(advert), peer) = (&p.advert, *peer) else {
                 continue;
             };
             if advert.version != PROTOCOL_VERSION || self.backoff.contains_key(&peer) {
@@ -1134,7 +1196,11 @@ impl Actor {
                 source: None,
             });
         }
-        let known = view.iter().filter(|p| p.foreign_version.is_none()).count();
+        let known = view
+            .iter()
+            .filter(|(_, p)| p.foreign_version.is_none())
+            .count();
+        let mut total_room: i64 = candidates.iter().map(|c| c.room.max(0)).sum();
         let now_ms = now_ms();
         let mut writes = Vec::new();
         let mut offers: HashMap<(JobId, PeerId), Vec<(u32, u32)>> = HashMap::new();
@@ -1145,10 +1211,11 @@ impl Actor {
             let mut unplaced = 0u32;
             let mut touched = Vec::new();
             let mut deferred = Vec::new();
-            let changed = attention.remove(&id).unwrap_or_default();
+            let mut changed = attention.remove(&id).unwrap_or_default();
             if !full && changed.is_empty() {
                 continue;
             }
+            let mut cursor = 0usize;
             {
                 let Some(job) = self.jobs.get_mut(&id) else {
                     continue;
@@ -1158,15 +1225,28 @@ impl Actor {
                 }
                 let spec = job.spec;
                 let timeout_ms = spec.soft_timeout.as_millis() as u64;
-                for (idx, chunk) in job.chunks.iter_mut().enumerate() {
-                    if chunk.state != ChunkState::Pending
-                        || (!full && !changed.contains(&(idx as u32)))
-                    {
-                        continue;
+                loop {
+                    // A full dispatch walks every chunk; a light one only the changed
+                    // ones, and stops when no peer has room (the rest stay changed).
+                    let idx = if full {
+                        cursor += 1;
+                        cursor - 1
+                    } else {
+                        match changed.first() {
+                            Some(&i) if total_room > 0 => {
+                                changed.pop_first();
+                                i as usize
+                            }
+                            _ => break,
+                        }
+                    };
+                    if full && idx >= job.chunks.len() {
+                        break;
                     }
-                    if !full && !candidates.iter().any(|c| c.room > 0) {
-                        // No room anywhere: look at it again when a slot frees up.
-                        deferred.push(idx as u32);
+                    let Some(chunk) = job.chunks.get_mut(idx) else {
+                        continue;
+                    };
+                    if chunk.state != ChunkState::Pending {
                         continue;
                     }
                     for r in chunk.replicas.iter_mut() {
@@ -1183,6 +1263,7 @@ impl Actor {
                             _ => false,
                         };
                         if lost {
+                            landed(&mut self.inflight, &r.peer);
                             self.ctx
                                 .metrics
                                 .reissues
@@ -1291,19 +1372,18 @@ impl Actor {
                     let mut placed = 0;
                     for i in picks {
                         let choice = &mut candidates[i];
-                        let attempt = chunk
-                            .replicas
-                            .iter()
-                            .map(|r| r.attempt + 1)
-                            .max()
-                            .unwrap_or(0);
+                        let attempt = chunk.next_attempt();
                         chunk.replicas.push(Replica {
                             attempt,
                             peer: choice.peer,
                             state: ReplicaState::Offered,
                             check: false,
                         });
+                        if choice.room > 0 {
+                            total_room -= 1;
+                        }
                         choice.room -= 1;
+                        *self.inflight.entry(choice.peer).or_default() += 1;
                         offers
                             .entry((id, choice.peer))
                             .or_default()
@@ -1328,6 +1408,17 @@ impl Actor {
             }
             for idx in touched {
                 writes.extend(self.evaluate_chunk(id, idx));
+            }
+            if !changed.is_empty() {
+                // Not looked at (no room): still changed.
+                match self.attention.entry(id) {
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(changed);
+                    }
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        e.get_mut().append(&mut changed)
+                    }
+                }
             }
             if !deferred.is_empty() {
                 self.attention.entry(id).or_default().extend(deferred);
@@ -1402,12 +1493,7 @@ impl Actor {
                 kept.push_back((id, idx));
                 continue;
             };
-            let attempt = chunk
-                .replicas
-                .iter()
-                .map(|r| r.attempt + 1)
-                .max()
-                .unwrap_or(0);
+            let attempt = chunk.next_attempt();
             chunk.replicas.push(Replica {
                 attempt,
                 peer: choice.peer,
@@ -1415,6 +1501,7 @@ impl Actor {
                 check: true,
             });
             choice.room -= 1;
+            *self.inflight.entry(choice.peer).or_default() += 1;
             job.trust.plants += 1;
             offers
                 .entry((id, choice.peer))
@@ -1442,12 +1529,7 @@ impl Actor {
         if chunk.used_peers().any(|p| *p == local) {
             return false;
         }
-        let attempt = chunk
-            .replicas
-            .iter()
-            .map(|r| r.attempt + 1)
-            .max()
-            .unwrap_or(0);
+        let attempt = chunk.next_attempt();
         chunk.replicas.push(Replica {
             attempt,
             peer: local,

@@ -408,6 +408,15 @@ impl Chunk {
         })
     }
 
+    /// The attempt number of the next replica.
+    pub fn next_attempt(&self) -> u32 {
+        self.replicas
+            .iter()
+            .map(|r| r.attempt + 1)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Peers already used for this chunk (replicas of a chunk never share a peer).
     pub fn used_peers(&self) -> impl Iterator<Item = &PeerId> {
         self.replicas.iter().map(|r| &r.peer)

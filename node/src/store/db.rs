@@ -306,7 +306,16 @@ impl Db {
 
     /// Applies every write in one transaction: all of them or none.
     pub fn apply(&self, writes: &[Write]) -> Result<(), DbError> {
-        if writes.is_empty() {
+        self.apply_each(writes.iter())
+    }
+
+    /// [`apply`](Self::apply) over borrowed writes.
+    pub fn apply_each<'a>(
+        &self,
+        writes: impl IntoIterator<Item = &'a Write>,
+    ) -> Result<(), DbError> {
+        let mut writes = writes.into_iter().peekable();
+        if writes.peek().is_none() {
             return Ok(());
         }
         let started = std::time::Instant::now();
@@ -320,7 +329,7 @@ impl Db {
         result
     }
 
-    fn apply_all(&self, writes: &[Write]) -> Result<(), DbError> {
+    fn apply_all<'a>(&self, writes: impl Iterator<Item = &'a Write>) -> Result<(), DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         for write in writes {
