@@ -72,6 +72,12 @@ impl DataDir {
         self.root.join("peergrid.toml")
     }
 
+    /// A manual pause and preferences changed at run time (`peergrid pause`,
+    /// `peergrid prefs`), kept across restarts.
+    pub fn volunteer_state(&self) -> PathBuf {
+        self.root.join("volunteer.json")
+    }
+
     /// Held (locked) by the running node, so two cannot share a data dir.
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("node.lock")
@@ -103,9 +109,45 @@ pub struct NodeOptions {
     /// only submits). [default: all cores]
     #[arg(long, value_name = "N")]
     pub cpus: Option<u32>,
+    /// Use at most this share of the machine's cores, in percent (1-100); with
+    /// --cpus, the smaller wins. [default: 100]
+    #[arg(long, value_name = "PERCENT")]
+    pub max_cpu_percent: Option<u8>,
+    /// Compute only this share of the time, in percent (1-100): chunks run in a duty
+    /// cycle, so the machine stays cool and quiet. [default: 100]
+    #[arg(long, value_name = "PERCENT")]
+    pub cpu_time_percent: Option<u8>,
+    /// Suspend while programs other than peergrid use more than this share of the
+    /// machine's CPU, in percent; 0 never suspends for that. [default: 0]
+    #[arg(long, value_name = "PERCENT")]
+    pub suspend_above_percent: Option<u8>,
+    /// Work only during these hours, local time, e.g. 22:00-07:00 (a window may run
+    /// over midnight), or "always". [default: always]
+    #[arg(long, value_name = "HH:MM-HH:MM")]
+    pub active_hours: Option<String>,
+    /// Lend every slot even when other programs keep cores busy (by default the
+    /// worker lends only the cores other programs leave spare).
+    #[arg(long)]
+    pub lend_when_busy: bool,
+    /// How often other programs' CPU use is measured, e.g. 1s. [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    pub cpu_sample_interval: Option<String>,
+    /// A chunk paused longer than this (the machine busy, outside the active hours,
+    /// paused by hand) is handed back so its submitter runs it elsewhere. [default: 5m]
+    #[arg(long, value_name = "DURATION")]
+    pub withdraw_after: Option<String>,
     /// Most memory one chunk may use, e.g. 512MiB. [default: 512MiB]
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
+    /// Most memory all running chunks may use together, e.g. 2GiB, or "off"; it
+    /// bounds the chunks run at once to this / --memory. [default: off]
+    #[arg(long, value_name = "SIZE")]
+    pub memory_total: Option<String>,
+    /// Most disk space the blob cache (modules, inputs, outputs) may use, e.g.
+    /// 10GiB, or "off"; least recently used blobs are evicted, never those of this
+    /// node's own jobs or results not yet delivered. [default: off]
+    #[arg(long, value_name = "SIZE")]
+    pub blob_cache: Option<String>,
     /// Control API address (127.0.0.1 only), or "off". [default: 127.0.0.1:7947]
     #[arg(long, value_name = "ADDR")]
     pub api: Option<String>,
@@ -154,6 +196,8 @@ impl NodeOptions {
             metrics: Some("off".into()),
             advert_interval: Some("500ms".into()),
             advert_ttl: Some("3s".into()),
+            // Many nodes share one process and its CPU: they lend what they are told.
+            lend_when_busy: true,
             ..NodeOptions::default()
         }
     }
@@ -166,10 +210,14 @@ pub struct NodeConfig {
     pub data_dir: DataDir,
     /// Network settings.
     pub net: NetConfig,
-    /// Cores (slots) lent.
+    /// Cores (slots) lent when the machine is spare.
     pub cpus: u32,
+    /// The volunteer controls: preferences, CPU sampling, withdrawal.
+    pub volunteer: crate::worker::politeness::VolunteerConfig,
     /// Most memory per chunk, in bytes.
     pub memory_per_chunk: u64,
+    /// Disk limit of the blob cache, in bytes; `None`: no limit.
+    pub blob_cache: Option<u64>,
     /// Control API address; `None` when off.
     pub api: Option<SocketAddr>,
     /// Metrics address; `None` when off.
@@ -240,7 +288,16 @@ impl NodeOptions {
             bootstrap: pick(self.bootstrap, file.bootstrap),
             no_mdns: self.no_mdns || file.no_mdns,
             cpus: self.cpus.or(file.cpus),
+            max_cpu_percent: self.max_cpu_percent.or(file.max_cpu_percent),
+            cpu_time_percent: self.cpu_time_percent.or(file.cpu_time_percent),
+            suspend_above_percent: self.suspend_above_percent.or(file.suspend_above_percent),
+            active_hours: self.active_hours.or(file.active_hours),
+            lend_when_busy: self.lend_when_busy || file.lend_when_busy,
+            cpu_sample_interval: self.cpu_sample_interval.or(file.cpu_sample_interval),
+            withdraw_after: self.withdraw_after.or(file.withdraw_after),
             memory: self.memory.or(file.memory),
+            memory_total: self.memory_total.or(file.memory_total),
+            blob_cache: self.blob_cache.or(file.blob_cache),
             api: self.api.or(file.api),
             metrics: self.metrics.or(file.metrics),
             advert_interval: self.advert_interval.or(file.advert_interval),
@@ -250,6 +307,55 @@ impl NodeOptions {
             placement_distinct_discovery: self.placement_distinct_discovery
                 || file.placement_distinct_discovery,
         }
+    }
+
+    /// The volunteer controls these options set.
+    fn volunteer(
+        &self,
+        cpus: u32,
+    ) -> Result<crate::worker::politeness::VolunteerConfig, ConfigError> {
+        use crate::worker::politeness::{
+            Preferences, VolunteerConfig, parse_active_hours, parse_memory_total,
+        };
+        let duration = |v: &Option<String>, default: Duration, what: &str| match v {
+            Some(s) => parse_duration(s).map_err(|e| ConfigError(format!("--{what}: {e}"))),
+            None => Ok(default),
+        };
+        let preferences = Preferences {
+            cpus,
+            max_cpu_percent: self.max_cpu_percent.unwrap_or(100),
+            cpu_time_percent: self.cpu_time_percent.unwrap_or(100),
+            suspend_above_percent: self.suspend_above_percent.unwrap_or(0),
+            active_hours: match &self.active_hours {
+                Some(s) => parse_active_hours(s).map_err(ConfigError)?,
+                None => None,
+            },
+            memory_total: match &self.memory_total {
+                Some(s) => parse_memory_total(s).map_err(ConfigError)?,
+                None => None,
+            },
+            lend_when_busy: self.lend_when_busy,
+        };
+        preferences.check().map_err(ConfigError)?;
+        let sample_interval = duration(
+            &self.cpu_sample_interval,
+            Duration::from_secs(1),
+            "cpu-sample-interval",
+        )?;
+        if sample_interval < Duration::from_millis(100) {
+            return Err(ConfigError(
+                "--cpu-sample-interval must be at least 100ms".into(),
+            ));
+        }
+        Ok(VolunteerConfig {
+            preferences,
+            sample_interval,
+            withdraw_after: duration(
+                &self.withdraw_after,
+                Duration::from_secs(300),
+                "withdraw-after",
+            )?,
+        })
     }
 
     /// Derives every default.
@@ -275,20 +381,23 @@ impl NodeOptions {
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let cpus = self.cpus.unwrap_or(cores);
-        if cpus > 1024 {
-            return Err(ConfigError(format!(
-                "--cpus must be between 0 (lend nothing) and 1024, got {cpus}"
-            )));
-        }
         let memory_per_chunk = match &self.memory {
             Some(s) => parse_size(s).map_err(ConfigError)?,
             None => 512 * 1024 * 1024,
         };
+        let volunteer = self.volunteer(cpus)?;
         Ok(NodeConfig {
             data_dir,
             net,
             cpus,
+            volunteer,
             memory_per_chunk,
+            blob_cache: match self.blob_cache.as_deref().map(str::trim) {
+                None | Some("off") => None,
+                Some(s) => {
+                    Some(parse_size(s).map_err(|e| ConfigError(format!("--blob-cache: {e}")))?)
+                }
+            },
             api: parse_addr("api", self.api.as_deref().unwrap_or(DEFAULT_API), true)?,
             metrics: parse_addr(
                 "metrics",

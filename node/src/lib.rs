@@ -15,7 +15,8 @@
 //! - [`net`]: libp2p. One event loop owns the Swarm; everything else holds a
 //!   [`net::NetClient`]. Discovery, capacity adverts, blob exchange, penalties.
 //! - [`store`]: the content-addressed blob directory and the SQLite database.
-//! - [`worker`]: runs other peers' chunks within the lent slots; durable outbox.
+//! - [`worker`]: runs other peers' chunks within the lent slots; durable outbox;
+//!   volunteer controls ([`worker::politeness`]: spare CPU, pause, preferences).
 //! - [`scheduler`]: the submitter side: plans jobs, places replicas, verifies
 //!   results by quorum, keeps reputation.
 //! - [`api`]: the local control API (axum, token-guarded) the CLI talks to, and the

@@ -73,6 +73,14 @@ pub const ENTRIES: [&str; 3] = ["run", "split", "merge"];
 pub const CACHE_RESULTS: [&str; 3] = ["memory_hit", "disk_hit", "miss"];
 /// The `state` label of worker slots.
 pub const SLOT_STATES: [&str; 2] = ["busy", "free"];
+/// The `reason` label of a suspended worker (see `worker::politeness::Reason`).
+pub const SUSPEND_REASONS: [&str; 5] = [
+    "paused",
+    "outside_active_hours",
+    "busy",
+    "no_spare_core",
+    "nothing_lent",
+];
 /// The `state` label of the capacity view's slots.
 pub const VIEW_SLOT_STATES: [&str; 2] = ["total", "free"];
 /// The `state` label of jobs (`JobState::as_str`).
@@ -474,6 +482,16 @@ pub struct WorkerMetrics {
     pub execution_seconds: Histogram,
     /// Fuel burnt by chunks.
     pub fuel: IntCounter,
+    /// 1 for the reason the worker is suspended, 0 for the others.
+    pub suspended: IntGaugeVec,
+    /// Slots the volunteer controls allow now.
+    pub slots_allowed: IntGauge,
+    /// Chunks paused inside the sandbox.
+    pub chunks_paused: IntGauge,
+    /// Share of the machine's CPU other programs use (0–1).
+    pub other_cpu_ratio: Gauge,
+    /// Chunks withdrawn after a long pause.
+    pub withdrawn: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -520,6 +538,58 @@ impl WorkerMetrics {
                 "peergrid_worker_fuel_consumed_total",
                 "Fuel consumed by executed chunks.",
             ),
+            suspended: gauge_vec(
+                registry,
+                "peergrid_worker_suspended",
+                "1 while the worker runs no chunk for this reason (paused by hand, outside the active hours, other programs busy, no spare core, nothing lent).",
+                &["reason"],
+                &[&SUSPEND_REASONS],
+            ),
+            slots_allowed: gauge(
+                registry,
+                "peergrid_worker_slots_allowed",
+                "Chunks the volunteer controls let run now (spare cores, preferences).",
+            ),
+            chunks_paused: gauge(
+                registry,
+                "peergrid_worker_chunks_paused",
+                "Chunks paused inside the sandbox because the machine is not spare.",
+            ),
+            other_cpu_ratio: register(
+                registry,
+                Gauge::new(
+                    "peergrid_worker_other_cpu_ratio",
+                    "Share of the machine's CPU used by programs other than peergrid (0-1), as last sampled.",
+                )
+                .expect("valid metric name"),
+            ),
+            withdrawn: counter(
+                registry,
+                "peergrid_worker_chunks_withdrawn_total",
+                "Chunks withdrawn after a long pause (their submitters reissue them).",
+            ),
+        }
+    }
+
+    /// Records the state of the volunteer controls.
+    pub fn volunteer(&self, status: &crate::worker::politeness::VolunteerStatus) {
+        use crate::worker::politeness::Reason;
+        let current = status.reason.as_ref().map(|r| match r {
+            Reason::Paused { .. } => "paused",
+            Reason::OutsideActiveHours { .. } => "outside_active_hours",
+            Reason::Busy { .. } => "busy",
+            Reason::NoSpareCore { .. } => "no_spare_core",
+            Reason::NothingLent => "nothing_lent",
+        });
+        for reason in SUSPEND_REASONS {
+            self.suspended
+                .with_label_values(&[reason])
+                .set(i64::from(current == Some(reason)));
+        }
+        self.slots_allowed.set(status.slots_allowed.into());
+        if let Some(cpu) = &status.cpu {
+            self.other_cpu_ratio
+                .set(f64::from(cpu.other_percent) / 100.0);
         }
     }
 
@@ -541,7 +611,8 @@ impl WorkerMetrics {
             .with_label_values(&["free"])
             .set(status.slots_free.into());
         self.queue_length
-            .set(status.active.saturating_sub(busy).into());
+            .set(status.active.saturating_sub(busy + status.paused).into());
+        self.chunks_paused.set(status.paused.into());
         self.outbox
             .set(i64::try_from(status.outbox).unwrap_or(i64::MAX));
         self.fuel_per_second

@@ -299,8 +299,16 @@ impl Node {
             db.clone(),
             sandbox.clone(),
             executor,
-            config.cpus,
+            // `cpus` is the one source of truth for the slots lent (tests change it).
+            crate::worker::politeness::VolunteerConfig {
+                preferences: crate::worker::politeness::Preferences {
+                    cpus: config.cpus,
+                    ..config.volunteer.preferences.clone()
+                },
+                ..config.volunteer.clone()
+            },
             config.memory_per_chunk,
+            Some(data_dir.volunteer_state()),
             shutdown.child_token(),
             metrics.worker.clone(),
         );
@@ -358,6 +366,13 @@ impl Node {
 
         let mut tasks = JoinSet::new();
         tasks.spawn(advertise(state.clone(), shutdown.child_token()));
+        if let Some(limit) = state.config.blob_cache {
+            tasks.spawn(keep_blob_cache(
+                state.clone(),
+                limit,
+                shutdown.child_token(),
+            ));
+        }
         tasks.spawn(dispatch(
             state.clone(),
             network.events,
@@ -487,23 +502,66 @@ async fn advertise(state: Arc<NodeState>, shutdown: CancellationToken) {
     // What submitters place work by: an early advert only when this changes.
     let placement_key = |a: &CapacityAdvert| (a.slots_total, a.memory_limit, a.slots_free == 0);
     let mut published = None;
+    // A change that came too soon after the last advert goes out when the gap is
+    // over, not at the next tick (a worker that suspends must say so quickly).
+    let mut deferred = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
+            _ = tokio::time::sleep_until((last + ADVERT_MIN_GAP).into()), if deferred => {
+                deferred = false;
+                if published == Some(placement_key(&state.advert(seq))) {
+                    continue;
+                }
+            }
             _ = state.worker.capacity_changed() => {
-                if last.elapsed() < ADVERT_MIN_GAP
-                    || published == Some(placement_key(&state.advert(seq)))
-                {
+                if published == Some(placement_key(&state.advert(seq))) {
+                    continue;
+                }
+                if last.elapsed() < ADVERT_MIN_GAP {
+                    deferred = true;
                     continue;
                 }
             }
         }
+        deferred = false;
         seq += 1;
         last = Instant::now();
         let advert = state.advert(seq);
         published = Some(placement_key(&advert));
         state.net.publish_advert(advert).await;
+    }
+}
+
+/// How often the blob cache is brought under its disk limit.
+const BLOB_CACHE_EVERY: Duration = Duration::from_secs(60);
+/// Blobs used more recently than this are never evicted (work in flight uses them).
+const BLOB_CACHE_GRACE: Duration = Duration::from_secs(600);
+
+/// Keeps the blob cache under `limit` bytes: every minute, evicts the least recently
+/// used blobs that nothing of this node's own refers to (see `Db::referenced_blobs`).
+async fn keep_blob_cache(state: Arc<NodeState>, limit: u64, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(BLOB_CACHE_EVERY) => {}
+        }
+        let (db, blobs) = (state.db.clone(), state.blobs.clone());
+        let evicted = tokio::task::spawn_blocking(move || {
+            let pinned = db.referenced_blobs().map_err(|e| e.to_string())?;
+            blobs
+                .evict(limit, &pinned, BLOB_CACHE_GRACE)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        match evicted {
+            Ok(Ok((held, n))) if n > 0 => {
+                tracing::info!(evicted = n, held_bytes = held, "blob cache trimmed")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not trim the blob cache"),
+            _ => {}
+        }
     }
 }
 

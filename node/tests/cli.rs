@@ -186,3 +186,50 @@ fn bench_trust_accepts_no_wrong_result_from_a_quarter_of_liars() {
         "{figures}"
     );
 }
+
+/// The systemd unit in `dist/` runs the node politely (its own user, lowest
+/// priority, a memory ceiling, restarts), and systemd accepts it when it is here.
+#[test]
+fn the_systemd_unit_is_polite_and_valid() {
+    let unit = include_str!("../../dist/peergrid.service");
+    for line in [
+        "User=peergrid",
+        "StateDirectory=peergrid",
+        "Nice=19",
+        "CPUWeight=idle",
+        "MemoryMax=",
+        "Restart=on-failure",
+        "ExecStart=/usr/local/bin/peergrid node",
+    ] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(line)),
+            "the unit lacks {line}"
+        );
+    }
+    let Ok(out) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        println!("systemd-analyze is not installed: syntax not checked");
+        return;
+    };
+    assert!(out.status.success());
+    // Verify a copy that runs the binary under test.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("peergrid.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/peergrid", env!("CARGO_BIN_EXE_peergrid")),
+    )
+    .expect("write");
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze runs");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !said.contains("peergrid.service:"),
+        "systemd-analyze verify: {said}"
+    );
+}

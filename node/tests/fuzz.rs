@@ -796,6 +796,17 @@ mod api {
             req.send(body).expect("the API answers").status().as_u16()
         }
 
+        fn put(&self, path: &str, content_type: Option<&str>, body: &[u8]) -> u16 {
+            let mut req = self
+                .agent
+                .put(format!("{}{path}", self.base))
+                .header("Authorization", self.auth());
+            if let Some(ct) = content_type {
+                req = req.header("Content-Type", ct);
+            }
+            req.send(body).expect("the API answers").status().as_u16()
+        }
+
         fn upload(&self, bytes: &[u8]) -> String {
             let mut r = self
                 .agent
@@ -1033,6 +1044,38 @@ mod api {
             },
         );
 
+        run(
+            "arbitrary bodies for POST /v1/pause and PUT /v1/preferences",
+            128,
+            (
+                bytes(256),
+                prop_oneof![Just(Some("application/json")), Just(None)],
+            ),
+            |(body, content_type)| {
+                check_4xx("POST /v1/pause", api.post("/v1/pause", content_type, &body))?;
+                check_4xx(
+                    "PUT /v1/preferences",
+                    api.put("/v1/preferences", content_type, &body),
+                )
+            },
+        );
+
+        run(
+            "preferences out of range",
+            64,
+            (
+                prop_oneof![Just("cpu-time-percent"), Just("max-cpu-percent")],
+                prop_oneof![Just(0i64), 101i64..100_000, -1000i64..0],
+            ),
+            |(key, value)| {
+                let body = serde_json::to_vec(&serde_json::json!({ key: value })).expect("json");
+                check_4xx(
+                    &format!("PUT /v1/preferences {key}={value}"),
+                    api.put("/v1/preferences", Some("application/json"), &body),
+                )
+            },
+        );
+
         run("arbitrary tokens", 32, "[ -~]{0,80}", |token| {
             let status = api
                 .agent
@@ -1048,6 +1091,17 @@ mod api {
 
         // Still alive and well, with no job created by any of the above.
         assert_eq!(api.get("/v1/status"), 200);
+        let mut r = api
+            .agent
+            .get(format!("{}/v1/status", api.base))
+            .header("Authorization", api.auth())
+            .call()
+            .expect("the API answers");
+        let status: Value = r.body_mut().read_json().expect("json");
+        assert_ne!(
+            status["volunteer"]["state"], "suspended",
+            "nothing above paused the node: {status}"
+        );
         let mut r = api
             .agent
             .get(format!("{}/v1/jobs", api.base))

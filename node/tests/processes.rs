@@ -1,6 +1,10 @@
 //! Real `peergrid node` processes on loopback: they find each other through a
 //! bootstrap peer, `peergrid peers` shows their capacity, and a node killed with
-//! SIGKILL leaves the others' views when its adverts expire.
+//! SIGKILL leaves the others' views when its adverts expire; a submitter killed
+//! mid-job resumes. Volunteer controls as a volunteer meets them: a CPU hog next to
+//! a working node suspends it (its chunks pause, its advert lends nothing) and the job
+//! still completes after the hog ends; `--cpu-time-percent` measured from the OS;
+//! `pause` / `resume` / `prefs` across restarts.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -32,20 +36,25 @@ fn start_node(dir: &Path, bootstrap: Option<&str>) -> NodeProcess {
 }
 
 fn start_node_on(dir: &Path, bootstrap: Option<&str>, listen: &str) -> NodeProcess {
+    // These tests are about the network: lend both slots whatever else the
+    // (shared, noisy) machine runs.
+    start_node_with(dir, bootstrap, listen, &["--cpus", "2", "--lend-when-busy"])
+}
+
+fn start_node_with(
+    dir: &Path,
+    bootstrap: Option<&str>,
+    listen: &str,
+    extra: &[&str],
+) -> NodeProcess {
     let started = Instant::now();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_peergrid"));
     cmd.arg("--data-dir")
         .arg(dir)
         .args(["node", "--listen", listen, "--no-mdns"])
         .args(["--api", "127.0.0.1:0", "--metrics", "off"])
-        .args([
-            "--advert-interval",
-            "500ms",
-            "--advert-ttl",
-            "3s",
-            "--cpus",
-            "2",
-        ])
+        .args(["--advert-interval", "500ms", "--advert-ttl", "3s"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     if let Some(b) = bootstrap {
@@ -222,6 +231,7 @@ fn chunk_record(dir: &Path) -> Vec<(String, u32)> {
 
 #[test]
 fn a_submitter_killed_mid_job_resumes_without_rerunning_verified_chunks() {
+    let _heavy = heavy();
     let dirs: Vec<_> = (0..4)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
@@ -305,4 +315,344 @@ fn a_submitter_killed_mid_job_resumes_without_rerunning_verified_chunks() {
     for i in verified_before {
         assert_eq!(after[i], before[i], "verified chunk {i} was run again");
     }
+}
+
+// ---- Volunteer controls ----------------------------------------------------------
+
+/// CPU-heavy tests take this, so their figures are not skewed by each other.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+const LOOPBACK: &str = "/ip4/127.0.0.1/tcp/0";
+
+fn status_json(dir: &Path) -> serde_json::Value {
+    let out = cli(dir, &["status", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn peer_id(node: &NodeProcess) -> String {
+    node.addr.rsplit('/').next().unwrap_or_default().to_string()
+}
+
+/// The advert of `peer` in the view of the node at `dir`.
+fn advert_of(dir: &Path, peer: &str) -> Option<serde_json::Value> {
+    peers_json(dir)
+        .into_iter()
+        .find(|p| p["peer_id"] == peer)
+        .map(|p| p["advert"].clone())
+        .filter(|a| !a.is_null())
+}
+
+fn submit_json(dir: &Path, args: &[&str]) -> String {
+    let mut all = vec!["submit"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = cli(dir, &all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_string()
+}
+
+fn job_json(dir: &Path, id: &str) -> serde_json::Value {
+    serde_json::from_slice(&cli(dir, &["status", id, "--json"]).stdout).unwrap_or_default()
+}
+
+/// Busy-loop processes, one per core, killed when dropped.
+struct Hog(Vec<Child>);
+
+impl Hog {
+    fn start() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Hog((0..cores)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .expect("sh starts")
+            })
+            .collect())
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// CPU time the process has used so far, from the OS.
+fn cpu_time(pid: u32) -> Duration {
+    let mut system = sysinfo::System::new().expect("sysinfo");
+    let pid = sysinfo::Pid::from_u32(pid);
+    system.refresh_processes_specifics(
+        sysinfo::ProcessesToUpdate::Some(&[pid]),
+        true,
+        sysinfo::ProcessRefreshKind::nothing().with_cpu(),
+    );
+    Duration::from_millis(
+        system
+            .process(pid)
+            .map_or(0, sysinfo::Process::accumulated_cpu_time),
+    )
+}
+
+/// The share of one core the process used over `window`.
+fn cpu_share(pid: u32, window: Duration) -> f64 {
+    let (cpu, wall) = (cpu_time(pid), Instant::now());
+    std::thread::sleep(window);
+    (cpu_time(pid) - cpu).as_secs_f64() / wall.elapsed().as_secs_f64()
+}
+
+#[test]
+fn a_cpu_hog_suspends_the_worker_whose_chunks_pause_and_the_job_still_completes() {
+    let _heavy = heavy();
+    let dirs: Vec<_> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let submitter = start_node_with(dirs[0].path(), None, LOOPBACK, &["--cpus", "0"]);
+    let worker = start_node_with(
+        dirs[1].path(),
+        Some(&submitter.addr),
+        LOOPBACK,
+        &[
+            "--cpus",
+            "2",
+            "--suspend-above-percent",
+            "60",
+            "--cpu-sample-interval",
+            "250ms",
+        ],
+    );
+    let worker_id = peer_id(&worker);
+    // The machine is shared: wait until it is spare enough for the worker to lend.
+    wait_until(
+        "the submitter to see the worker lend 2 slots",
+        Duration::from_secs(180),
+        || advert_of(dirs[0].path(), &worker_id).is_some_and(|a| a["slots_total"] == 2),
+    );
+    let id = submit_json(
+        dirs[0].path(),
+        &[
+            "primes",
+            "--params",
+            r#"{"limit":20000000000,"chunks":40}"#,
+            "--redundancy",
+            "1",
+            "--quorum",
+            "1",
+            "--replication",
+            "fixed",
+        ],
+    );
+    // Computing inside the sandbox (not still fetching or compiling the module).
+    wait_until("the worker to run chunks", Duration::from_secs(60), || {
+        status_json(dirs[1].path())["worker"]["running"].as_u64() >= Some(1)
+    });
+
+    let hog = Hog::start();
+    let started = Instant::now();
+    wait_until("the worker to suspend", Duration::from_secs(30), || {
+        status_json(dirs[1].path())["volunteer"]["state"] == "suspended"
+    });
+    let suspended_after = started.elapsed();
+    wait_until(
+        "the running chunks to pause",
+        Duration::from_secs(30),
+        || status_json(dirs[1].path())["worker"]["paused"].as_u64() >= Some(1),
+    );
+    let paused_after = started.elapsed();
+    wait_until(
+        "the submitter to see no slot lent",
+        Duration::from_secs(30),
+        || {
+            advert_of(dirs[0].path(), &worker_id)
+                .is_some_and(|a| a["slots_total"] == 0 && a["slots_free"] == 0)
+        },
+    );
+    let advert_after = started.elapsed();
+    let said = String::from_utf8_lossy(&cli(dirs[1].path(), &["status"]).stdout).into_owned();
+    assert!(
+        said.contains("suspended: other processes use") && said.contains("above the 60 % limit"),
+        "{said}"
+    );
+    // Nothing moves while suspended (but results finished just before may land).
+    let before = job_json(dirs[0].path(), &id)["chunks_verified"]
+        .as_u64()
+        .unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = job_json(dirs[0].path(), &id)["chunks_verified"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        after <= before + 2,
+        "work went on while suspended: {before} -> {after}"
+    );
+    assert!(after < 40, "the job ended before the hog could matter");
+
+    drop(hog);
+    let ended = Instant::now();
+    wait_until("the worker to work again", Duration::from_secs(120), || {
+        status_json(dirs[1].path())["volunteer"]["state"] != "suspended"
+    });
+    let resumed_after = ended.elapsed();
+    wait_until("the job to finish", Duration::from_secs(300), || {
+        job_json(dirs[0].path(), &id)["state"] == "done"
+    });
+    let out = cli(dirs[0].path(), &["results", &id]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("882206716"),
+        "π(2·10^10): {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s = status_json(dirs[1].path());
+    assert_eq!(s["worker"]["withdrawn"], 0, "nothing was withdrawn: {s}");
+    println!(
+        "hog started: suspended after {suspended_after:?}, chunks paused after {paused_after:?}, \
+         advert without slots at the submitter after {advert_after:?}; hog ended: working \
+         again after {resumed_after:?}"
+    );
+}
+
+#[test]
+fn cpu_time_percent_50_keeps_the_node_near_half_a_core() {
+    let _heavy = heavy();
+    let dirs: Vec<_> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let submitter = start_node_with(dirs[0].path(), None, LOOPBACK, &["--cpus", "0"]);
+    let worker = start_node_with(
+        dirs[1].path(),
+        Some(&submitter.addr),
+        LOOPBACK,
+        &[
+            "--cpus",
+            "1",
+            "--cpu-time-percent",
+            "50",
+            "--lend-when-busy",
+        ],
+    );
+    let worker_id = peer_id(&worker);
+    wait_until(
+        "the submitter to see the worker",
+        Duration::from_secs(60),
+        || advert_of(dirs[0].path(), &worker_id).is_some_and(|a| a["slots_total"] == 1),
+    );
+    // Long chunks, so one runs all the time while we measure.
+    submit_json(
+        dirs[0].path(),
+        &[
+            "primes",
+            "--params",
+            r#"{"limit":20000000000,"chunks":8}"#,
+            "--redundancy",
+            "1",
+            "--quorum",
+            "1",
+            "--replication",
+            "fixed",
+        ],
+    );
+    wait_until("the worker to run a chunk", Duration::from_secs(60), || {
+        status_json(dirs[1].path())["worker"]["running"] == 1
+    });
+    let pid = worker.child.id();
+    let throttled = cpu_share(pid, Duration::from_secs(5));
+    let out = cli(dirs[1].path(), &["prefs", "--cpu-time-percent", "100"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let full = cpu_share(pid, Duration::from_secs(5));
+    println!(
+        "worker CPU time per wall second, from the OS: {throttled:.2} at --cpu-time-percent 50, \
+         {full:.2} at 100 (ratio {:.2})",
+        throttled / full
+    );
+    assert!(
+        (0.2..=0.75).contains(&throttled),
+        "at 50 % the node used {throttled:.2} of a core"
+    );
+    assert!(
+        throttled < full * 0.8,
+        "throttled {throttled:.2} vs unthrottled {full:.2}"
+    );
+}
+
+#[test]
+fn pause_and_resume_by_hand_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = ["--cpus", "1", "--lend-when-busy"];
+    let node = start_node_with(dir.path(), None, LOOPBACK, &extra);
+    let state = |d: &Path| status_json(d)["volunteer"].clone();
+    wait_until("the node to lend", Duration::from_secs(30), || {
+        status_json(dir.path())["slots_total"] == 1
+    });
+    let out = cli(dir.path(), &["pause"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("suspended: paused by hand"));
+    let s = status_json(dir.path());
+    assert_eq!(s["slots_total"], 0, "{s}");
+    assert_eq!(s["volunteer"]["reason"]["kind"], "paused");
+
+    drop(node);
+    let node = start_node_with(dir.path(), None, LOOPBACK, &extra);
+    let v = state(dir.path());
+    assert_eq!(v["state"], "suspended", "still paused after a restart: {v}");
+    let said = String::from_utf8_lossy(&cli(dir.path(), &["status"]).stdout).into_owned();
+    assert!(said.contains("suspended: paused by hand"), "{said}");
+
+    let out = cli(dir.path(), &["resume"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state(dir.path())["state"], "idle");
+    drop(node);
+    let node = start_node_with(dir.path(), None, LOOPBACK, &extra);
+    assert_eq!(
+        state(dir.path())["state"],
+        "idle",
+        "still resumed after a restart"
+    );
+
+    // A timed pause ends by itself.
+    let out = cli(dir.path(), &["pause", "--for", "1s"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("paused by hand for"));
+    wait_until("the timed pause to end", Duration::from_secs(30), || {
+        state(dir.path())["state"] == "idle"
+    });
+    // Preferences changed at run time are kept too.
+    let out = cli(dir.path(), &["prefs", "--active-hours", "nonsense"]);
+    assert!(!out.status.success(), "a bad window is refused");
+    let out = cli(dir.path(), &["prefs", "--cpu-time-percent", "40", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(node);
+    let _node = start_node_with(dir.path(), None, LOOPBACK, &extra);
+    let prefs: serde_json::Value =
+        serde_json::from_slice(&cli(dir.path(), &["prefs", "--json"]).stdout).expect("json");
+    assert_eq!(prefs["cpu_time_percent"], 40, "{prefs}");
 }

@@ -5,3 +5,4 @@ mod grid;
 mod monitoring;
 mod network;
 mod trust;
+mod volunteer;

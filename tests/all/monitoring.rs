@@ -41,6 +41,21 @@ const MAY_STAY_ZERO: &[(&str, &str, &str)] = &[
         "results leave the outbox within milliseconds on loopback",
     ),
     (
+        "Volunteer controls",
+        "B",
+        "no test node is suspended, so no chunk pauses",
+    ),
+    (
+        "Volunteer controls",
+        "C",
+        "no test node is paused, outside its hours or busy",
+    ),
+    (
+        "Other programs' CPU",
+        "A",
+        "in-process test nodes lend what they are told (no CPU sampling)",
+    ),
+    (
         "Replicas",
         "B",
         "reissues: no replica times out and no peer leaves",

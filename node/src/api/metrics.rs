@@ -66,6 +66,10 @@ pub async fn sample(state: &NodeState) {
         .metrics
         .worker
         .sample(&state.worker.status(), state.fuel_per_sec);
+    state
+        .metrics
+        .worker
+        .volunteer(&state.worker.volunteer_status());
     match tokio::time::timeout(SAMPLE_TIMEOUT, state.scheduler.status(None)).await {
         Ok(jobs) => state.metrics.scheduler.sample(&jobs),
         Err(_) => tracing::debug!("scheduler busy: job gauges not refreshed for this scrape"),

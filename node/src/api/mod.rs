@@ -20,6 +20,10 @@
 //! | `GET /v1/jobs/{id}/result` | the merged result's bytes |
 //! | `GET /v1/jobs/{id}/chunks/{n}` | one chunk's verified output |
 //! | `POST /v1/jobs/{id}/cancel` | cancel |
+//! | `GET /v1/preferences` | the volunteer's preferences in force ([`Preferences`]) |
+//! | `PUT /v1/preferences` | change some ([`PreferenceChanges`]; `?reset=true` first drops earlier changes); the new [`Preferences`], or 400 |
+//! | `POST /v1/pause` | pause the worker ([`PauseRequest`]: `{"for": "30m"}`, or `{}` until resumed) |
+//! | `POST /v1/resume` | end a pause |
 
 pub mod metrics;
 
@@ -43,6 +47,7 @@ use crate::net::protocol::CapacityAdvert;
 use crate::node::NodeState;
 use crate::scheduler::{JobStatus, SubmitRequest, parse_job_id};
 use crate::worker::WorkerStatus;
+use crate::worker::politeness::{PreferenceChanges, PreferenceError, Preferences, VolunteerStatus};
 
 /// Largest upload (a module or an input file).
 const MAX_UPLOAD: usize = 1024 * 1024 * 1024;
@@ -75,7 +80,8 @@ pub struct Status {
     pub known_peers: usize,
     /// Fresh adverts in the capacity view.
     pub adverts_in_view: usize,
-    /// Slots lent in total.
+    /// Slots lent now (fewer than `--cpus` when the machine is busy, 0 while
+    /// suspended).
     pub slots_total: u32,
     /// Slots free now.
     pub slots_free: u32,
@@ -93,6 +99,8 @@ pub struct Status {
     pub dropped_inbound: u64,
     /// The worker side.
     pub worker: WorkerStatus,
+    /// The volunteer controls: working or not, and why.
+    pub volunteer: VolunteerStatus,
     /// Jobs this node submitted that are still running.
     pub jobs_running: usize,
 }
@@ -144,6 +152,9 @@ pub async fn serve(
         .route("/v1/jobs/{id}/result", get(job_result))
         .route("/v1/jobs/{id}/chunks/{chunk}", get(chunk_output))
         .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/preferences", get(get_preferences).put(put_preferences))
+        .route("/v1/pause", post(pause))
+        .route("/v1/resume", post(resume))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
         .layer(middleware::from_fn_with_state(token, require_token))
         .with_state(state);
@@ -181,6 +192,7 @@ async fn status(State(state): State<Arc<NodeState>>) -> Result<Json<Status>, Sta
         .status()
         .await
         .ok_or(StatusCode::SERVICE_UNAVAILABLE)?;
+    let worker = state.worker.status();
     Ok(Json(Status {
         peer_id: net.peer_id,
         version: env!("CARGO_PKG_VERSION").into(),
@@ -189,18 +201,16 @@ async fn status(State(state): State<Arc<NodeState>>) -> Result<Json<Status>, Sta
         connected_peers: net.connected_peers,
         known_peers: net.known_peers,
         adverts_in_view: net.adverts,
-        slots_total: state.config.cpus,
-        slots_free: net
-            .own_advert
-            .as_ref()
-            .map_or(state.config.cpus, |a| a.slots_free),
+        slots_total: worker.slots_total,
+        slots_free: worker.slots_free,
         memory_per_chunk: state.config.memory_per_chunk,
         fuel_per_sec: state.fuel_per_sec,
         advert: net.own_advert,
         offences: net.offences,
         banned_peers: net.banned_peers,
         dropped_inbound: net.dropped_inbound,
-        worker: state.worker.status(),
+        worker,
+        volunteer: state.worker.volunteer_status(),
         jobs_running: state
             .scheduler
             .status(None)
@@ -397,4 +407,70 @@ async fn cancel(
     let id = job_id(&id)?;
     state.scheduler.cancel(id).await.ok_or_else(not_found)?;
     Ok(Json(serde_json::json!({ "cancelled": true })))
+}
+
+/// `POST /v1/pause`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseRequest {
+    /// How long, e.g. `30m`; absent: until `POST /v1/resume`.
+    #[serde(default, rename = "for")]
+    pub duration: Option<String>,
+}
+
+/// `PUT /v1/preferences` query.
+#[derive(Debug, Clone, Default, Deserialize)]
+struct PreferencesQuery {
+    #[serde(default)]
+    reset: bool,
+}
+
+async fn get_preferences(State(state): State<Arc<NodeState>>) -> Json<Preferences> {
+    Json(state.worker.preferences())
+}
+
+async fn put_preferences(
+    State(state): State<Arc<NodeState>>,
+    axum::extract::Query(query): axum::extract::Query<PreferencesQuery>,
+    Json(changes): Json<PreferenceChanges>,
+) -> Result<Json<Preferences>, ApiError> {
+    state
+        .worker
+        .set_preferences(&changes, query.reset)
+        .map(Json)
+        .map_err(|e| match e {
+            PreferenceError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            e @ PreferenceError::Io(_) => {
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        })
+}
+
+async fn pause(
+    State(state): State<Arc<NodeState>>,
+    Json(req): Json<PauseRequest>,
+) -> Result<Json<VolunteerStatus>, ApiError> {
+    let duration = req
+        .duration
+        .as_deref()
+        .map(crate::config::parse_duration)
+        .transpose()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    state.worker.pause(duration).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not keep the pause in the data dir: {e}"),
+        )
+    })?;
+    Ok(Json(state.worker.volunteer_status()))
+}
+
+async fn resume(State(state): State<Arc<NodeState>>) -> Result<Json<VolunteerStatus>, ApiError> {
+    state.worker.resume().map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not keep the resume in the data dir: {e}"),
+        )
+    })?;
+    Ok(Json(state.worker.volunteer_status()))
 }

@@ -96,6 +96,24 @@ impl ApiClient {
             .with_context(|| format!("reading the node's answer to {path}"))
     }
 
+    /// PUTs JSON, expects JSON back.
+    pub fn put_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let mut r = self.call(
+            path,
+            self.agent
+                .put(self.url(path))
+                .header("Authorization", self.auth())
+                .send_json(body),
+        )?;
+        r.body_mut()
+            .read_json()
+            .with_context(|| format!("reading the node's answer to {path}"))
+    }
+
     /// POSTs raw bytes, expects JSON back.
     pub fn post_bytes<T: DeserializeOwned>(&self, path: &str, body: &[u8]) -> anyhow::Result<T> {
         let mut r = self.call(

@@ -18,7 +18,9 @@ pub mod examples;
 pub mod inspect;
 pub mod jobs;
 pub mod node;
+pub mod pause;
 pub mod peers;
+pub mod prefs;
 pub mod results;
 pub mod run;
 pub mod status;
@@ -56,6 +58,9 @@ enum Command {
     Jobs(jobs::JobsCmd),
     Results(results::ResultsCmd),
     Cancel(cancel::CancelCmd),
+    Pause(pause::PauseCmd),
+    Resume(pause::ResumeCmd),
+    Prefs(prefs::PrefsCmd),
     Run(run::RunCmd),
     Inspect(inspect::InspectCmd),
     Examples(examples::ExamplesCmd),
@@ -95,6 +100,9 @@ impl Cli {
             Command::Jobs(cmd) => cmd.execute(&global),
             Command::Results(cmd) => cmd.execute(&global),
             Command::Cancel(cmd) => cmd.execute(&global),
+            Command::Pause(cmd) => cmd.execute(&global),
+            Command::Resume(cmd) => cmd.execute(&global),
+            Command::Prefs(cmd) => cmd.execute(&global),
             Command::Run(cmd) => cmd.execute(&global),
             Command::Inspect(cmd) => cmd.execute(&global),
             Command::Examples(cmd) => cmd.execute(),

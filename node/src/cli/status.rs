@@ -70,6 +70,18 @@ impl StatusCmd {
             "peers     {} connected, {} known, {} advertising capacity",
             s.connected_peers, s.known_peers, s.adverts_in_view
         );
+        let v = &s.volunteer;
+        match &v.reason_text {
+            Some(reason) => println!("state     {}: {reason}", v.state),
+            None if s.slots_total < s.worker.slots_lent => println!(
+                "state     {}: lending {} of {} slots (other programs use {:.0} % CPU)",
+                v.state,
+                s.slots_total,
+                s.worker.slots_lent,
+                v.cpu.map_or(0.0, |c| c.other_percent)
+            ),
+            None => println!("state     {}: lending {} slots", v.state, s.slots_total),
+        }
         println!(
             "lends     {}/{} slots free, {} MiB per chunk, {}/s per slot",
             s.slots_free,
@@ -77,10 +89,35 @@ impl StatusCmd {
             s.memory_per_chunk / (1024 * 1024),
             fuel(s.fuel_per_sec)
         );
+        if let Some(cpu) = &v.cpu {
+            println!(
+                "cpu       other programs {:.0} %, peergrid {:.0} % of the machine",
+                cpu.other_percent, cpu.peergrid_percent
+            );
+        }
+        let p = &v.preferences;
+        if p.cpu_time_percent < 100 || p.active_hours.is_some() || p.suspend_above_percent > 0 {
+            println!(
+                "prefs     cpu time {} %, suspend above {}, active hours {} (see `peergrid prefs`)",
+                p.cpu_time_percent,
+                match p.suspend_above_percent {
+                    0 => "never".to_string(),
+                    n => format!("{n} %"),
+                },
+                p.active_hours
+                    .map_or_else(|| "always".to_string(), |h| h.to_string())
+            );
+        }
         println!(
-            "working   {} chunks active, {} results awaiting acknowledgement, {} executed since start",
-            s.worker.active, s.worker.outbox, s.worker.executed
+            "working   {} chunks active ({} paused), {} results awaiting acknowledgement, {} executed since start",
+            s.worker.active, s.worker.paused, s.worker.outbox, s.worker.executed
         );
+        if s.worker.withdrawn > 0 {
+            println!(
+                "withdrawn {} chunks paused too long (their submitters ran them elsewhere)",
+                s.worker.withdrawn
+            );
+        }
         if s.jobs_running > 0 {
             println!("jobs      {} running (see `peergrid jobs`)", s.jobs_running);
         }

@@ -240,6 +240,10 @@ pub enum WireOutcome {
     Timeout,
     /// The module could not run.
     Invalid(String),
+    /// Not run: the worker's volunteer needed the machine for longer than the
+    /// worker's `withdraw-after`. The submitter runs the chunk elsewhere; no fault of
+    /// the worker's. Never carries an output.
+    Withdrawn,
 }
 
 /// Worker -> submitter: one finished chunk replica.

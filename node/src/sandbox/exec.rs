@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Caller, Engine, Extern, Linker, Store, UpdateDeadline};
 
+use super::gate::Ticket;
 use super::limits::{ChunkControl, Limits, MemoryCap};
 use super::outcome::{Execution, Outcome, TrapKind};
 use super::{Inner, JobModule};
@@ -71,6 +72,8 @@ pub(crate) struct HostState {
     panic: Option<String>,
     deadline: Instant,
     control: Option<Arc<ChunkControl>>,
+    /// The call's place at the worker's gate (pause, throttle), when it has one.
+    ticket: Option<Ticket>,
     stop: Option<Stop>,
 }
 
@@ -125,11 +128,14 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
 }
 
 /// A fresh store with every limit installed: fuel, memory and table caps, the
-/// wall-clock guard and cancellation (both through the epoch callback).
+/// wall-clock guard, cancellation and the worker's gate (all three through the epoch
+/// callback). Time spent paused or throttled at the gate does not count towards
+/// the wall-clock guard: the deadline moves on by it.
 fn new_store(
     inner: &Inner,
     limits: &Limits,
     control: Option<Arc<ChunkControl>>,
+    ticket: Option<Ticket>,
 ) -> wasmtime::Result<Store<HostState>> {
     let now = Instant::now();
     let state = HostState {
@@ -144,6 +150,7 @@ fn new_store(
             .checked_add(limits.timeout)
             .unwrap_or(now + Duration::from_secs(365 * 24 * 3600)),
         control,
+        ticket,
         stop: None,
     };
     let mut store = Store::new(&inner.engine, state);
@@ -159,6 +166,15 @@ fn new_store(
         if state.control.as_ref().is_some_and(|c| c.is_cancelled()) {
             state.stop = Some(Stop::Cancelled);
             return Ok(UpdateDeadline::Interrupt);
+        }
+        if let Some(ticket) = state.ticket.as_mut() {
+            match ticket.checkpoint(state.control.as_deref()) {
+                Some(idle) => state.deadline += idle,
+                None => {
+                    state.stop = Some(Stop::Cancelled);
+                    return Ok(UpdateDeadline::Interrupt);
+                }
+            }
         }
         if Instant::now() >= state.deadline {
             state.stop = Some(Stop::Timeout);
@@ -191,8 +207,24 @@ pub(crate) fn call(
             logs: Vec::new(),
         };
     }
+    // Wait for a place at the worker's gate before anything runs (a suspended
+    // worker starts nothing).
+    let ticket = match control.as_ref().and_then(|c| c.gate().cloned()) {
+        Some(gate) => match gate.enter(control.as_deref()) {
+            Some((ticket, _)) => Some(ticket),
+            None => {
+                return Execution {
+                    outcome: Outcome::Cancelled,
+                    fuel_used: 0,
+                    elapsed: started.elapsed(),
+                    logs: Vec::new(),
+                };
+            }
+        },
+        None => None,
+    };
     let _ticking = inner.ticker.enter();
-    let mut store = match new_store(inner, limits, control) {
+    let mut store = match new_store(inner, limits, control, ticket) {
         Ok(store) => store,
         Err(e) => {
             return Execution {

@@ -3,8 +3,11 @@
 //! [`Limits`] travels with every assignment (later on the wire), so its fields are
 //! plain numbers. [`exec::new_store`](super::exec) installs all of them in one place.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::gate::Gate;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,13 +51,42 @@ impl Default for Limits {
     }
 }
 
-/// Lets another thread stop a running call (cancel). Checked at every epoch tick.
+/// Lets other threads steer a running call: stop it (cancel), and make it wait at
+/// the worker's [`Gate`] (pause, throttle). Checked at every epoch tick.
 #[derive(Debug, Default)]
 pub struct ChunkControl {
     cancelled: AtomicBool,
+    withdrawn: AtomicBool,
+    /// When the call started waiting at the gate (ms since `born`), 0 when not.
+    paused_at: AtomicU64,
+    born: OnceInstant,
+    gate: Option<Arc<Gate>>,
+}
+
+/// An `Instant` with a `Default` (now), so `ChunkControl` stays `Default`.
+#[derive(Debug)]
+struct OnceInstant(Instant);
+
+impl Default for OnceInstant {
+    fn default() -> Self {
+        Self(Instant::now())
+    }
 }
 
 impl ChunkControl {
+    /// A control whose call waits at `gate` (paused or throttled by the worker).
+    pub fn gated(gate: Arc<Gate>) -> Self {
+        Self {
+            gate: Some(gate),
+            ..Self::default()
+        }
+    }
+
+    /// The gate the call waits at, if any.
+    pub fn gate(&self) -> Option<&Arc<Gate>> {
+        self.gate.as_ref()
+    }
+
     /// Asks the call to stop; it ends with `Outcome::Cancelled` within a tick or two.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);
@@ -63,6 +95,40 @@ impl ChunkControl {
     /// Whether [`cancel`](Self::cancel) was called.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Stops the call because it was paused too long here: its submitter is told to
+    /// run it elsewhere.
+    pub fn withdraw(&self) {
+        self.withdrawn.store(true, Ordering::Relaxed);
+        self.cancel();
+    }
+
+    /// Whether [`withdraw`](Self::withdraw) was called.
+    pub fn is_withdrawn(&self) -> bool {
+        self.withdrawn.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_paused(&self, paused: bool) {
+        let at = if paused {
+            (self.born.0.elapsed().as_millis() as u64).max(1)
+        } else {
+            0
+        };
+        self.paused_at.store(at, Ordering::Relaxed);
+    }
+
+    /// How long the call has been waiting at the gate, when it is.
+    pub fn paused_for(&self) -> Option<Duration> {
+        match self.paused_at.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(
+                self.born
+                    .0
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(at)),
+            ),
+        }
     }
 }
 

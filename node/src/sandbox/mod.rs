@@ -21,6 +21,7 @@
 
 pub mod cache;
 mod exec;
+pub mod gate;
 mod limits;
 mod outcome;
 pub mod validate;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 use wasmtime::{Config, Engine, Linker, OptLevel};
 
 pub use exec::Entry;
+pub use gate::Gate;
 pub use limits::{ChunkControl, Limits};
 pub use outcome::{Execution, Outcome, TrapKind};
 pub use validate::{AbiReport, ModuleError, ModuleInfo};

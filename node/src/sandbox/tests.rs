@@ -452,3 +452,81 @@ fn missing_split_is_invalid_not_a_crash() {
     assert!(inputs.is_none());
     assert!(matches!(exec.outcome, Outcome::Invalid(_)));
 }
+
+/// Counts down from 200 M, then echoes its input: a call that takes a while.
+const COUNTDOWN: &str = "(local $i i32)
+    (local.set $i (i32.const 200000000))
+    (loop $l
+      (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+      (br_if $l (local.get $i)))
+    (call $ret (i32.const 0) (local.get $ptr) (local.get $len))";
+
+#[test]
+fn a_paused_call_waits_at_the_gate_and_goes_on_where_it_stopped() {
+    let sandbox = sandbox();
+    let module = sandbox
+        .load(abi_module(COUNTDOWN, "").as_bytes())
+        .expect("loads");
+    let limits = Limits {
+        fuel: u64::MAX,
+        // Shorter than the pause: paused time must not count.
+        timeout: Duration::from_secs(1),
+        ..Limits::CHUNK
+    };
+    let alone = sandbox.call(&module, Entry::Run, b"x", &limits, None);
+    assert_eq!(alone.outcome, Outcome::Ok(b"x".to_vec()));
+
+    let gate = Arc::new(Gate::new(1, 100));
+    let control = Arc::new(ChunkControl::gated(gate.clone()));
+    let pauser = {
+        let (gate, control) = (gate.clone(), control.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while gate.running() == 0 && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            gate.set(0, 100);
+            let paused = Instant::now();
+            while gate.waiting() == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let seen_paused = control.paused_for().is_some();
+            std::thread::sleep(Duration::from_millis(1500).saturating_sub(paused.elapsed()));
+            gate.set(1, 100);
+            seen_paused
+        })
+    };
+    let started = Instant::now();
+    let exec = sandbox.call(&module, Entry::Run, b"x", &limits, Some(control));
+    let elapsed = started.elapsed();
+    let seen_paused = pauser.join().expect("pauser thread");
+    assert_eq!(exec.outcome, Outcome::Ok(b"x".to_vec()), "not timed out");
+    assert_eq!(
+        exec.fuel_used, alone.fuel_used,
+        "the same work, not restarted"
+    );
+    assert!(elapsed >= Duration::from_millis(1500), "{elapsed:?}");
+    assert!(seen_paused, "the call showed as paused");
+    assert_eq!(gate.running(), 0, "the place was given back");
+}
+
+#[test]
+fn a_call_waiting_at_a_closed_gate_can_be_cancelled() {
+    let sandbox = sandbox();
+    let module = sandbox
+        .load(abi_module(COUNTDOWN, "").as_bytes())
+        .expect("loads");
+    let gate = Arc::new(Gate::new(0, 100));
+    let control = Arc::new(ChunkControl::gated(gate));
+    let canceller = {
+        let control = control.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            control.cancel();
+        })
+    };
+    let exec = sandbox.call(&module, Entry::Run, b"x", &Limits::CHUNK, Some(control));
+    canceller.join().expect("canceller thread");
+    assert_eq!(exec.outcome, Outcome::Cancelled);
+    assert_eq!(exec.fuel_used, 0, "it never started");
+}

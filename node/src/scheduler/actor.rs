@@ -132,6 +132,7 @@ pub(super) fn describe(o: &WireOutcome) -> String {
         WireOutcome::MemoryLimit => "memory limit reached".into(),
         WireOutcome::Timeout => "timed out on the worker".into(),
         WireOutcome::Invalid(r) => format!("invalid module: {r}"),
+        WireOutcome::Withdrawn => "withdrawn by the worker (its owner needed the machine)".into(),
     }
 }
 
@@ -641,6 +642,18 @@ impl Actor {
                 ));
                 job.trust.bad_signatures += 1;
                 writes.push(self.reputation.error(peer));
+                stored.push(key);
+                touched.push((result.job_id, result.chunk));
+                continue;
+            }
+            if result.outcome == WireOutcome::Withdrawn {
+                // The worker's owner needed the machine: run it elsewhere, no penalty.
+                replica.state = ReplicaState::Lost;
+                writes.push(Write::Replica(
+                    result.job_id,
+                    replica_row(result.chunk, replica),
+                ));
+                self.ctx.metrics.reissues.with_label_values(&["lost"]).inc();
                 stored.push(key);
                 touched.push((result.job_id, result.chunk));
                 continue;

@@ -283,7 +283,10 @@ pub fn agreement_key(outcome: &WireOutcome, output: &BlobHash) -> [u8; 32] {
 /// could not instantiate a module the submitter itself validated, so it is the
 /// worker's fault. Neither is ever accepted as the chunk's answer.
 pub fn is_deterministic(outcome: &WireOutcome) -> bool {
-    !matches!(outcome, WireOutcome::Timeout | WireOutcome::Invalid(_))
+    !matches!(
+        outcome,
+        WireOutcome::Timeout | WireOutcome::Invalid(_) | WireOutcome::Withdrawn
+    )
 }
 
 impl Chunk {

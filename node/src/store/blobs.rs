@@ -3,6 +3,12 @@
 //! A blob enters only whole and verified: bytes are written to `<dir>/tmp/`, hashed
 //! as they arrive, and renamed into place only when their BLAKE3 hash is the name
 //! they were fetched under. Readers therefore never see a partial or wrong blob.
+//!
+//! The store can be kept under a disk limit ([`BlobStore::evict`], run by the node
+//! every minute when `--blob-cache` is set): least recently used blobs go first, where
+//! "used" is the file's modification time, which reads refresh. Blobs the caller
+//! pins (everything the node's own jobs and outbox refer to) and blobs used within a
+//! grace period (work in flight) are never evicted.
 //! All methods block (plain file I/O); async callers use `spawn_blocking`.
 
 use std::fs::{self, File};
@@ -85,7 +91,10 @@ impl BlobStore {
     /// Reads a whole blob.
     pub fn get(&self, hash: &BlobHash) -> io::Result<Option<Vec<u8>>> {
         match fs::read(self.path(hash)) {
-            Ok(bytes) => Ok(Some(bytes)),
+            Ok(bytes) => {
+                self.touch(hash);
+                Ok(Some(bytes))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -104,12 +113,72 @@ impl BlobStore {
             Err(e) => return Err(e),
         };
         let total = file.metadata()?.len();
+        if offset == 0 {
+            self.touch(hash);
+        }
         let start = offset.min(total);
         let want = (u64::from(len)).min(total - start) as usize;
         file.seek(SeekFrom::Start(start))?;
         let mut buf = vec![0u8; want];
         file.read_exact(&mut buf)?;
         Ok(Some((total, buf)))
+    }
+
+    /// Marks a blob as used now (for least-recently-used eviction).
+    fn touch(&self, hash: &BlobHash) {
+        if let Ok(file) = File::options().write(true).open(self.path(hash)) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+    }
+
+    /// Evicts least recently used blobs until the store holds at most `limit` bytes,
+    /// never one in `pinned` nor one used within `grace`. Returns (bytes held after,
+    /// blobs evicted).
+    pub fn evict(
+        &self,
+        limit: u64,
+        pinned: &std::collections::HashSet<BlobHash>,
+        grace: std::time::Duration,
+    ) -> io::Result<(u64, usize)> {
+        let mut blobs = Vec::new();
+        let mut total = 0u64;
+        for shard in fs::read_dir(&self.dir)? {
+            let shard = shard?;
+            if shard.file_name() == "tmp" || !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(shard.path())? {
+                let entry = entry?;
+                let Ok(meta) = entry.metadata() else {
+                    continue;
+                };
+                total += meta.len();
+                let hash = entry.file_name().to_str().and_then(BlobHash::from_hex);
+                if let Some(hash) = hash.filter(|h| !pinned.contains(h)) {
+                    let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                    blobs.push((used, hash, meta.len()));
+                }
+            }
+        }
+        if total <= limit {
+            return Ok((total, 0));
+        }
+        blobs.sort();
+        let now = std::time::SystemTime::now();
+        let mut evicted = 0;
+        for (used, hash, len) in blobs {
+            if total <= limit {
+                break;
+            }
+            if now.duration_since(used).unwrap_or_default() < grace {
+                continue;
+            }
+            if fs::remove_file(self.path(&hash)).is_ok() {
+                total -= len;
+                evicted += 1;
+            }
+        }
+        Ok((total, evicted))
     }
 
     /// Starts writing a blob that should hash to `hash` and be `total` bytes long.
@@ -208,6 +277,39 @@ impl Drop for BlobWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eviction_drops_the_least_recently_used_unpinned_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let blob = |i: u8, age_days: u32| {
+            let hash = store.put(&[i; 1000]).unwrap();
+            let file = File::options().write(true).open(store.path(&hash)).unwrap();
+            file.set_modified(std::time::SystemTime::now() - day * age_days)
+                .unwrap();
+            hash
+        };
+        let (oldest, pinned, old, new) = (blob(1, 9), blob(2, 8), blob(3, 7), blob(4, 0));
+        let pins: std::collections::HashSet<_> = [pinned].into();
+        // Under the limit: nothing goes.
+        assert_eq!(store.evict(4000, &pins, day).unwrap(), (4000, 0));
+        // Reading a blob makes it recent; recent blobs (work in flight) stay.
+        store.get(&oldest).unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(store.evict(2500, &pins, hour).unwrap(), (3000, 1));
+        assert!(
+            !store.contains(&old),
+            "the least recently used unpinned blob went"
+        );
+        assert!(store.contains(&oldest) && store.contains(&new));
+        // Without a grace period the next least recently used goes; the pin holds.
+        assert_eq!(
+            store.evict(2500, &pins, std::time::Duration::ZERO).unwrap(),
+            (2000, 1)
+        );
+        assert!(store.contains(&pinned));
+    }
 
     #[test]
     fn put_get_and_pieces() {

@@ -539,6 +539,41 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Every blob this node's state refers to: the modules, inputs, verified and
+    /// returned outputs and merged results of its own jobs (finished ones too), and
+    /// the large outputs waiting in the outbox. The blob cache never evicts these.
+    pub fn referenced_blobs(&self) -> Result<std::collections::HashSet<BlobHash>, DbError> {
+        let conn = self.conn();
+        let mut pinned = std::collections::HashSet::new();
+        for query in [
+            "SELECT module FROM jobs",
+            "SELECT result FROM jobs WHERE result IS NOT NULL",
+            "SELECT input FROM chunks",
+            "SELECT output FROM chunks WHERE output IS NOT NULL",
+            "SELECT output FROM replicas WHERE output IS NOT NULL",
+        ] {
+            let mut stmt = conn.prepare(query)?;
+            let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            for row in rows {
+                if let Ok(hash) = <[u8; 32]>::try_from(row?.as_slice()) {
+                    pinned.insert(BlobHash(hash));
+                }
+            }
+        }
+        let mut stmt = conn.prepare("SELECT result FROM outbox")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        for row in rows {
+            if let Ok(crate::net::protocol::ChunkResult {
+                output: Some(crate::net::protocol::Payload::Blob { hash, .. }),
+                ..
+            }) = postcard::from_bytes(&row?)
+            {
+                pinned.insert(hash);
+            }
+        }
+        Ok(pinned)
+    }
+
     /// The whole outbox, oldest first.
     pub fn outbox(&self) -> Result<Vec<OutboxRow>, DbError> {
         let conn = self.conn();
@@ -757,6 +792,58 @@ mod tests {
             output: None,
             solo: None,
         }
+    }
+
+    #[test]
+    fn every_blob_of_the_nodes_own_jobs_and_outbox_is_referenced() {
+        use crate::net::protocol::{ChunkResult, Payload, WireOutcome};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let merged = BlobHash::of(b"merged");
+        let large = BlobHash::of(b"a large output");
+        let result = ChunkResult {
+            job_id: JobId([9; 16]),
+            chunk: 0,
+            attempt: 0,
+            outcome: WireOutcome::Ok,
+            output_hash: large,
+            output: Some(Payload::Blob {
+                hash: large,
+                size: 14,
+            }),
+            fuel_used: 1,
+            exec_micros: 1,
+            signature: Vec::new(),
+        };
+        db.apply(&[
+            Write::InsertJob(job(1), vec![chunk(0), chunk(1)]),
+            Write::JobState {
+                id: JobId([1; 16]),
+                state: "done".into(),
+                finished_ms: Some(9),
+                result: Some(merged),
+                error: None,
+            },
+            Write::OutboxPut(OutboxRow {
+                job_id: JobId([9; 16]),
+                chunk: 0,
+                attempt: 0,
+                submitter: "p".into(),
+                result: postcard::to_allocvec(&result).unwrap(),
+            }),
+        ])
+        .unwrap();
+        let pinned = db.referenced_blobs().unwrap();
+        for hash in [
+            BlobHash::of(b"m"),
+            merged,
+            chunk(0).input,
+            chunk(1).input,
+            large,
+        ] {
+            assert!(pinned.contains(&hash), "{hash:?} is not pinned");
+        }
+        assert!(!pinned.contains(&BlobHash::of(b"someone else's module")));
     }
 
     #[test]

@@ -14,10 +14,19 @@
 //!   acknowledgement removes it. A worker that restarts still delivers.
 //! - Cancels ([`Worker::cancel`]) stop running chunks within an epoch tick and drop
 //!   queued ones and undelivered results.
+//! - The politeness loop ticks the volunteer controls ([`politeness`]) every sample
+//!   interval and after every pause, resume or change of preferences: it sets the
+//!   sandbox [`Gate`] (how many chunks run, at what duty cycle; chunks over the
+//!   allowance pause inside the sandbox and go on later), wakes the advertiser when
+//!   the slots it may lend change, and withdraws chunks paused longer than
+//!   `withdraw_after`: they end with a `Withdrawn` result, so their submitters
+//!   reissue them elsewhere at no cost to this worker's standing.
 
 pub mod executor;
+pub mod politeness;
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,13 +36,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::executor::{Executor, LyingExecutor, SandboxExecutor};
+use self::politeness::{
+    Decision, Pause, Politeness, PreferenceChanges, PreferenceError, Preferences, SystemClock,
+    VolunteerConfig, VolunteerStatus,
+};
 use crate::net::NetClient;
 use crate::net::fetch::fetch_blob;
 use crate::net::protocol::{
     Assignment, BlobHash, ChunkResult, JobId, Payload, RejectReason, ResultBatch, TaskReply,
     WireOutcome,
 };
-use crate::sandbox::{ChunkControl, Execution, Outcome, Sandbox};
+use crate::sandbox::{ChunkControl, Execution, Gate, Outcome, Sandbox};
 use crate::store::BlobStore;
 use crate::store::db::{Db, OutboxRow, Write};
 
@@ -88,9 +101,14 @@ struct Inner {
     db: Arc<Db>,
     sandbox: Sandbox,
     executor: Arc<dyn Executor>,
-    slots: u32,
+    /// Most chunks that may hold a thread at once (the gate decides how many run).
+    slots_max: u32,
     memory_limit: u64,
     exec: Arc<Semaphore>,
+    gate: Arc<Gate>,
+    politeness: Arc<Politeness>,
+    /// Wakes the politeness loop after a pause, resume or change of preferences.
+    politeness_changed: Notify,
     active: Mutex<HashMap<Key, Arc<ChunkControl>>>,
     /// This node's scheduler: results of its own jobs are delivered to it directly.
     local_scheduler: std::sync::OnceLock<crate::scheduler::Scheduler>,
@@ -102,16 +120,26 @@ struct Inner {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     executed: std::sync::atomic::AtomicU64,
+    withdrawn: std::sync::atomic::AtomicU64,
     metrics: crate::metrics::WorkerMetrics,
 }
 
 /// What the worker is doing, for status and adverts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerStatus {
-    /// Slots lent.
+    /// Slots lent now: the preferences' slots, fewer when other programs need the
+    /// machine, 0 while suspended.
     pub slots_total: u32,
-    /// Slots not running a chunk.
+    /// Of those, slots not running a chunk.
     pub slots_free: u32,
+    /// Slots the preferences lend when the machine is spare (`--cpus`).
+    pub slots_lent: u32,
+    /// Chunks computing inside the sandbox now (not paused, not still fetching).
+    pub running: u32,
+    /// Chunks paused inside the sandbox (suspended, or over the slots lent now).
+    pub paused: u32,
+    /// Chunks withdrawn since start (paused too long; reissued by their submitters).
+    pub withdrawn: u64,
     /// Assignments taken and not finished (running + queued).
     pub active: u32,
     /// Results waiting for acknowledgement.
@@ -121,7 +149,8 @@ pub struct WorkerStatus {
 }
 
 impl Worker {
-    /// A worker lending `slots` slots of at most `memory_limit` bytes each.
+    /// A worker lending slots of at most `memory_limit` bytes each as `volunteer`
+    /// says; `state_file` keeps a pause and run-time preferences across restarts.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         net: NetClient,
@@ -129,12 +158,23 @@ impl Worker {
         db: Arc<Db>,
         sandbox: Sandbox,
         executor: Arc<dyn Executor>,
-        slots: u32,
+        volunteer: VolunteerConfig,
         memory_limit: u64,
+        state_file: Option<PathBuf>,
         shutdown: CancellationToken,
         metrics: crate::metrics::WorkerMetrics,
     ) -> Self {
         let outbox_len = db.outbox_len().unwrap_or(0);
+        let politeness = Arc::new(Politeness::new(
+            volunteer,
+            memory_limit,
+            state_file,
+            Arc::new(SystemClock),
+        ));
+        // Preferences may raise the slots at run time up to the cores (or the
+        // slots given at start, if more).
+        let slots_max = politeness.preferences().cpus.max(politeness.cores());
+        let first = politeness.decision();
         let worker = Self {
             inner: Arc::new(Inner {
                 net,
@@ -142,9 +182,12 @@ impl Worker {
                 db,
                 sandbox,
                 executor,
-                slots,
+                slots_max,
                 memory_limit,
-                exec: Arc::new(Semaphore::new(slots as usize)),
+                exec: Arc::new(Semaphore::new(slots_max as usize)),
+                gate: Arc::new(Gate::new(first.allowed, first.duty_percent)),
+                politeness,
+                politeness_changed: Notify::new(),
                 active: Mutex::new(HashMap::new()),
                 modules: Mutex::new(HashMap::new()),
                 local_scheduler: std::sync::OnceLock::new(),
@@ -154,6 +197,7 @@ impl Worker {
                 tasks: TaskTracker::new(),
                 shutdown,
                 executed: 0.into(),
+                withdrawn: 0.into(),
                 metrics,
             }),
         };
@@ -162,6 +206,11 @@ impl Worker {
             .inner
             .tasks
             .spawn(async move { delivery.deliver_loop().await });
+        let polite = worker.clone();
+        worker
+            .inner
+            .tasks
+            .spawn(async move { polite.politeness_loop().await });
         worker
     }
 
@@ -170,9 +219,9 @@ impl Worker {
         let _ = self.inner.local_scheduler.set(scheduler);
     }
 
-    /// Slots lent and the memory limit per chunk.
+    /// Slots lent now (0 while suspended) and the memory limit per chunk.
     pub fn capacity(&self) -> (u32, u64) {
-        (self.inner.slots, self.inner.memory_limit)
+        (self.inner.gate.allowed(), self.inner.memory_limit)
     }
 
     /// Resolves when the worker's capacity changed (a chunk started or ended).
@@ -182,10 +231,20 @@ impl Worker {
 
     /// What the worker is doing now.
     pub fn status(&self) -> WorkerStatus {
-        let running = self.inner.slots as usize - self.inner.exec.available_permits();
+        let allowed = self.inner.gate.allowed();
+        let paused = self.inner.gate.waiting();
+        let holding = self.inner.slots_max as usize - self.inner.exec.available_permits();
+        let running = (holding as u32).saturating_sub(paused);
         WorkerStatus {
-            slots_total: self.inner.slots,
-            slots_free: self.inner.slots - running as u32,
+            slots_total: allowed,
+            slots_free: allowed.saturating_sub(running),
+            slots_lent: self.inner.politeness.preferences().cpus,
+            running: self.inner.gate.running(),
+            paused,
+            withdrawn: self
+                .inner
+                .withdrawn
+                .load(std::sync::atomic::Ordering::Relaxed),
             active: self.active().len() as u32,
             outbox: self
                 .inner
@@ -211,7 +270,13 @@ impl Worker {
     ) -> TaskReply {
         let mut accepted = Vec::new();
         let mut rejected = Vec::new();
-        let capacity = (self.inner.slots * QUEUE_FACTOR) as usize;
+        let allowed = self.inner.gate.allowed();
+        let capacity = (allowed * QUEUE_FACTOR) as usize;
+        let busy = if allowed == 0 && self.inner.politeness.decision().reason.is_some() {
+            RejectReason::Suspended
+        } else {
+            RejectReason::NoFreeSlots
+        };
         let outbox_full = self
             .inner
             .outbox_len
@@ -226,10 +291,12 @@ impl Worker {
                     accepted.push((a.chunk, a.attempt));
                 } else if a.limits.memory_bytes > self.inner.memory_limit {
                     rejected.push((a.chunk, a.attempt, RejectReason::LimitsTooHigh));
-                } else if outbox_full || active.len() >= capacity {
+                } else if outbox_full {
                     rejected.push((a.chunk, a.attempt, RejectReason::NoFreeSlots));
+                } else if active.len() >= capacity {
+                    rejected.push((a.chunk, a.attempt, busy.clone()));
                 } else {
-                    let control = Arc::new(ChunkControl::default());
+                    let control = Arc::new(ChunkControl::gated(self.inner.gate.clone()));
                     active.insert(key, control.clone());
                     accepted.push((a.chunk, a.attempt));
                     taken.push((a, control));
@@ -289,9 +356,15 @@ impl Worker {
         if let Some(e) = &execution {
             self.inner.metrics.executed(e);
         }
-        let result = execution
-            .filter(|_| !control.is_cancelled())
-            .and_then(|e| self.to_result(job_id, &a, e));
+        let result = if control.is_withdrawn() {
+            let mut result = withdrawn_result(job_id, &a);
+            result.signature = self.inner.net.sign(&result.signed_bytes());
+            Some(result)
+        } else {
+            execution
+                .filter(|_| !control.is_cancelled())
+                .and_then(|e| self.to_result(job_id, &a, e))
+        };
         if let Some(result) = result {
             self.store_result(submitter, result);
         }
@@ -306,7 +379,17 @@ impl Worker {
         a: &Assignment,
         control: Arc<ChunkControl>,
     ) -> Option<Execution> {
-        let _slot = self.inner.exec.clone().acquire_owned().await.ok()?;
+        // Wait for a slot, looking at cancellation (or withdrawal) now and then.
+        let _slot = loop {
+            tokio::select! {
+                slot = self.inner.exec.clone().acquire_owned() => break slot.ok()?,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if control.is_cancelled() {
+                        return None;
+                    }
+                }
+            }
+        };
         self.inner.changed.notify_waiters();
         if control.is_cancelled() {
             return None;
@@ -456,6 +539,121 @@ impl Worker {
         }
     }
 
+    /// Pauses work by hand for `duration` (`None`: until [`resume`](Self::resume));
+    /// running chunks pause inside the sandbox. Kept across restarts.
+    pub fn pause(&self, duration: Option<Duration>) -> std::io::Result<Pause> {
+        let pause = self.inner.politeness.pause(duration)?;
+        self.apply(self.inner.politeness.tick(false));
+        Ok(pause)
+    }
+
+    /// Ends a manual pause.
+    pub fn resume(&self) -> std::io::Result<()> {
+        self.inner.politeness.resume()?;
+        self.apply(self.inner.politeness.tick(false));
+        Ok(())
+    }
+
+    /// The volunteer's preferences in force.
+    pub fn preferences(&self) -> Preferences {
+        self.inner.politeness.preferences()
+    }
+
+    /// Changes preferences at run time (kept across restarts); `reset` first drops
+    /// earlier run-time changes, back to the flags and `peergrid.toml`.
+    pub fn set_preferences(
+        &self,
+        changes: &PreferenceChanges,
+        reset: bool,
+    ) -> Result<Preferences, PreferenceError> {
+        let prefs = self.inner.politeness.set_preferences(changes, reset)?;
+        self.apply(self.inner.politeness.tick(false));
+        self.inner.politeness_changed.notify_one();
+        Ok(prefs)
+    }
+
+    /// Whether the worker works now, and why not when it does not.
+    pub fn volunteer_status(&self) -> VolunteerStatus {
+        self.inner.politeness.status(self.inner.gate.running())
+    }
+
+    /// Sets the gate to `decision`; wakes the advertiser when the slots changed.
+    fn apply(&self, decision: Decision) {
+        let before = self.inner.gate.allowed();
+        self.inner.gate.set(
+            decision.allowed.min(self.inner.slots_max),
+            decision.duty_percent,
+        );
+        if before != self.inner.gate.allowed() {
+            match &decision.reason {
+                Some(reason) => tracing::info!(slots = decision.allowed, "suspended: {reason}"),
+                None => tracing::info!(
+                    slots = decision.allowed,
+                    "lending {} slots",
+                    decision.allowed
+                ),
+            }
+            self.inner.changed.notify_waiters();
+        }
+    }
+
+    /// Ticks the volunteer controls until shutdown (see the module docs).
+    async fn politeness_loop(&self) {
+        let interval = self.inner.politeness.sample_interval();
+        let withdraw_after = self.inner.politeness.withdraw_after();
+        let mut suspended_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => break,
+                _ = self.inner.politeness_changed.notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let politeness = self.inner.politeness.clone();
+            // Sampling reads the OS's process table: off the async threads.
+            let Ok(decision) = tokio::task::spawn_blocking(move || politeness.tick(true)).await
+            else {
+                continue;
+            };
+            let suspended = decision.allowed == 0;
+            self.apply(decision);
+            self.inner
+                .metrics
+                .volunteer(&self.inner.politeness.status(self.inner.gate.running()));
+            let since = if suspended {
+                *suspended_since.get_or_insert_with(Instant::now)
+            } else {
+                suspended_since = None;
+                Instant::now()
+            };
+            self.withdraw_stalled(since.elapsed() >= withdraw_after, withdraw_after);
+        }
+    }
+
+    /// Withdraws chunks paused longer than `after` (every active one when `all`):
+    /// they stop and their submitters are told to run them elsewhere.
+    fn withdraw_stalled(&self, all: bool, after: Duration) {
+        let mut n = 0u64;
+        for control in self.active().values() {
+            if control.is_cancelled() {
+                continue;
+            }
+            if all || control.paused_for().is_some_and(|p| p >= after) {
+                control.withdraw();
+                n += 1;
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                chunks = n,
+                "withdrew chunks paused too long; their submitters will reissue them"
+            );
+            self.inner
+                .withdrawn
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            self.inner.metrics.withdrawn.inc_by(n);
+        }
+    }
+
     /// Sends outbox entries to their submitters until shutdown; an entry leaves the
     /// outbox only when acknowledged.
     async fn deliver_loop(&self) {
@@ -528,6 +726,21 @@ impl Worker {
     pub async fn join(&self) {
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+    }
+}
+
+/// The result that tells a submitter a chunk was withdrawn (not run here), unsigned.
+fn withdrawn_result(job_id: JobId, a: &Assignment) -> ChunkResult {
+    ChunkResult {
+        job_id,
+        chunk: a.chunk,
+        attempt: a.attempt,
+        outcome: WireOutcome::Withdrawn,
+        output_hash: BlobHash::of(b""),
+        output: None,
+        fuel_used: 0,
+        exec_micros: 0,
+        signature: Vec::new(),
     }
 }
 
