@@ -166,7 +166,9 @@ async fn a_disagreement_resets_trust_and_re_verifies_what_rested_on_that_word() 
         .into_iter()
         .find(|r| r.peer == liar)
         .expect("the liar has a row");
-    assert!(row.disagreed > 0 && row.consecutive == 0, "{row:?}");
+    // (A late honest answer from before it turned may have started a new streak.)
+    assert!(row.disagreed > 0, "{row:?}");
+    assert_ne!(policy.standing(&row), Standing::Trusted, "{row:?}");
     // The evidence names the liar's signed wrong answers.
     let evidence = net
         .node(0)

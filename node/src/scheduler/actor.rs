@@ -96,7 +96,9 @@ pub(super) struct Actor {
     /// Verified chunks to plant with a trusted peer.
     plants: VecDeque<(JobId, u32)>,
     /// Runs this node is doing itself now.
-    local_runs: usize,
+    /// Runs this node is doing itself now (job, chunk, attempt). One that outlives
+    /// the job's soft timeout stops counting, so a stuck run cannot block the rest.
+    local_runs: HashMap<(JobId, u32, u32), Instant>,
     /// Peer -> (network group, discovery source), from the last dispatch's view.
     groups: HashMap<PeerId, (Option<String>, Option<String>)>,
     /// Live replicas per peer across running jobs: recounted by every full dispatch,
@@ -202,7 +204,7 @@ impl Actor {
             rng: rand::make_rng(),
             solo_index: HashMap::new(),
             plants: VecDeque::new(),
-            local_runs: 0,
+            local_runs: HashMap::new(),
             groups: HashMap::new(),
             inflight: HashMap::new(),
             view: Default::default(),
@@ -1141,6 +1143,12 @@ impl Actor {
         let alive = self.alive.clone();
         // Live replicas per peer, across jobs.
         if full {
+            // Spot checks of verified chunks are not reaped with the pending ones.
+            let jobs = &self.jobs;
+            self.local_runs.retain(|(id, _, _), started| {
+                jobs.get(id)
+                    .is_some_and(|j| started.elapsed() <= j.spec.soft_timeout)
+            });
             let mut inflight: HashMap<PeerId, u32> = HashMap::new();
             for job in self.jobs.values().filter(|j| j.state == JobState::Running) {
                 for c in &job.chunks {
@@ -1252,6 +1260,13 @@ impl Actor {
                     for r in chunk.replicas.iter_mut() {
                         let lost = match r.state {
                             ReplicaState::Issued(at) if now_ms.saturating_sub(at) > timeout_ms => {
+                                if self
+                                    .local_runs
+                                    .remove(&(id, idx as u32, r.attempt))
+                                    .is_some()
+                                {
+                                    tracing::warn!(job = %id, chunk = idx, "a run on this node took longer than the soft timeout");
+                                }
                                 r.state = ReplicaState::TimedOut(at);
                                 writes.push(self.reputation.timeout(r.peer));
                                 true
@@ -1515,7 +1530,7 @@ impl Actor {
     /// (`check`) a spot check of a result taken on one peer's word. Returns false
     /// when it cannot start now.
     fn start_local_run(&mut self, id: JobId, idx: u32, check: bool) -> bool {
-        if self.local_runs >= LOCAL_RUNS {
+        if self.local_runs.len() >= LOCAL_RUNS {
             return false;
         }
         let local = self.local;
@@ -1542,7 +1557,7 @@ impl Actor {
             job.trust.witness_runs += 1;
         }
         let input = chunk.input.clone();
-        self.local_runs += 1;
+        self.local_runs.insert((id, idx, attempt), Instant::now());
         let (blobs, sandbox, net, tx) = (
             self.ctx.blobs.clone(),
             self.ctx.sandbox.clone(),
@@ -1585,7 +1600,7 @@ impl Actor {
         attempt: u32,
         result: Result<ChunkResult, String>,
     ) {
-        self.local_runs = self.local_runs.saturating_sub(1);
+        self.local_runs.remove(&(id, idx, attempt));
         match result {
             Ok(result) => {
                 self.on_results(self.local, vec![result]);
