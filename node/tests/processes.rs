@@ -41,6 +41,19 @@ fn start_node_on(dir: &Path, bootstrap: Option<&str>, listen: &str) -> NodeProce
     start_node_with(dir, bootstrap, listen, &["--cpus", "2", "--lend-when-busy"])
 }
 
+/// A submitter that lends nothing and one worker started with `worker_args`, each on
+/// its own loopback /24, with their data dirs.
+fn submitter_and_worker(
+    worker_args: &[&str],
+) -> (Vec<tempfile::TempDir>, NodeProcess, NodeProcess) {
+    let dirs: Vec<_> = (0..2)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let submitter = start_node_with(dirs[0].path(), None, LOOPBACK, &["--cpus", "0"]);
+    let worker = start_node_with(dirs[1].path(), Some(&submitter.addr), LOOPBACK, worker_args);
+    (dirs, submitter, worker)
+}
+
 fn start_node_with(
     dir: &Path,
     bootstrap: Option<&str>,
@@ -418,23 +431,14 @@ fn cpu_share(pid: u32, window: Duration) -> f64 {
 #[test]
 fn a_cpu_hog_suspends_the_worker_whose_chunks_pause_and_the_job_still_completes() {
     let _heavy = heavy();
-    let dirs: Vec<_> = (0..2)
-        .map(|_| tempfile::tempdir().expect("tempdir"))
-        .collect();
-    let submitter = start_node_with(dirs[0].path(), None, LOOPBACK, &["--cpus", "0"]);
-    let worker = start_node_with(
-        dirs[1].path(),
-        Some(&submitter.addr),
-        LOOPBACK,
-        &[
-            "--cpus",
-            "2",
-            "--suspend-above-percent",
-            "60",
-            "--cpu-sample-interval",
-            "250ms",
-        ],
-    );
+    let (dirs, _submitter, worker) = submitter_and_worker(&[
+        "--cpus",
+        "2",
+        "--suspend-above-percent",
+        "60",
+        "--cpu-sample-interval",
+        "250ms",
+    ]);
     let worker_id = peer_id(&worker);
     // The machine is shared: wait until it is spare enough for the worker to lend.
     wait_until(
@@ -528,22 +532,13 @@ fn a_cpu_hog_suspends_the_worker_whose_chunks_pause_and_the_job_still_completes(
 #[test]
 fn cpu_time_percent_50_keeps_the_node_near_half_a_core() {
     let _heavy = heavy();
-    let dirs: Vec<_> = (0..2)
-        .map(|_| tempfile::tempdir().expect("tempdir"))
-        .collect();
-    let submitter = start_node_with(dirs[0].path(), None, LOOPBACK, &["--cpus", "0"]);
-    let worker = start_node_with(
-        dirs[1].path(),
-        Some(&submitter.addr),
-        LOOPBACK,
-        &[
-            "--cpus",
-            "1",
-            "--cpu-time-percent",
-            "50",
-            "--lend-when-busy",
-        ],
-    );
+    let (dirs, _submitter, worker) = submitter_and_worker(&[
+        "--cpus",
+        "1",
+        "--cpu-time-percent",
+        "50",
+        "--lend-when-busy",
+    ]);
     let worker_id = peer_id(&worker);
     wait_until(
         "the submitter to see the worker",

@@ -110,6 +110,20 @@ pub(super) struct Actor {
     alive: HashSet<PeerId>,
 }
 
+/// Marks a replica lost (it will be replaced) and returns its row to write.
+fn lose(
+    inflight: &mut HashMap<PeerId, u32>,
+    replica: &mut Replica,
+    job: JobId,
+    chunk: u32,
+) -> Write {
+    if replica.state.is_live() {
+        landed(inflight, &replica.peer);
+    }
+    replica.state = ReplicaState::Lost;
+    Write::Replica(job, replica_row(chunk, replica))
+}
+
 /// One replica fewer in flight on `peer`.
 fn landed(inflight: &mut HashMap<PeerId, u32>, peer: &PeerId) {
     if let Some(n) = inflight.get_mut(peer) {
@@ -634,13 +648,11 @@ impl Actor {
             {
                 tracing::warn!(%peer, job = %result.job_id, chunk = result.chunk,
                     "refused a result whose signature is not the sending peer's");
-                if replica.state.is_live() {
-                    landed(&mut self.inflight, &peer);
-                }
-                replica.state = ReplicaState::Lost;
-                writes.push(Write::Replica(
+                writes.push(lose(
+                    &mut self.inflight,
+                    replica,
                     result.job_id,
-                    replica_row(result.chunk, replica),
+                    result.chunk,
                 ));
                 job.trust.bad_signatures += 1;
                 writes.push(self.reputation.error(peer));
@@ -650,10 +662,11 @@ impl Actor {
             }
             if result.outcome == WireOutcome::Withdrawn {
                 // The worker's owner needed the machine: run it elsewhere, no penalty.
-                replica.state = ReplicaState::Lost;
-                writes.push(Write::Replica(
+                writes.push(lose(
+                    &mut self.inflight,
+                    replica,
                     result.job_id,
-                    replica_row(result.chunk, replica),
+                    result.chunk,
                 ));
                 self.ctx.metrics.reissues.with_label_values(&["lost"]).inc();
                 stored.push(key);
@@ -695,13 +708,11 @@ impl Actor {
             };
             if !usable {
                 tracing::warn!(%peer, job = %result.job_id, chunk = result.chunk, "unusable result (output does not match its hash)");
-                if replica.state.is_live() {
-                    landed(&mut self.inflight, &peer);
-                }
-                replica.state = ReplicaState::Lost;
-                writes.push(Write::Replica(
+                writes.push(lose(
+                    &mut self.inflight,
+                    replica,
                     result.job_id,
-                    replica_row(result.chunk, replica),
+                    result.chunk,
                 ));
                 writes.push(self.reputation.error(peer));
                 stored.push(key);
