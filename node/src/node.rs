@@ -486,7 +486,7 @@ async fn wait_for_listeners(net: &NetClient, listeners: usize) -> Vec<String> {
 }
 
 /// Publishes the capacity advert every interval, with a rising sequence number, and
-/// on a capacity change that matters to placement (slots lent, memory, full or not)
+/// on a capacity change that matters to placement (slots lent now, memory)
 /// when the last advert is older than [`ADVERT_MIN_GAP`]: every advert costs every
 /// peer a signature check, and submitters count what they have in flight
 /// themselves, so a busy worker must not flood the topic.
@@ -500,7 +500,9 @@ async fn advertise(state: Arc<NodeState>, shutdown: CancellationToken) {
         .map_or(0, |d| d.as_millis() as u64);
     let mut last = Instant::now();
     // What submitters place work by: an early advert only when this changes.
-    let placement_key = |a: &CapacityAdvert| (a.slots_total, a.memory_limit, a.slots_free == 0);
+    // (Free slots change with every chunk; submitters count what they have in
+    // flight themselves, so those changes ride on the periodic advert.)
+    let placement_key = |a: &CapacityAdvert| (a.slots_total, a.memory_limit);
     let mut published = None;
     // A change that came too soon after the last advert goes out when the gap is
     // over, not at the next tick (a worker that suspends must say so quickly).
