@@ -55,6 +55,7 @@ async fn a_200_chunk_job_over_5_peers_gives_exactly_the_local_result() {
         "every chunk ran at least twice"
     );
     assert!(status.peers.len() >= 2);
+    assert!(status.why.is_none(), "a finished job waits for nothing");
     assert!(net.result(0, &status) == local_result("mandelbrot", MANDELBROT_200));
     net.shutdown().await;
 }

@@ -1030,6 +1030,8 @@ impl Actor {
             })
             .collect();
         self.dirty.insert(id);
+        // Nothing waits for peers any more.
+        job.why = None;
         if problems.is_empty() {
             job.state = JobState::Merging;
             let write = Write::JobState {
