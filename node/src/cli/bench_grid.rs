@@ -19,8 +19,9 @@ pub struct GridBench {
     /// Workers in the overhead and efficiency grids.
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub peers: usize,
-    /// No-op chunks in the throughput job.
-    #[arg(long, default_value_t = 2000, value_name = "N")]
+    /// No-op chunks in the throughput job (enough that the start-up ramp of about
+    /// 0.1 s does not weigh on the rate).
+    #[arg(long, default_value_t = 5000, value_name = "N")]
     pub chunks: u32,
     /// Workers in the scale grid (0 skips the scale measurement).
     #[arg(long, default_value_t = 30, value_name = "N")]
