@@ -12,8 +12,7 @@ use peergrid_node::config::NodeConfig;
 use peergrid_node::scheduler::{JobSpec, JobState, JobStatus, Replication, Standing, TrustPolicy};
 use peergrid_tests::{TestNet, local_result};
 
-const PARAMS: &str = r#"{"width": 48, "height": 120, "max_iter": 60, "rows_per_chunk": 1}"#;
-/// Twice the chunks, for a liar that is honest for longer.
+/// 240 chunks: enough for a liar that is honest for 30 of them to be trusted first.
 const LONG_PARAMS: &str = r#"{"width": 48, "height": 240, "max_iter": 60, "rows_per_chunk": 1}"#;
 
 fn spec(replication: Replication) -> JobSpec {
@@ -35,7 +34,7 @@ fn submitter(policy: TrustPolicy) -> impl Fn(usize, &mut NodeConfig) {
 }
 
 /// A submitter with `policy`, two honest workers and node 3, which answers its first
-/// `honest` chunks honestly and then lies; an adaptive job of [`PARAMS`] submitted.
+/// `honest` chunks honestly and then lies; an adaptive job of `params` submitted.
 async fn submit_with_a_patient_liar(
     policy: TrustPolicy,
     honest: u64,
@@ -141,7 +140,9 @@ async fn a_disagreement_resets_trust_and_re_verifies_what_rested_on_that_word() 
         plant_rate: 0.0,
         ..TrustPolicy::default()
     };
-    let (net, liar, id) = submit_with_a_patient_liar(policy, 15, PARAMS).await;
+    // Honest for 30 chunks: long enough to be trusted and given chunks alone (at
+    // first every worker's queue fills before anyone has earned trust).
+    let (net, liar, id) = submit_with_a_patient_liar(policy, 30, LONG_PARAMS).await;
     until(&net, id, "the liar to lose trust", |s| {
         s.trust.reverified > 0
             && s.peers
@@ -154,7 +155,7 @@ async fn a_disagreement_resets_trust_and_re_verifies_what_rested_on_that_word() 
     assert!(status.trust.unreplicated > 0, "{:?}", status.trust);
     assert_eq!(
         net.result(0, &status),
-        local_result("mandelbrot", PARAMS),
+        local_result("mandelbrot", LONG_PARAMS),
         "no lie stands"
     );
     let row = net

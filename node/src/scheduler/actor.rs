@@ -1811,7 +1811,7 @@ impl Actor {
             .map(|(i, _)| i as u32)
             .take(MAX_EVIDENCE)
             .collect();
-        let rows = match self.ctx.db.replicas(id) {
+        let rows = match self.ctx.db.replicas_of_chunks(id, &chunks) {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read replicas for evidence");

@@ -481,6 +481,50 @@ impl Db {
         .collect()
     }
 
+    /// The replicas of some chunks of a job, without their output bytes (evidence).
+    pub fn replicas_of_chunks(
+        &self,
+        job: JobId,
+        chunks: &std::collections::BTreeSet<u32>,
+    ) -> Result<Vec<ReplicaRow>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT attempt, peer, state, issued_ms, outcome, output, fuel, signature
+             FROM replicas WHERE job_id = ?1 AND chunk = ?2 ORDER BY attempt",
+        )?;
+        let mut out = Vec::new();
+        for &chunk in chunks {
+            let rows = stmt.query_map(params![job.0.as_slice(), chunk], |r| {
+                Ok((
+                    r.get::<_, u32>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, u64>(3)?,
+                    r.get::<_, Option<Vec<u8>>>(4)?,
+                    r.get::<_, Option<Vec<u8>>>(5)?,
+                    r.get::<_, Option<u64>>(6)?,
+                    r.get::<_, Option<Vec<u8>>>(7)?,
+                ))
+            })?;
+            for row in rows {
+                let (attempt, peer, state, issued_ms, outcome, output, fuel, signature) = row?;
+                out.push(ReplicaRow {
+                    chunk,
+                    attempt,
+                    peer,
+                    state,
+                    issued_ms,
+                    outcome,
+                    output: opt_hash(output)?,
+                    output_data: None,
+                    fuel,
+                    signature,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// The output bytes a replica returned, when kept in the database.
     pub fn replica_output(
         &self,
@@ -900,6 +944,19 @@ mod tests {
         let replicas = db.replicas(JobId([1; 16])).unwrap();
         assert_eq!(replicas.len(), 1);
         assert_eq!(replicas[0].signature, Some(vec![7; 64]));
+        let some = db
+            .replicas_of_chunks(JobId([1; 16]), &[0, 1].into_iter().collect())
+            .unwrap();
+        assert_eq!(some.len(), 1);
+        assert_eq!(
+            (some[0].chunk, some[0].signature.as_deref()),
+            (0, Some(&[7u8; 64][..]))
+        );
+        assert!(
+            db.replicas_of_chunks(JobId([1; 16]), &[1].into_iter().collect())
+                .unwrap()
+                .is_empty()
+        );
         assert!(db.reputations().unwrap().is_empty(), "rolled back");
         assert!(db.jobs(Some(&["done"])).unwrap().is_empty());
     }
