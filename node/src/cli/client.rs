@@ -84,16 +84,7 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        let mut r = self.call(
-            path,
-            self.agent
-                .post(self.url(path))
-                .header("Authorization", self.auth())
-                .send_json(body),
-        )?;
-        r.body_mut()
-            .read_json()
-            .with_context(|| format!("reading the node's answer to {path}"))
+        self.send_json(path, self.agent.post(self.url(path)), body)
     }
 
     /// PUTs JSON, expects JSON back.
@@ -102,12 +93,19 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
+        self.send_json(path, self.agent.put(self.url(path)), body)
+    }
+
+    /// Sends `body` as JSON with the token on `request`, expects JSON back.
+    fn send_json<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: ureq::RequestBuilder<ureq::typestate::WithBody>,
+        body: &B,
+    ) -> anyhow::Result<T> {
         let mut r = self.call(
             path,
-            self.agent
-                .put(self.url(path))
-                .header("Authorization", self.auth())
-                .send_json(body),
+            request.header("Authorization", self.auth()).send_json(body),
         )?;
         r.body_mut()
             .read_json()

@@ -434,51 +434,11 @@ impl Db {
     /// A job's replicas.
     pub fn replicas(&self, job: JobId) -> Result<Vec<ReplicaRow>, DbError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT chunk, attempt, peer, state, issued_ms, outcome, output, fuel, output_data, signature
-             FROM replicas WHERE job_id = ?1 ORDER BY chunk, attempt",
-        )?;
-        let rows = stmt.query_map(params![job.0.as_slice()], |r| {
-            Ok((
-                r.get::<_, u32>(0)?,
-                r.get::<_, u32>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, u64>(4)?,
-                r.get::<_, Option<Vec<u8>>>(5)?,
-                r.get::<_, Option<Vec<u8>>>(6)?,
-                r.get::<_, Option<u64>>(7)?,
-                r.get::<_, Option<Vec<u8>>>(8)?,
-                r.get::<_, Option<Vec<u8>>>(9)?,
-            ))
-        })?;
-        rows.map(|row| {
-            let (
-                chunk,
-                attempt,
-                peer,
-                state,
-                issued_ms,
-                outcome,
-                output,
-                fuel,
-                output_data,
-                signature,
-            ) = row?;
-            Ok(ReplicaRow {
-                chunk,
-                attempt,
-                peer,
-                state,
-                issued_ms,
-                outcome,
-                output: opt_hash(output)?,
-                output_data,
-                fuel,
-                signature,
-            })
-        })
-        .collect()
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {REPLICA_COLUMNS} FROM replicas WHERE job_id = ?1 ORDER BY chunk, attempt"
+        ))?;
+        let rows = stmt.query_map(params![job.0.as_slice()], raw_replica)?;
+        rows.map(|row| replica_row(row?)).collect()
     }
 
     /// The replicas of some chunks of a job, without their output bytes (evidence).
@@ -488,38 +448,14 @@ impl Db {
         chunks: &std::collections::BTreeSet<u32>,
     ) -> Result<Vec<ReplicaRow>, DbError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT attempt, peer, state, issued_ms, outcome, output, fuel, signature
-             FROM replicas WHERE job_id = ?1 AND chunk = ?2 ORDER BY attempt",
-        )?;
+        let columns = REPLICA_COLUMNS.replace("output_data", "NULL");
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {columns} FROM replicas WHERE job_id = ?1 AND chunk = ?2 ORDER BY attempt"
+        ))?;
         let mut out = Vec::new();
         for &chunk in chunks {
-            let rows = stmt.query_map(params![job.0.as_slice(), chunk], |r| {
-                Ok((
-                    r.get::<_, u32>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, u64>(3)?,
-                    r.get::<_, Option<Vec<u8>>>(4)?,
-                    r.get::<_, Option<Vec<u8>>>(5)?,
-                    r.get::<_, Option<u64>>(6)?,
-                    r.get::<_, Option<Vec<u8>>>(7)?,
-                ))
-            })?;
-            for row in rows {
-                let (attempt, peer, state, issued_ms, outcome, output, fuel, signature) = row?;
-                out.push(ReplicaRow {
-                    chunk,
-                    attempt,
-                    peer,
-                    state,
-                    issued_ms,
-                    outcome,
-                    output: opt_hash(output)?,
-                    output_data: None,
-                    fuel,
-                    signature,
-                });
+            for row in stmt.query_map(params![job.0.as_slice(), chunk], raw_replica)? {
+                out.push(replica_row(row?)?);
             }
         }
         Ok(out)
@@ -654,6 +590,56 @@ impl Db {
             .optional()?
             .unwrap_or(0))
     }
+}
+
+/// The columns [`raw_replica`] reads, in its order.
+const REPLICA_COLUMNS: &str =
+    "chunk, attempt, peer, state, issued_ms, outcome, output, fuel, output_data, signature";
+
+/// A replica row as SQLite gives it.
+type RawReplica = (
+    u32,
+    u32,
+    String,
+    String,
+    u64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<u64>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+);
+
+fn raw_replica(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawReplica> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+    ))
+}
+
+fn replica_row(
+    (chunk, attempt, peer, state, issued_ms, outcome, output, fuel, output_data, signature): RawReplica,
+) -> Result<ReplicaRow, DbError> {
+    Ok(ReplicaRow {
+        chunk,
+        attempt,
+        peer,
+        state,
+        issued_ms,
+        outcome,
+        output: opt_hash(output)?,
+        output_data,
+        fuel,
+        signature,
+    })
 }
 
 fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbError> {
