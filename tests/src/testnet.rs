@@ -109,7 +109,8 @@ impl TestNet {
     pub async fn wait_for_adverts(&self, i: usize, n: usize) {
         wait_for(
             &format!("node {i} to see {n} adverts"),
-            Duration::from_secs(30),
+            // Generous: CI starts every test's nodes at once on two cores.
+            Duration::from_secs(90),
             || async {
                 let seen = self.node(i).net().advert_count().await;
                 (seen >= n).then_some(())
