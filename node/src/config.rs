@@ -3,8 +3,9 @@
 //!
 //! Two phases (STYLE.md 8). Raw: [`NodeOptions`] is both the `peergrid node` flags
 //! and the `peergrid.toml` file (one struct, so every flag can be set in the file);
-//! parsing only validates. Resolved: [`NodeOptions::resolve`] merges flags over the
-//! file and derives every default into a [`NodeConfig`]. `example.config.toml`
+//! parsing only validates. Resolved: `NodeOptions::resolve` (in [`crate::settings`])
+//! derives every default into a `NodeConfig`, each subsystem's part by that
+//! subsystem's own rules. This module imports no subsystem. `example.config.toml`
 //! documents every option.
 
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use libp2p::Multiaddr;
 use serde::Deserialize;
 
-use crate::net::NetConfig;
+pub use crate::files::{random_bytes, write_private_file};
 
 /// The directory a node owns: identity, config, token, store, caches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,39 +204,12 @@ impl NodeOptions {
     }
 }
 
-/// Everything a node needs, resolved.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// The data dir.
-    pub data_dir: DataDir,
-    /// Network settings.
-    pub net: NetConfig,
-    /// Cores (slots) lent when the machine is spare.
-    pub cpus: u32,
-    /// The volunteer controls: preferences, CPU sampling, withdrawal.
-    pub volunteer: crate::worker::politeness::VolunteerConfig,
-    /// Most memory per chunk, in bytes.
-    pub memory_per_chunk: u64,
-    /// Disk limit of the blob cache, in bytes; `None`: no limit.
-    pub blob_cache: Option<u64>,
-    /// Control API address; `None` when off.
-    pub api: Option<SocketAddr>,
-    /// Metrics address; `None` when off.
-    pub metrics: Option<SocketAddr>,
-    /// How often the advert is re-sent.
-    pub advert_interval: Duration,
-    /// Which peers may hold replicas of the same chunk.
-    pub placement: crate::scheduler::PlacementPolicy,
-    /// Adaptive replication's numbers (the defaults; tests change them).
-    pub trust: crate::scheduler::TrustPolicy,
-}
-
 /// A bad option, in words a user can act on.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct ConfigError(String);
+pub struct ConfigError(pub String);
 
-fn parse_addr(
+pub(crate) fn parse_addr(
     what: &str,
     value: &str,
     loopback_only: bool,
@@ -256,7 +230,10 @@ fn parse_addr(
     Ok(Some(addr))
 }
 
-fn parse_multiaddrs(what: &str, values: &[String]) -> Result<Vec<Multiaddr>, ConfigError> {
+pub(crate) fn parse_multiaddrs(
+    what: &str,
+    values: &[String],
+) -> Result<Vec<Multiaddr>, ConfigError> {
     values
         .iter()
         .map(|v| {
@@ -308,156 +285,6 @@ impl NodeOptions {
                 || file.placement_distinct_discovery,
         }
     }
-
-    /// The volunteer controls these options set.
-    fn volunteer(
-        &self,
-        cpus: u32,
-    ) -> Result<crate::worker::politeness::VolunteerConfig, ConfigError> {
-        use crate::worker::politeness::{
-            Preferences, VolunteerConfig, parse_active_hours, parse_memory_total,
-        };
-        let duration = |v: &Option<String>, default: Duration, what: &str| match v {
-            Some(s) => parse_duration(s).map_err(|e| ConfigError(format!("--{what}: {e}"))),
-            None => Ok(default),
-        };
-        let preferences = Preferences {
-            cpus,
-            max_cpu_percent: self.max_cpu_percent.unwrap_or(100),
-            cpu_time_percent: self.cpu_time_percent.unwrap_or(100),
-            suspend_above_percent: self.suspend_above_percent.unwrap_or(0),
-            active_hours: match &self.active_hours {
-                Some(s) => parse_active_hours(s).map_err(ConfigError)?,
-                None => None,
-            },
-            memory_total: match &self.memory_total {
-                Some(s) => parse_memory_total(s).map_err(ConfigError)?,
-                None => None,
-            },
-            lend_when_busy: self.lend_when_busy,
-        };
-        preferences.check().map_err(ConfigError)?;
-        let sample_interval = duration(
-            &self.cpu_sample_interval,
-            Duration::from_secs(1),
-            "cpu-sample-interval",
-        )?;
-        if sample_interval < Duration::from_millis(100) {
-            return Err(ConfigError(
-                "--cpu-sample-interval must be at least 100ms".into(),
-            ));
-        }
-        Ok(VolunteerConfig {
-            preferences,
-            sample_interval,
-            withdraw_after: duration(
-                &self.withdraw_after,
-                Duration::from_secs(300),
-                "withdraw-after",
-            )?,
-        })
-    }
-
-    /// Derives every default.
-    pub fn resolve(self, data_dir: DataDir) -> Result<NodeConfig, ConfigError> {
-        let mut net = NetConfig::default();
-        if !self.listen.is_empty() {
-            net.listen = parse_multiaddrs("listen", &self.listen)?;
-        }
-        net.bootstrap = parse_multiaddrs("bootstrap", &self.bootstrap)?;
-        net.mdns = !self.no_mdns;
-        let advert_interval = match &self.advert_interval {
-            Some(s) => parse_duration(s).map_err(ConfigError)?,
-            None => Duration::from_secs(5),
-        };
-        if advert_interval < Duration::from_millis(100) {
-            return Err(ConfigError(
-                "--advert-interval must be at least 100ms".into(),
-            ));
-        }
-        net.advert_ttl = match &self.advert_ttl {
-            Some(s) => parse_duration(s).map_err(ConfigError)?,
-            None => advert_interval * 4,
-        };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        let cpus = self.cpus.unwrap_or(cores);
-        let memory_per_chunk = match &self.memory {
-            Some(s) => parse_size(s).map_err(ConfigError)?,
-            None => 512 * 1024 * 1024,
-        };
-        let volunteer = self.volunteer(cpus)?;
-        Ok(NodeConfig {
-            data_dir,
-            net,
-            cpus,
-            volunteer,
-            memory_per_chunk,
-            blob_cache: match self.blob_cache.as_deref().map(str::trim) {
-                None | Some("off") => None,
-                Some(s) => {
-                    Some(parse_size(s).map_err(|e| ConfigError(format!("--blob-cache: {e}")))?)
-                }
-            },
-            api: parse_addr("api", self.api.as_deref().unwrap_or(DEFAULT_API), true)?,
-            metrics: parse_addr(
-                "metrics",
-                self.metrics.as_deref().unwrap_or(DEFAULT_METRICS),
-                false,
-            )?,
-            advert_interval,
-            placement: {
-                let default = crate::scheduler::PlacementPolicy::default();
-                let ipv4_prefix = self.placement_ipv4_prefix.unwrap_or(default.ipv4_prefix);
-                let ipv6_prefix = self.placement_ipv6_prefix.unwrap_or(default.ipv6_prefix);
-                if ipv4_prefix > 32 || ipv6_prefix > 128 {
-                    return Err(ConfigError(format!(
-                        "--placement-ipv4-prefix must be 0..=32 and --placement-ipv6-prefix 0..=128, got {ipv4_prefix} and {ipv6_prefix}"
-                    )));
-                }
-                crate::scheduler::PlacementPolicy {
-                    ipv4_prefix,
-                    ipv6_prefix,
-                    distinct_discovery: self.placement_distinct_discovery,
-                }
-            },
-            trust: crate::scheduler::TrustPolicy::default(),
-        })
-    }
-}
-
-/// Writes a file only its owner can read (keys, tokens), atomically: a reader sees
-/// the old file or the whole new one.
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!(".tmp-{:016x}", u64::from_le_bytes(suffix)));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let result = (|| {
-        let mut file = options.open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Random bytes from the OS.
-pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
-    let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
-    Ok(bytes)
 }
 
 /// Parses a size such as `256MiB`, `1 GB` or `1048576`.
@@ -490,104 +317,4 @@ pub fn parse_fuel(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("'{s}' is not a fuel amount such as 5000000000 or 50G"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_human_values() {
-        assert_eq!(parse_size("256MiB"), Ok(256 * 1024 * 1024));
-        assert_eq!(parse_size("1000"), Ok(1000));
-        assert!(parse_size("lots").is_err());
-        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("soon").is_err());
-        assert_eq!(parse_fuel("50G"), Ok(50_000_000_000));
-        assert_eq!(parse_fuel("123"), Ok(123));
-        assert!(parse_fuel("G").is_err());
-        assert!(parse_fuel("99999999999999T").is_err());
-    }
-
-    #[test]
-    fn flags_override_the_file_and_defaults_fill_in() {
-        let file: NodeOptions = toml::from_str(
-            "cpus = 3\nbootstrap = [\"/ip4/127.0.0.1/tcp/1\"]\nno-mdns = true\nmemory = \"1GiB\"",
-        )
-        .unwrap();
-        let flags = NodeOptions {
-            cpus: Some(2),
-            ..NodeOptions::default()
-        };
-        let config = flags
-            .over(file)
-            .resolve(DataDir::resolve(Some("/tmp/x".into())))
-            .unwrap();
-        assert_eq!(config.cpus, 2);
-        assert_eq!(config.net.bootstrap.len(), 1);
-        assert!(!config.net.mdns);
-        assert_eq!(config.memory_per_chunk, 1 << 30);
-        assert_eq!(config.api, Some(DEFAULT_API.parse().unwrap()));
-        assert_eq!(config.net.advert_ttl, Duration::from_secs(20));
-    }
-
-    #[test]
-    fn a_node_may_lend_nothing() {
-        let config = NodeOptions {
-            cpus: Some(0),
-            ..NodeOptions::default()
-        }
-        .resolve(DataDir::resolve(Some("/tmp/x".into())))
-        .unwrap();
-        assert_eq!(config.cpus, 0);
-    }
-
-    #[test]
-    fn bad_options_say_what_is_wrong() {
-        let bad = |o: NodeOptions| o.resolve(DataDir::resolve(None)).unwrap_err().to_string();
-        assert!(
-            bad(NodeOptions {
-                api: Some("0.0.0.0:1".into()),
-                ..Default::default()
-            })
-            .contains("loopback")
-        );
-        assert!(
-            bad(NodeOptions {
-                cpus: Some(5000),
-                ..Default::default()
-            })
-            .contains("--cpus")
-        );
-        assert!(
-            bad(NodeOptions {
-                listen: vec!["nope".into()],
-                ..Default::default()
-            })
-            .contains("multiaddr")
-        );
-        assert!(
-            toml::from_str::<NodeOptions>("cpu = 3").is_err(),
-            "unknown keys are refused"
-        );
-    }
-
-    #[test]
-    fn data_dir_flag_wins() {
-        let d = DataDir::resolve(Some("/tmp/x".into()));
-        assert_eq!(d.root(), Path::new("/tmp/x"));
-        assert!(d.module_cache().starts_with("/tmp/x"));
-    }
-}
-
-#[cfg(test)]
-mod example_config {
-    #[test]
-    fn the_committed_example_config_parses() {
-        let text = include_str!("../../example.config.toml");
-        let options: super::NodeOptions = toml::from_str(text).expect("example.config.toml parses");
-        options
-            .resolve(super::DataDir::resolve(Some("/tmp/x".into())))
-            .expect("and resolves");
-    }
 }

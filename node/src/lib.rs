@@ -4,6 +4,8 @@
 //! out and verifies their results (submitter), and answers its owner's CLI.
 //!
 //! # Layout
+//! - [`types`]: the shared vocabulary (ids, hashes, payloads, limits, outcomes);
+//!   imports nothing from the crate. [`files`]: owner-only writes, OS randomness.
 //! - [`sandbox`]: the wasmtime engine, ABI v1 validation, the compile cache, limits
 //!   and typed outcomes. Everything that runs guest code goes through it.
 //! - [`local_grid`]: a submitter and workers in one process on loopback (demo,
@@ -30,6 +32,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod local;
 pub mod local_grid;
 pub mod metrics;
@@ -37,7 +40,9 @@ pub mod net;
 mod node;
 pub mod sandbox;
 pub mod scheduler;
+pub mod settings;
 pub mod store;
+pub mod types;
 pub mod worker;
 
 pub use node::{ExecutorFactory, Node, NodeError, NodeState, Seams, load_or_create_identity};

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::config::{DataDir, NodeOptions};
+use crate::settings::Resolve;
 use crate::{Node, Seams};
 
 /// The running grid.

@@ -32,14 +32,15 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::config::{DataDir, NodeConfig, write_private_file};
-use crate::metrics::Metrics;
-use crate::net::protocol::{
-    BLOB_PIECE_BYTES, BlobReply, CapacityAdvert, PROTOCOL_VERSION, TaskReply, TaskRequest,
-};
+use crate::api::state::AllMetrics;
+pub use crate::api::state::NodeState;
+use crate::config::DataDir;
+use crate::files::write_private_file;
+use crate::net::protocol::{BLOB_PIECE_BYTES, BlobReply, CapacityAdvert, TaskReply, TaskRequest};
 use crate::net::{self, NetClient, NetEvent};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::scheduler::{Scheduler, SchedulerContext};
+use crate::settings::NodeConfig;
 use crate::store::{BlobStore, Db};
 use crate::worker::{Executor, SandboxExecutor, Worker};
 
@@ -187,48 +188,6 @@ impl Seams {
     }
 }
 
-/// What the control API and the node's tasks share.
-#[derive(Debug)]
-pub struct NodeState {
-    /// The network.
-    pub net: NetClient,
-    /// The blob store.
-    pub blobs: BlobStore,
-    /// The database.
-    pub db: Arc<Db>,
-    /// The worker side.
-    pub worker: Worker,
-    /// The submitter side.
-    pub scheduler: Scheduler,
-    /// The sandbox.
-    pub sandbox: Sandbox,
-    /// The resolved configuration.
-    pub config: NodeConfig,
-    /// Measured fuel per second of one slot.
-    pub fuel_per_sec: u64,
-    /// When the node started.
-    pub started: Instant,
-    /// The node's metrics (its own registry).
-    pub metrics: Metrics,
-}
-
-impl NodeState {
-    /// The advert this node publishes now.
-    pub fn advert(&self, seq: u64) -> CapacityAdvert {
-        let worker = self.worker.status();
-        CapacityAdvert {
-            version: PROTOCOL_VERSION,
-            seq,
-            slots_total: worker.slots_total,
-            slots_free: worker.slots_free,
-            cores: self.config.cpus,
-            memory_limit: self.config.memory_per_chunk,
-            fuel_per_sec: self.fuel_per_sec,
-            features: vec!["abi-v1".into()],
-        }
-    }
-}
-
 /// A running peer.
 #[derive(Debug)]
 pub struct Node {
@@ -258,7 +217,7 @@ impl Node {
         std::fs::create_dir_all(&root).map_err(data_dir_error("creating the data dir", &root))?;
         let lock = lock_data_dir(&data_dir)?;
         let keypair = load_or_create_identity(&data_dir)?;
-        let metrics = Metrics::new();
+        let metrics = AllMetrics::new();
         let blobs = BlobStore::open(data_dir.blobs())
             .map_err(data_dir_error("opening the blob store", &data_dir.blobs()))?;
         let db = Arc::new(Db::open(&data_dir.database())?.with_metrics(metrics.store.clone()));
@@ -325,7 +284,15 @@ impl Node {
             },
             shutdown.child_token(),
         );
-        worker.set_local_scheduler(scheduler.clone());
+        {
+            let scheduler = scheduler.clone();
+            worker.set_local_scheduler(crate::worker::LocalResults(Arc::new(
+                move |peer, batch| {
+                    let scheduler = scheduler.clone();
+                    Box::pin(async move { scheduler.results(peer, batch).await })
+                },
+            )));
+        }
         let state = Arc::new(NodeState {
             net: network.client.clone(),
             blobs,

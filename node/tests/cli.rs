@@ -188,9 +188,9 @@ fn bench_trust_accepts_no_wrong_result_from_a_quarter_of_liars() {
 }
 
 /// The systemd unit in `dist/` runs the node politely (its own user, lowest
-/// priority, a memory ceiling, restarts), and systemd accepts it when it is here.
+/// priority, a memory ceiling, restarts).
 #[test]
-fn the_systemd_unit_is_polite_and_valid() {
+fn the_systemd_unit_is_polite() {
     let unit = include_str!("../../dist/peergrid.service");
     for line in [
         "User=peergrid",
@@ -206,13 +206,17 @@ fn the_systemd_unit_is_polite_and_valid() {
             "the unit lacks {line}"
         );
     }
-    let Ok(out) = std::process::Command::new("systemd-analyze")
+}
+
+/// systemd accepts the unit as it is (with the binary under test in `ExecStart`).
+#[test]
+#[ignore = "needs systemd-analyze: run .ci/run"]
+fn systemd_accepts_the_unit() {
+    let unit = include_str!("../../dist/peergrid.service");
+    let out = std::process::Command::new("systemd-analyze")
         .arg("--version")
         .output()
-    else {
-        println!("systemd-analyze is not installed: syntax not checked");
-        return;
-    };
+        .expect("systemd-analyze is not installed: apt-get install systemd, or run .ci/run");
     assert!(out.status.success());
     // Verify a copy that runs the binary under test.
     let dir = tempfile::tempdir().expect("tempdir");

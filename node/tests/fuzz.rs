@@ -27,6 +27,7 @@ use std::time::Duration;
 use futures::executor::block_on;
 use libp2p::StreamProtocol;
 use libp2p::request_response::Codec;
+use peergrid_node::settings::Resolve;
 use peergrid_node::net::codec::{self, Offence, PostcardCodec, read_message};
 use peergrid_node::net::protocol::*;
 use peergrid_node::sandbox::Limits;

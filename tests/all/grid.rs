@@ -23,7 +23,7 @@ fn spec() -> JobSpec {
 
 /// Node 0 lends nothing, so every replica goes to the workers (liars included)
 /// and they get enough chunks for their lies to show.
-fn submit_only(i: usize, config: &mut peergrid_node::config::NodeConfig) {
+fn submit_only(i: usize, config: &mut peergrid_node::settings::NodeConfig) {
     if i == 0 {
         config.cpus = 0;
     }

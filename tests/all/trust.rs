@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use peergrid_node::Seams;
-use peergrid_node::config::NodeConfig;
 use peergrid_node::scheduler::{JobSpec, JobState, JobStatus, Replication, Standing, TrustPolicy};
+use peergrid_node::settings::NodeConfig;
 use peergrid_tests::{TestNet, local_result};
 
 /// 240 chunks: enough for a liar that is honest for 30 of them to be trusted first.

@@ -1,8 +1,10 @@
 //! A real Prometheus server (and `promtool`) for tests.
 //!
-//! `.ci/run` installs Debian's `prometheus` package, which brings both programs. A
-//! test asks [`require_tools`] for them: when they are missing it fails under CI
-//! (`CI=true`) and, elsewhere, says so and lets the test skip. [`Prometheus::start`]
+//! `.ci/run` installs Debian's `prometheus` package, which brings both programs, and
+//! runs the tests that need them, which are `#[ignore]`d so that a plain `cargo test`
+//! reports them as not run rather than passing them. Such a test asks
+//! [`require_tools`] for them and fails, naming the install command, when they are
+//! missing. [`Prometheus::start`]
 //! runs the server on a free loopback port with its storage in a temporary directory
 //! and kills it when dropped; [`PromClient`] asks its HTTP API (blocking: call it
 //! from `spawn_blocking` in async tests).
@@ -40,19 +42,16 @@ pub fn find_tools() -> Option<Tools> {
     })
 }
 
-/// The tools, or `None` (after saying why) when `test` should skip. Panics when they
-/// are missing under CI: `.ci/run` installs them, so a missing one is a broken CI.
-pub fn require_tools(test: &str) -> Option<Tools> {
-    if let Some(tools) = find_tools() {
-        return Some(tools);
-    }
-    let why = "prometheus and promtool are not installed (Debian: apt-get install prometheus; .ci/run installs them)";
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: {why}; under CI this test must run"
-    );
-    eprintln!("SKIPPED {test}: {why}");
-    None
+/// The tools. Panics, naming the install command, when they are missing: a test
+/// that needs them is `#[ignore]`d and run by `.ci/run`, which installs them, so it
+/// never passes without running.
+pub fn require_tools(test: &str) -> Tools {
+    find_tools().unwrap_or_else(|| {
+        panic!(
+            "{test}: prometheus and promtool are not installed: run `apt-get install prometheus` \
+             (Debian) or `bash .ci/run`"
+        )
+    })
 }
 
 /// Runs `promtool` with `args`, feeding it `stdin` when given.

@@ -5,9 +5,10 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use peergrid_node::config::{DataDir, NodeConfig, NodeOptions};
+use peergrid_node::config::{DataDir, NodeOptions};
 use peergrid_node::net::protocol::JobId;
 use peergrid_node::scheduler::{JobSpec, JobStatus, SubmitError, SubmitRequest};
+use peergrid_node::settings::{NodeConfig, Resolve};
 use peergrid_node::{Node, NodeError, Seams};
 
 /// Installs a test log subscriber once (`RUST_LOG` to see node logs).

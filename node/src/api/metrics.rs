@@ -18,8 +18,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+use super::state::NodeState;
 use crate::metrics::Metrics;
-use crate::node::NodeState;
 
 /// How long a scrape waits for the scheduler's job counts before it answers with
 /// the previous ones (a busy scheduler must not make scrapes time out).

@@ -26,6 +26,7 @@
 //! | `POST /v1/resume` | end a pause |
 
 pub mod metrics;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,10 +42,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+pub use self::state::NodeState;
 use crate::config::{DataDir, random_bytes, write_private_file};
 use crate::net::PeerInfo;
 use crate::net::protocol::CapacityAdvert;
-use crate::node::NodeState;
 use crate::scheduler::{JobStatus, SubmitRequest, parse_job_id};
 use crate::worker::WorkerStatus;
 use crate::worker::politeness::{PreferenceChanges, PreferenceError, Preferences, VolunteerStatus};

@@ -9,6 +9,7 @@ use anyhow::Context;
 use super::GlobalOpts;
 use crate::Node;
 use crate::config::{DataDir, NodeOptions};
+use crate::settings::Resolve;
 
 /// Run a peer: lend spare CPU to the grid (options can also be set in
 /// DATA_DIR/peergrid.toml; see example.config.toml).

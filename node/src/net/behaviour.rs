@@ -11,8 +11,8 @@ use libp2p::{
 
 use super::NetConfig;
 use super::codec::PostcardCodec;
+use super::metrics::NetMetrics;
 use super::protocol::*;
-use crate::metrics::NetMetrics;
 
 /// Every protocol a peer speaks. Owned by the event loop's `Swarm` and nothing else.
 #[derive(NetworkBehaviour)]

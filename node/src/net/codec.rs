@@ -22,7 +22,7 @@ use libp2p::request_response;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::metrics::{Direction, NetMetrics};
+use super::metrics::{Direction, NetMetrics};
 
 /// What a peer did wrong on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

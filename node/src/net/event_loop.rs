@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::codec::{self, Inbound, Offence};
+use super::metrics::{Direction, NetMetrics};
 use super::peers::{NetStatus, PeerBook, PeerInfo};
 use super::protocol::*;
 use super::{NetConfig, NetEvent, RequestError};
-use crate::metrics::{Direction, NetMetrics};
 
 /// Offences a peer may commit before it is disconnected and banned.
 pub(crate) const OFFENCE_THRESHOLD: u32 = 5;
@@ -76,7 +76,7 @@ pub(crate) struct EventLoop {
 /// `Err` for garbage: its kind (one of [`DECODE_KINDS`]) and what was wrong. Pure, so
 /// it can be fed arbitrary bytes (see the property tests below).
 ///
-/// [`DECODE_KINDS`]: crate::metrics::DECODE_KINDS
+/// [`DECODE_KINDS`]: super::metrics::DECODE_KINDS
 pub(crate) fn decode_advert(data: &[u8]) -> Result<Option<CapacityAdvert>, (&'static str, String)> {
     if data.len() > MAX_ADVERT_BYTES {
         return Err(("oversized", format!("advert of {} bytes", data.len())));
@@ -503,7 +503,7 @@ impl EventLoop {
     /// `Ok(Some)` for a new advert, `Ok(None)` for one to ignore (stale, own, other
     /// version), `Err` for garbage: its kind (one of [`DECODE_KINDS`]) and what was wrong.
     ///
-    /// [`DECODE_KINDS`]: crate::metrics::DECODE_KINDS
+    /// [`DECODE_KINDS`]: super::metrics::DECODE_KINDS
     fn check_advert(
         &self,
         message: &gossipsub::Message,
@@ -637,11 +637,11 @@ mod tests {
                     prop_assert_eq!(advert.version, PROTOCOL_VERSION);
                     prop_assert!(advert.check().is_ok());
                     // The scheduler multiplies a peer's slots by the queue factor.
-                    prop_assert!(advert.slots_total.checked_mul(crate::worker::QUEUE_FACTOR).is_some());
+                    prop_assert!(advert.slots_total.checked_mul(crate::types::QUEUE_FACTOR).is_some());
                 }
                 Ok(None) => {}
                 Err((kind, _)) => {
-                    prop_assert!(crate::metrics::DECODE_KINDS.contains(&kind), "{kind}");
+                    prop_assert!(crate::net::metrics::DECODE_KINDS.contains(&kind), "{kind}");
                     prop_assert_eq!(kind == "oversized", data.len() > MAX_ADVERT_BYTES);
                 }
             }

@@ -22,6 +22,7 @@ mod behaviour;
 pub mod codec;
 pub(crate) mod event_loop;
 pub mod fetch;
+pub mod metrics;
 pub mod peers;
 pub mod protocol;
 pub mod sim;
@@ -334,7 +335,7 @@ pub enum NetError {
 pub fn start(
     keypair: &identity::Keypair,
     config: NetConfig,
-    metrics: crate::metrics::NetMetrics,
+    metrics: metrics::NetMetrics,
     shutdown: CancellationToken,
 ) -> Result<Network, NetError> {
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());

@@ -8,7 +8,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::Limits;
+pub use crate::types::{
+    BlobHash, ChunkResult, JobId, Limits, MAX_SIGNATURE_BYTES, Payload, WireOutcome,
+    result_signed_bytes, verify_result_signature,
+};
 
 /// Major version of the peergrid protocol family.
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -44,39 +47,6 @@ pub const MAX_FEATURES: usize = 16;
 /// Most slots an advert may claim. Far above any real machine; it keeps a peer's
 /// numbers out of overflow in the scheduler's arithmetic (`slots * QUEUE_FACTOR`).
 pub const MAX_ADVERT_SLOTS: u32 = 1 << 16;
-
-/// A BLAKE3 hash naming a blob.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct BlobHash(pub [u8; 32]);
-
-impl BlobHash {
-    /// The hash of `bytes`.
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(*blake3::hash(bytes).as_bytes())
-    }
-
-    /// Lowercase hex, as in file names and the API.
-    pub fn to_hex(&self) -> String {
-        blake3::Hash::from(self.0).to_hex().to_string()
-    }
-
-    /// Parses 64 hex digits.
-    pub fn from_hex(s: &str) -> Option<Self> {
-        blake3::Hash::from_hex(s).ok().map(|h| Self(*h.as_bytes()))
-    }
-}
-
-impl std::fmt::Debug for BlobHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", &self.to_hex()[..16])
-    }
-}
-
-impl std::fmt::Display for BlobHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
 
 /// What a worker lends, published on [`CAPACITY_TOPIC`] on change and every few seconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,39 +89,6 @@ impl CapacityAdvert {
         }
         Ok(())
     }
-}
-
-/// A job's identity: chosen by its submitter, random.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct JobId(pub [u8; 16]);
-
-impl std::fmt::Debug for JobId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self}")
-    }
-}
-
-impl std::fmt::Display for JobId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for b in &self.0[..8] {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Bytes carried inline when small, or named by hash and fetched as a blob.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Payload {
-    /// The bytes themselves.
-    Inline(Vec<u8>),
-    /// A blob held by the sender.
-    Blob {
-        /// Its hash.
-        hash: BlobHash,
-        /// Its size in bytes.
-        size: u64,
-    },
 }
 
 /// One chunk replica offered to a worker.
@@ -217,111 +154,6 @@ pub enum TaskReply {
     },
     /// The cancel was applied.
     Cancelled,
-}
-
-/// How a chunk ended, as reported by a worker. Mirrors the sandbox's outcome without
-/// the output bytes (which travel beside it, named by hash).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum WireOutcome {
-    /// Output produced; its hash is `output_hash`.
-    Ok,
-    /// A deterministic trap with its kind and message.
-    Trap {
-        /// Trap kind, as the sandbox's `TrapKind::as_str`.
-        kind: String,
-        /// The trap message.
-        message: String,
-    },
-    /// Fuel ran out.
-    OutOfFuel,
-    /// The memory limit was reached.
-    MemoryLimit,
-    /// The wall guard fired (not deterministic).
-    Timeout,
-    /// The module could not run.
-    Invalid(String),
-    /// Not run: the worker's volunteer needed the machine for longer than the
-    /// worker's `withdraw-after`. The submitter runs the chunk elsewhere; no fault of
-    /// the worker's. Never carries an output.
-    Withdrawn,
-}
-
-/// Worker -> submitter: one finished chunk replica.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkResult {
-    /// The job.
-    pub job_id: JobId,
-    /// The chunk.
-    pub chunk: u32,
-    /// The replica.
-    pub attempt: u32,
-    /// How it ended.
-    pub outcome: WireOutcome,
-    /// BLAKE3 of the output (of the empty string when there is none).
-    pub output_hash: BlobHash,
-    /// The output, inline when small; otherwise a blob the worker holds.
-    pub output: Option<Payload>,
-    /// Fuel used.
-    pub fuel_used: u64,
-    /// Wall time of the execution in microseconds.
-    pub exec_micros: u64,
-    /// The worker's signature (its libp2p identity key) over [`ChunkResult::signed_bytes`]:
-    /// binds the answer to the peer that gave it, so it cannot be replayed as another
-    /// peer's, and keeps the evidence of a disagreement checkable by anyone.
-    pub signature: Vec<u8>,
-}
-
-/// Largest signature accepted on a result (ed25519 signatures are 64 bytes).
-pub const MAX_SIGNATURE_BYTES: usize = 128;
-
-impl ChunkResult {
-    /// What the worker signs: a domain tag, the job, chunk and attempt, and the
-    /// agreement key (outcome and output hash together).
-    pub fn signed_bytes(&self) -> Vec<u8> {
-        result_signed_bytes(
-            &self.job_id,
-            self.chunk,
-            self.attempt,
-            &self.outcome,
-            &self.output_hash,
-        )
-    }
-}
-
-/// The bytes a worker signs for one result (see [`ChunkResult::signed_bytes`]).
-pub fn result_signed_bytes(
-    job_id: &JobId,
-    chunk: u32,
-    attempt: u32,
-    outcome: &WireOutcome,
-    output_hash: &BlobHash,
-) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(96);
-    bytes.extend_from_slice(b"peergrid/result/v1\0");
-    bytes.extend_from_slice(&job_id.0);
-    bytes.extend_from_slice(&chunk.to_le_bytes());
-    bytes.extend_from_slice(&attempt.to_le_bytes());
-    bytes.extend_from_slice(
-        blake3::hash(&postcard::to_allocvec(outcome).unwrap_or_default()).as_bytes(),
-    );
-    bytes.extend_from_slice(&output_hash.0);
-    bytes
-}
-
-/// Whether `signature` over these result fields was made by `peer`'s identity key.
-/// Peer ids that do not embed their public key (RSA) cannot be checked and fail.
-pub fn verify_result_signature(peer: &libp2p::PeerId, signed: &[u8], signature: &[u8]) -> bool {
-    if signature.is_empty() || signature.len() > MAX_SIGNATURE_BYTES {
-        return false;
-    }
-    let multihash = peer.as_ref();
-    if multihash.code() != 0 {
-        return false;
-    }
-    match libp2p::identity::PublicKey::try_decode_protobuf(multihash.digest()) {
-        Ok(key) => key.verify(signed, signature),
-        Err(_) => false,
-    }
 }
 
 /// Worker -> submitter requests on [`RESULT_PROTOCOL`]: a batch of results.

@@ -101,7 +101,7 @@ impl CompileCache {
                 let mac = blake3::keyed_hash(&self.key, &artifact);
                 let mut file = mac.as_bytes().to_vec();
                 file.extend_from_slice(&artifact);
-                crate::config::write_private_file(&self.path(hash), &file)
+                crate::files::write_private_file(&self.path(hash), &file)
             });
         if let Err(e) = result {
             tracing::warn!(dir = %self.dir.display(), error = %e, "could not cache a compiled module");
@@ -121,8 +121,8 @@ fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let key = crate::config::random_bytes::<32>()?;
-    crate::config::write_private_file(path, &key)?;
+    let key = crate::files::random_bytes::<32>()?;
+    crate::files::write_private_file(path, &key)?;
     Ok(key)
 }
 

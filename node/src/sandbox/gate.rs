@@ -1,7 +1,7 @@
 //! The run gate: how many chunk calls may run at once right now, and at what duty
 //! cycle. It is how a worker steps aside for the volunteer without killing work.
 //!
-//! The worker's politeness loop ([`crate::worker::politeness`]) sets the gate
+//! The worker's politeness loop (`worker::politeness`) sets the gate
 //! ([`Gate::set`]): `allowed` calls may run (0 suspends them all) and each runs
 //! `duty_percent` of the wall time. Chunk calls meet the gate on their own (wasm)
 //! thread: once before the module runs ([`Gate::enter`]) and at every epoch tick

@@ -9,47 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::gate::Gate;
 
-use serde::{Deserialize, Serialize};
-
-/// Everything a call into a module is limited by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Limits {
-    /// Fuel (roughly, wasm instructions) the call may burn. Deterministic: the same
-    /// module and input stop at the same point on every peer.
-    pub fuel: u64,
-    /// Largest linear memory the module may have, in bytes.
-    pub memory_bytes: u64,
-    /// Wall-clock guard: a call still running after this is stopped (`Timeout`).
-    /// Not deterministic, so it only guards against runaways; fuel decides.
-    pub timeout: Duration,
-    /// Largest output the call may return, in bytes.
-    pub max_output_bytes: u64,
-}
-
-impl Limits {
-    /// Defaults for one chunk (`run`): 100 G fuel, 256 MiB, 10 min, 16 MiB out.
-    pub const CHUNK: Limits = Limits {
-        fuel: 100_000_000_000,
-        memory_bytes: 256 * 1024 * 1024,
-        timeout: Duration::from_secs(600),
-        max_output_bytes: 16 * 1024 * 1024,
-    };
-
-    /// Defaults for `split` and `merge` on the submitter: more memory and output,
-    /// since they see the whole job.
-    pub const SUBMITTER: Limits = Limits {
-        fuel: 200_000_000_000,
-        memory_bytes: 1024 * 1024 * 1024,
-        timeout: Duration::from_secs(600),
-        max_output_bytes: 256 * 1024 * 1024,
-    };
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self::CHUNK
-    }
-}
+pub use crate::types::Limits;
 
 /// Lets other threads steer a running call: stop it (cancel), and make it wait at
 /// the worker's [`Gate`] (pause, throttle). Checked at every epoch tick.

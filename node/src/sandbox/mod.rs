@@ -23,6 +23,7 @@ pub mod cache;
 mod exec;
 pub mod gate;
 mod limits;
+pub mod metrics;
 mod outcome;
 pub mod validate;
 
@@ -39,7 +40,7 @@ pub use validate::{AbiReport, ModuleError, ModuleInfo};
 
 use self::cache::{CompileCache, ModuleMemo};
 use self::exec::{HostState, Ticker};
-use crate::metrics::SandboxMetrics;
+use self::metrics::SandboxMetrics;
 
 /// The largest wasm stack a guest may use. Unbounded recursion ends in a
 /// `StackOverflow` trap well before the host thread's own stack is at risk.

@@ -23,6 +23,7 @@
 
 mod actor;
 pub mod job;
+pub mod metrics;
 pub mod placement;
 pub mod reputation;
 pub mod trust;
@@ -64,7 +65,7 @@ pub struct SchedulerContext {
     /// The sandbox (split and merge run here).
     pub sandbox: Sandbox,
     /// The scheduler's metrics.
-    pub metrics: crate::metrics::SchedulerMetrics,
+    pub metrics: metrics::SchedulerMetrics,
     /// This node's own worker: a submitter that lends slots runs replicas of its
     /// own jobs too (it trusts its own results), offered directly, not over the
     /// network.

@@ -35,7 +35,7 @@ pub fn score(r: &ReputationRow) -> f64 {
 #[derive(Debug, Default)]
 pub struct Reputation {
     rows: HashMap<PeerId, ReputationRow>,
-    metrics: crate::metrics::SchedulerMetrics,
+    metrics: super::metrics::SchedulerMetrics,
 }
 
 impl Reputation {
@@ -51,7 +51,7 @@ impl Reputation {
     }
 
     /// Records verdicts and exclusions in `metrics` (the node's).
-    pub fn with_metrics(mut self, metrics: crate::metrics::SchedulerMetrics) -> Self {
+    pub fn with_metrics(mut self, metrics: super::metrics::SchedulerMetrics) -> Self {
         let excluded = self.rows.values().filter(|r| is_excluded(r)).count();
         metrics.peers_excluded.set(excluded as i64);
         self.metrics = metrics;

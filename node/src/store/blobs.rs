@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
-use crate::net::protocol::BlobHash;
+use crate::types::BlobHash;
 
 /// The blob directory.
 #[derive(Debug, Clone)]

@@ -12,7 +12,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::net::protocol::{BlobHash, JobId};
+pub use crate::types::now_ms;
+use crate::types::{BlobHash, JobId};
 
 /// Errors from the database.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,9 @@ pub enum DbError {
     /// A stored value could not be decoded.
     #[error("database holds a value it cannot decode: {0}")]
     Corrupt(String),
+    /// The blocking task running a database call failed (the node is shutting down).
+    #[error("database task: {0}")]
+    Task(String),
 }
 
 /// The migrations, in order. Never edit one that has shipped; add another.
@@ -254,7 +258,7 @@ pub enum Write {
 #[derive(Debug)]
 pub struct Db {
     conn: Mutex<Connection>,
-    metrics: crate::metrics::StoreMetrics,
+    metrics: super::metrics::StoreMetrics,
 }
 
 fn job_id(bytes: Vec<u8>) -> Result<JobId, DbError> {
@@ -290,18 +294,32 @@ impl Db {
         }
         Ok(Self {
             conn: Mutex::new(conn),
-            metrics: crate::metrics::StoreMetrics::default(),
+            metrics: super::metrics::StoreMetrics::default(),
         })
     }
 
     /// Records write latency and failures in `metrics` (a node's).
-    pub fn with_metrics(mut self, metrics: crate::metrics::StoreMetrics) -> Self {
+    pub fn with_metrics(mut self, metrics: super::metrics::StoreMetrics) -> Self {
         self.metrics = metrics;
         self
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` against the database on a blocking thread, never on the async
+    /// runtime's own threads: the rule for every caller in async code (the scheduler
+    /// actor, the worker, the dispatcher, the API). SQLite work and its fsyncs then
+    /// cannot stall the network.
+    pub async fn run<R: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        f: impl FnOnce(&Db) -> Result<R, DbError> + Send + 'static,
+    ) -> Result<R, DbError> {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| DbError::Task(e.to_string()))?
     }
 
     /// Applies every write in one transaction: all of them or none.
@@ -543,8 +561,8 @@ impl Db {
         let mut stmt = conn.prepare("SELECT result FROM outbox")?;
         let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
         for row in rows {
-            if let Ok(crate::net::protocol::ChunkResult {
-                output: Some(crate::net::protocol::Payload::Blob { hash, .. }),
+            if let Ok(crate::types::ChunkResult {
+                output: Some(crate::types::Payload::Blob { hash, .. }),
                 ..
             }) = postcard::from_bytes(&row?)
             {
@@ -784,13 +802,6 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbErro
     Ok(())
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -826,7 +837,7 @@ mod tests {
 
     #[test]
     fn every_blob_of_the_nodes_own_jobs_and_outbox_is_referenced() {
-        use crate::net::protocol::{ChunkResult, Payload, WireOutcome};
+        use crate::types::{ChunkResult, Payload, WireOutcome};
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
         let merged = BlobHash::of(b"merged");

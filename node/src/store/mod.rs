@@ -7,6 +7,7 @@
 
 pub mod blobs;
 pub mod db;
+pub mod metrics;
 
 pub use blobs::BlobStore;
 pub use db::{Db, DbError, Write};

@@ -23,6 +23,7 @@
 //!   reissue them elsewhere at no cost to this worker's standing.
 
 pub mod executor;
+pub mod metrics;
 pub mod politeness;
 
 use std::collections::{HashMap, HashSet};
@@ -50,11 +51,24 @@ use crate::sandbox::{ChunkControl, Execution, Gate, Outcome, Sandbox};
 use crate::store::BlobStore;
 use crate::store::db::{Db, OutboxRow, Write};
 
-/// Assignments held per slot (one running, the rest queued so no slot idles
-/// between a result and the next offer). With short chunks the round trip
-/// result → ack → dispatch → offer is what limits throughput: at 2 per slot, 3
-/// workers of 2 slots verified ~1 700 no-op chunks/s, at 4 ~2 400 (`bench grid`).
-pub const QUEUE_FACTOR: u32 = 4;
+pub use crate::types::QUEUE_FACTOR;
+
+/// Where results of this node's own jobs go: straight to its scheduler, not over the
+/// network (set by the node, so the worker need not know the scheduler).
+#[derive(Clone)]
+pub struct LocalResults(pub std::sync::Arc<LocalResultsFn>);
+
+/// The function behind [`LocalResults`].
+pub type LocalResultsFn = dyn Fn(PeerId, ResultBatch) -> futures::future::BoxFuture<'static, crate::net::protocol::ResultAck>
+    + Send
+    + Sync;
+
+impl std::fmt::Debug for LocalResults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalResults")
+    }
+}
+
 /// Most undelivered results kept; beyond it, offers are refused.
 pub const MAX_OUTBOX: u64 = 10_000;
 /// Outputs up to this size travel inline; larger ones as blobs.
@@ -111,7 +125,7 @@ struct Inner {
     politeness_changed: Notify,
     active: Mutex<HashMap<Key, Arc<ChunkControl>>>,
     /// This node's scheduler: results of its own jobs are delivered to it directly.
-    local_scheduler: std::sync::OnceLock<crate::scheduler::Scheduler>,
+    local_scheduler: std::sync::OnceLock<LocalResults>,
     /// Modules loaded by blob hash, so a chunk costs no disk read or hashing.
     modules: Mutex<HashMap<BlobHash, crate::sandbox::JobModule>>,
     outbox_len: std::sync::atomic::AtomicU64,
@@ -121,7 +135,7 @@ struct Inner {
     shutdown: CancellationToken,
     executed: std::sync::atomic::AtomicU64,
     withdrawn: std::sync::atomic::AtomicU64,
-    metrics: crate::metrics::WorkerMetrics,
+    metrics: metrics::WorkerMetrics,
 }
 
 /// What the worker is doing, for status and adverts.
@@ -162,7 +176,7 @@ impl Worker {
         memory_limit: u64,
         state_file: Option<PathBuf>,
         shutdown: CancellationToken,
-        metrics: crate::metrics::WorkerMetrics,
+        metrics: metrics::WorkerMetrics,
     ) -> Self {
         let outbox_len = db.outbox_len().unwrap_or(0);
         let politeness = Arc::new(Politeness::new(
@@ -215,7 +229,7 @@ impl Worker {
     }
 
     /// Lets results of this node's own jobs go straight to its scheduler.
-    pub fn set_local_scheduler(&self, scheduler: crate::scheduler::Scheduler) {
+    pub fn set_local_scheduler(&self, scheduler: LocalResults) {
         let _ = self.inner.local_scheduler.set(scheduler);
     }
 
@@ -695,7 +709,7 @@ impl Worker {
                     let batch = ResultBatch { results };
                     let sent = match self.inner.local_scheduler.get() {
                         Some(local) if peer == self.inner.net.local_peer_id() => {
-                            Ok(local.results(peer, batch).await)
+                            Ok((local.0)(peer, batch).await)
                         }
                         _ => self.inner.net.send_results(peer, batch).await,
                     };

@@ -798,7 +798,7 @@ impl Politeness {
             return Ok(());
         };
         let json = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
-        crate::config::write_private_file(file, &json)
+        crate::files::write_private_file(file, &json)
     }
 
     /// The state for `peergrid status`; `running` is how many chunks run now.

@@ -1,0 +1,265 @@
+//! The resolved settings: [`NodeConfig`], derived from the raw [`NodeOptions`]
+//! (flags over `peergrid.toml`) by [`NodeOptions::resolve`]. Each part is the
+//! subsystem's own config type (`NetConfig`, `VolunteerConfig`, `PlacementPolicy`,
+//! `TrustPolicy`), so this module sits above the subsystems and `config` below them.
+//! `Node::spawn` takes the result.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::config::{
+    ConfigError, DEFAULT_API, DEFAULT_METRICS, DataDir, NodeOptions, parse_addr, parse_duration,
+    parse_multiaddrs, parse_size,
+};
+use crate::net::NetConfig;
+use crate::scheduler::{PlacementPolicy, TrustPolicy};
+use crate::worker::politeness::{
+    Preferences, VolunteerConfig, parse_active_hours, parse_memory_total,
+};
+
+/// Everything a node needs, resolved.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The data dir.
+    pub data_dir: DataDir,
+    /// Network settings.
+    pub net: NetConfig,
+    /// Cores (slots) lent when the machine is spare.
+    pub cpus: u32,
+    /// The volunteer controls: preferences, CPU sampling, withdrawal.
+    pub volunteer: VolunteerConfig,
+    /// Most memory per chunk, in bytes.
+    pub memory_per_chunk: u64,
+    /// Disk limit of the blob cache, in bytes; `None`: no limit.
+    pub blob_cache: Option<u64>,
+    /// Control API address; `None` when off.
+    pub api: Option<SocketAddr>,
+    /// Metrics address; `None` when off.
+    pub metrics: Option<SocketAddr>,
+    /// How often the advert is re-sent.
+    pub advert_interval: Duration,
+    /// Which peers may hold replicas of the same chunk.
+    pub placement: PlacementPolicy,
+    /// Adaptive replication's numbers (the defaults; tests change them).
+    pub trust: TrustPolicy,
+}
+
+/// Resolution: flags and file merged, every default derived.
+pub trait Resolve {
+    /// Derives every default.
+    fn resolve(self, data_dir: DataDir) -> Result<NodeConfig, ConfigError>;
+}
+
+impl Resolve for NodeOptions {
+    /// Derives every default.
+    fn resolve(self, data_dir: DataDir) -> Result<NodeConfig, ConfigError> {
+        let mut net = NetConfig::default();
+        if !self.listen.is_empty() {
+            net.listen = parse_multiaddrs("listen", &self.listen)?;
+        }
+        net.bootstrap = parse_multiaddrs("bootstrap", &self.bootstrap)?;
+        net.mdns = !self.no_mdns;
+        let advert_interval = match &self.advert_interval {
+            Some(s) => parse_duration(s).map_err(ConfigError)?,
+            None => Duration::from_secs(5),
+        };
+        if advert_interval < Duration::from_millis(100) {
+            return Err(ConfigError(
+                "--advert-interval must be at least 100ms".into(),
+            ));
+        }
+        net.advert_ttl = match &self.advert_ttl {
+            Some(s) => parse_duration(s).map_err(ConfigError)?,
+            None => advert_interval * 4,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let cpus = self.cpus.unwrap_or(cores);
+        let memory_per_chunk = match &self.memory {
+            Some(s) => parse_size(s).map_err(ConfigError)?,
+            None => 512 * 1024 * 1024,
+        };
+        let volunteer = volunteer_of(&self, cpus)?;
+        Ok(NodeConfig {
+            data_dir,
+            net,
+            cpus,
+            volunteer,
+            memory_per_chunk,
+            blob_cache: match self.blob_cache.as_deref().map(str::trim) {
+                None | Some("off") => None,
+                Some(s) => {
+                    Some(parse_size(s).map_err(|e| ConfigError(format!("--blob-cache: {e}")))?)
+                }
+            },
+            api: parse_addr("api", self.api.as_deref().unwrap_or(DEFAULT_API), true)?,
+            metrics: parse_addr(
+                "metrics",
+                self.metrics.as_deref().unwrap_or(DEFAULT_METRICS),
+                false,
+            )?,
+            advert_interval,
+            placement: {
+                let default = PlacementPolicy::default();
+                let ipv4_prefix = self.placement_ipv4_prefix.unwrap_or(default.ipv4_prefix);
+                let ipv6_prefix = self.placement_ipv6_prefix.unwrap_or(default.ipv6_prefix);
+                if ipv4_prefix > 32 || ipv6_prefix > 128 {
+                    return Err(ConfigError(format!(
+                        "--placement-ipv4-prefix must be 0..=32 and --placement-ipv6-prefix 0..=128, got {ipv4_prefix} and {ipv6_prefix}"
+                    )));
+                }
+                PlacementPolicy {
+                    ipv4_prefix,
+                    ipv6_prefix,
+                    distinct_discovery: self.placement_distinct_discovery,
+                }
+            },
+            trust: TrustPolicy::default(),
+        })
+    }
+}
+
+fn volunteer_of(options: &NodeOptions, cpus: u32) -> Result<VolunteerConfig, ConfigError> {
+    let duration = |v: &Option<String>, default: Duration, what: &str| match v {
+        Some(s) => parse_duration(s).map_err(|e| ConfigError(format!("--{what}: {e}"))),
+        None => Ok(default),
+    };
+    let preferences = Preferences {
+        cpus,
+        max_cpu_percent: options.max_cpu_percent.unwrap_or(100),
+        cpu_time_percent: options.cpu_time_percent.unwrap_or(100),
+        suspend_above_percent: options.suspend_above_percent.unwrap_or(0),
+        active_hours: match &options.active_hours {
+            Some(s) => parse_active_hours(s).map_err(ConfigError)?,
+            None => None,
+        },
+        memory_total: match &options.memory_total {
+            Some(s) => parse_memory_total(s).map_err(ConfigError)?,
+            None => None,
+        },
+        lend_when_busy: options.lend_when_busy,
+    };
+    preferences.check().map_err(ConfigError)?;
+    let sample_interval = duration(
+        &options.cpu_sample_interval,
+        Duration::from_secs(1),
+        "cpu-sample-interval",
+    )?;
+    if sample_interval < Duration::from_millis(100) {
+        return Err(ConfigError(
+            "--cpu-sample-interval must be at least 100ms".into(),
+        ));
+    }
+    Ok(VolunteerConfig {
+        preferences,
+        sample_interval,
+        withdraw_after: duration(
+            &options.withdraw_after,
+            Duration::from_secs(300),
+            "withdraw-after",
+        )?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::*;
+    use std::path::Path;
+
+    #[test]
+    fn parses_human_values() {
+        assert_eq!(parse_size("256MiB"), Ok(256 * 1024 * 1024));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_fuel("50G"), Ok(50_000_000_000));
+        assert_eq!(parse_fuel("123"), Ok(123));
+        assert!(parse_fuel("G").is_err());
+        assert!(parse_fuel("99999999999999T").is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_in() {
+        let file: NodeOptions = toml::from_str(
+            "cpus = 3\nbootstrap = [\"/ip4/127.0.0.1/tcp/1\"]\nno-mdns = true\nmemory = \"1GiB\"",
+        )
+        .unwrap();
+        let flags = NodeOptions {
+            cpus: Some(2),
+            ..NodeOptions::default()
+        };
+        let config = flags
+            .over(file)
+            .resolve(DataDir::resolve(Some("/tmp/x".into())))
+            .unwrap();
+        assert_eq!(config.cpus, 2);
+        assert_eq!(config.net.bootstrap.len(), 1);
+        assert!(!config.net.mdns);
+        assert_eq!(config.memory_per_chunk, 1 << 30);
+        assert_eq!(config.api, Some(DEFAULT_API.parse().unwrap()));
+        assert_eq!(config.net.advert_ttl, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_node_may_lend_nothing() {
+        let config = NodeOptions {
+            cpus: Some(0),
+            ..NodeOptions::default()
+        }
+        .resolve(DataDir::resolve(Some("/tmp/x".into())))
+        .unwrap();
+        assert_eq!(config.cpus, 0);
+    }
+
+    #[test]
+    fn bad_options_say_what_is_wrong() {
+        let bad = |o: NodeOptions| o.resolve(DataDir::resolve(None)).unwrap_err().to_string();
+        assert!(
+            bad(NodeOptions {
+                api: Some("0.0.0.0:1".into()),
+                ..Default::default()
+            })
+            .contains("loopback")
+        );
+        assert!(
+            bad(NodeOptions {
+                cpus: Some(5000),
+                ..Default::default()
+            })
+            .contains("--cpus")
+        );
+        assert!(
+            bad(NodeOptions {
+                listen: vec!["nope".into()],
+                ..Default::default()
+            })
+            .contains("multiaddr")
+        );
+        assert!(
+            toml::from_str::<NodeOptions>("cpu = 3").is_err(),
+            "unknown keys are refused"
+        );
+    }
+
+    #[test]
+    fn data_dir_flag_wins() {
+        let d = DataDir::resolve(Some("/tmp/x".into()));
+        assert_eq!(d.root(), Path::new("/tmp/x"));
+        assert!(d.module_cache().starts_with("/tmp/x"));
+    }
+}
+
+#[cfg(test)]
+mod example_config {
+    use super::Resolve;
+    use crate::config::DataDir;
+    #[test]
+    fn the_committed_example_config_parses() {
+        let text = include_str!("../../example.config.toml");
+        let options: super::NodeOptions = toml::from_str(text).expect("example.config.toml parses");
+        options
+            .resolve(DataDir::resolve(Some("/tmp/x".into())))
+            .expect("and resolves");
+    }
+}
