@@ -59,6 +59,10 @@ pub struct SandboxBench {
     /// variant, alternating; each side's best round counts.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub rounds: usize,
+    /// Params (JSON) for the jobs instead of the built-in long-chunk ones; with one
+    /// `--job`, to measure it on other chunks.
+    #[arg(long, value_name = "JSON")]
+    pub params: Option<String>,
     /// Print one JSON object: {"sandbox":[{"job","ratio","call_overhead_us",…}],…}.
     #[arg(long)]
     pub json: bool,
@@ -72,11 +76,12 @@ const LONG_CHUNK_S: f64 = 0.25;
 /// this machine class); the bench reports the shortest chunk it saw.
 fn long_params(job: &str) -> Option<&'static str> {
     Some(match job {
+        // Two bands, each half of the set (the image is symmetric about its middle row).
         "mandelbrot" => {
-            r#"{"width": 1024, "height": 768, "max_iter": 4000, "rows_per_chunk": 256}"#
+            r#"{"width": 1024, "height": 768, "max_iter": 3000, "rows_per_chunk": 384}"#
         }
-        "primes" => r#"{"limit": 3000000000, "chunks": 3}"#,
-        "montecarlo" => r#"{"samples": 240000000, "chunks": 3, "seed": 42}"#,
+        "primes" => r#"{"limit": 1500000000, "chunks": 3}"#,
+        "montecarlo" => r#"{"samples": 500000000, "chunks": 2, "seed": 42}"#,
         "pow" => {
             r#"{"data": "peergrid", "difficulty": 40, "max_nonce": 6291456, "chunk_size": 2097152}"#
         }
@@ -104,6 +109,9 @@ struct Variants {
     /// Production without the instance pool (fresh mappings per call); timed for the
     /// per-call overhead only.
     no_pool: Sandbox,
+    /// Production without the pool and without guard regions, so that every memory
+    /// access is bounds-checked explicitly.
+    bounds_checked: Sandbox,
 }
 
 impl Variants {
@@ -123,6 +131,11 @@ impl Variants {
                 pooling: false,
                 ..production.clone()
             })?,
+            bounds_checked: Sandbox::new(SandboxConfig {
+                pooling: false,
+                explicit_bounds_checks: true,
+                ..production.clone()
+            })?,
             no_nan_canon: Sandbox::new(SandboxConfig {
                 nan_canonicalization: false,
                 ..production.clone()
@@ -136,13 +149,14 @@ impl Variants {
         })
     }
 
-    fn all(&self) -> [&Sandbox; 5] {
+    fn all(&self) -> [&Sandbox; 6] {
         [
             &self.production,
             &self.epochs,
             &self.no_nan_canon,
             &self.no_fuel,
             &self.bare,
+            &self.bounds_checked,
         ]
     }
 }
@@ -150,7 +164,7 @@ impl Variants {
 #[derive(Debug, serde::Serialize)]
 struct JobFigures {
     job: &'static str,
-    params: &'static str,
+    params: String,
     chunks: usize,
     rounds: usize,
     /// The shortest chunk's native time (the ratio is meant for chunks ≥ 0.25 s).
@@ -172,6 +186,11 @@ struct JobFigures {
     fuel_cost: f64,
     /// wasm_epochs_s / wasm_s − 1: what epochs added on top of fuel.
     epoch_cost: f64,
+    /// Production with explicit bounds checks on every memory access (no guard
+    /// regions).
+    wasm_bounds_checked_s: f64,
+    /// wasm_bounds_checked_s / wasm_s − 1: what the guard regions save.
+    bounds_check_cost: f64,
     /// Fuel used by all chunks (the same in every fuelled variant, checked).
     fuel: u64,
     /// Median time of a call that does nothing (the job's `run` on empty input,
@@ -212,7 +231,7 @@ impl SandboxBench {
             );
         } else {
             println!(
-                "{:<11} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9}",
+                "{:<11} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
                 "job",
                 "chunk s",
                 "ratio",
@@ -221,12 +240,13 @@ impl SandboxBench {
                 "nan",
                 "fuel",
                 "+epochs",
+                "+bounds",
                 "call µs",
                 "no pool"
             );
             for r in &rows {
                 println!(
-                    "{:<11} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.1}% {:>7.1}% {:>7.1}% {:>9.1} {:>9.1}",
+                    "{:<11} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>9.1} {:>9.1}",
                     r.job,
                     r.shortest_chunk_native_s,
                     r.ratio,
@@ -235,6 +255,7 @@ impl SandboxBench {
                     r.nan_canon_cost * 100.0,
                     r.fuel_cost * 100.0,
                     r.epoch_cost * 100.0,
+                    r.bounds_check_cost * 100.0,
                     r.call_overhead_us,
                     r.call_overhead_no_pool_us,
                 );
@@ -248,7 +269,7 @@ impl SandboxBench {
                  alternating rounds;\nepochs = the same with fuel + epochs (the guard before \
                  issue 18); bare = no fuel, no guard, no NaN canonicalisation;\nnan/fuel = \
                  what each adds to production; +epochs = what epochs would add on top of \
-                 fuel;\ncall µs = median time of the job's `run` on empty input (no pool: \
+                 fuel;\n+bounds = what explicit bounds checks would add (no guard regions);\ncall µs = median time of the job's `run` on empty input (no pool: \
                  fresh mappings per call)",
                 self.rounds
             );
@@ -262,7 +283,10 @@ impl SandboxBench {
         example: &'static peergrid_jobs::Example,
     ) -> anyhow::Result<JobFigures> {
         let native = example.native;
-        let params = long_params(example.name).unwrap_or(example.default_params);
+        let params = match &self.params {
+            Some(p) => p.as_str(),
+            None => long_params(example.name).unwrap_or(example.default_params),
+        };
         let split = native.split.context("example without split")?;
         let list = split(params.as_bytes())
             .map_err(|e| anyhow::anyhow!("{}: split failed natively: {e}", example.name))?;
@@ -281,7 +305,7 @@ impl SandboxBench {
             ..Limits::CHUNK
         };
 
-        let mut best = [f64::INFINITY; 6];
+        let mut best = [f64::INFINITY; 7];
         let mut shortest_chunk = f64::INFINITY;
         let mut fuel = 0;
         for _ in 0..self.rounds.max(1) {
@@ -306,11 +330,11 @@ impl SandboxBench {
                         example.name
                     );
                 }
-                // Variants 0–2 meter fuel: the same module and inputs must use the
+                // Variants 0–2 and 5 meter fuel: the same module and inputs must use the
                 // same fuel whatever the guard and the NaN handling.
                 match k {
                     0 => fuel = used,
-                    1 | 2 if used != fuel => bail!(
+                    1 | 2 | 5 if used != fuel => bail!(
                         "{}: variant {k} used {used} fuel, production {fuel}",
                         example.name
                     ),
@@ -325,10 +349,10 @@ impl SandboxBench {
                 example.name
             );
         }
-        let [native_s, wasm_s, epochs, no_nan_canon, no_fuel, bare] = best;
+        let [native_s, wasm_s, epochs, no_nan_canon, no_fuel, bare, bounds] = best;
         Ok(JobFigures {
             job: example.name,
-            params,
+            params: params.to_string(),
             chunks: inputs.len(),
             rounds: self.rounds.max(1),
             shortest_chunk_native_s: shortest_chunk,
@@ -344,6 +368,8 @@ impl SandboxBench {
             nan_canon_cost: wasm_s / no_nan_canon - 1.0,
             fuel_cost: wasm_s / no_fuel - 1.0,
             epoch_cost: epochs / wasm_s - 1.0,
+            wasm_bounds_checked_s: bounds,
+            bounds_check_cost: bounds / wasm_s - 1.0,
             fuel,
             call_overhead_us: overhead_us(&variants.production, &modules[0]),
             call_overhead_no_pool_us: overhead_us(

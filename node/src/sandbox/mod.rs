@@ -88,6 +88,10 @@ pub struct SandboxConfig {
     /// Instances come from a pool of pre-reserved slots (memory, tables, stacks)
     /// reused between calls, instead of fresh mappings per call.
     pub pooling: bool,
+    /// Reserve no address space beyond a memory's size, so that Cranelift must check
+    /// every access's bounds explicitly. Off for real work; `bench sandbox` turns it
+    /// on (with `pooling` off) to measure what the guard regions save.
+    pub explicit_bounds_checks: bool,
 }
 
 /// Fuel per slice by default: ≈ 1–5 ms of guest work on current CPUs, so pause,
@@ -104,6 +108,7 @@ impl Default for SandboxConfig {
             fuel_slice: FUEL_SLICE,
             nan_canonicalization: true,
             pooling: true,
+            explicit_bounds_checks: false,
         }
     }
 }
@@ -184,6 +189,10 @@ impl std::fmt::Debug for Sandbox {
 /// `ResourceLimiter` enforces the limit itself).
 const MAX_MEMORY: usize = 4 << 30;
 
+/// Bytes at the start of each pool slot's memory kept resident between calls: a
+/// typical Rust job's stack, data and small heap.
+const KEEP_RESIDENT: usize = 4 << 20;
+
 /// The most tables an instance may have (the `ResourceLimiter` says the same).
 const MAX_TABLES: u32 = 4;
 
@@ -221,6 +230,11 @@ fn engine_config(config: &SandboxConfig) -> Config {
     // guard region for every 32-bit memory, so Cranelift elides explicit bounds
     // checks (an access out of bounds faults in the guard region and becomes a trap).
     // The pool keeps that: its slots are `MAX_MEMORY` large.
+    if config.explicit_bounds_checks {
+        c.memory_reservation(0)
+            .memory_guard_size(0)
+            .memory_reservation_for_growth(0);
+    }
     if config.pooling {
         let slots = pool_slots();
         let mut pool = PoolingAllocationConfig::new();
@@ -231,7 +245,12 @@ fn engine_config(config: &SandboxConfig) -> Config {
             .max_memories_per_module(1)
             .max_tables_per_module(MAX_TABLES)
             .table_elements(limits::MAX_TABLE_ELEMENTS)
-            .max_memory_size(MAX_MEMORY);
+            .max_memory_size(MAX_MEMORY)
+            // Reset the pages a call dirtied in the first few MiB by copying the
+            // module's image back (found with the kernel's page map where it has one)
+            // instead of unmapping them, so the next call takes no page faults there.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 * 1024);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     c
