@@ -57,6 +57,8 @@ pub(crate) struct HostState {
     pub(crate) logs: Vec<String>,
     pub(crate) dropped_logs: usize,
     pub(crate) panic: Option<String>,
+    /// The call's WASI state, for a wasi-v1 call (see `wasi`).
+    pub(crate) wasi: Option<Box<super::wasi::WasiState>>,
 }
 
 impl HostState {
@@ -69,10 +71,11 @@ impl HostState {
             logs: Vec::new(),
             dropped_logs: 0,
             panic: None,
+            wasi: None,
         }
     }
 
-    fn record_log(&mut self, level: u32, line: String) {
+    pub(crate) fn record_log(&mut self, level: u32, line: String) {
         if level == peergrid_sdk::level::PANIC {
             self.panic = Some(truncate(line, MAX_MESSAGE));
         } else if self.logs.len() < MAX_LOG_LINES {
@@ -104,7 +107,9 @@ pub(crate) fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-/// Builds the linker with the one host call a module may import: `peergrid.log`.
+/// Builds the linker with the one host call an ABI v1 module may import
+/// (`peergrid.log`) and the deterministic `wasi_snapshot_preview1` functions of
+/// wasi-v1. Validation decides which of them a module may use.
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     linker.func_wrap(
@@ -127,6 +132,7 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
             caller.data_mut().record_log(level, line);
         },
     )?;
+    super::wasi::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 

@@ -31,6 +31,7 @@ mod limits;
 pub mod metrics;
 mod outcome;
 pub mod validate;
+mod wasi;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,7 +45,8 @@ pub use abi_v1::Entry;
 pub use gate::Gate;
 pub use limits::{ChunkControl, Limits};
 pub use outcome::{Execution, Outcome, TrapKind};
-pub use validate::{AbiReport, ModuleError, ModuleInfo};
+pub use validate::{Abi, AbiReport, ModuleError, ModuleInfo};
+pub use wasi::WALL_CLOCK_START;
 
 use self::cache::{CompileCache, ModuleMemo};
 use self::exec::{HostState, Slots, Ticker};
@@ -136,7 +138,10 @@ pub struct JobModule {
     pub hash: String,
     /// Size of the module's binary in bytes.
     pub size: usize,
-    /// Whether the module exports `peergrid_split`.
+    /// Which ABI the module speaks.
+    pub abi: Abi,
+    /// Whether the module exports `peergrid_split` (wasi-v1: lists `split` among
+    /// its entries).
     pub has_split: bool,
     /// Whether the module exports `peergrid_merge`.
     pub has_merge: bool,
@@ -149,6 +154,7 @@ impl std::fmt::Debug for JobModule {
         f.debug_struct("JobModule")
             .field("hash", &self.hash)
             .field("size", &self.size)
+            .field("abi", &self.abi)
             .field("has_split", &self.has_split)
             .field("has_merge", &self.has_merge)
             .finish_non_exhaustive()
@@ -201,7 +207,9 @@ const MAX_TABLES: u32 = 4;
 /// 4 GiB plus guard pages of address space for its memory.
 fn pool_slots() -> u32 {
     let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
-    u32::try_from(cores.saturating_mul(2)).unwrap_or(u32::MAX).clamp(8, 256)
+    u32::try_from(cores.saturating_mul(2))
+        .unwrap_or(u32::MAX)
+        .clamp(8, 256)
 }
 
 /// The engine configuration every peer uses. Changing it changes cache keys, so it is
@@ -314,24 +322,35 @@ impl Sandbox {
             .linker
             .instantiate_pre(&module)
             .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
-        let job = JobModule {
+        let mut job = JobModule {
             hash: hash.clone(),
             size: binary.len(),
+            abi: report.abi.unwrap_or(Abi::V1),
             has_split: report.has_split,
             has_merge: report.has_merge,
             pre,
         };
+        if job.abi == Abi::WasiV1 {
+            (job.has_split, job.has_merge) = wasi::probe_entries(&self.inner, &job);
+        }
         self.inner.memo.insert(hash, job.clone());
         Ok(job)
     }
 
-    /// Describes a module (hash, size, imports, exports, ABI v1 verdict) without
-    /// requiring it to be valid ABI v1.
+    /// Describes a module (hash, size, imports, exports, which ABI it speaks, or why
+    /// neither) without requiring it to be valid. A valid wasi-v1 module is loaded
+    /// to learn its entries (`split`, `merge`).
     pub fn inspect(&self, bytes: &[u8]) -> Result<ModuleInfo, ModuleError> {
         let binary = validate::to_binary(bytes)?;
         let hash = blake3::hash(&binary).to_hex().to_string();
         let module = self.compile(&hash, &binary)?;
-        Ok(ModuleInfo::describe(hash, binary.len(), &module))
+        let mut info = ModuleInfo::describe(hash, binary.len(), &module);
+        if info.abi.ok() && info.abi.abi == Some(Abi::WasiV1) {
+            let job = self.load(&binary)?;
+            info.abi.has_split = job.has_split;
+            info.abi.has_merge = job.has_merge;
+        }
+        Ok(info)
     }
 
     fn compile(&self, hash: &str, binary: &[u8]) -> Result<wasmtime::Module, ModuleError> {
@@ -346,7 +365,7 @@ impl Sandbox {
             .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
         self.inner.metrics.compiled(started.elapsed());
         if let Some(disk) = &self.inner.disk
-            && validate::check_abi(&module).problems.is_empty()
+            && validate::check_abi(&module).ok()
         {
             disk.store(hash, &module);
         }
@@ -364,7 +383,10 @@ impl Sandbox {
         limits: &Limits,
         control: Option<Arc<ChunkControl>>,
     ) -> Execution {
-        let execution = abi_v1::call(&self.inner, module, entry, input, limits, control);
+        let execution = match module.abi {
+            Abi::V1 => abi_v1::call(&self.inner, module, entry, input, limits, control),
+            Abi::WasiV1 => wasi::call(&self.inner, module, entry, input, limits, control),
+        };
         self.inner.metrics.call(entry, &execution);
         execution
     }
@@ -447,3 +469,5 @@ impl Sandbox {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wasi_tests;

@@ -1,10 +1,20 @@
-//! Module validation against ABI v1 (`docs/ABI.md`), and the description
+//! Module validation against the two job ABIs (`docs/ABI.md`), and the description
 //! `peergrid inspect` prints.
 //!
-//! A module must export `memory`, `peergrid_abi_v1`, `peergrid_alloc` and
+//! Which ABI a module means is read from its exports and imports: the
+//! `peergrid_abi_v1` marker means ABI v1; otherwise a `_start` export or any
+//! `wasi_snapshot_preview1` import means wasi-v1; a module with neither is checked
+//! (and refused) as ABI v1, with a note that it is no WASI command either.
+//!
+//! ABI v1: the module must export `memory`, `peergrid_abi_v1`, `peergrid_alloc` and
 //! `peergrid_run` with the right types; `peergrid_split` and `peergrid_merge` are
-//! optional. The only import allowed is `peergrid.log`. Anything else is refused,
-//! naming each offending import or export, before anything runs.
+//! optional. The only import allowed is `peergrid.log`.
+//!
+//! wasi-v1: the module must export `memory` (32-bit) and `_start: func () -> ()`, and
+//! import only functions of `wasi_snapshot_preview1`, each with its preview 1 type.
+//!
+//! Anything else is refused, naming each offending import or export, before anything
+//! runs.
 
 use serde::Serialize;
 use wasmtime::{ExternType, FuncType, Module, ValType};
@@ -20,13 +30,29 @@ pub enum ModuleError {
     Compile(String),
     /// It imports something other than `peergrid.log`.
     #[error(
-        "the module imports {}; the only import a peergrid job may have is peergrid.log (see docs/ABI.md){}",
+        "the module imports {}; the only import an ABI v1 job may have is peergrid.log (see docs/ABI.md){}",
         .imports.join(", "),
         wasi_hint(.imports)
     )]
     DisallowedImports {
         /// Each offending import as `module.name (kind)`.
         imports: Vec<String>,
+    },
+    /// A wasi-v1 module imports something other than `wasi_snapshot_preview1`
+    /// functions with their preview 1 types.
+    #[error(
+        "the WASI module imports {}; a wasi-v1 job may import only wasi_snapshot_preview1 functions (see docs/ABI.md)",
+        .imports.join(", ")
+    )]
+    DisallowedWasiImports {
+        /// Each offending import as `module.name (kind)`, with why.
+        imports: Vec<String>,
+    },
+    /// It does not meet wasi-v1 (missing or mistyped exports).
+    #[error("the WASI module does not meet peergrid ABI wasi-v1: {}", .problems.join("; "))]
+    Wasi {
+        /// What is wrong, one item per problem.
+        problems: Vec<String>,
     },
     /// It does not meet ABI v1 (missing or mistyped exports).
     #[error("the module does not meet peergrid ABI v1: {}", .problems.join("; "))]
@@ -38,9 +64,31 @@ pub enum ModuleError {
 
 fn wasi_hint(imports: &[String]) -> &'static str {
     if imports.iter().any(|i| i.starts_with("wasi")) {
-        "; it looks built for WASI: build jobs for wasm32-unknown-unknown with peergrid-sdk"
+        "; it exports peergrid_abi_v1 but imports WASI: a module speaks one ABI (drop the \
+         marker to run it as a wasi-v1 command)"
     } else {
         ""
+    }
+}
+
+/// Which job ABI a module speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Abi {
+    /// ABI v1: `peergrid_*` exports, data through linear memory.
+    #[serde(rename = "v1")]
+    V1,
+    /// wasi-v1: a WASI preview 1 command; argv names the entry, stdin/stdout carry data.
+    #[serde(rename = "wasi-v1")]
+    WasiV1,
+}
+
+impl Abi {
+    /// The name `docs/ABI.md` uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V1 => "v1",
+            Self::WasiV1 => "wasi-v1",
+        }
     }
 }
 
@@ -70,12 +118,15 @@ pub(crate) fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Modu
         .map_err(|e| ModuleError::NotWasm(format!("invalid WAT text: {e}")))
 }
 
-/// What ABI v1 checking found.
+/// What ABI checking found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AbiReport {
-    /// Problems, empty when the module meets ABI v1.
+    /// The ABI the module was checked against (the one it means to speak); `None`
+    /// when it shows signs of neither (it was checked as ABI v1).
+    pub abi: Option<Abi>,
+    /// Problems, empty when the module meets its ABI.
     pub problems: Vec<String>,
-    /// Imports other than `peergrid.log`.
+    /// Imports that ABI does not allow.
     pub disallowed_imports: Vec<String>,
     /// Whether `peergrid_split` is exported (and well typed).
     pub has_split: bool,
@@ -84,13 +135,26 @@ pub struct AbiReport {
 }
 
 impl AbiReport {
-    /// Whether the module meets ABI v1.
+    /// Whether the module meets its ABI.
     pub fn ok(&self) -> bool {
-        self.problems.is_empty() && self.disallowed_imports.is_empty()
+        self.abi.is_some() && self.problems.is_empty() && self.disallowed_imports.is_empty()
     }
 
-    /// `Ok(self)` when the module meets ABI v1, else the error to show.
+    /// `Ok(self)` when the module meets its ABI, else the error to show.
     pub fn into_result(self) -> Result<Self, ModuleError> {
+        if self.abi == Some(Abi::WasiV1) {
+            if !self.disallowed_imports.is_empty() {
+                return Err(ModuleError::DisallowedWasiImports {
+                    imports: self.disallowed_imports,
+                });
+            }
+            if !self.problems.is_empty() {
+                return Err(ModuleError::Wasi {
+                    problems: self.problems,
+                });
+            }
+            return Ok(self);
+        }
         if !self.disallowed_imports.is_empty() {
             return Err(ModuleError::DisallowedImports {
                 imports: self.disallowed_imports,
@@ -144,8 +208,97 @@ const ABI_FUNCS: &[(&str, &[&str], &[&str], bool)] = &[
     ("peergrid_merge", &["i32", "i32"], I32, false),
 ];
 
-/// Checks a compiled module's imports and exports against ABI v1.
+/// Checks a compiled module's imports and exports against the ABI it means to speak.
 pub(crate) fn check_abi(module: &Module) -> AbiReport {
+    let v1_marker = module.get_export("peergrid_abi_v1").is_some();
+    let wasi_signs = module.get_export("_start").is_some()
+        || module.get_export("_initialize").is_some()
+        || module
+            .imports()
+            .any(|i| i.module() == super::wasi::WASI_MODULE);
+    if !v1_marker && wasi_signs {
+        return check_wasi(module);
+    }
+    let mut report = check_v1(module);
+    if v1_marker || report.ok_v1() {
+        report.abi = Some(Abi::V1);
+    } else {
+        report.problems.push(
+            "nor is it a WASI command (wasi-v1): it exports no `_start` and imports nothing \
+             from wasi_snapshot_preview1"
+                .into(),
+        );
+    }
+    report
+}
+
+impl AbiReport {
+    fn ok_v1(&self) -> bool {
+        self.problems.is_empty() && self.disallowed_imports.is_empty()
+    }
+}
+
+/// Checks a module against wasi-v1.
+fn check_wasi(module: &Module) -> AbiReport {
+    let mut report = AbiReport {
+        abi: Some(Abi::WasiV1),
+        ..AbiReport::default()
+    };
+    for import in module.imports() {
+        let ty = import.ty();
+        let shown = format!(
+            "{}.{} ({})",
+            import.module(),
+            import.name(),
+            extern_desc(&ty)
+        );
+        if import.module() != super::wasi::WASI_MODULE {
+            report.disallowed_imports.push(shown);
+            continue;
+        }
+        match (super::wasi::signature(import.name()), &ty) {
+            (None, _) => report
+                .disallowed_imports
+                .push(format!("{shown}: not a WASI preview 1 function")),
+            (Some(want), ExternType::Func(f)) if func_sig(f) == want => {}
+            (Some(want), _) => report.disallowed_imports.push(format!(
+                "{shown}: WASI preview 1 gives it the type func {want}"
+            )),
+        }
+    }
+    match module.get_export("memory") {
+        Some(ExternType::Memory(m)) if m.is_64() => report
+            .problems
+            .push("`memory` is a 64-bit memory; wasi-v1 needs a 32-bit one".into()),
+        Some(ExternType::Memory(_)) => {}
+        Some(other) => report.problems.push(format!(
+            "`memory` is a {}, not a memory",
+            extern_desc(&other)
+        )),
+        None => report
+            .problems
+            .push("missing export `memory` (the module's linear memory)".into()),
+    }
+    match module.get_export("_start") {
+        Some(ExternType::Func(f)) if func_sig(&f) == "() -> ()" => {}
+        Some(other) => report.problems.push(format!(
+            "export `_start` is {}, expected func () -> ()",
+            extern_desc(&other)
+        )),
+        None if module.get_export("_initialize").is_some() => report.problems.push(
+            "it is a WASI reactor (exports `_initialize`, no `_start`); build a command \
+             (a program with a main function)"
+                .into(),
+        ),
+        None => report
+            .problems
+            .push("missing export `_start` (a WASI command's main)".into()),
+    }
+    report
+}
+
+/// Checks a compiled module's imports and exports against ABI v1.
+fn check_v1(module: &Module) -> AbiReport {
     let mut report = AbiReport::default();
     for import in module.imports() {
         let ty = import.ty();
@@ -206,7 +359,7 @@ pub struct ModuleInfo {
     pub imports: Vec<(String, String)>,
     /// Every export: name and type.
     pub exports: Vec<(String, String)>,
-    /// The ABI v1 verdict.
+    /// The ABI verdict.
     pub abi: AbiReport,
 }
 
