@@ -1,0 +1,3 @@
+module amicable
+
+go 1.24
