@@ -6,3 +6,4 @@ mod monitoring;
 mod network;
 mod trust;
 mod volunteer;
+mod wasi;

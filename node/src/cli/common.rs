@@ -44,6 +44,13 @@ impl JobSource {
                 default_params: example.default_params,
             });
         }
+        if let Some(example) = peergrid_jobs::find_wasi(job) {
+            return Ok(Self {
+                name: example.name.to_string(),
+                bytes: example.wasm.to_vec(),
+                default_params: example.default_params,
+            });
+        }
         bail!(
             "no file '{job}' and no built-in example of that name (built-in: {}); \
              give a path to a .wasm file or one of those names",
