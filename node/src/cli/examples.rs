@@ -23,13 +23,26 @@ impl ExamplesCmd {
                 println!("              {}", line.trim());
             }
         }
+        println!("\nwasi-v1 examples (WASI commands in other languages, source in jobs/wasi/):");
+        for example in &peergrid_jobs::WASI_EXAMPLES {
+            println!("{:<11} {}", example.name, example.about);
+            println!("            defaults: {}", example.default_params);
+        }
         if let Some(dir) = self.export {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            for example in &peergrid_jobs::EXAMPLES {
-                let path = dir.join(format!("{}.wasm", example.name));
-                std::fs::write(&path, example.wasm)
+            let modules = peergrid_jobs::EXAMPLES
+                .iter()
+                .map(|e| (e.name, e.wasm))
+                .chain(
+                    peergrid_jobs::WASI_EXAMPLES
+                        .iter()
+                        .map(|e| (e.name, e.wasm)),
+                );
+            for (name, wasm) in modules {
+                let path = dir.join(format!("{name}.wasm"));
+                std::fs::write(&path, wasm)
                     .with_context(|| format!("writing {}", path.display()))?;
-                println!("wrote {} ({} bytes)", path.display(), example.wasm.len());
+                println!("wrote {} ({} bytes)", path.display(), wasm.len());
             }
         } else {
             println!("\nrun one with: peergrid run NAME [--params JSON]");

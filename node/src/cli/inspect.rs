@@ -1,5 +1,5 @@
-//! `peergrid inspect JOB`: what a module is (hash, size, imports, exports) and
-//! whether it meets ABI v1, and if not, why.
+//! `peergrid inspect JOB`: what a module is (hash, size, imports, exports), which
+//! job ABI it speaks (v1 or wasi-v1), and if neither, why it is refused.
 
 use std::process::ExitCode;
 
@@ -9,7 +9,7 @@ use super::GlobalOpts;
 use super::common::{JobSource, open_sandbox};
 use crate::config::DataDir;
 
-/// Describe a module and check it against ABI v1.
+/// Describe a module and check it against the job ABIs (v1, wasi-v1).
 #[derive(Debug, clap::Args)]
 pub struct InspectCmd {
     /// A .wasm (or .wat) file, or a built-in example name.
@@ -48,9 +48,13 @@ impl InspectCmd {
                 if info.abi.has_merge {
                     extras.push("merge");
                 }
-                println!("abi v1   yes ({})", extras.join(", "));
+                let abi = info.abi.abi.map_or("?", |a| a.as_str());
+                println!("abi      {abi} ({})", extras.join(", "));
             } else {
-                println!("abi v1   no");
+                match info.abi.abi {
+                    Some(abi) => println!("abi      {} (refused)", abi.as_str()),
+                    None => println!("abi      none (refused)"),
+                }
                 for import in &info.abi.disallowed_imports {
                     println!("  import not allowed: {import}");
                 }

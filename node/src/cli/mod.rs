@@ -17,6 +17,7 @@ pub mod demo;
 pub mod examples;
 pub mod inspect;
 pub mod jobs;
+pub mod new;
 pub mod node;
 pub mod pause;
 pub mod peers;
@@ -64,6 +65,7 @@ enum Command {
     Run(run::RunCmd),
     Inspect(inspect::InspectCmd),
     Examples(examples::ExamplesCmd),
+    New(new::NewCmd),
     Demo(demo::DemoCmd),
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -106,6 +108,7 @@ impl Cli {
             Command::Run(cmd) => cmd.execute(&global),
             Command::Inspect(cmd) => cmd.execute(&global),
             Command::Examples(cmd) => cmd.execute(),
+            Command::New(cmd) => cmd.execute(),
             Command::Demo(cmd) => cmd.execute(&global),
             Command::Bench(cmd) => cmd.execute(&global),
         }

@@ -110,7 +110,7 @@ pub(crate) fn to_binary(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, Modu
             .join(" ");
         return Err(ModuleError::NotWasm(format!(
             "it starts with bytes [{shown}], not the WebAssembly magic [00 61 73 6d], and is \
-             not WAT text; give a .wasm file built for wasm32-unknown-unknown"
+             not WAT text; give a .wasm file (built for wasm32-unknown-unknown with peergrid-sdk, or a WASI command for wasm32-wasip1)"
         )));
     }
     wat::parse_bytes(bytes)
