@@ -583,7 +583,10 @@ fn more_calls_than_pool_slots_wait_for_a_slot_instead_of_failing() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("joins")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("joins"))
+            .collect()
     });
     for (i, outcome) in outcomes.into_iter().enumerate() {
         assert_eq!(outcome, Outcome::Ok(format!("{i}").into_bytes()));
