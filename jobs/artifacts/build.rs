@@ -4,14 +4,21 @@
 //!
 //! The nested cargo gets its own target directory under `OUT_DIR` (sharing the outer
 //! one would deadlock on cargo's build lock), none of the outer build's flags, and the
-//! workspace's `wasm-job` profile (LTO, `panic = "abort"`, stripped), with `simd128`.
+//! workspace's `wasm-job` profile (LTO, `panic = "abort"`, stripped).
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-unknown-unknown";
-const JOBS: &[&str] = &["mandelbrot", "primes", "montecarlo", "pow", "faults", "floats"];
+const JOBS: &[&str] = &[
+    "mandelbrot",
+    "primes",
+    "montecarlo",
+    "pow",
+    "faults",
+    "floats",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -63,15 +70,10 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    // SIMD128 (deterministic, unlike relaxed SIMD) lets LLVM vectorise the jobs'
-    // loops as it does natively with SSE2; every wasmtime we run supports it. The SLP
-    // vectoriser stays off: it packs scalar code (a serial RNG's state words) into
-    // vectors with lane shuffles that cost far more in wasm than they save
-    // (montecarlo ran 5x slower with it).
-    cmd.env(
-        "CARGO_ENCODED_RUSTFLAGS",
-        ["-Ctarget-feature=+simd128", "-Cllvm-args=-vectorize-slp=false"].join("\x1f"),
-    );
+    // No `simd128`: measured with `peergrid bench sandbox` (issue 18), it made
+    // montecarlo 5-7x slower (the SLP vectoriser packs its serial RNG into vectors with
+    // lane shuffles), gave pow 25 % (with SLP) or nothing (without), and cost primes
+    // more fuel checks; plain scalar builds are the best overall.
     let output = cmd.output().unwrap_or_else(|e| {
         panic!("could not start cargo to build the example jobs: {e}");
     });

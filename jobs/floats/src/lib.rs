@@ -40,16 +40,16 @@ chunks: number of chunks, 1 to 64 (4)";
 /// The default operands: zeros, infinities, NaNs of both signs with payloads, and
 /// ordinary numbers.
 pub const DEFAULT_VALUES: [u64; 10] = [
-    0x0000_0000_0000_0000,                // +0
-    0x8000_0000_0000_0000,                // −0
-    0x7ff0_0000_0000_0000,                // +inf
-    0xfff0_0000_0000_0000,                // −inf
-    0x7ff8_0000_0000_0123,                // +qNaN, payload 0x123
-    0xfff4_0000_0000_0005,                // −sNaN, payload
-    0x3ff8_0000_0000_0000,                // 1.5
-    0xc000_0000_0000_0000,                // −2
-    0x7fef_ffff_ffff_ffff,                // f64::MAX
-    0x0000_0000_0000_0001,                // smallest subnormal
+    0x0000_0000_0000_0000, // +0
+    0x8000_0000_0000_0000, // −0
+    0x7ff0_0000_0000_0000, // +inf
+    0xfff0_0000_0000_0000, // −inf
+    0x7ff8_0000_0000_0123, // +qNaN, payload 0x123
+    0xfff4_0000_0000_0005, // −sNaN, payload
+    0x3ff8_0000_0000_0000, // 1.5
+    0xc000_0000_0000_0000, // −2
+    0x7fef_ffff_ffff_ffff, // f64::MAX
+    0x0000_0000_0000_0001, // smallest subnormal
 ];
 
 /// The job's params.
@@ -143,7 +143,9 @@ pub fn run(input: Input) -> Result<Vec<u64>, String> {
     }
     // Whole-array arithmetic: vectorised with simd128.
     let n = values.len();
-    let sums: Vec<f64> = (0..n).map(|i| values[i] * values[(i + 1) % n] + values[i]).collect();
+    let sums: Vec<f64> = (0..n)
+        .map(|i| values[i] * values[(i + 1) % n] + values[i])
+        .collect();
     out.extend(sums.iter().map(|x| x.to_bits()));
     let narrow: Vec<f32> = values.iter().map(|&x| x as f32).collect();
     let quotients: Vec<f32> = (0..n).map(|i| narrow[i] / narrow[(i + 3) % n]).collect();

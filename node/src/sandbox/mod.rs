@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, OptLevel,
+    Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker, OptLevel,
     PoolingAllocationConfig,
 };
 
@@ -254,11 +254,13 @@ fn engine_config(config: &SandboxConfig) -> Config {
             .max_tables_per_module(MAX_TABLES)
             .table_elements(limits::MAX_TABLE_ELEMENTS)
             .max_memory_size(MAX_MEMORY)
-            // Reset the pages a call dirtied in the first few MiB by copying the
-            // module's image back (found with the kernel's page map where it has one)
+            // Reset the first few MiB of a memory by copying the module's image back
             // instead of unmapping them, so the next call takes no page faults there.
             .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(64 * 1024);
+            .table_keep_resident(64 * 1024)
+            // Where the kernel has `PAGEMAP_SCAN` (Linux 6.7+), reset only the pages
+            // a call dirtied, instead of the whole start of the memory.
+            .pagemap_scan(Enabled::Auto);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     c
