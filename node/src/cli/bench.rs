@@ -212,7 +212,8 @@ impl SandboxBench {
             }
             rows.push(self.bench_one(&variants, example)?);
         }
-        if rows.is_empty() {
+        let wasi = super::bench_wasi::bench(&variants.production, &self.job, self.rounds)?;
+        if rows.is_empty() && wasi.is_empty() {
             bail!(
                 "no example matched --job (built-in: {})",
                 peergrid_jobs::names().join(", ")
@@ -227,6 +228,7 @@ impl SandboxBench {
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
                     "sandbox": rows,
+                    "wasi": wasi,
                     "empty_module_call_us": empty[0],
                     "empty_module_call_no_pool_us": empty[1],
                 }))?
@@ -275,6 +277,7 @@ impl SandboxBench {
                  fresh mappings per call)",
                 self.rounds
             );
+            super::bench_wasi::print(&wasi);
         }
         Ok(ExitCode::SUCCESS)
     }
