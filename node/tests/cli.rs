@@ -127,23 +127,68 @@ fn inspect_lists_offending_imports() {
     let wat = dir.path().join("bad.wat");
     std::fs::write(
         &wat,
-        r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+        r#"(module (import "env" "now" (func (result i64)))
              (memory (export "memory") 1))"#,
     )
     .expect("write");
     let out = peergrid(&["inspect", wat.to_str().expect("utf-8")], dir.path());
     assert!(!out.status.success());
     let stdout = text(&out.stdout);
-    assert!(
-        stdout.contains("import not allowed: wasi_snapshot_preview1.fd_write"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("abi      none (refused)"), "{stdout}");
+    assert!(stdout.contains("import not allowed: env.now"), "{stdout}");
     assert!(stdout.contains("missing export `peergrid_run`"), "{stdout}");
+    assert!(stdout.contains("nor is it a WASI command"), "{stdout}");
+
+    // A WASI command importing something else is refused as wasi-v1, naming it.
+    std::fs::write(
+        &wat,
+        r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+             (import "env" "now" (func (result i64)))
+             (memory (export "memory") 1) (func (export "_start")))"#,
+    )
+    .expect("write");
+    let out = peergrid(&["inspect", wat.to_str().expect("utf-8")], dir.path());
+    assert!(!out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("abi      wasi-v1 (refused)"), "{stdout}");
+    assert!(stdout.contains("import not allowed: env.now"), "{stdout}");
+
+    let out = peergrid(&["inspect", "nqueens"], dir.path());
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout).contains("abi      wasi-v1 (run, split, merge)"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let out = peergrid(&["inspect", "primes", "--json"], dir.path());
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["abi"]["has_split"], true);
+}
+
+#[test]
+fn new_writes_a_project_that_names_its_module() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("my-job");
+    let at = project.to_str().expect("utf-8");
+    let out = peergrid(&["new", "my-job", "--lang", "go", "--dir", at], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for file in [
+        "main.go",
+        "go.mod",
+        "peergrid/peergrid.go",
+        "build.sh",
+        "README.md",
+    ] {
+        assert!(project.join(file).is_file(), "{file}");
+    }
+    assert!(text(&out.stdout).contains("peergrid run my-job.wasm"));
+    let again = peergrid(&["new", "my-job", "--lang", "c", "--dir", at], dir.path());
+    assert!(
+        !again.status.success(),
+        "an existing project is never overwritten"
+    );
 }
 
 #[test]
@@ -155,7 +200,16 @@ fn examples_export_writes_every_module() {
         dir.path(),
     );
     assert!(out.status.success());
-    for name in ["mandelbrot", "primes", "montecarlo", "pow"] {
+    for name in [
+        "mandelbrot",
+        "primes",
+        "montecarlo",
+        "pow",
+        "collatz",
+        "nqueens",
+        "amicable",
+        "totient",
+    ] {
         let bytes = std::fs::read(export.join(format!("{name}.wasm"))).expect(name);
         assert!(bytes.starts_with(b"\0asm"));
         assert!(text(&out.stdout).contains(name));
