@@ -5,13 +5,15 @@
 //! canonicalisation, no threads, deterministic relaxed SIMD, fuel metering, a bounded
 //! wasm stack) and for speed (a pool of pre-reserved instance slots, copy-on-write
 //! memory images, guard regions instead of bounds checks), one [`Linker`] with the
-//! only host call a job may import (`peergrid.log`), and the compile cache (in memory
+//! host calls a job may import (`peergrid.log` for ABI v1, the deterministic
+//! `wasi_snapshot_preview1` functions for wasi-v1), and the compile cache (in memory
 //! and on disk, see [`cache`]).
 //!
 //! # Message flow
 //! - Callers (`peergrid run`, the worker, the submitter's scheduler) hand module bytes
-//!   to [`Sandbox::load`]; [`validate`] checks the module against ABI v1 and the
-//!   compile cache returns a ready [`JobModule`] (imports already resolved).
+//!   to [`Sandbox::load`]; [`validate`] decides which ABI the module speaks (ABI v1 or
+//!   wasi-v1) and checks it, and the compile cache returns a ready [`JobModule`]
+//!   (imports already resolved; a wasi-v1 module's entries probed once).
 //! - [`Sandbox::call`] runs one entry point (`run`, `split` or `merge`) through the
 //!   per-call path of `exec`: a fresh `Store` with every limit of [`Limits`]
 //!   installed in one function, the guest run in fuel slices with the wall-clock
@@ -19,7 +21,8 @@
 //!   end classified into an [`Execution`]: one typed [`Outcome`], the fuel used, the
 //!   time taken and the guest's log lines. Fuel decides outcomes (so honest peers
 //!   agree byte for byte); the checks between slices only stop runaway wall time,
-//!   pause and cancel. `abi_v1` is the ABI v1 call sequence run on that path.
+//!   pause and cancel. `abi_v1` is the ABI v1 call sequence run on that path, `wasi`
+//!   the wasi-v1 one (a fresh instance running `_start` with stdin/stdout).
 //! - `call` blocks the thread (the guest runs on a fiber stack, polled on the calling
 //!   thread): async callers run it on a blocking thread.
 
