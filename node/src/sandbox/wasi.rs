@@ -52,6 +52,13 @@ const MAX_STDERR: usize = 64 * 1024;
 /// one fuel per this many bytes.
 const BYTES_PER_FUEL: u64 = 8;
 
+/// Most iovecs one `fd_read`/`fd_write` takes (POSIX's `IOV_MAX`); more is `EINVAL`.
+/// Bounds the host memory a call's bookkeeping can take.
+const MAX_IOVS: u32 = 1024;
+
+/// Most subscriptions one `poll_oneoff` takes; more is `EINVAL`.
+const MAX_SUBSCRIPTIONS: u32 = 4096;
+
 /// The probe that asks a module which optional entries it has.
 const PROBE_ENTRY: &str = "entries";
 
@@ -222,7 +229,7 @@ fn range(ptr: u32, len: u32) -> Option<std::ops::Range<usize>> {
 
 /// The iovecs at `iovs` (`iovs_len` pairs of `(ptr, len)`), checked against memory.
 fn iovecs(mem: &[u8], iovs: u32, iovs_len: u32) -> Option<Vec<std::ops::Range<usize>>> {
-    (0..iovs_len)
+    (0..iovs_len.min(MAX_IOVS))
         .map(|i| {
             let at = iovs.checked_add(i.checked_mul(8)?)?;
             let r = range(get_u32(mem, at)?, get_u32(mem, at.checked_add(4)?)?)?;
@@ -412,6 +419,9 @@ fn fd_read(mut caller: Caller<'_, HostState>, fd: u32, iovs: u32, len: u32, nrea
     if fd != 0 {
         return errno::BADF;
     }
+    if len > MAX_IOVS {
+        return errno::INVAL;
+    }
     let Some((mem, wasi)) = parts(&mut caller) else {
         return errno::FAULT;
     };
@@ -445,6 +455,9 @@ fn fd_write(
 ) -> wasmtime::Result<i32> {
     if fd != 1 && fd != 2 {
         return Ok(errno::BADF);
+    }
+    if len > MAX_IOVS {
+        return Ok(errno::INVAL);
     }
     let Some((mem, wasi)) = parts(&mut caller) else {
         return Ok(errno::FAULT);
@@ -481,7 +494,7 @@ fn fd_write(
 /// bytes left, stdout and stderr writable); other descriptors get `EBADF` events. If
 /// none is ready, the clocks move on to the earliest timeout, which then fires.
 fn poll_oneoff(mut caller: Caller<'_, HostState>, inp: u32, out: u32, n: u32, nevents: u32) -> i32 {
-    if n == 0 {
+    if n == 0 || n > MAX_SUBSCRIPTIONS {
         return errno::INVAL;
     }
     let now = now_ns(&mut caller);

@@ -331,3 +331,17 @@ fn every_wasi_function_is_linked_with_its_preview1_type() {
     let exec = sandbox.run_chunk(&module, b"", &Limits::CHUNK);
     assert_eq!(exec.outcome, Outcome::Ok(Vec::new()));
 }
+
+#[test]
+fn too_many_iovecs_or_pointers_outside_memory_are_errors_not_crashes() {
+    let body = r#"
+    (i32.store8 (i32.const 3000)
+      (call $fd_write (i32.const 1) (i32.const 0) (i32.const 2000) (i32.const 8)))
+    (i32.store8 (i32.const 3001)
+      (call $fd_write (i32.const 1) (i32.const 0xfffffff0) (i32.const 1) (i32.const 8)))
+    (i32.store8 (i32.const 3002) (call $random (i32.const 0x1fff0) (i32.const 64)))
+    (call $write (i32.const 1) (i32.const 3000) (i32.const 3))"#;
+    let exec = run(&wasi_module(body, ""), b"", &Limits::CHUNK);
+    // EINVAL (more than 1 024 iovecs), EFAULT twice (outside the 2 pages).
+    assert_eq!(ok(&exec), [28, 21, 21]);
+}
