@@ -8,6 +8,7 @@
 pub mod blobs;
 pub mod db;
 pub mod metrics;
+mod outbox_pages;
 
 pub use blobs::BlobStore;
 pub use db::{Db, DbError, Write};

@@ -191,6 +191,12 @@ impl Politeness {
         self.cores
     }
 
+    /// The memory limit of one chunk, which bounds the slots by
+    /// [`Preferences::memory_total`].
+    pub fn memory_per_chunk(&self) -> u64 {
+        self.memory_per_chunk
+    }
+
     /// Samples the CPU use (when `sample`, else keeps the last sample), decides and
     /// returns the decision.
     pub fn tick(&self, sample: bool) -> Decision {
