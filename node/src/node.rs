@@ -601,7 +601,9 @@ async fn dispatch(
                     drop(channel);
                     continue;
                 }
-                blob_tasks.spawn(serve_blob(state.clone(), servers.clone(), request, channel));
+                blob_tasks.spawn(
+                    serve_blob(state.clone(), servers.clone(), request, channel).in_current_span(),
+                );
             }
             NetEvent::Task {
                 peer,
@@ -631,13 +633,16 @@ async fn dispatch(
                     continue;
                 }
                 let (state, handlers) = (state.clone(), handlers.clone());
-                result_tasks.spawn(async move {
-                    let Ok(_permit) = handlers.acquire_owned().await else {
-                        return;
-                    };
-                    let ack = state.scheduler.results(peer, request).await;
-                    state.net.respond_results(channel, ack).await;
-                });
+                result_tasks.spawn(
+                    async move {
+                        let Ok(_permit) = handlers.acquire_owned().await else {
+                            return;
+                        };
+                        let ack = state.scheduler.results(peer, request).await;
+                        state.net.respond_results(channel, ack).await;
+                    }
+                    .in_current_span(),
+                );
             }
         }
     }

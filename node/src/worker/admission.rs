@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use libp2p::PeerId;
+use tracing::Instrument;
 
 use super::{MAX_OUTBOX, QUEUE_FACTOR, Worker};
 use crate::net::protocol::{Assignment, JobId, RejectReason, TaskReply};
@@ -57,9 +58,18 @@ impl Worker {
         }
         for (assignment, control) in taken {
             let worker = self.clone();
-            self.inner.tasks.spawn(async move {
-                worker.run(submitter, job_id, assignment, control).await;
-            });
+            let span = tracing::info_span!(
+                "chunk",
+                job = %job_id,
+                chunk = assignment.chunk,
+                attempt = assignment.attempt
+            );
+            self.inner.tasks.spawn(
+                async move {
+                    worker.run(submitter, job_id, assignment, control).await;
+                }
+                .instrument(span),
+            );
         }
         TaskReply::Offer { accepted, rejected }
     }
@@ -83,11 +93,14 @@ impl Worker {
             return;
         }
         let worker = self.clone();
-        self.inner.tasks.spawn(async move {
-            if let Err(e) = worker.inner.db.run(move |db| db.apply(&writes)).await {
-                tracing::warn!(error = %e, "could not drop cancelled results from the outbox");
+        self.inner.tasks.spawn(
+            async move {
+                if let Err(e) = worker.inner.db.run(move |db| db.apply(&writes)).await {
+                    tracing::warn!(error = %e, "could not drop cancelled results from the outbox");
+                }
+                worker.refresh_outbox_len().await;
             }
-            worker.refresh_outbox_len().await;
-        });
+            .in_current_span(),
+        );
     }
 }

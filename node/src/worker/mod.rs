@@ -39,6 +39,8 @@ pub mod metrics;
 pub mod politeness;
 pub mod pool;
 mod run;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -49,6 +51,7 @@ use libp2p::PeerId;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use self::executor::{Executor, LyingExecutor, SandboxExecutor};
 use self::politeness::{Politeness, SystemClock, VolunteerConfig};
@@ -243,16 +246,17 @@ impl Worker {
                 metrics,
             }),
         };
+        // The worker's tasks carry the caller's span (the node's).
         let delivery = worker.clone();
         worker
             .inner
             .tasks
-            .spawn(async move { delivery.deliver_loop().await });
+            .spawn(async move { delivery.deliver_loop().await }.in_current_span());
         let polite = worker.clone();
         worker
             .inner
             .tasks
-            .spawn(async move { polite.politeness_loop().await });
+            .spawn(async move { polite.politeness_loop().await }.in_current_span());
         worker
     }
 

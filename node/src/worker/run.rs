@@ -152,12 +152,14 @@ impl Worker {
         };
         let executor = self.inner.executor.clone();
         let limits = a.limits;
+        // What the executor logs carries the chunk's span (and the node's).
+        let span = tracing::Span::current();
         // The slot is held until the call returns: the pool never queues more
         // calls than it has threads.
         let exec = self
             .inner
             .pool
-            .run(move || executor.execute(&module, &input, &limits, control))
+            .run(move || span.in_scope(|| executor.execute(&module, &input, &limits, control)))
             .await;
         self.inner.executed.fetch_add(1, Ordering::Relaxed);
         self.inner.changed.notify_waiters();
