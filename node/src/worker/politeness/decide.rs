@@ -210,6 +210,20 @@ mod tests {
         })
     }
 
+    /// What, preferences, cores, sample, local minute, pause, now (Unix ms) -> chunks
+    /// allowed and the reason's kind.
+    type Case<'a> = (
+        &'a str,
+        &'a Preferences,
+        u32,
+        Option<CpuSample>,
+        u16,
+        Option<Pause>,
+        u64,
+        u32,
+        Option<&'a str>,
+    );
+
     #[test]
     fn the_rule_follows_pause_hours_load_and_shares() {
         let lend4 = Preferences::lend(4);
@@ -234,9 +248,8 @@ mod tests {
             ..Preferences::lend(4)
         };
         let until = Some(Pause::Until(1_000));
-        // (what, preferences, cores, sample, local minute, pause, now) -> (allowed, reason kind)
         #[rustfmt::skip]
-        let table: [(&str, &Preferences, u32, Option<CpuSample>, u16, Option<Pause>, u64, u32, Option<&str>); 14] = [
+        let table: [Case<'_>; 14] = [
             ("an idle machine lends every slot", &lend4, 4, sample(5.0), 720, None, 0, 4, None),
             ("no sample yet: the preferences alone", &lend4, 4, None, 0, None, 0, 4, None),
             ("half the machine busy: two cores spare", &lend4, 4, sample(50.0), 0, None, 0, 2, None),
