@@ -114,6 +114,11 @@ async fn a_blob_that_does_not_match_its_hash_is_refused_and_fetched_elsewhere() 
     std::fs::create_dir_all(liar_path.parent().expect("parent")).expect("dir");
     std::fs::write(&liar_path, bytes(data.len(), "liar")).expect("write");
     let (liar, honest) = (net.node(0).peer_id(), net.node(2).peer_id());
+    // Node 1 knows node 0 (its bootstrap); introduce node 2 rather than wait for the
+    // DHT to: this test is about the fetch, not discovery.
+    for addr in net.node(2).listen_addrs().await {
+        net.node(1).net().dial(addr).await.expect("dial node 2");
+    }
     wait_for(
         "node 1 to connect to both holders",
         Duration::from_secs(20),
