@@ -220,7 +220,7 @@ fn chunks_with_replicas(second: impl Fn(PeerId, &Replica) -> Replica) -> Vec<Chu
             };
             let other = second(peers[(i as usize + 1) % 8], &first);
             Chunk {
-                input: Payload::Inline(i.to_le_bytes().to_vec()),
+                input: std::sync::Arc::new(Payload::Inline(i.to_le_bytes().to_vec())),
                 input_hash: BlobHash::of(&i.to_le_bytes()),
                 state: ChunkState::Pending,
                 replicas: vec![first, other],

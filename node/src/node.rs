@@ -281,6 +281,7 @@ impl Node {
                 local_worker: Some(worker.clone()),
                 trust: config.trust,
                 placement: config.placement,
+                seed: None,
             },
             shutdown.child_token(),
         );

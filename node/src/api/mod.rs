@@ -406,7 +406,12 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = job_id(&id)?;
-    state.scheduler.cancel(id).await.ok_or_else(not_found)?;
+    state
+        .scheduler
+        .cancel(id)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .ok_or_else(not_found)?;
     Ok(Json(serde_json::json!({ "cancelled": true })))
 }
 

@@ -370,6 +370,7 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
             local_worker: None,
             trust: policy,
             placement: PlacementPolicy::default(),
+            seed: Some(opts.seed),
         },
         shutdown.clone(),
     );

@@ -22,11 +22,18 @@
 //! - On start, unfinished jobs are loaded back: verified chunks are never run again.
 
 mod actor;
+mod dispatch;
 pub mod job;
+mod local;
 pub mod metrics;
 pub mod placement;
+mod report;
 pub mod reputation;
+mod rows;
+mod staged;
 pub mod trust;
+mod trust_ops;
+mod verify;
 
 use std::sync::Arc;
 
@@ -74,6 +81,10 @@ pub struct SchedulerContext {
     pub trust: TrustPolicy,
     /// Which peers may share a chunk.
     pub placement: PlacementPolicy,
+    /// Seed of the scheduler's one random source (placement draws, solo draws, spot
+    /// checks, plants): `None` (production) seeds it from the OS; benches and tests
+    /// give one to be reproducible.
+    pub seed: Option<u64>,
 }
 
 impl SchedulerContext {
@@ -122,6 +133,17 @@ pub enum SubmitError {
     Spec(String),
     /// Storage failed.
     #[error("storing the job: {0}")]
+    Store(String),
+    /// The scheduler is shutting down.
+    #[error("the node is shutting down")]
+    Shutdown,
+}
+
+/// Why a cancellation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// The cancellation could not be stored; the job goes on.
+    #[error("{0} (check free disk space and permissions of the data dir, then try again)")]
     Store(String),
     /// The scheduler is shutting down.
     #[error("the node is shutting down")]
@@ -253,7 +275,7 @@ pub struct JobStatus {
 
 pub(crate) enum Msg {
     Insert(Box<job::Job>, oneshot::Sender<Result<(), String>>),
-    Cancel(JobId, oneshot::Sender<Option<()>>),
+    Cancel(JobId, oneshot::Sender<Result<Option<()>, String>>),
     Results(PeerId, ResultBatch, oneshot::Sender<ResultAck>),
     OfferReply {
         job: JobId,
@@ -264,7 +286,6 @@ pub(crate) enum Msg {
     Merged(JobId, Result<Option<BlobHash>, String>),
     Status(Option<JobId>, oneshot::Sender<Vec<JobStatus>>),
     Subscribe(JobId, oneshot::Sender<Option<watch::Receiver<JobStatus>>>),
-    Output(JobId, u32, oneshot::Sender<Option<BlobHash>>),
     Evidence(JobId, oneshot::Sender<Option<Vec<ChunkEvidence>>>),
     /// A run this node did itself (witness or spot check) ended.
     LocalRun(
@@ -313,7 +334,7 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) -> (Scheduler, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(INBOX);
-        let actor = actor::Actor::load(ctx.clone(), tx.clone(), rx, shutdown);
+        let actor = actor::Actor::new(ctx.clone(), tx.clone(), rx, shutdown);
         let task = tokio::spawn(actor.run());
         (Scheduler { tx, ctx }, task)
     }
@@ -344,6 +365,7 @@ impl Scheduler {
         })
         .await
         .map_err(|e| SubmitError::Store(e.to_string()))??;
+        let planned_len = planned.len() as u32;
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|e| SubmitError::Store(e.to_string()))?;
         let job = job::Job {
@@ -359,6 +381,10 @@ impl Scheduler {
             error: None,
             why: None,
             trust: Default::default(),
+            counts: job::ChunkCounts {
+                pending: planned_len,
+                ..Default::default()
+            },
         };
         self.ask(|tx| Msg::Insert(Box::new(job), tx))
             .await
@@ -368,8 +394,13 @@ impl Scheduler {
     }
 
     /// Cancels a job durably; workers holding its chunks are told to stop.
-    pub async fn cancel(&self, id: JobId) -> Option<()> {
-        self.ask(|tx| Msg::Cancel(id, tx)).await.flatten()
+    /// `Ok(None)` for an unknown job; an error when the cancellation could not be
+    /// stored (the job goes on).
+    pub async fn cancel(&self, id: JobId) -> Result<Option<()>, CancelError> {
+        self.ask(|tx| Msg::Cancel(id, tx))
+            .await
+            .ok_or(CancelError::Shutdown)?
+            .map_err(CancelError::Store)
     }
 
     /// Records a batch of results from `peer`; the ack names those now stored.
@@ -395,17 +426,26 @@ impl Scheduler {
         self.ask(|tx| Msg::Subscribe(id, tx)).await.flatten()
     }
 
-    /// The verified output of one chunk (`None` unless it verified to a result).
+    /// The verified output of one chunk (`None` unless it verified to a result),
+    /// read from the database (which holds what the scheduler committed).
     pub async fn chunk_output(&self, id: JobId, chunk: u32) -> Option<Vec<u8>> {
-        self.ask(|tx| Msg::Output(id, chunk, tx)).await.flatten()?;
-        let (db, blobs) = (self.ctx.db.clone(), self.ctx.blobs.clone());
-        tokio::task::spawn_blocking(move || {
-            let output = db.chunk_outputs(id).ok()?.into_iter().nth(chunk as usize)?;
-            actor::read_output(&blobs, output).ok()
-        })
-        .await
-        .ok()
-        .flatten()
+        let blobs = self.ctx.blobs.clone();
+        self.ctx
+            .db
+            .run(move |db| {
+                let Some((state, outcome, output)) = db.chunk_verdict(id, chunk)? else {
+                    return Ok(None);
+                };
+                let ok = state == "verified"
+                    && postcard::from_bytes::<crate::types::WireOutcome>(
+                        outcome.as_deref().unwrap_or_default(),
+                    )
+                    .is_ok_and(|o| o == crate::types::WireOutcome::Ok);
+                Ok(ok.then(|| local::read_output(&blobs, output).ok()).flatten())
+            })
+            .await
+            .ok()
+            .flatten()
     }
 }
 
@@ -480,7 +520,7 @@ pub fn plan(
                 }
             };
             Ok(job::Chunk {
-                input: payload,
+                input: Arc::new(payload),
                 input_hash,
                 state: job::ChunkState::Pending,
                 replicas: Vec::new(),

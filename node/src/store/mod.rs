@@ -7,6 +7,7 @@
 
 pub mod blobs;
 pub mod db;
+mod rows;
 pub mod metrics;
 
 pub use blobs::BlobStore;

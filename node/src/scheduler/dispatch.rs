@@ -1,0 +1,386 @@
+//! The dispatch plan, staged on a [`Txn`]: replicas that timed out or whose peer left
+//! are reissued, chunks that need replicas get them ([`placement::choose`]), a fresh
+//! chunk may go to one trusted peer alone (the solo draw), a chunk that needs a
+//! witness no trusted peer can give is run by this node, and queued plants go out.
+//! Also the answer to an offer ([`offer_reply`]).
+//!
+//! Pure: the [actor](super::actor) builds the [`Candidate`]s from the network's view
+//! and its own worker, calls [`plan`], writes what it staged, applies it, and only
+//! then sends the [`Plan::offers`].
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use libp2p::PeerId;
+use rand::rngs::StdRng;
+
+use super::job::{ChunkState, JobState, Replica, ReplicaState, Verdict};
+use super::placement::{self, Candidate, Need, Offers};
+use super::reputation::Mark;
+use super::rows::replica_row;
+use super::staged::{Event, State, Txn};
+use super::trust::Standing;
+use super::{trust_ops, verify};
+use crate::store::db::Write;
+use crate::types::JobId;
+
+/// What the actor knows about the world for one dispatch.
+#[derive(Debug)]
+pub(super) struct Inputs<'a> {
+    /// Walk every chunk (every tick), not just the changed ones.
+    pub full: bool,
+    /// Now (unix ms).
+    pub now_ms: u64,
+    /// Peers with an advert or a connection (and this node).
+    pub alive: &'a HashSet<PeerId>,
+    /// Peer -> (network group, discovery source).
+    pub groups: &'a HashMap<PeerId, (Option<String>, Option<String>)>,
+    /// Slots this node's own worker lends (0: witnesses run here, outside it).
+    pub local_slots: u32,
+    /// Peers known (for the "waiting for peers" message).
+    pub known: usize,
+    /// Peers excluded by reputation (for the same message).
+    pub excluded: usize,
+}
+
+/// What the actor sends once the plan is stored.
+#[derive(Debug, Default)]
+pub(super) struct Plan {
+    /// Per (job, peer), the (chunk, attempt) pairs to offer.
+    pub offers: Offers,
+    /// Changed chunks not looked at (no room): still changed.
+    pub attention: HashMap<JobId, BTreeSet<u32>>,
+}
+
+/// Live replicas per peer across running jobs (a full dispatch's recount).
+pub(super) fn recount(state: &State) -> HashMap<PeerId, u32> {
+    let mut inflight: HashMap<PeerId, u32> = HashMap::new();
+    for job in state.jobs.values().filter(|j| j.state == JobState::Running) {
+        for c in &job.chunks {
+            for r in c.replicas.iter().filter(|r| r.state.is_live()) {
+                *inflight.entry(r.peer).or_default() += 1;
+            }
+        }
+    }
+    inflight
+}
+
+/// Plans one dispatch. A `full` one (every tick, and for a new job) looks at every
+/// chunk; a light one (after results and offer replies) only at the chunks in
+/// `attention`, and stops when no peer has room.
+pub(super) fn plan(
+    txn: &mut Txn<'_>,
+    candidates: &mut [Candidate],
+    inputs: &Inputs<'_>,
+    mut attention: HashMap<JobId, BTreeSet<u32>>,
+    rng: &mut StdRng,
+) -> Plan {
+    let mut total_room: i64 = candidates.iter().map(|c| c.room.max(0)).sum();
+    let mut offers = Offers::new();
+    let ids: Vec<JobId> = txn.base.jobs.keys().copied().collect();
+    for id in ids {
+        let (mut unplaced, mut touched, mut deferred) = (0u32, Vec::new(), Vec::new());
+        let mut changed = attention.remove(&id).unwrap_or_default();
+        if !inputs.full && changed.is_empty() {
+            continue;
+        }
+        let Some(job) = txn.job(id) else {
+            continue;
+        };
+        if txn.job_state(id) != Some(JobState::Running) {
+            continue;
+        }
+        let (spec, n_chunks) = (job.spec, job.chunks.len());
+        let mut cursor = 0usize;
+        loop {
+            // A full dispatch walks every chunk; a light one only the changed ones,
+            // and stops when no peer has room (the rest stay changed).
+            let idx = if inputs.full {
+                cursor += 1;
+                cursor - 1
+            } else {
+                match changed.first() {
+                    Some(&i) if total_room > 0 => {
+                        changed.pop_first();
+                        i as usize
+                    }
+                    _ => break,
+                }
+            };
+            if inputs.full && idx >= n_chunks {
+                break;
+            }
+            match place_chunk(txn, candidates, inputs, id, idx as u32, rng) {
+                Placed::Ended => touched.push(idx as u32),
+                Placed::Skip => {}
+                Placed::Witness => {
+                    // No trusted peer with room, and no local worker: witness it here.
+                    if !trust_ops::local_run(txn, id, idx as u32, false, inputs.now_ms) {
+                        txn.attend(id, idx as u32);
+                    }
+                }
+                Placed::Offered {
+                    placed,
+                    wanted,
+                    items,
+                } => {
+                    for (peer, attempt) in items {
+                        offers
+                            .entry((id, peer))
+                            .or_default()
+                            .push((idx as u32, attempt));
+                    }
+                    total_room -= placed.1;
+                    unplaced += wanted.saturating_sub(placed.0);
+                    if placed.0 < wanted {
+                        deferred.push(idx as u32);
+                    }
+                }
+            }
+        }
+        for idx in touched {
+            verify::evaluate_chunk(txn, id, idx, rng, inputs.now_ms);
+        }
+        if !changed.is_empty() {
+            attention.entry(id).or_default().append(&mut changed);
+        }
+        if !deferred.is_empty() {
+            attention.entry(id).or_default().extend(deferred);
+        }
+        if (inputs.full || unplaced > 0)
+            && let Some(mut head) = txn.head(id)
+        {
+            let why = (unplaced > 0).then(|| {
+                format!(
+                    "waiting for peers: {unplaced} replicas need a distinct peer (in another network than the chunk's other replicas) with free slots and {} MiB per chunk; {} peers advertise capacity, {} known, {} excluded by reputation",
+                    spec.limits.memory_bytes / (1024 * 1024),
+                    candidates.len(),
+                    inputs.known,
+                    inputs.excluded
+                )
+            });
+            if why != head.why {
+                head.why = why;
+                txn.put_head(id, head);
+            }
+        }
+        verify::check_done(txn, id, inputs.now_ms);
+    }
+    trust_ops::place_plants(txn, candidates, &mut offers);
+    Plan { offers, attention }
+}
+
+/// What [`place_chunk`] did.
+enum Placed {
+    /// Not pending, or waiting: nothing to do.
+    Skip,
+    /// The chunk's verdict ends it (verified or failed): evaluate it.
+    Ended,
+    /// It needs a witness and only this node can give it.
+    Witness,
+    /// Replicas offered: (placed, room used), wanted, and (peer, attempt) pairs.
+    Offered {
+        placed: (u32, i64),
+        wanted: u32,
+        items: Vec<(PeerId, u32)>,
+    },
+}
+
+/// Reaps one chunk's lost and timed-out replicas and places the replicas it needs.
+fn place_chunk(
+    txn: &mut Txn<'_>,
+    candidates: &mut [Candidate],
+    inputs: &Inputs<'_>,
+    id: JobId,
+    idx: u32,
+    rng: &mut StdRng,
+) -> Placed {
+    let Some(spec) = txn.job(id).map(|j| j.spec) else {
+        return Placed::Skip;
+    };
+    let timeout_ms = spec.soft_timeout.as_millis() as u64;
+    let now = inputs.now_ms;
+    let Some(current) = txn.chunk(id, idx) else {
+        return Placed::Skip;
+    };
+    if current.state != ChunkState::Pending {
+        return Placed::Skip;
+    }
+    let reap = current.replicas.iter().any(|r| match r.state {
+        ReplicaState::Issued(at) => {
+            now.saturating_sub(at) > timeout_ms || !inputs.alive.contains(&r.peer)
+        }
+        _ => false,
+    });
+    let mut staged = None;
+    if reap {
+        let mut chunk = current.clone();
+        for r in chunk.replicas.iter_mut() {
+            let lost = match r.state {
+                ReplicaState::Issued(at) if now.saturating_sub(at) > timeout_ms => {
+                    let key = (id, idx, r.attempt);
+                    if txn.base.local_runs.contains_key(&key) {
+                        tracing::warn!(job = %id, chunk = idx, "a run on this node took longer than the soft timeout");
+                        txn.ch.local_runs_ended.push(key);
+                    }
+                    r.state = ReplicaState::TimedOut(at);
+                    txn.mark(r.peer, Mark::Timeout);
+                    true
+                }
+                ReplicaState::Issued(_) if !inputs.alive.contains(&r.peer) => {
+                    r.state = ReplicaState::Lost;
+                    true
+                }
+                _ => false,
+            };
+            if lost {
+                txn.add_inflight(r.peer, -1);
+                txn.ch.events.push(Event::Reissue(r.state.as_str()));
+                tracing::debug!(job = %id, chunk = idx, peer = %r.peer, state = r.state.as_str(), "replica reissued");
+                txn.ch.writes.push(Write::Replica(id, replica_row(idx, r)));
+            }
+        }
+        staged = Some(chunk);
+    }
+    let verdict = match &staged {
+        Some(c) => c.evaluate(&spec, &|p| txn.standing(p)),
+        None => current_verdict(txn, id, idx, &spec),
+    };
+    let (n, witness) = match verdict {
+        Verdict::Need(n) => (n, false),
+        Verdict::NeedWitness => (1, true),
+        Verdict::Verified(_) | Verdict::Failed(_) => {
+            if let Some(c) = staged {
+                txn.put_chunk(id, idx, c);
+            }
+            return Placed::Ended;
+        }
+        Verdict::Wait => {
+            if let Some(c) = staged {
+                txn.put_chunk(id, idx, c);
+            }
+            return Placed::Skip;
+        }
+    };
+    let Some(mut chunk) = staged.or_else(|| txn.take_chunk(id, idx)) else {
+        return Placed::Skip;
+    };
+    let adaptive = spec.adaptive();
+    // Never a peer, a network or (if asked) a discovery source twice.
+    let mut need = Need {
+        n,
+        witness,
+        memory: spec.limits.memory_bytes,
+        used: chunk.used_peers().copied().collect(),
+        want_trusted: adaptive && !chunk.has_trusted(&|p| txn.standing(p)),
+        ..Need::default()
+    };
+    for r in &chunk.replicas {
+        if matches!(r.state, ReplicaState::Lost | ReplicaState::TimedOut(_)) {
+            continue;
+        }
+        if let Some((group, source)) = inputs.groups.get(&r.peer) {
+            need.used_groups.extend(group.as_deref());
+            need.used_sources.extend(source.as_deref());
+        }
+    }
+    let mut picks = placement::choose(candidates, &need);
+    if adaptive && !witness && chunk.replicas.is_empty() && chunk.solo.is_none() {
+        // The solo draw: a fresh chunk whose best peer is trusted may run on it alone.
+        if let Some(&first) = picks.first() {
+            let peer = candidates[first].peer;
+            let alone = candidates[first].standing == Standing::Trusted
+                && txn
+                    .row(&peer)
+                    .is_some_and(|row| txn.base.trust.runs_alone(row, rng));
+            if alone {
+                chunk.solo = Some(peer);
+                picks.truncate(1);
+            }
+        }
+    }
+    let (mut placed, mut room_used, mut items) = (0u32, 0i64, Vec::new());
+    for i in picks {
+        let choice = &mut candidates[i];
+        let attempt = chunk.next_attempt();
+        chunk.replicas.push(Replica {
+            attempt,
+            peer: choice.peer,
+            state: ReplicaState::Offered,
+            check: false,
+        });
+        if choice.room > 0 {
+            room_used += 1;
+        }
+        choice.room -= 1;
+        let peer = choice.peer;
+        txn.add_inflight(peer, 1);
+        items.push((peer, attempt));
+        placed += 1;
+    }
+    let wanted = if chunk.solo.is_some() && placed == 1 {
+        1
+    } else {
+        n
+    };
+    txn.put_chunk(id, idx, chunk);
+    if witness && placed == 0 && inputs.local_slots == 0 {
+        return Placed::Witness;
+    }
+    Placed::Offered {
+        placed: (placed, room_used),
+        wanted,
+        items,
+    }
+}
+
+fn current_verdict(
+    txn: &Txn<'_>,
+    id: JobId,
+    idx: u32,
+    spec: &super::job::JobSpec,
+) -> Verdict {
+    match txn.chunk(id, idx) {
+        Some(c) => c.evaluate(spec, &|p| txn.standing(p)),
+        None => Verdict::Wait,
+    }
+}
+
+/// A worker answered an offer: the accepted replicas are issued, the others
+/// forgotten (the peer may be asked again later).
+pub(super) fn offer_reply(
+    txn: &mut Txn<'_>,
+    id: JobId,
+    peer: PeerId,
+    offered: &[(u32, u32)],
+    accepted: &HashSet<(u32, u32)>,
+    now_ms: u64,
+) {
+    for &(idx, attempt) in offered {
+        let Some(mut chunk) = txn.take_chunk(id, idx) else {
+            continue;
+        };
+        let Some(pos) = chunk
+            .replicas
+            .iter()
+            .position(|r| r.attempt == attempt && r.peer == peer)
+        else {
+            continue;
+        };
+        if chunk.replicas[pos].state != ReplicaState::Offered {
+            continue;
+        }
+        if accepted.contains(&(idx, attempt)) {
+            chunk.replicas[pos].state = ReplicaState::Issued(now_ms);
+            txn.ch.events.push(Event::Issued);
+            txn.ch
+                .writes
+                .push(Write::Replica(id, replica_row(idx, &chunk.replicas[pos])));
+        } else {
+            txn.add_inflight(peer, -1);
+            txn.attend(id, idx);
+            chunk.replicas.remove(pos);
+        }
+        txn.put_chunk(id, idx, chunk);
+    }
+    txn.ch.dirty.insert(id);
+}
