@@ -384,3 +384,244 @@ pub(super) fn offer_reply(
     }
     txn.ch.dirty.insert(id);
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::scheduler::job::JobSpec;
+    use crate::scheduler::testkit::{LOCAL, adaptive, issued, job, peer, returned, state};
+
+    fn cand(n: u8, room: i64, standing: Standing) -> Candidate {
+        Candidate {
+            peer: peer(n),
+            memory: 1 << 30,
+            room,
+            score: 0.5,
+            standing,
+            group: Some(format!("10.0.{n}.0/24")),
+            source: None,
+        }
+    }
+
+    struct World {
+        alive: HashSet<PeerId>,
+        groups: HashMap<PeerId, (Option<String>, Option<String>)>,
+    }
+
+    fn world(peers: &[u8]) -> World {
+        World {
+            alive: peers.iter().map(|&n| peer(n)).collect(),
+            groups: peers
+                .iter()
+                .map(|&n| (peer(n), (Some(format!("10.0.{n}.0/24")), None)))
+                .collect(),
+        }
+    }
+
+    fn inputs(w: &World, now_ms: u64, local_slots: u32) -> Inputs<'_> {
+        Inputs {
+            full: true,
+            now_ms,
+            alive: &w.alive,
+            groups: &w.groups,
+            local_slots,
+            known: w.alive.len(),
+            excluded: 0,
+        }
+    }
+
+    /// Plans once over `st`, applies the result, returns the offers.
+    fn run(
+        st: &mut State,
+        candidates: &mut [Candidate],
+        inputs: &Inputs<'_>,
+        seed: u64,
+    ) -> (Offers, Vec<(JobId, u32, u32)>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut txn = Txn::new(st);
+        let plan = plan(&mut txn, candidates, inputs, HashMap::new(), &mut rng);
+        let mut ch = txn.finish();
+        let runs = ch.local_runs.clone();
+        st.apply(&mut ch);
+        (plan.offers, runs)
+    }
+
+    #[test]
+    fn the_solo_draw_gives_most_fresh_chunks_to_a_trusted_peer_alone_and_is_seeded() {
+        let plan_with = |seed| {
+            let mut st = state(vec![job(1, 40, adaptive())], &[1]);
+            let w = world(&[1, 2, 3]);
+            let mut candidates = vec![
+                cand(1, 1000, Standing::Trusted),
+                cand(2, 100, Standing::Probation),
+                cand(3, 100, Standing::Probation),
+            ];
+            run(&mut st, &mut candidates, &inputs(&w, 5, 1), seed);
+            st.jobs[&JobId([1; 16])]
+                .chunks
+                .iter()
+                .map(|c| (c.solo, c.replicas.len()))
+                .collect::<Vec<_>>()
+        };
+        let chunks = plan_with(7);
+        let solo = chunks.iter().filter(|(s, _)| s.is_some()).count();
+        assert!(solo >= 30, "a long-trusted peer runs most chunks alone: {solo} of 40");
+        assert!(solo < 40, "but never all: {solo} of 40");
+        for (s, n) in &chunks {
+            assert_eq!(*n, if s.is_some() { 1 } else { 2 });
+            assert!(s.is_none_or(|p| p == peer(1)));
+        }
+        assert_eq!(chunks, plan_with(7), "the same seed, the same plan");
+    }
+
+    #[test]
+    fn dispatch_reissues_and_places_by_the_table() {
+        struct Case {
+            name: &'static str,
+            spec: JobSpec,
+            before: fn(&mut crate::scheduler::job::Chunk),
+            alive: &'static [u8],
+            candidates: fn() -> Vec<Candidate>,
+            local_slots: u32,
+            /// Replica states afterwards, by attempt.
+            replicas: &'static [&'static str],
+            /// Peers offered to.
+            offered: &'static [u8],
+            /// Runs this node starts itself.
+            local_runs: usize,
+            /// Timeouts charged to peer 1.
+            timeouts: u64,
+        }
+        let cases = vec![
+            Case {
+                name: "a fresh chunk gets two replicas in two networks",
+                spec: JobSpec {
+                    replication: crate::scheduler::job::Replication::Fixed,
+                    ..adaptive()
+                },
+                before: |_| {},
+                alive: &[2, 3],
+                candidates: || vec![cand(2, 4, Standing::Probation), cand(3, 4, Standing::Probation)],
+                local_slots: 1,
+                replicas: &["offered", "offered"],
+                offered: &[2, 3],
+                local_runs: 0,
+                timeouts: 0,
+            },
+            Case {
+                name: "timed out: charged to its peer and replaced",
+                spec: JobSpec {
+                    replication: crate::scheduler::job::Replication::Fixed,
+                    ..adaptive()
+                },
+                before: |c| c.replicas = vec![issued(1, 0), returned(2, 1, b"a")],
+                alive: &[1, 2, 3],
+                candidates: || vec![cand(3, 4, Standing::Probation)],
+                local_slots: 1,
+                replicas: &["timed_out", "returned", "offered"],
+                offered: &[3],
+                local_runs: 0,
+                timeouts: 1,
+            },
+            Case {
+                name: "its peer left: lost (no charge) and replaced",
+                spec: JobSpec {
+                    soft_timeout: std::time::Duration::from_secs(3600),
+                    replication: crate::scheduler::job::Replication::Fixed,
+                    ..adaptive()
+                },
+                before: |c| c.replicas = vec![issued(1, 0), returned(2, 1, b"a")],
+                alive: &[2, 3],
+                candidates: || vec![cand(3, 4, Standing::Probation)],
+                local_slots: 1,
+                replicas: &["lost", "returned", "offered"],
+                offered: &[3],
+                local_runs: 0,
+                timeouts: 0,
+            },
+            Case {
+                name: "two on probation agree, no trusted peer: this node witnesses",
+                spec: adaptive(),
+                before: |c| c.replicas = vec![returned(1, 0, b"a"), returned(2, 1, b"a")],
+                alive: &[1, 2, 3],
+                candidates: || vec![cand(3, 4, Standing::Probation)],
+                local_slots: 0,
+                replicas: &["returned", "returned", "issued"],
+                offered: &[],
+                local_runs: 1,
+                timeouts: 0,
+            },
+            Case {
+                name: "two on probation agree: a trusted peer witnesses",
+                spec: adaptive(),
+                before: |c| c.replicas = vec![returned(1, 0, b"a"), returned(2, 1, b"a")],
+                alive: &[1, 2, 3, 4],
+                candidates: || vec![cand(3, 9, Standing::Probation), cand(4, 1, Standing::Trusted)],
+                local_slots: 0,
+                replicas: &["returned", "returned", "offered"],
+                offered: &[4],
+                local_runs: 0,
+                timeouts: 0,
+            },
+        ];
+        for case in cases {
+            let mut j = job(1, 1, case.spec);
+            (case.before)(&mut j.chunks[0]);
+            let mut st = state(vec![j], &[4]);
+            st.inflight = recount(&st);
+            let w = world(case.alive);
+            let mut candidates = (case.candidates)();
+            let (offers, runs) = run(
+                &mut st,
+                &mut candidates,
+                &inputs(&w, 60_000, case.local_slots),
+                1,
+            );
+            let chunk = &st.jobs[&JobId([1; 16])].chunks[0];
+            let states: Vec<&str> = chunk.replicas.iter().map(|r| r.state.as_str()).collect();
+            assert_eq!(states, case.replicas, "{}", case.name);
+            let mut offered: Vec<PeerId> = offers.keys().map(|(_, p)| *p).collect();
+            offered.sort();
+            let mut want: Vec<PeerId> = case.offered.iter().map(|&n| peer(n)).collect();
+            want.sort();
+            assert_eq!(offered, want, "{}: offers", case.name);
+            assert_eq!(runs.len(), case.local_runs, "{}: local runs", case.name);
+            assert_eq!(
+                st.reputation.get(&peer(1)).timeouts,
+                case.timeouts,
+                "{}: timeouts",
+                case.name
+            );
+            if case.local_runs > 0 {
+                assert_eq!(chunk.replicas.last().map(|r| r.peer), Some(peer(LOCAL)));
+            }
+        }
+    }
+
+    #[test]
+    fn an_offer_answer_issues_the_accepted_and_forgets_the_refused() {
+        let mut j = job(1, 2, adaptive());
+        for c in &mut j.chunks {
+            c.replicas = vec![crate::scheduler::job::Replica {
+                attempt: 0,
+                peer: peer(1),
+                state: ReplicaState::Offered,
+                check: false,
+            }];
+        }
+        let mut st = state(vec![j], &[]);
+        st.inflight = recount(&st);
+        let mut txn = Txn::new(&st);
+        let accepted: HashSet<(u32, u32)> = [(0, 0)].into_iter().collect();
+        offer_reply(&mut txn, JobId([1; 16]), peer(1), &[(0, 0), (1, 0)], &accepted, 9);
+        let mut ch = txn.finish();
+        assert_eq!(ch.writes.len(), 1, "only the issued replica is written");
+        st.apply(&mut ch);
+        let chunks = &st.jobs[&JobId([1; 16])].chunks;
+        assert_eq!(chunks[0].replicas[0].state, ReplicaState::Issued(9));
+        assert!(chunks[1].replicas.is_empty());
+        assert_eq!(st.inflight[&peer(1)], 1);
+    }
+}

@@ -34,6 +34,8 @@ mod staged;
 pub mod trust;
 mod trust_ops;
 mod verify;
+#[cfg(test)]
+mod testkit;
 
 use std::sync::Arc;
 

@@ -151,3 +151,84 @@ pub(super) fn local_run(txn: &mut Txn<'_>, id: JobId, idx: u32, check: bool, now
     txn.ch.local_runs.push((id, idx, attempt));
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::job::JobState;
+    use crate::scheduler::testkit::{adaptive, job, peer, returned, state, verified};
+
+    #[test]
+    fn a_peer_found_wrong_has_its_solo_chunks_reopened_even_in_a_finished_job() {
+        let mut done = job(1, 3, adaptive());
+        done.state = JobState::Done;
+        done.finished_ms = Some(9);
+        for (i, c) in done.chunks.iter_mut().enumerate() {
+            c.replicas = vec![returned(5, 0, b"a")];
+            c.state = verified(b"a");
+            // Chunk 2 was later confirmed by others: no longer on 5's word alone.
+            c.solo = (i < 2).then(|| peer(5));
+        }
+        let mut st = state(vec![done], &[5]);
+        for i in 0..3 {
+            st.remember_solo(peer(5), JobId([1; 16]), i);
+        }
+        // A job that left memory: kept for later.
+        st.remember_solo(peer(5), JobId([9; 16]), 0);
+        let mut txn = Txn::new(&st);
+        assert_eq!(reverify(&mut txn, peer(5)), 2);
+        let mut ch = txn.finish();
+        assert_eq!(ch.reverify_later, vec![peer(5)]);
+        assert!(ch.writes.iter().any(|w| matches!(w,
+            Write::JobState { state, .. } if state == "running")));
+        st.apply(&mut ch);
+        let job = &st.jobs[&JobId([1; 16])];
+        assert_eq!(job.state, JobState::Running, "a finished job runs again");
+        assert_eq!(job.result, None);
+        assert_eq!(job.trust.reverified, 2);
+        let states: Vec<bool> = job
+            .chunks
+            .iter()
+            .map(|c| c.state == ChunkState::Pending)
+            .collect();
+        assert_eq!(states, vec![true, true, false]);
+        assert_eq!(job.counts.pending, 2);
+        assert_eq!(
+            st.solo_index[&peer(5)].iter().copied().collect::<Vec<_>>(),
+            vec![(JobId([9; 16]), 0)],
+            "only the chunk still to look at stays indexed"
+        );
+    }
+
+    #[test]
+    fn plants_go_to_a_trusted_peer_with_room_that_never_ran_the_chunk() {
+        let mut j = job(1, 1, adaptive());
+        j.chunks[0].replicas = vec![returned(5, 0, b"a")];
+        j.chunks[0].state = verified(b"a");
+        let mut st = state(vec![j], &[5, 6]);
+        st.plants.push_back((JobId([1; 16]), 0));
+        let cand = |n, room| Candidate {
+            peer: peer(n),
+            memory: 1 << 30,
+            room,
+            score: 1.0,
+            standing: Standing::Trusted,
+            group: None,
+            source: None,
+        };
+        let mut candidates = vec![cand(5, 9), cand(7, 0), cand(6, 1)];
+        let mut offers = Offers::new();
+        let mut txn = Txn::new(&st);
+        place_plants(&mut txn, &mut candidates, &mut offers);
+        let mut ch = txn.finish();
+        st.apply(&mut ch);
+        assert_eq!(
+            offers.keys().map(|(_, p)| *p).collect::<Vec<_>>(),
+            vec![peer(6)]
+        );
+        let r = &st.jobs[&JobId([1; 16])].chunks[0].replicas[1];
+        assert!(r.check && r.peer == peer(6));
+        assert!(st.plants.is_empty());
+        assert_eq!(st.jobs[&JobId([1; 16])].trust.plants, 1);
+    }
+}

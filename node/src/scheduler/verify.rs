@@ -435,3 +435,304 @@ pub(super) fn check_done(txn: &mut Txn<'_>, id: JobId, now_ms: u64) {
     txn.ch.writes.push(head.write(id));
     txn.put_head(id, head);
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::scheduler::job::{JobSpec, Replication};
+    use crate::scheduler::testkit::{
+        LOCAL, adaptive, issued, job, peer, result, returned, state, verified,
+    };
+
+    struct Case {
+        name: &'static str,
+        spec: JobSpec,
+        /// The chunk's state and replicas before.
+        before: fn(&mut crate::scheduler::job::Chunk),
+        /// Who sends, and what.
+        from: u8,
+        batch: fn() -> Vec<ChunkResult>,
+        /// Whether the batch is acknowledged.
+        acked: bool,
+        /// The sender's replica afterwards.
+        replica: &'static str,
+        /// The chunk afterwards.
+        chunk: &'static str,
+        /// (peer, agreed, disagreed, errors, caught) afterwards.
+        rep: (u8, u64, u64, u64, u64),
+        /// Chunks re-opened.
+        reverified: u32,
+    }
+
+    fn fixed() -> JobSpec {
+        JobSpec {
+            replication: Replication::Fixed,
+            ..adaptive()
+        }
+    }
+
+    fn chunk_state(c: &crate::scheduler::job::Chunk) -> &'static str {
+        match c.state {
+            ChunkState::Pending => "pending",
+            ChunkState::Verified { .. } => "verified",
+            ChunkState::Failed(_) => "failed",
+        }
+    }
+
+    #[test]
+    fn results_are_judged_by_the_table() {
+        let cases = vec![
+            Case {
+                name: "not a replica the sender holds: acknowledged, nothing kept",
+                spec: fixed(),
+                before: |c| c.replicas = vec![issued(2, 0)],
+                from: 1,
+                batch: || vec![result(1, 1, 0, 0, b"a")],
+                acked: true,
+                replica: "none",
+                chunk: "pending",
+                rep: (1, 0, 0, 0, 0),
+                reverified: 0,
+            },
+            Case {
+                name: "duplicate: acknowledged again, judged once",
+                spec: fixed(),
+                before: |c| c.replicas = vec![returned(1, 0, b"a"), issued(2, 1)],
+                from: 1,
+                batch: || vec![result(1, 1, 0, 0, b"b")],
+                acked: true,
+                replica: "returned",
+                chunk: "pending",
+                rep: (1, 0, 0, 0, 0),
+                reverified: 0,
+            },
+            Case {
+                name: "signed by someone else: refused, an error",
+                spec: fixed(),
+                before: |c| c.replicas = vec![issued(1, 0), issued(2, 1)],
+                from: 1,
+                batch: || vec![result(3, 1, 0, 0, b"a")],
+                acked: true,
+                replica: "lost",
+                chunk: "pending",
+                rep: (1, 0, 0, 1, 0),
+                reverified: 0,
+            },
+            Case {
+                name: "withdrawn: lost, no penalty",
+                spec: fixed(),
+                before: |c| c.replicas = vec![issued(1, 0), issued(2, 1)],
+                from: 1,
+                batch: || {
+                    let mut r = result(1, 1, 0, 0, b"");
+                    r.outcome = WireOutcome::Withdrawn;
+                    r.signature = crate::scheduler::testkit::key(1)
+                        .sign(&r.signed_bytes())
+                        .unwrap();
+                    vec![r]
+                },
+                acked: true,
+                replica: "lost",
+                chunk: "pending",
+                rep: (1, 0, 0, 0, 0),
+                reverified: 0,
+            },
+            Case {
+                name: "output not matching its hash: unusable, an error",
+                spec: fixed(),
+                before: |c| c.replicas = vec![issued(1, 0), issued(2, 1)],
+                from: 1,
+                batch: || {
+                    let mut r = result(1, 1, 0, 0, b"a");
+                    r.output = Some(Payload::Inline(b"not a".to_vec()));
+                    vec![r]
+                },
+                acked: true,
+                replica: "lost",
+                chunk: "pending",
+                rep: (1, 0, 0, 1, 0),
+                reverified: 0,
+            },
+            Case {
+                name: "first of two: stored, the chunk waits",
+                spec: fixed(),
+                before: |c| c.replicas = vec![issued(1, 0), issued(2, 1)],
+                from: 1,
+                batch: || vec![result(1, 1, 0, 0, b"a")],
+                acked: true,
+                replica: "returned",
+                chunk: "pending",
+                rep: (1, 0, 0, 0, 0),
+                reverified: 0,
+            },
+            Case {
+                name: "agreement: verified, both agreed",
+                spec: fixed(),
+                before: |c| c.replicas = vec![issued(1, 0), returned(2, 1, b"a")],
+                from: 1,
+                batch: || vec![result(1, 1, 0, 0, b"a")],
+                acked: true,
+                replica: "returned",
+                chunk: "verified",
+                rep: (1, 1, 0, 0, 0),
+                reverified: 0,
+            },
+            Case {
+                name: "disagreement: no verdict yet, nobody judged",
+                spec: fixed(),
+                before: |c| c.replicas = vec![issued(1, 0), returned(2, 1, b"a")],
+                from: 1,
+                batch: || vec![result(1, 1, 0, 0, b"b")],
+                acked: true,
+                replica: "returned",
+                chunk: "pending",
+                rep: (1, 0, 0, 0, 0),
+                reverified: 0,
+            },
+            Case {
+                name: "late result agreeing with the verified answer",
+                spec: fixed(),
+                before: |c| {
+                    c.replicas = vec![returned(2, 0, b"a"), returned(3, 1, b"a"), issued(1, 2)];
+                    c.replicas[2].state = ReplicaState::TimedOut(1);
+                    c.state = verified(b"a");
+                },
+                from: 1,
+                batch: || vec![result(1, 1, 0, 2, b"a")],
+                acked: true,
+                replica: "returned",
+                chunk: "verified",
+                rep: (1, 1, 0, 0, 0),
+                reverified: 0,
+            },
+            Case {
+                name: "late result disagreeing: a minority",
+                spec: fixed(),
+                before: |c| {
+                    c.replicas = vec![returned(2, 0, b"a"), returned(3, 1, b"a"), issued(1, 2)];
+                    c.state = verified(b"a");
+                },
+                from: 1,
+                batch: || vec![result(1, 1, 0, 2, b"b")],
+                acked: true,
+                replica: "returned",
+                chunk: "verified",
+                rep: (1, 0, 1, 0, 0),
+                reverified: 0,
+            },
+            Case {
+                name: "a plant answered wrongly: caught",
+                spec: adaptive(),
+                before: |c| {
+                    c.replicas = vec![returned(2, 0, b"a"), returned(3, 1, b"a"), issued(1, 2)];
+                    c.replicas[2].check = true;
+                    c.state = verified(b"a");
+                },
+                from: 1,
+                batch: || vec![result(1, 1, 0, 2, b"b")],
+                acked: true,
+                replica: "returned",
+                chunk: "verified",
+                rep: (1, 0, 1, 0, 1),
+                reverified: 0,
+            },
+            Case {
+                name: "a spot check finds the solo peer wrong: caught, its chunk re-opened",
+                spec: adaptive(),
+                before: |c| {
+                    c.replicas = vec![returned(5, 0, b"a"), issued(LOCAL, 1)];
+                    c.replicas[1].check = true;
+                    c.solo = Some(peer(5));
+                    c.state = verified(b"a");
+                },
+                from: LOCAL,
+                batch: || vec![result(LOCAL, 1, 0, 1, b"b")],
+                acked: true,
+                replica: "returned",
+                chunk: "pending",
+                rep: (5, 1000, 1, 0, 1),
+                reverified: 1,
+            },
+        ];
+        for case in cases {
+            let mut j = job(1, 1, case.spec);
+            (case.before)(&mut j.chunks[0]);
+            j.counts = crate::scheduler::job::ChunkCounts::of(&j.chunks);
+            let mut st = state(vec![j], &[5]);
+            st.remember_solo(peer(5), JobId([1; 16]), 0);
+            let mut rng = StdRng::seed_from_u64(1);
+            let mut txn = Txn::new(&st);
+            let intake = intake(
+                &mut txn,
+                peer(case.from),
+                (case.batch)(),
+                &HashSet::new(),
+                &mut rng,
+                5,
+            );
+            let mut ch = txn.finish();
+            st.apply(&mut ch);
+            assert_eq!(!intake.stored.is_empty(), case.acked, "{}: acked", case.name);
+            let job = &st.jobs[&JobId([1; 16])];
+            let chunk = &job.chunks[0];
+            let replica = chunk
+                .replicas
+                .iter()
+                .find(|r| r.peer == peer(case.from) && r.attempt == (case.batch)()[0].attempt)
+                .map_or("none", |r| r.state.as_str());
+            assert_eq!(replica, case.replica, "{}: replica", case.name);
+            assert_eq!(chunk_state(chunk), case.chunk, "{}: chunk", case.name);
+            let row = st.reputation.get(&peer(case.rep.0));
+            let (_, agreed, disagreed, errors, caught) = case.rep;
+            assert_eq!(
+                (row.agreed, row.disagreed, row.errors, row.caught),
+                (agreed, disagreed, errors, caught),
+                "{}: reputation",
+                case.name
+            );
+            assert_eq!(job.trust.reverified, case.reverified, "{}", case.name);
+            assert_eq!(
+                job.counts,
+                crate::scheduler::job::ChunkCounts::of(&job.chunks),
+                "{}: counts kept",
+                case.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_output_waits_for_its_blob_and_an_unfetched_one_is_not_acknowledged() {
+        let mut j = job(1, 1, fixed());
+        j.chunks[0].replicas = vec![issued(1, 0), issued(2, 1)];
+        let st = state(vec![j], &[]);
+        let big = vec![7u8; DB_OUTPUT + 1];
+        let mut r = result(1, 1, 0, 0, &big);
+        let hash = r.output_hash;
+        r.output = Some(Payload::Blob {
+            hash,
+            size: big.len() as u64,
+        });
+        r.signature = crate::scheduler::testkit::key(1)
+            .sign(&r.signed_bytes())
+            .unwrap();
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut txn = Txn::new(&st);
+        let out = intake(
+            &mut txn,
+            peer(1),
+            vec![r.clone()],
+            &HashSet::new(),
+            &mut rng,
+            5,
+        );
+        assert!(out.stored.is_empty(), "not stored until fetched");
+        assert_eq!(out.fetch, vec![hash]);
+        let mut txn = Txn::new(&st);
+        let present: HashSet<BlobHash> = [hash].into_iter().collect();
+        let out = intake(&mut txn, peer(1), vec![r], &present, &mut rng, 5);
+        assert_eq!(out.stored.len(), 1);
+        assert_eq!(out.fetched, vec![hash]);
+    }
+}
