@@ -333,12 +333,7 @@ fn place_chunk(
     }
 }
 
-fn current_verdict(
-    txn: &Txn<'_>,
-    id: JobId,
-    idx: u32,
-    spec: &super::job::JobSpec,
-) -> Verdict {
+fn current_verdict(txn: &Txn<'_>, id: JobId, idx: u32, spec: &super::job::JobSpec) -> Verdict {
     match txn.chunk(id, idx) {
         Some(c) => c.evaluate(spec, &|p| txn.standing(p)),
         None => Verdict::Wait,
@@ -467,7 +462,10 @@ mod tests {
         };
         let chunks = plan_with(7);
         let solo = chunks.iter().filter(|(s, _)| s.is_some()).count();
-        assert!(solo >= 30, "a long-trusted peer runs most chunks alone: {solo} of 40");
+        assert!(
+            solo >= 30,
+            "a long-trusted peer runs most chunks alone: {solo} of 40"
+        );
         assert!(solo < 40, "but never all: {solo} of 40");
         for (s, n) in &chunks {
             assert_eq!(*n, if s.is_some() { 1 } else { 2 });
@@ -503,7 +501,12 @@ mod tests {
                 },
                 before: |_| {},
                 alive: &[2, 3],
-                candidates: || vec![cand(2, 4, Standing::Probation), cand(3, 4, Standing::Probation)],
+                candidates: || {
+                    vec![
+                        cand(2, 4, Standing::Probation),
+                        cand(3, 4, Standing::Probation),
+                    ]
+                },
                 local_slots: 1,
                 replicas: &["offered", "offered"],
                 offered: &[2, 3],
@@ -558,7 +561,12 @@ mod tests {
                 spec: adaptive(),
                 before: |c| c.replicas = vec![returned(1, 0, b"a"), returned(2, 1, b"a")],
                 alive: &[1, 2, 3, 4],
-                candidates: || vec![cand(3, 9, Standing::Probation), cand(4, 1, Standing::Trusted)],
+                candidates: || {
+                    vec![
+                        cand(3, 9, Standing::Probation),
+                        cand(4, 1, Standing::Trusted),
+                    ]
+                },
                 local_slots: 0,
                 replicas: &["returned", "returned", "offered"],
                 offered: &[4],
@@ -615,7 +623,14 @@ mod tests {
         st.inflight = recount(&st);
         let mut txn = Txn::new(&st);
         let accepted: HashSet<(u32, u32)> = [(0, 0)].into_iter().collect();
-        offer_reply(&mut txn, JobId([1; 16]), peer(1), &[(0, 0), (1, 0)], &accepted, 9);
+        offer_reply(
+            &mut txn,
+            JobId([1; 16]),
+            peer(1),
+            &[(0, 0), (1, 0)],
+            &accepted,
+            9,
+        );
         let mut ch = txn.finish();
         assert_eq!(ch.writes.len(), 1, "only the issued replica is written");
         st.apply(&mut ch);

@@ -31,11 +31,13 @@ mod report;
 pub mod reputation;
 mod rows;
 mod staged;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
 pub mod trust;
 mod trust_ops;
 mod verify;
-#[cfg(test)]
-mod testkit;
 
 use std::sync::Arc;
 
@@ -443,7 +445,9 @@ impl Scheduler {
                         outcome.as_deref().unwrap_or_default(),
                     )
                     .is_ok_and(|o| o == crate::types::WireOutcome::Ok);
-                Ok(ok.then(|| local::read_output(&blobs, output).ok()).flatten())
+                Ok(ok
+                    .then(|| local::read_output(&blobs, output).ok())
+                    .flatten())
             })
             .await
             .ok()

@@ -73,8 +73,12 @@ pub(super) fn choose(candidates: &[Candidate], need: &Need<'_>) -> Vec<usize> {
             c.room > 0
                 && c.memory >= need.memory
                 && !need.used.contains(&c.peer)
-                && c.group.as_deref().is_none_or(|g| !need.used_groups.contains(g))
-                && c.source.as_deref().is_none_or(|s| !need.used_sources.contains(s))
+                && c.group
+                    .as_deref()
+                    .is_none_or(|g| !need.used_groups.contains(g))
+                && c.source
+                    .as_deref()
+                    .is_none_or(|s| !need.used_sources.contains(s))
                 && (!need.witness || c.standing == Standing::Trusted)
         })
         .collect();
@@ -92,7 +96,8 @@ pub(super) fn choose(candidates: &[Candidate], need: &Need<'_>) -> Vec<usize> {
         let c = &candidates[i];
         let clash = picks.iter().any(|&j| {
             let o = &candidates[j];
-            (c.group.is_some() && c.group == o.group) || (c.source.is_some() && c.source == o.source)
+            (c.group.is_some() && c.group == o.group)
+                || (c.source.is_some() && c.source == o.source)
         });
         if !clash {
             picks.push(i);

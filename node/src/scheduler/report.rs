@@ -140,10 +140,7 @@ pub(super) fn status(job: &Job, standing: &dyn Fn(&PeerId) -> Standing) -> JobSt
 }
 
 /// The chunks whose peers disagreed (or that failed), at most [`MAX_EVIDENCE`].
-pub(super) fn evidence_chunks(
-    job: &Job,
-    standing: &dyn Fn(&PeerId) -> Standing,
-) -> BTreeSet<u32> {
+pub(super) fn evidence_chunks(job: &Job, standing: &dyn Fn(&PeerId) -> Standing) -> BTreeSet<u32> {
     job.chunks
         .iter()
         .enumerate()

@@ -77,11 +77,7 @@ pub(super) fn state(jobs: Vec<Job>, trusted: &[u8]) -> State {
             ..ReputationRow::default()
         })
         .collect();
-    let mut state = State::new(
-        Reputation::load(rows),
-        TrustPolicy::default(),
-        peer(LOCAL),
-    );
+    let mut state = State::new(Reputation::load(rows), TrustPolicy::default(), peer(LOCAL));
     for mut job in jobs {
         job.counts = ChunkCounts::of(&job.chunks);
         state.jobs.insert(job.id, job);

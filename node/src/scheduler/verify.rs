@@ -13,14 +13,14 @@ use libp2p::PeerId;
 use rand::rngs::StdRng;
 
 use super::job::{ChunkState, JobState, ReplicaState, Verdict, agreement_key, is_deterministic};
-use super::reputation::Mark;
 use super::report::describe;
+use super::reputation::Mark;
 use super::rows::{encode_outcome, replica_row};
 use super::staged::{Event, Txn};
 use super::trust::Standing;
 use super::trust_ops;
-use crate::store::db::Write;
 use crate::net::protocol::MAX_BLOB_BYTES;
+use crate::store::db::Write;
 use crate::types::{BlobHash, ChunkResult, JobId, Payload, WireOutcome};
 
 /// Outputs up to this size are kept in the database rather than as blob files.
@@ -674,7 +674,12 @@ mod tests {
             );
             let mut ch = txn.finish();
             st.apply(&mut ch);
-            assert_eq!(!intake.stored.is_empty(), case.acked, "{}: acked", case.name);
+            assert_eq!(
+                !intake.stored.is_empty(),
+                case.acked,
+                "{}: acked",
+                case.name
+            );
             let job = &st.jobs[&JobId([1; 16])];
             let chunk = &job.chunks[0];
             let replica = chunk

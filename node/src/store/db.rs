@@ -29,73 +29,6 @@ pub enum DbError {
     Task(String),
 }
 
-/// The migrations, in order. Never edit one that has shipped; add another.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE jobs (
-    id            BLOB PRIMARY KEY,
-    name          TEXT NOT NULL,
-    module        BLOB NOT NULL,
-    params        BLOB NOT NULL,
-    spec          BLOB NOT NULL,
-    state         TEXT NOT NULL,
-    chunks_total  INTEGER NOT NULL,
-    created_ms    INTEGER NOT NULL,
-    finished_ms   INTEGER,
-    result        BLOB,
-    error         TEXT
-);
-CREATE TABLE chunks (
-    job_id      BLOB NOT NULL,
-    idx         INTEGER NOT NULL,
-    input       BLOB NOT NULL,
-    input_size  INTEGER NOT NULL,
-    input_data  BLOB,
-    state       TEXT NOT NULL,
-    outcome     BLOB,
-    output      BLOB,
-    output_data BLOB,
-    PRIMARY KEY (job_id, idx)
-) WITHOUT ROWID;
-CREATE TABLE replicas (
-    job_id      BLOB NOT NULL,
-    chunk       INTEGER NOT NULL,
-    attempt     INTEGER NOT NULL,
-    peer        TEXT NOT NULL,
-    state       TEXT NOT NULL,
-    issued_ms   INTEGER NOT NULL,
-    outcome     BLOB,
-    output      BLOB,
-    output_data BLOB,
-    fuel        INTEGER,
-    PRIMARY KEY (job_id, chunk, attempt)
-) WITHOUT ROWID;
-CREATE TABLE reputation (
-    peer         TEXT PRIMARY KEY,
-    agreed       INTEGER NOT NULL,
-    consecutive  INTEGER NOT NULL,
-    disagreed    INTEGER NOT NULL,
-    errors       INTEGER NOT NULL,
-    timeouts     INTEGER NOT NULL
-);
-CREATE TABLE outbox (
-    job_id      BLOB NOT NULL,
-    chunk       INTEGER NOT NULL,
-    attempt     INTEGER NOT NULL,
-    submitter   TEXT NOT NULL,
-    result      BLOB NOT NULL,
-    created_ms  INTEGER NOT NULL,
-    PRIMARY KEY (job_id, chunk, attempt)
-) WITHOUT ROWID;
-"#,
-    r#"
--- Adaptive replication and signed results (protocol 2).
-ALTER TABLE chunks ADD COLUMN solo_peer TEXT;
-ALTER TABLE replicas ADD COLUMN signature BLOB;
-ALTER TABLE reputation ADD COLUMN caught INTEGER NOT NULL DEFAULT 0;
-"#,
-];
-
 pub use super::rows::{
     ChunkRow, JobRow, OutboxRow, ReplicaRow, ReputationRow, StoredOutput, Write,
 };
@@ -138,7 +71,7 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        for (i, sql) in super::schema::MIGRATIONS.iter().enumerate().skip(version) {
             let tx = conn.unchecked_transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", i + 1)?;
@@ -306,11 +239,7 @@ impl Db {
     }
 
     /// One chunk's state, outcome and output, if stored.
-    pub fn chunk_verdict(
-        &self,
-        job: JobId,
-        idx: u32,
-    ) -> Result<Option<ChunkVerdict>, DbError> {
+    pub fn chunk_verdict(&self, job: JobId, idx: u32) -> Result<Option<ChunkVerdict>, DbError> {
         let row = self
             .conn()
             .query_row(

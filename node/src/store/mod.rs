@@ -7,8 +7,9 @@
 
 pub mod blobs;
 pub mod db;
-mod rows;
 pub mod metrics;
+mod rows;
+mod schema;
 
 pub use blobs::BlobStore;
 pub use db::{Db, DbError, Write};
