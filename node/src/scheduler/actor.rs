@@ -14,8 +14,9 @@
 //! status is published), and finished jobs are read back from the database when
 //! asked about. See the module docs of [`scheduler`](super) for the message flow.
 
+use std::collections::VecDeque;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libp2p::PeerId;
 use rand::SeedableRng;
@@ -36,6 +37,7 @@ use crate::net::protocol::{
     Assignment, PROTOCOL_VERSION, RejectReason, ResultAck, TaskReply, TaskRequest,
     result_signed_bytes,
 };
+use crate::store::Db;
 use crate::store::db::{DbError, Write};
 use crate::types::{BlobHash, ChunkResult, JobId, Payload, QUEUE_FACTOR, now_ms};
 
@@ -61,11 +63,12 @@ pub(super) struct Actor {
     state: State,
     rng: StdRng,
     watchers: HashMap<JobId, watch::Sender<JobStatus>>,
-    backoff: HashMap<PeerId, Instant>,
+    /// Peers skipped until this time (ms, [`Actor::now`]).
+    backoff: HashMap<PeerId, u64>,
     fetching: HashSet<BlobHash>,
     dirty: HashSet<JobId>,
-    /// When each job's status was last published (publishing is throttled).
-    published: HashMap<JobId, Instant>,
+    /// When each job's status was last published (ms; publishing is throttled).
+    published: HashMap<JobId, u64>,
     /// Chunks whose state changed since the last dispatch; a light dispatch looks
     /// only at these, a full one (every tick) at every chunk.
     attention: HashMap<JobId, BTreeSet<u32>>,
@@ -86,7 +89,24 @@ pub(super) struct Actor {
     ),
     /// Peers whose re-verification waits for finished jobs to be read back.
     reverify_later: HashSet<PeerId>,
+    /// Lockstep (a seeded scheduler, `bench trust`): a logical clock that moves one
+    /// tick whenever everything else is idle, and blocking work done inline, so that
+    /// a single-threaded run is the same every time. `None`: the wall clock.
+    logical_ms: Option<u64>,
+    /// Messages from work done inline (lockstep), taken before the inbox.
+    inline: VecDeque<Msg>,
 }
+
+/// What the loop does next (a transient value: its size does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Stop,
+    Message(Msg),
+    Tick,
+}
+
+/// Yields to the other tasks before a lockstep actor calls everything idle.
+const LOCKSTEP_YIELDS: usize = 64;
 
 impl Actor {
     /// An actor with nothing loaded yet ([`Actor::run`] loads the unfinished jobs).
@@ -96,6 +116,7 @@ impl Actor {
         rx: mpsc::Receiver<Msg>,
         shutdown: CancellationToken,
     ) -> Self {
+        let lockstep = ctx.seed.is_some();
         let rng = match ctx.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => rand::make_rng(),
@@ -123,15 +144,87 @@ impl Actor {
             finished: HashMap::new(),
             finished_trust: Default::default(),
             reverify_later: HashSet::new(),
+            logical_ms: lockstep.then(now_ms),
+            inline: VecDeque::new(),
+        }
+    }
+
+    /// Now (unix ms): the wall clock, or the logical one in lockstep.
+    pub(super) fn now(&self) -> u64 {
+        self.logical_ms.unwrap_or_else(now_ms)
+    }
+
+    /// Runs a database call on a blocking thread ([`Db::run`]); inline in lockstep.
+    pub(super) async fn db<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<R, DbError> + Send + 'static,
+    ) -> Result<R, DbError> {
+        if self.logical_ms.is_some() {
+            return f(&self.ctx.db);
+        }
+        self.ctx.db.run(f).await
+    }
+
+    /// Runs blocking work (blob files, the sandbox) on a blocking thread; inline in
+    /// lockstep.
+    pub(super) async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
+        if self.logical_ms.is_some() {
+            return Some(f());
+        }
+        tokio::task::spawn_blocking(f).await.ok()
+    }
+
+    /// Starts blocking work whose end comes back as a message: on a blocking thread,
+    /// or (lockstep) at once, its message queued before the inbox.
+    pub(super) fn spawn_work(&mut self, f: impl FnOnce() -> Msg + Send + 'static) {
+        if self.logical_ms.is_some() {
+            let msg = f();
+            self.inline.push_back(msg);
+            return;
+        }
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.blocking_send(f());
+        });
+    }
+
+    /// The next step in lockstep: queued inline messages, then the inbox; when the
+    /// other tasks have had their turns and sent nothing, a tick of the logical clock
+    /// (if a job is running; else wait for a message).
+    async fn next_lockstep(&mut self) -> Step {
+        if let Some(msg) = self.inline.pop_front() {
+            return Step::Message(msg);
+        }
+        for _ in 0..LOCKSTEP_YIELDS {
+            match self.rx.try_recv() {
+                Ok(msg) => return Step::Message(msg),
+                Err(mpsc::error::TryRecvError::Disconnected) => return Step::Stop,
+                Err(mpsc::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+            }
+            if self.shutdown.is_cancelled() {
+                return Step::Stop;
+            }
+        }
+        if self.state.jobs.values().any(|j| !j.state.is_final()) {
+            if let Some(ms) = &mut self.logical_ms {
+                *ms += TICK.as_millis() as u64;
+            }
+            return Step::Tick;
+        }
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Step::Stop,
+            msg = self.rx.recv() => msg.map_or(Step::Stop, Step::Message),
         }
     }
 
     /// Loads reputation, the unfinished jobs and the re-verification index.
     async fn load(&mut self) {
         let loaded = self
-            .ctx
-            .db
-            .run(|db| {
+            .db(|db| {
                 Ok((
                     db.reputations()?,
                     rows::read_jobs(db, &["running", "merging"])?,
@@ -185,14 +278,20 @@ impl Actor {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => break,
-                msg = self.rx.recv() => match msg {
-                    Some(msg) => self.on_message(msg).await,
-                    None => break,
-                },
-                _ = tick.tick() => {
+            let step = if self.logical_ms.is_some() {
+                self.next_lockstep().await
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => Step::Stop,
+                    msg = self.rx.recv() => msg.map_or(Step::Stop, Step::Message),
+                    _ = tick.tick() => Step::Tick,
+                }
+            };
+            match step {
+                Step::Stop => break,
+                Step::Message(msg) => self.on_message(msg).await,
+                Step::Tick => {
                     self.kick = true;
                     self.full = true;
                     self.sweep();
@@ -237,7 +336,7 @@ impl Actor {
             .zip(keep)
             .filter_map(|(w, keep)| keep.then_some(w))
             .collect();
-        let result = self.ctx.db.run(move |db| db.apply(&writes)).await;
+        let result = self.db(move |db| db.apply(&writes)).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, "cannot write scheduler state; nothing was changed");
         }
@@ -364,7 +463,7 @@ impl Actor {
         if self.dirty.is_empty() {
             return;
         }
-        let now = Instant::now();
+        let now = self.now();
         let dirty: Vec<JobId> = self.dirty.iter().copied().collect();
         for id in dirty {
             let Some(job) = self.state.jobs.get(&id) else {
@@ -374,7 +473,7 @@ impl Actor {
             let recent = self
                 .published
                 .get(&id)
-                .is_some_and(|at| now.duration_since(*at) < PUBLISH_EVERY);
+                .is_some_and(|at| now.saturating_sub(*at) < PUBLISH_EVERY.as_millis() as u64);
             if recent && !job.state.is_final() {
                 continue;
             }
@@ -394,7 +493,7 @@ impl Actor {
     /// ended (late results, spot checks and plants of their last chunks still
     /// count until then).
     fn sweep(&mut self) {
-        let now = now_ms();
+        let now = self.now();
         let done: Vec<JobId> = self
             .state
             .jobs

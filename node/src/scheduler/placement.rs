@@ -13,7 +13,7 @@
 //! peers, most room first, no two in one network or source, and in an adaptive job
 //! a trusted peer for the last replica when none holds one yet.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use libp2p::PeerId;
@@ -24,7 +24,8 @@ use crate::net::PeerInfo;
 use crate::types::JobId;
 
 /// Offers being built: per (job, peer), the (chunk, attempt) pairs.
-pub(super) type Offers = HashMap<(JobId, PeerId), Vec<(u32, u32)>>;
+/// (Ordered: offers go out in the same order every time.)
+pub(super) type Offers = BTreeMap<(JobId, PeerId), Vec<(u32, u32)>>;
 
 /// A worker that may take replicas in this dispatch.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,7 +11,6 @@
 //! memory is as it was (persist, then apply).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::time::Instant;
 
 use libp2p::PeerId;
 
@@ -46,7 +45,8 @@ pub(super) struct State {
     pub inflight: HashMap<PeerId, u32>,
     /// Runs this node is doing itself now (job, chunk, attempt). One that outlives
     /// the job's soft timeout stops counting, so a stuck run cannot block the rest.
-    pub local_runs: HashMap<(JobId, u32, u32), Instant>,
+    /// (When each started, unix ms.)
+    pub local_runs: HashMap<(JobId, u32, u32), u64>,
 }
 
 /// A peer's standing, this node being always trusted.

@@ -8,7 +8,7 @@ impl Actor {
     /// cancellation could not be stored (nothing changed).
     pub(super) async fn cancel(&mut self, id: JobId) -> Result<Option<()>, String> {
         let Some(job) = self.state.jobs.get(&id) else {
-            return match self.ctx.db.run(move |db| db.job(id)).await {
+            return match self.db(move |db| db.job(id)).await {
                 Ok(row) => Ok(row.map(|_| ())),
                 Err(e) => Err(e.to_string()),
             };
@@ -26,7 +26,7 @@ impl Actor {
         let mut txn = Txn::new(&self.state);
         if let Some(mut head) = txn.head(id) {
             head.state = JobState::Cancelled;
-            head.finished_ms = Some(now_ms());
+            head.finished_ms = Some(self.now());
             head.result = None;
             head.error = None;
             txn.ch.writes.push(head.write(id));
@@ -63,17 +63,19 @@ impl Actor {
         let accepted: HashSet<(u32, u32)> = match reply {
             Ok(TaskReply::Offer { accepted, rejected }) => {
                 if rejected.iter().any(|r| r.2 == RejectReason::NoFreeSlots) {
-                    self.backoff.insert(peer, Instant::now() + PEER_BACKOFF);
+                    self.backoff
+                        .insert(peer, self.now() + PEER_BACKOFF.as_millis() as u64);
                 }
                 accepted.into_iter().collect()
             }
             Ok(TaskReply::Cancelled) | Err(_) => {
-                self.backoff.insert(peer, Instant::now() + PEER_BACKOFF);
+                self.backoff
+                    .insert(peer, self.now() + PEER_BACKOFF.as_millis() as u64);
                 HashSet::new()
             }
         };
         let mut txn = Txn::new(&self.state);
-        dispatch::offer_reply(&mut txn, id, peer, &offered, &accepted, now_ms());
+        dispatch::offer_reply(&mut txn, id, peer, &offered, &accepted, self.now());
         let ch = txn.finish();
         if self.persist_then_apply(ch).await.is_err() {
             // The refused replicas need no write: forget them. The accepted ones stay
@@ -83,7 +85,7 @@ impl Actor {
                 .filter(|o| !accepted.contains(o))
                 .collect();
             let mut txn = Txn::new(&self.state);
-            dispatch::offer_reply(&mut txn, id, peer, &refused, &HashSet::new(), now_ms());
+            dispatch::offer_reply(&mut txn, id, peer, &refused, &HashSet::new(), self.now());
             self.apply(txn.finish());
         }
     }
@@ -181,14 +183,15 @@ impl Actor {
         {
             return;
         }
-        let now = Instant::now();
+        let now = self.now();
         self.backoff.retain(|_, until| *until > now);
         if full {
             // Spot checks of verified chunks are not reaped with the pending ones.
             let jobs = &self.state.jobs;
             self.state.local_runs.retain(|(id, _, _), started| {
-                jobs.get(id)
-                    .is_some_and(|j| started.elapsed() <= j.spec.soft_timeout)
+                jobs.get(id).is_some_and(|j| {
+                    now.saturating_sub(*started) <= j.spec.soft_timeout.as_millis() as u64
+                })
             });
             self.state.inflight = dispatch::recount(&self.state);
         }
@@ -197,7 +200,7 @@ impl Actor {
         let groups = std::mem::take(&mut self.groups);
         let inputs = dispatch::Inputs {
             full,
-            now_ms: now_ms(),
+            now_ms: self.now(),
             alive: &alive,
             groups: &groups,
             local_slots: self.ctx.local_worker_slots(),

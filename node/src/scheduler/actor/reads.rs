@@ -8,9 +8,7 @@ impl Actor {
     /// node remembers for it).
     pub(super) async fn read_finished(&self, id: JobId) -> Option<Job> {
         let read = self
-            .ctx
-            .db
-            .run(move |db| match db.job(id)? {
+            .db(move |db| match db.job(id)? {
                 Some(row) => rows::read_job(db, row).map(Some),
                 None => Ok(None),
             })
@@ -46,9 +44,7 @@ impl Actor {
             };
         }
         let read = self
-            .ctx
-            .db
-            .run(|db| rows::read_jobs(db, &["done", "failed", "cancelled"]))
+            .db(|db| rows::read_jobs(db, &["done", "failed", "cancelled"]))
             .await
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "cannot read finished jobs");
@@ -89,9 +85,7 @@ impl Actor {
         let chunks = report::evidence_chunks(job, &|p| self.state.standing(p));
         let wanted = chunks.clone();
         let rows = self
-            .ctx
-            .db
-            .run(move |db| db.replicas_of_chunks(id, &wanted))
+            .db(move |db| db.replicas_of_chunks(id, &wanted))
             .await
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "cannot read replicas for evidence");

@@ -28,30 +28,32 @@ impl Actor {
                 .collect()
         };
         let blobs = self.ctx.blobs.clone();
-        let io = tokio::task::spawn_blocking(move || {
-            let mut present = HashSet::new();
-            for i in large {
-                if let Some(Payload::Inline(bytes)) = &results[i].output
-                    && blobs.put(bytes).is_ok()
-                {
-                    present.insert(results[i].output_hash);
+        let io = self
+            .blocking(move || {
+                let mut present = HashSet::new();
+                for i in large {
+                    if let Some(Payload::Inline(bytes)) = &results[i].output
+                        && blobs.put(bytes).is_ok()
+                    {
+                        present.insert(results[i].output_hash);
+                    }
                 }
-            }
-            for r in &results {
-                if let Some(Payload::Blob { hash, .. }) = &r.output
-                    && blobs.contains(hash)
-                {
-                    present.insert(*hash);
+                for r in &results {
+                    if let Some(Payload::Blob { hash, .. }) = &r.output
+                        && blobs.contains(hash)
+                    {
+                        present.insert(*hash);
+                    }
                 }
-            }
-            (results, present)
-        })
-        .await;
-        let Ok((results, present)) = io else {
+                (results, present)
+            })
+            .await;
+        let Some((results, present)) = io else {
             return ResultAck { stored: Vec::new() };
         };
+        let now = self.now();
         let mut txn = Txn::new(&self.state);
-        let intake = verify::intake(&mut txn, peer, results, &present, &mut self.rng, now_ms());
+        let intake = verify::intake(&mut txn, peer, results, &present, &mut self.rng, now);
         let ch = txn.finish();
         for hash in &intake.fetch {
             if self.fetching.insert(*hash) {
@@ -110,21 +112,17 @@ impl Actor {
     }
 
     /// Runs merge on a blocking thread; the result comes back as `Msg::Merged`.
-    pub(super) fn start_merge(&self, id: JobId) {
+    pub(super) fn start_merge(&mut self, id: JobId) {
         let Some(job) = self.state.jobs.get(&id) else {
             return;
         };
-        let (blobs, db, sandbox, module, tx) = (
+        let (blobs, db, sandbox, module) = (
             self.ctx.blobs.clone(),
             self.ctx.db.clone(),
             self.ctx.sandbox.clone(),
             job.module,
-            self.tx.clone(),
         );
-        tokio::task::spawn_blocking(move || {
-            let result = local::merge(&blobs, &db, &sandbox, module, id);
-            let _ = tx.blocking_send(Msg::Merged(id, result));
-        });
+        self.spawn_work(move || Msg::Merged(id, local::merge(&blobs, &db, &sandbox, module, id)));
     }
 
     pub(super) async fn on_merged(&mut self, id: JobId, result: Result<Option<BlobHash>, String>) {
@@ -135,7 +133,7 @@ impl Actor {
         if head.state != JobState::Merging {
             return;
         }
-        head.finished_ms = Some(now_ms());
+        head.finished_ms = Some(self.now());
         match &result {
             Ok(hash) => {
                 head.state = JobState::Done;
@@ -170,16 +168,14 @@ impl Actor {
             return;
         };
         let (module, limits, input) = (job.module, job.spec.limits, chunk.input.clone());
-        self.state
-            .local_runs
-            .insert((id, idx, attempt), Instant::now());
-        let (blobs, sandbox, net, tx) = (
+        let now = self.now();
+        self.state.local_runs.insert((id, idx, attempt), now);
+        let (blobs, sandbox, net) = (
             self.ctx.blobs.clone(),
             self.ctx.sandbox.clone(),
             self.ctx.net.clone(),
-            self.tx.clone(),
         );
-        tokio::task::spawn_blocking(move || {
+        self.spawn_work(move || {
             let result = local::run_locally(&blobs, &sandbox, module, &input, &limits).map(
                 |(outcome, output)| {
                     let output_hash = BlobHash::of(&output);
@@ -197,7 +193,7 @@ impl Actor {
                     }
                 },
             );
-            let _ = tx.blocking_send(Msg::LocalRun(id, idx, attempt, result));
+            Msg::LocalRun(id, idx, attempt, result)
         });
     }
 
