@@ -380,6 +380,121 @@ pub(super) fn offer_reply(
     txn.ch.dirty.insert(id);
 }
 
+/// A prepared dispatch for the `dispatch` bench (`node/benches/hot_paths.rs`): one
+/// adaptive job of `chunks` fresh chunks, `candidates` peers (a fifth of them
+/// trusted, each in its own network) with `room` replicas of room each. Not an API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct DispatchFixture {
+    state: State,
+    candidates: Vec<Candidate>,
+    alive: HashSet<PeerId>,
+    groups: HashMap<PeerId, (Option<String>, Option<String>)>,
+}
+
+impl DispatchFixture {
+    /// Builds the state.
+    pub fn new(chunks: u32, candidates: u32, room: i64) -> Self {
+        use std::sync::Arc;
+
+        use super::job::{Chunk, ChunkCounts, Job, JobSpec};
+        use super::reputation::Reputation;
+        use crate::store::db::ReputationRow;
+        use crate::types::{BlobHash, Payload};
+
+        let peer = |i: u32| {
+            let mut seed = [7u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            libp2p::identity::Keypair::ed25519_from_bytes(seed)
+                .map(|k| k.public().to_peer_id())
+                .unwrap_or_else(|_| PeerId::random())
+        };
+        let peers: Vec<PeerId> = (1..=candidates).map(peer).collect();
+        let rows = peers
+            .iter()
+            .step_by(5)
+            .map(|p| ReputationRow {
+                peer: p.to_string(),
+                agreed: 100,
+                consecutive: 100,
+                ..ReputationRow::default()
+            })
+            .collect();
+        let mut state = State::new(Reputation::load(rows), Default::default(), peer(0));
+        let chunks: Vec<Chunk> = (0..chunks)
+            .map(|i| {
+                let input = i.to_le_bytes().to_vec();
+                Chunk {
+                    input_hash: BlobHash::of(&input),
+                    input: Arc::new(Payload::Inline(input)),
+                    state: ChunkState::Pending,
+                    replicas: Vec::new(),
+                    solo: None,
+                }
+            })
+            .collect();
+        let job = Job {
+            id: JobId([1; 16]),
+            name: "bench".into(),
+            module: BlobHash::of(b"module"),
+            spec: JobSpec::default(),
+            state: JobState::Running,
+            counts: ChunkCounts::of(&chunks),
+            chunks,
+            created_ms: 0,
+            finished_ms: None,
+            result: None,
+            error: None,
+            why: None,
+            trust: Default::default(),
+        };
+        state.jobs.insert(job.id, job);
+        let group = |i: usize| Some(format!("10.{}.{}.0/24", i / 250, i % 250));
+        let candidates = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Candidate {
+                peer: *p,
+                memory: 1 << 30,
+                room,
+                score: 0.5,
+                standing: state.standing(p),
+                group: group(i),
+                source: None,
+            })
+            .collect();
+        Self {
+            alive: peers.iter().copied().collect(),
+            groups: peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (*p, (group(i), None)))
+                .collect(),
+            state,
+            candidates,
+        }
+    }
+
+    /// Plans one full dispatch (nothing is applied); returns the replicas offered.
+    pub fn plan(&self, seed: u64) -> usize {
+        use rand::SeedableRng;
+        let mut candidates = self.candidates.clone();
+        let inputs = Inputs {
+            full: true,
+            now_ms: 1,
+            alive: &self.alive,
+            groups: &self.groups,
+            local_slots: 0,
+            known: self.alive.len(),
+            excluded: 0,
+        };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut txn = Txn::new(&self.state);
+        let plan = plan(&mut txn, &mut candidates, &inputs, HashMap::new(), &mut rng);
+        plan.offers.values().map(Vec::len).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;

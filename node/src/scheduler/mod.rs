@@ -20,6 +20,18 @@
 //! - When every chunk is verified, `merge` runs on a blocking thread and the result
 //!   is stored. Progress is published on a `watch` channel per job (the API streams it).
 //! - On start, unfinished jobs are loaded back: verified chunks are never run again.
+//!   Finished jobs leave memory (after their soft timeout) and are read back from the
+//!   database when asked about.
+//!
+//! # Layout
+//! The actor is the message loop only; its decisions are pure functions of
+//! its state (`staged::State`) and one seeded RNG, staged on a `staged::Txn` that
+//! collects the database writes: `dispatch` (the dispatch plan), [`placement`]
+//! (candidate choice), `verify` (result intake, verdicts), `trust_ops`
+//! (re-verification, plants, this node's own runs), `report` (status, evidence).
+//! The actor writes what a core staged, then applies it: a failed write changes
+//! nothing and is reported (results unacknowledged, a cancel answers an error).
+//! `rows` maps state to database rows; `local` is the blocking work (merge, own runs).
 
 mod actor;
 mod dispatch;
@@ -46,6 +58,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+#[doc(hidden)]
+pub use self::dispatch::DispatchFixture;
 pub use self::job::{JobSpec, JobState, Replication};
 pub use self::placement::PlacementPolicy;
 pub use self::trust::{Standing, TrustPolicy};

@@ -8,8 +8,8 @@
 //! [peer book](crate::net::peers) saw it, not what the peer claims (on loopback,
 //! where the kernel gives every connection the same source, it is the loopback address
 //! the peer listens on). The [actor](super::actor) asks [`PlacementPolicy::group`]
-//! for every [`Candidate`]; this node itself is never constrained. [`choose`] is the
-//! choice for one chunk (pure, called by [`dispatch`](super::dispatch)): eligible
+//! for every `Candidate`; this node itself is never constrained. `choose` is the
+//! choice for one chunk (pure, called by the dispatch plan): eligible
 //! peers, most room first, no two in one network or source, and in an adaptive job
 //! a trusted peer for the last replica when none holds one yet.
 

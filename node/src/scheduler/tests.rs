@@ -95,7 +95,7 @@ async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_ag
         local_worker: None,
         trust: Default::default(),
         placement: Default::default(),
-        seed: Some(1),
+        seed: None,
     };
     let shutdown = CancellationToken::new();
     let (scheduler, task) = Scheduler::start(ctx, shutdown.clone());
