@@ -214,11 +214,12 @@ async fn status(State(state): State<Arc<NodeState>>) -> Result<Json<Status>, Sta
         volunteer: state.worker.volunteer_status(),
         jobs_running: state
             .scheduler
-            .status(None)
+            .counts()
             .await
             .iter()
-            .filter(|j| !j.state.is_final())
-            .count(),
+            .filter(|(s, _)| !s.is_final())
+            .map(|(_, n)| *n as usize)
+            .sum(),
     }))
 }
 

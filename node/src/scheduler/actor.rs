@@ -435,10 +435,25 @@ impl Actor {
                 };
                 let _ = reply.send(rx);
             }
+            Msg::Counts(reply) => {
+                let _ = reply.send(self.job_counts());
+            }
             Msg::Evidence(id, reply) => {
                 let _ = reply.send(self.evidence(id).await);
             }
         }
+    }
+
+    /// Jobs by state: those in memory, and the counts of those that left it.
+    fn job_counts(&self) -> Vec<(JobState, u64)> {
+        let mut by_state = self.finished.clone();
+        for job in self.state.jobs.values() {
+            *by_state.entry(job.state).or_default() += 1;
+        }
+        by_state
+            .into_iter()
+            .map(|(state, n)| (state, n.max(0) as u64))
+            .collect()
     }
 
     /// Sets the job and chunk gauges from the jobs in memory and the counts of

@@ -305,6 +305,7 @@ pub(crate) enum Msg {
     Status(Option<JobId>, oneshot::Sender<Vec<JobStatus>>),
     Subscribe(JobId, oneshot::Sender<Option<watch::Receiver<JobStatus>>>),
     Evidence(JobId, oneshot::Sender<Option<Vec<ChunkEvidence>>>),
+    Counts(oneshot::Sender<Vec<(JobState, u64)>>),
     /// A run this node did itself (witness or spot check) ended.
     LocalRun(
         JobId,
@@ -431,6 +432,12 @@ impl Scheduler {
     /// Status of one job, or of all.
     pub async fn status(&self, id: Option<JobId>) -> Vec<JobStatus> {
         self.ask(|tx| Msg::Status(id, tx)).await.unwrap_or_default()
+    }
+
+    /// How many jobs are in each state, from the counts the scheduler keeps (cheap:
+    /// no status is built).
+    pub async fn counts(&self) -> Vec<(JobState, u64)> {
+        self.ask(Msg::Counts).await.unwrap_or_default()
     }
 
     /// The evidence of every disagreement in a job (at most
