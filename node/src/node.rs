@@ -30,6 +30,7 @@ use libp2p::{Multiaddr, PeerId, identity};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::api;
 use crate::api::state::AllMetrics;
@@ -138,6 +139,7 @@ pub struct Seams {
     pub executor: Option<ExecutorFactory>,
     /// Sign results with another key than the node's own: a worker that passes off
     /// answers as another peer's (submitters must reject them).
+    #[cfg(feature = "test-utils")]
     pub forge_signatures: bool,
 }
 
@@ -145,8 +147,7 @@ impl std::fmt::Debug for Seams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Seams")
             .field("executor", &self.executor.as_ref().map(|_| "custom"))
-            .field("forge_signatures", &self.forge_signatures)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -161,12 +162,13 @@ impl Seams {
                     salt,
                 )) as Arc<dyn Executor>
             })),
-            forge_signatures: false,
+            ..Self::default()
         }
     }
 
     /// A worker that answers its first `honest` chunks honestly (earning trust),
     /// then lies on every chunk.
+    #[cfg(feature = "test-utils")]
     pub fn patient_liar(honest: u64, salt: u64) -> Self {
         Self {
             executor: Some(Box::new(move |sandbox: &Sandbox| {
@@ -175,11 +177,12 @@ impl Seams {
                         .honest_first(honest),
                 ) as Arc<dyn Executor>
             })),
-            forge_signatures: false,
+            ..Self::default()
         }
     }
 
     /// A worker whose results are signed with a key that is not its own.
+    #[cfg(feature = "test-utils")]
     pub fn forger() -> Self {
         Self {
             forge_signatures: true,
@@ -217,6 +220,23 @@ impl Node {
         std::fs::create_dir_all(&root).map_err(data_dir_error("creating the data dir", &root))?;
         let lock = lock_data_dir(&data_dir)?;
         let keypair = load_or_create_identity(&data_dir)?;
+        // Every task the node starts carries this span (`node = ` the short peer id),
+        // so the logs of several nodes in one process (TestNet, demo) can be told apart.
+        let peer = keypair.public().to_peer_id().to_string();
+        let span = tracing::info_span!("node", node = %&peer[peer.len().saturating_sub(6)..]);
+        Self::start(config, seams, lock, keypair)
+            .instrument(span)
+            .await
+    }
+
+    /// Starts the subsystems in order (see the module docs), inside the node's span.
+    async fn start(
+        config: NodeConfig,
+        seams: Seams,
+        lock: std::fs::File,
+        keypair: identity::Keypair,
+    ) -> Result<Node, NodeError> {
+        let data_dir = config.data_dir.clone();
         let metrics = AllMetrics::new();
         let blobs = BlobStore::open(data_dir.blobs())
             .map_err(data_dir_error("opening the blob store", &data_dir.blobs()))?;
@@ -245,6 +265,7 @@ impl Node {
             Some(make) => make(&sandbox),
             None => Arc::new(SandboxExecutor::new(sandbox.clone())),
         };
+        #[cfg(feature = "test-utils")]
         let worker_net = if seams.forge_signatures {
             network
                 .client
@@ -252,6 +273,8 @@ impl Node {
         } else {
             network.client.clone()
         };
+        #[cfg(not(feature = "test-utils"))]
+        let worker_net = network.client.clone();
         let worker = Worker::new(
             worker_net,
             blobs.clone(),
@@ -300,7 +323,6 @@ impl Node {
             db,
             worker,
             scheduler,
-            sandbox,
             config,
             fuel_per_sec,
             started: Instant::now(),
@@ -333,19 +355,15 @@ impl Node {
         };
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(advertise(state.clone(), shutdown.child_token()));
+        tasks.spawn(advertise(state.clone(), shutdown.child_token()).in_current_span());
         if let Some(limit) = state.config.blob_cache {
-            tasks.spawn(keep_blob_cache(
-                state.clone(),
-                limit,
-                shutdown.child_token(),
-            ));
+            tasks.spawn(
+                keep_blob_cache(state.clone(), limit, shutdown.child_token()).in_current_span(),
+            );
         }
-        tasks.spawn(dispatch(
-            state.clone(),
-            network.events,
-            shutdown.child_token(),
-        ));
+        tasks.spawn(
+            dispatch(state.clone(), network.events, shutdown.child_token()).in_current_span(),
+        );
 
         Ok(Node {
             state,

@@ -28,7 +28,7 @@ async fn a_worker_paused_too_long_withdraws_its_chunks_and_the_job_completes_els
         .submit(0, "primes", PRIMES, spec)
         .await
         .expect("submitted");
-    let worker = &net.node(1).state().worker;
+    let worker = net.node(1).state().worker();
     wait_for("node 1 to run chunks", Duration::from_secs(60), || async {
         (worker.status().active > 0).then_some(())
     })

@@ -144,14 +144,14 @@ impl TestNet {
         spec: JobSpec,
     ) -> Result<JobId, SubmitError> {
         let state = self.node(i).state();
-        let module = state.blobs.put(wasm).expect("module stored");
+        let module = state.blobs().put(wasm).expect("module stored");
         let inputs = inputs.map(|list| {
             list.iter()
-                .map(|b| state.blobs.put(b).expect("input stored").to_hex())
+                .map(|b| state.blobs().put(b).expect("input stored").to_hex())
                 .collect()
         });
         state
-            .scheduler
+            .scheduler()
             .submit(SubmitRequest {
                 name: name.into(),
                 module: module.to_hex(),
@@ -166,7 +166,7 @@ impl TestNet {
     pub async fn status(&self, i: usize, id: JobId) -> JobStatus {
         self.node(i)
             .state()
-            .scheduler
+            .scheduler()
             .status(Some(id))
             .await
             .pop()
@@ -199,7 +199,7 @@ impl TestNet {
             .expect("a done job has a result");
         self.node(i)
             .state()
-            .blobs
+            .blobs()
             .get(&hash)
             .expect("read")
             .expect("the result blob is stored")
@@ -214,7 +214,7 @@ impl TestNet {
     /// identity, new port).
     pub async fn restart(&mut self, i: usize) -> Result<(), NodeError> {
         let TestNode { node, dir } = self.nodes.remove(i);
-        let config = node.state().config.clone();
+        let config = node.state().config().clone();
         node.shutdown().await;
         let node = Node::spawn(config).await?;
         self.nodes.insert(i, TestNode { node, dir });

@@ -33,12 +33,12 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/", get(index))
         .with_state(state);
-    let task = tokio::spawn(async move {
+    let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
         if let Err(e) = server.await {
             tracing::error!(error = %e, "metrics listener stopped");
         }
-    });
+    }));
     tracing::info!(%bound, "metrics listening on /metrics");
     Ok((bound, task))
 }

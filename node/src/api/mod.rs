@@ -159,12 +159,12 @@ pub async fn serve(
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
         .layer(middleware::from_fn_with_state(token, require_token))
         .with_state(state);
-    let task = tokio::spawn(async move {
+    let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
         if let Err(e) = server.await {
             tracing::error!(error = %e, "control API stopped");
         }
-    });
+    }));
     tracing::info!(%bound, "control API listening");
     Ok((bound, task))
 }
