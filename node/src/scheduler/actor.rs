@@ -174,7 +174,10 @@ impl Actor {
         if self.logical_ms.is_some() {
             return Some(f());
         }
-        tokio::task::spawn_blocking(f).await.ok()
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(f))
+            .await
+            .ok()
     }
 
     /// Starts blocking work whose end comes back as a message: on a blocking thread,
@@ -185,9 +188,9 @@ impl Actor {
             self.inline.push_back(msg);
             return;
         }
-        let tx = self.tx.clone();
+        let (tx, span) = (self.tx.clone(), tracing::Span::current());
         tokio::task::spawn_blocking(move || {
-            let _ = tx.blocking_send(f());
+            let _ = tx.blocking_send(span.in_scope(f));
         });
     }
 

@@ -354,7 +354,7 @@ impl Scheduler {
     ) -> (Scheduler, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(INBOX);
         let actor = actor::Actor::new(ctx.clone(), tx.clone(), rx, shutdown);
-        let task = tokio::spawn(actor.run());
+        let task = tokio::spawn(tracing::Instrument::in_current_span(actor.run()));
         (Scheduler { tx, ctx }, task)
     }
 

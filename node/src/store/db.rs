@@ -42,7 +42,7 @@ pub struct Db {
     conn: Mutex<Connection>,
     metrics: super::metrics::StoreMetrics,
     /// Test seam: this many next write batches fail (see [`Db::fail_writes_for_test`]).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "test-utils"))]
     fail_writes: std::sync::atomic::AtomicU32,
 }
 
@@ -80,7 +80,7 @@ impl Db {
         Ok(Self {
             conn: Mutex::new(conn),
             metrics: super::metrics::StoreMetrics::default(),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "test-utils"))]
             fail_writes: std::sync::atomic::AtomicU32::new(0),
         })
     }
@@ -136,14 +136,14 @@ impl Db {
 
     /// Makes the next `n` write batches fail as a full disk would (nothing of them is
     /// written): the failing-store seam of the scheduler's persist-then-apply tests.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "test-utils"))]
     pub fn fail_writes_for_test(&self, n: u32) {
         self.fail_writes
             .store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn apply_all<'a>(&self, writes: impl Iterator<Item = &'a Write>) -> Result<(), DbError> {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "test-utils"))]
         if self
             .fail_writes
             .fetch_update(

@@ -39,13 +39,13 @@ impl Actor {
         tracing::info!(job = %id, "job cancelled");
         for peer in holders {
             let net = self.ctx.net.clone();
-            tokio::spawn(async move {
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
                 let cancel = TaskRequest::Cancel {
                     job_id: id,
                     chunks: Vec::new(),
                 };
                 let _ = net.send_task(peer, cancel).await;
-            });
+            }));
         }
         Ok(Some(()))
     }
@@ -258,7 +258,7 @@ impl Actor {
     pub(super) fn send_offer(&self, id: JobId, peer: PeerId, items: Vec<(u32, u32)>) {
         let assignments = self.assignments(id, &items);
         let (net, tx) = (self.ctx.net.clone(), self.tx.clone());
-        tokio::spawn(async move {
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             let offer = TaskRequest::Offer {
                 job_id: id,
                 assignments,
@@ -272,6 +272,6 @@ impl Actor {
                     reply,
                 })
                 .await;
-        });
+        }));
     }
 }

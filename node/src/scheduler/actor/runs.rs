@@ -58,12 +58,12 @@ impl Actor {
         for hash in &intake.fetch {
             if self.fetching.insert(*hash) {
                 let (net, blobs, hash) = (self.ctx.net.clone(), self.ctx.blobs.clone(), *hash);
-                tokio::spawn(async move {
+                tokio::spawn(tracing::Instrument::in_current_span(async move {
                     if let Err(e) = crate::net::fetch::fetch_blob(&net, &blobs, hash, &[peer]).await
                     {
                         tracing::warn!(%peer, "cannot fetch a result output: {e}");
                     }
-                });
+                }));
             }
         }
         if self.persist_then_apply(ch).await.is_err() {
@@ -152,10 +152,10 @@ impl Actor {
         if self.persist_then_apply(ch).await.is_err() {
             // Still merging in memory and on disk: store the outcome again shortly.
             let tx = self.tx.clone();
-            tokio::spawn(async move {
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
                 tokio::time::sleep(TICK).await;
                 let _ = tx.send(Msg::Merged(id, result)).await;
-            });
+            }));
         }
     }
 
