@@ -12,8 +12,9 @@
 //!   benchmarks).
 //! - [`local`]: runs a whole job on this machine (split, every chunk, merge) through
 //!   the sandbox: `peergrid run`, `demo` and `bench` use it.
-//! - [`config`]: where the node keeps its files (`--data-dir`), sizes and durations
-//!   given on the command line.
+//! - [`config`]: where the node keeps its files (`--data-dir`), the raw options
+//!   (flags and `peergrid.toml`), sizes and durations given on the command line.
+//!   [`settings`] resolves them into each subsystem's own config.
 //! - [`net`]: libp2p. One event loop owns the Swarm; everything else holds a
 //!   [`net::NetClient`]. Discovery, capacity adverts, blob exchange, penalties.
 //! - [`store`]: the content-addressed blob directory and the SQLite database.
@@ -21,10 +22,16 @@
 //!   volunteer controls ([`worker::politeness`]: spare CPU, pause, preferences).
 //! - [`scheduler`]: the submitter side: plans jobs, places replicas, verifies
 //!   results by quorum, keeps reputation.
-//! - [`api`]: the local control API (axum, token-guarded) the CLI talks to, and the
-//!   Prometheus `/metrics` listener ([`api::metrics`]).
-//! - [`metrics`]: one Prometheus registry per node; a struct of metrics per subsystem,
-//!   recorded where the subsystem handles its events.
+//! - [`api`]: the local control API (axum, token-guarded) the CLI talks to, the
+//!   Prometheus `/metrics` listener ([`api::metrics`]), and [`NodeState`], what the
+//!   handlers and the node's tasks share.
+//! - [`metrics`]: one Prometheus registry per node; each subsystem defines its own
+//!   struct of metrics (`<subsystem>::metrics`) and records where it handles its
+//!   events.
+//!
+//! Lower modules never import higher ones (`docs/ARCHITECTURE.md`, "Layering"):
+//! `types`, `files`, `metrics`, `config` < `store`, `sandbox` < `net` < `worker`,
+//! `scheduler` < `settings` < `api` < `node` < `cli`.
 //! - [`Node`]: starts the subsystems in order and shuts them down in order.
 //! - [`cli`]: one file per subcommand; `main.rs` only parses and calls
 //!   [`cli::Cli::execute`].

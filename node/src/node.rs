@@ -30,6 +30,7 @@ use libp2p::{Multiaddr, PeerId, identity};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::api;
 use crate::api::state::AllMetrics;
@@ -138,6 +139,7 @@ pub struct Seams {
     pub executor: Option<ExecutorFactory>,
     /// Sign results with another key than the node's own: a worker that passes off
     /// answers as another peer's (submitters must reject them).
+    #[cfg(feature = "test-utils")]
     pub forge_signatures: bool,
 }
 
@@ -145,8 +147,7 @@ impl std::fmt::Debug for Seams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Seams")
             .field("executor", &self.executor.as_ref().map(|_| "custom"))
-            .field("forge_signatures", &self.forge_signatures)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -161,12 +162,13 @@ impl Seams {
                     salt,
                 )) as Arc<dyn Executor>
             })),
-            forge_signatures: false,
+            ..Self::default()
         }
     }
 
     /// A worker that answers its first `honest` chunks honestly (earning trust),
     /// then lies on every chunk.
+    #[cfg(feature = "test-utils")]
     pub fn patient_liar(honest: u64, salt: u64) -> Self {
         Self {
             executor: Some(Box::new(move |sandbox: &Sandbox| {
@@ -175,11 +177,12 @@ impl Seams {
                         .honest_first(honest),
                 ) as Arc<dyn Executor>
             })),
-            forge_signatures: false,
+            ..Self::default()
         }
     }
 
     /// A worker whose results are signed with a key that is not its own.
+    #[cfg(feature = "test-utils")]
     pub fn forger() -> Self {
         Self {
             forge_signatures: true,
@@ -217,6 +220,23 @@ impl Node {
         std::fs::create_dir_all(&root).map_err(data_dir_error("creating the data dir", &root))?;
         let lock = lock_data_dir(&data_dir)?;
         let keypair = load_or_create_identity(&data_dir)?;
+        // Every task the node starts carries this span (`node = ` the short peer id),
+        // so the logs of several nodes in one process (TestNet, demo) can be told apart.
+        let peer = keypair.public().to_peer_id().to_string();
+        let span = tracing::info_span!("node", node = %&peer[peer.len().saturating_sub(6)..]);
+        Self::start(config, seams, lock, keypair)
+            .instrument(span)
+            .await
+    }
+
+    /// Starts the subsystems in order (see the module docs), inside the node's span.
+    async fn start(
+        config: NodeConfig,
+        seams: Seams,
+        lock: std::fs::File,
+        keypair: identity::Keypair,
+    ) -> Result<Node, NodeError> {
+        let data_dir = config.data_dir.clone();
         let metrics = AllMetrics::new();
         let blobs = BlobStore::open(data_dir.blobs())
             .map_err(data_dir_error("opening the blob store", &data_dir.blobs()))?;
@@ -245,6 +265,7 @@ impl Node {
             Some(make) => make(&sandbox),
             None => Arc::new(SandboxExecutor::new(sandbox.clone())),
         };
+        #[cfg(feature = "test-utils")]
         let worker_net = if seams.forge_signatures {
             network
                 .client
@@ -252,6 +273,8 @@ impl Node {
         } else {
             network.client.clone()
         };
+        #[cfg(not(feature = "test-utils"))]
+        let worker_net = network.client.clone();
         let worker = Worker::new(
             worker_net,
             blobs.clone(),
@@ -281,6 +304,7 @@ impl Node {
                 local_worker: Some(worker.clone()),
                 trust: config.trust,
                 placement: config.placement,
+                seed: None,
             },
             shutdown.child_token(),
         );
@@ -299,7 +323,6 @@ impl Node {
             db,
             worker,
             scheduler,
-            sandbox,
             config,
             fuel_per_sec,
             started: Instant::now(),
@@ -332,19 +355,15 @@ impl Node {
         };
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(advertise(state.clone(), shutdown.child_token()));
+        tasks.spawn(advertise(state.clone(), shutdown.child_token()).in_current_span());
         if let Some(limit) = state.config.blob_cache {
-            tasks.spawn(keep_blob_cache(
-                state.clone(),
-                limit,
-                shutdown.child_token(),
-            ));
+            tasks.spawn(
+                keep_blob_cache(state.clone(), limit, shutdown.child_token()).in_current_span(),
+            );
         }
-        tasks.spawn(dispatch(
-            state.clone(),
-            network.events,
-            shutdown.child_token(),
-        ));
+        tasks.spawn(
+            dispatch(state.clone(), network.events, shutdown.child_token()).in_current_span(),
+        );
 
         Ok(Node {
             state,
@@ -539,7 +558,19 @@ const ADVERT_MIN_GAP: Duration = Duration::from_secs(1);
 /// Result batches handled at once.
 const RESULT_HANDLERS: usize = 8;
 
-/// Answers inbound requests.
+/// Blob requests waiting for a server or being served, at most; beyond it a request
+/// is refused (its channel dropped: the requester sees a failure and tries another
+/// holder or later). Bounds the memory a stream of requests can hold.
+const BLOB_BACKLOG: usize = 256;
+/// Result batches waiting or being handled, at most; beyond it a batch is refused
+/// the same way (its worker keeps it in its outbox and retries later).
+const RESULT_BACKLOG: usize = 64;
+
+/// Answers inbound requests. It never waits for a permit or for the disk itself:
+/// blob pieces and result batches are handled by tasks (at most [`BLOB_SERVERS`]
+/// and [`RESULT_HANDLERS`] at once, at most [`BLOB_BACKLOG`] and [`RESULT_BACKLOG`]
+/// tracked), and the worker answers offers and cancels at once, so a stream of blob
+/// requests delays neither task offers nor results.
 async fn dispatch(
     state: Arc<NodeState>,
     mut events: tokio::sync::mpsc::Receiver<NetEvent>,
@@ -547,12 +578,14 @@ async fn dispatch(
 ) {
     let servers = Arc::new(Semaphore::new(BLOB_SERVERS));
     let handlers = Arc::new(Semaphore::new(RESULT_HANDLERS));
-    let mut serving = JoinSet::new();
+    let mut blob_tasks = JoinSet::new();
+    let mut result_tasks = JoinSet::new();
     loop {
         let event = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(_) = serving.join_next(), if !serving.is_empty() => continue,
+            Some(_) = blob_tasks.join_next(), if !blob_tasks.is_empty() => continue,
+            Some(_) = result_tasks.join_next(), if !result_tasks.is_empty() => continue,
             event = events.recv() => match event {
                 Some(event) => event,
                 None => break,
@@ -560,33 +593,18 @@ async fn dispatch(
         };
         match event {
             NetEvent::Blob {
-                request, channel, ..
+                peer,
+                request,
+                channel,
             } => {
-                let Ok(permit) = servers.clone().acquire_owned().await else {
-                    break;
-                };
-                let state = state.clone();
-                serving.spawn(async move {
-                    let blobs = state.blobs.clone();
-                    let piece = tokio::task::spawn_blocking(move || {
-                        blobs.read_piece(
-                            &request.hash,
-                            request.offset,
-                            request.len.min(BLOB_PIECE_BYTES),
-                        )
-                    })
-                    .await;
-                    let reply = match piece {
-                        Ok(Ok(Some((total, bytes)))) => BlobReply::Piece {
-                            total,
-                            offset: request.offset,
-                            bytes,
-                        },
-                        _ => BlobReply::NotFound,
-                    };
-                    state.net.respond_blob(channel, reply).await;
-                    drop(permit);
-                });
+                if blob_tasks.len() >= BLOB_BACKLOG {
+                    tracing::debug!(%peer, "refusing a blob request: {BLOB_BACKLOG} waiting");
+                    drop(channel);
+                    continue;
+                }
+                blob_tasks.spawn(
+                    serve_blob(state.clone(), servers.clone(), request, channel).in_current_span(),
+                );
             }
             NetEvent::Task {
                 peer,
@@ -610,17 +628,55 @@ async fn dispatch(
                 request,
                 channel,
             } => {
-                let Ok(permit) = handlers.clone().acquire_owned().await else {
-                    break;
-                };
-                let state = state.clone();
-                serving.spawn(async move {
-                    let ack = state.scheduler.results(peer, request).await;
-                    state.net.respond_results(channel, ack).await;
-                    drop(permit);
-                });
+                if result_tasks.len() >= RESULT_BACKLOG {
+                    tracing::debug!(%peer, "refusing a result batch: {RESULT_BACKLOG} waiting");
+                    drop(channel);
+                    continue;
+                }
+                let (state, handlers) = (state.clone(), handlers.clone());
+                result_tasks.spawn(
+                    async move {
+                        let Ok(_permit) = handlers.acquire_owned().await else {
+                            return;
+                        };
+                        let ack = state.scheduler.results(peer, request).await;
+                        state.net.respond_results(channel, ack).await;
+                    }
+                    .in_current_span(),
+                );
             }
         }
     }
-    serving.shutdown().await;
+    blob_tasks.shutdown().await;
+    result_tasks.shutdown().await;
+}
+
+/// Serves one blob piece when a server is free, reading it on a blocking thread.
+async fn serve_blob(
+    state: Arc<NodeState>,
+    servers: Arc<Semaphore>,
+    request: crate::net::protocol::BlobRequest,
+    channel: libp2p::request_response::ResponseChannel<BlobReply>,
+) {
+    let Ok(_permit) = servers.acquire_owned().await else {
+        return;
+    };
+    let blobs = state.blobs.clone();
+    let piece = tokio::task::spawn_blocking(move || {
+        blobs.read_piece(
+            &request.hash,
+            request.offset,
+            request.len.min(BLOB_PIECE_BYTES),
+        )
+    })
+    .await;
+    let reply = match piece {
+        Ok(Ok(Some((total, bytes)))) => BlobReply::Piece {
+            total,
+            offset: request.offset,
+            bytes,
+        },
+        _ => BlobReply::NotFound,
+    };
+    state.net.respond_blob(channel, reply).await;
 }

@@ -137,7 +137,8 @@ async fn a_worker_stopped_mid_job_loses_nothing() {
     net.wait_verified(0, id, 10).await;
     let victim = net.nodes.remove(1);
     assert!(
-        victim.node.state().worker.status().active > 0 || net.status(0, id).await.state.is_final()
+        victim.node.state().worker().status().active > 0
+            || net.status(0, id).await.state.is_final()
     );
     victim.node.shutdown().await;
     let status = net.wait_job(0, id, Duration::from_secs(180)).await;
@@ -203,19 +204,19 @@ async fn cancel_stops_the_workers_and_stays_cancelled_across_a_restart() {
         "the workers to run the chunks",
         Duration::from_secs(30),
         || async {
-            let busy = (1..3).all(|i| net.node(i).state().worker.status().slots_free < 2);
+            let busy = (1..3).all(|i| net.node(i).state().worker().status().slots_free < 2);
             busy.then_some(())
         },
     )
     .await;
     net.node(0)
         .state()
-        .scheduler
+        .scheduler()
         .cancel(id)
         .await
         .expect("cancelled");
     wait_for("the workers to stop", Duration::from_secs(10), || async {
-        let idle = (1..3).all(|i| net.node(i).state().worker.status().active == 0);
+        let idle = (1..3).all(|i| net.node(i).state().worker().status().active == 0);
         idle.then_some(())
     })
     .await;
@@ -309,7 +310,14 @@ async fn bad_submissions_are_refused_before_anything_is_sent() {
     let err = net.submit(0, "primes", "{}", bad_spec).await.unwrap_err();
     assert!(err.to_string().contains("quorum"), "{err}");
     // Nothing was recorded, and the worker was offered nothing.
-    assert!(net.node(0).state().scheduler.status(None).await.is_empty());
-    assert_eq!(net.node(1).state().worker.status().executed, 0);
+    assert!(
+        net.node(0)
+            .state()
+            .scheduler()
+            .status(None)
+            .await
+            .is_empty()
+    );
+    assert_eq!(net.node(1).state().worker().status().executed, 0);
     net.shutdown().await;
 }

@@ -340,9 +340,9 @@ async fn keep_jobs_flowing(net: Arc<TestNet>, stop: Arc<AtomicBool>) -> usize {
         let submitter = round % 2;
         let state = net.nodes[submitter].node.state();
         let example = peergrid_jobs::find(name).expect("a built-in job");
-        let module = state.blobs.put(example.wasm).expect("module stored");
+        let module = state.blobs().put(example.wasm).expect("module stored");
         let id = state
-            .scheduler
+            .scheduler()
             .submit(SubmitRequest {
                 name: name.into(),
                 module: module.to_hex(),
@@ -357,7 +357,7 @@ async fn keep_jobs_flowing(net: Arc<TestNet>, stop: Arc<AtomicBool>) -> usize {
             Duration::from_secs(240),
             || async {
                 state
-                    .scheduler
+                    .scheduler()
                     .status(Some(id))
                     .await
                     .pop()

@@ -55,7 +55,7 @@ async fn a_restarted_node_keeps_its_peer_id_and_the_data_dir_is_exclusive() {
     let mut net = TestNet::spawn(1).await;
     let id = net.node(0).peer_id();
     // A second node on the same data dir is refused while the first runs.
-    let config = net.node(0).state().config.clone();
+    let config = net.node(0).state().config().clone();
     let err = peergrid_node::Node::spawn(config).await.unwrap_err();
     assert!(err.to_string().contains("already running"), "{err}");
     net.restart(0).await.expect("restarts");
@@ -67,7 +67,7 @@ async fn a_restarted_node_keeps_its_peer_id_and_the_data_dir_is_exclusive() {
 async fn a_50_mib_blob_moves_between_two_nodes_verified() {
     let net = TestNet::spawn(2).await;
     let data = bytes(50 * 1024 * 1024, "fifty");
-    let hash = net.node(0).state().blobs.put(&data).expect("stored");
+    let hash = net.node(0).state().blobs().put(&data).expect("stored");
     let holder = net.node(0).peer_id();
     wait_for("the nodes to connect", Duration::from_secs(20), || async {
         net.node(1)
@@ -82,7 +82,7 @@ async fn a_50_mib_blob_moves_between_two_nodes_verified() {
     let started = Instant::now();
     fetch_blob(
         net.node(1).net(),
-        &net.node(1).state().blobs,
+        net.node(1).state().blobs(),
         hash,
         &[holder],
     )
@@ -92,7 +92,7 @@ async fn a_50_mib_blob_moves_between_two_nodes_verified() {
     let got = net
         .node(1)
         .state()
-        .blobs
+        .blobs()
         .get(&hash)
         .expect("read")
         .expect("present");
@@ -108,12 +108,17 @@ async fn a_50_mib_blob_moves_between_two_nodes_verified() {
 async fn a_blob_that_does_not_match_its_hash_is_refused_and_fetched_elsewhere() {
     let net = TestNet::spawn(3).await;
     let data = bytes(3 * 1024 * 1024 + 17, "honest");
-    let hash = net.node(2).state().blobs.put(&data).expect("stored");
+    let hash = net.node(2).state().blobs().put(&data).expect("stored");
     // Node 0 "holds" the same hash with other bytes of the same length.
-    let liar_path = net.node(0).state().blobs.path(&hash);
+    let liar_path = net.node(0).state().blobs().path(&hash);
     std::fs::create_dir_all(liar_path.parent().expect("parent")).expect("dir");
     std::fs::write(&liar_path, bytes(data.len(), "liar")).expect("write");
     let (liar, honest) = (net.node(0).peer_id(), net.node(2).peer_id());
+    // Node 1 knows node 0 (its bootstrap); introduce node 2 rather than wait for the
+    // DHT to: this test is about the fetch, not discovery.
+    for addr in net.node(2).listen_addrs().await {
+        net.node(1).net().dial(addr).await.expect("dial node 2");
+    }
     wait_for(
         "node 1 to connect to both holders",
         Duration::from_secs(20),
@@ -130,7 +135,7 @@ async fn a_blob_that_does_not_match_its_hash_is_refused_and_fetched_elsewhere() 
     .await;
     fetch_blob(
         net.node(1).net(),
-        &net.node(1).state().blobs,
+        net.node(1).state().blobs(),
         hash,
         &[liar, honest],
     )
@@ -139,7 +144,7 @@ async fn a_blob_that_does_not_match_its_hash_is_refused_and_fetched_elsewhere() 
     assert!(
         net.node(1)
             .state()
-            .blobs
+            .blobs()
             .get(&hash)
             .expect("read")
             .expect("present")
@@ -156,7 +161,7 @@ async fn a_blob_that_does_not_match_its_hash_is_refused_and_fetched_elsewhere() 
     let missing = BlobHash::of(b"nobody has this");
     let err = fetch_blob(
         net.node(1).net(),
-        &net.node(1).state().blobs,
+        net.node(1).state().blobs(),
         missing,
         &[honest],
     )
@@ -379,7 +384,7 @@ async fn garbled_truncated_and_oversized_messages_are_refused_counted_and_punish
     let target = net.node(0).peer_id();
     let addr = net.node(0).listen_addrs().await[0].clone();
     let data = bytes(100_000, "still served");
-    let hash = net.node(0).state().blobs.put(&data).expect("stored");
+    let hash = net.node(0).state().blobs().put(&data).expect("stored");
 
     let mut raw = raw_peer(protocol::IDENTIFY_PROTOCOL);
     let raw_id = *raw.local_peer_id();
@@ -441,7 +446,7 @@ async fn garbled_truncated_and_oversized_messages_are_refused_counted_and_punish
     // The node still serves well-behaved peers.
     fetch_blob(
         net.node(1).net(),
-        &net.node(1).state().blobs,
+        net.node(1).state().blobs(),
         hash,
         &[target],
     )

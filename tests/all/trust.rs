@@ -161,7 +161,7 @@ async fn a_disagreement_resets_trust_and_re_verifies_what_rested_on_that_word() 
     let row = net
         .node(0)
         .state()
-        .db
+        .db()
         .reputations()
         .expect("reputations")
         .into_iter()
@@ -174,7 +174,7 @@ async fn a_disagreement_resets_trust_and_re_verifies_what_rested_on_that_word() 
     let evidence = net
         .node(0)
         .state()
-        .scheduler
+        .scheduler()
         .evidence(id)
         .await
         .expect("the job is known");
@@ -205,7 +205,7 @@ async fn placement_never_gives_two_replicas_of_a_chunk_to_one_subnet() {
     })
     .await;
     net.wait_for_adverts(0, 3).await;
-    let peers = net.node(0).state().net.peers().await;
+    let peers = net.node(0).state().net().peers().await;
     let ip_of = |i: usize| {
         let id = net.node(i).peer_id().to_string();
         peers
@@ -227,7 +227,7 @@ async fn placement_never_gives_two_replicas_of_a_chunk_to_one_subnet() {
         net.node(2).peer_id().to_string(),
     );
     let mut by_chunk: HashMap<u32, Vec<String>> = HashMap::new();
-    for r in net.node(0).state().db.replicas(id).expect("replicas") {
+    for r in net.node(0).state().db().replicas(id).expect("replicas") {
         by_chunk.entry(r.chunk).or_default().push(r.peer);
     }
     assert_eq!(by_chunk.len(), 30);

@@ -110,8 +110,10 @@ impl TestNet {
     pub async fn wait_for_adverts(&self, i: usize, n: usize) {
         wait_for(
             &format!("node {i} to see {n} adverts"),
-            // Generous: CI starts every test's nodes at once on two cores.
-            Duration::from_secs(90),
+            // Adverts go out every 500 ms on a test net; nothing blocks the runtime's
+            // threads (database and blob work run on blocking threads), so even with
+            // every test's nodes starting at once on two cores this is ample.
+            Duration::from_secs(20),
             || async {
                 let seen = self.node(i).net().advert_count().await;
                 (seen >= n).then_some(())
@@ -144,14 +146,14 @@ impl TestNet {
         spec: JobSpec,
     ) -> Result<JobId, SubmitError> {
         let state = self.node(i).state();
-        let module = state.blobs.put(wasm).expect("module stored");
+        let module = state.blobs().put(wasm).expect("module stored");
         let inputs = inputs.map(|list| {
             list.iter()
-                .map(|b| state.blobs.put(b).expect("input stored").to_hex())
+                .map(|b| state.blobs().put(b).expect("input stored").to_hex())
                 .collect()
         });
         state
-            .scheduler
+            .scheduler()
             .submit(SubmitRequest {
                 name: name.into(),
                 module: module.to_hex(),
@@ -166,7 +168,7 @@ impl TestNet {
     pub async fn status(&self, i: usize, id: JobId) -> JobStatus {
         self.node(i)
             .state()
-            .scheduler
+            .scheduler()
             .status(Some(id))
             .await
             .pop()
@@ -199,7 +201,7 @@ impl TestNet {
             .expect("a done job has a result");
         self.node(i)
             .state()
-            .blobs
+            .blobs()
             .get(&hash)
             .expect("read")
             .expect("the result blob is stored")
@@ -214,7 +216,7 @@ impl TestNet {
     /// identity, new port).
     pub async fn restart(&mut self, i: usize) -> Result<(), NodeError> {
         let TestNode { node, dir } = self.nodes.remove(i);
-        let config = node.state().config.clone();
+        let config = node.state().config().clone();
         node.shutdown().await;
         let node = Node::spawn(config).await?;
         self.nodes.insert(i, TestNode { node, dir });

@@ -10,7 +10,6 @@ use crate::metrics::{Metrics, NodeMetrics};
 use crate::net::NetClient;
 use crate::net::metrics::NetMetrics;
 use crate::net::protocol::{CapacityAdvert, PROTOCOL_VERSION};
-use crate::sandbox::Sandbox;
 use crate::sandbox::metrics::SandboxMetrics;
 use crate::scheduler::Scheduler;
 use crate::scheduler::metrics::SchedulerMetrics;
@@ -72,28 +71,62 @@ impl AllMetrics {
 #[derive(Debug)]
 pub struct NodeState {
     /// The network.
-    pub net: NetClient,
+    pub(crate) net: NetClient,
     /// The blob store.
-    pub blobs: BlobStore,
+    pub(crate) blobs: BlobStore,
     /// The database.
-    pub db: Arc<Db>,
+    pub(crate) db: Arc<Db>,
     /// The worker side.
-    pub worker: Worker,
+    pub(crate) worker: Worker,
     /// The submitter side.
-    pub scheduler: Scheduler,
-    /// The sandbox.
-    pub sandbox: Sandbox,
+    pub(crate) scheduler: Scheduler,
     /// The resolved configuration.
-    pub config: NodeConfig,
+    pub(crate) config: NodeConfig,
     /// Measured fuel per second of one slot.
-    pub fuel_per_sec: u64,
+    pub(crate) fuel_per_sec: u64,
     /// When the node started.
-    pub started: Instant,
+    pub(crate) started: Instant,
     /// The node's metrics (its own registry).
-    pub metrics: AllMetrics,
+    pub(crate) metrics: AllMetrics,
 }
 
 impl NodeState {
+    /// The network.
+    pub fn net(&self) -> &NetClient {
+        &self.net
+    }
+
+    /// The blob store.
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// The worker side.
+    pub fn worker(&self) -> &Worker {
+        &self.worker
+    }
+
+    /// The submitter side.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &AllMetrics {
+        &self.metrics
+    }
+
+    /// The database, for tests that check what was written.
+    #[cfg(feature = "test-utils")]
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
     /// The advert this node publishes now.
     pub fn advert(&self, seq: u64) -> CapacityAdvert {
         let worker = self.worker.status();

@@ -368,7 +368,7 @@ pub fn start(
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
     let event_loop = EventLoop::new(swarm, command_rx, event_tx, shutdown, config, metrics);
-    let task = tokio::spawn(event_loop.run());
+    let task = tokio::spawn(tracing::Instrument::in_current_span(event_loop.run()));
     Ok(Network {
         client: NetClient {
             commands: command_tx,
