@@ -63,7 +63,7 @@ impl Worker {
         let key = (job_id, a.chunk, a.attempt);
         let execution = tokio::select! {
             _ = self.inner.shutdown.cancelled() => {
-                // Stops the call on the pool at its next epoch tick.
+                // Stops the call on the pool at the end of its current fuel slice.
                 control.cancel();
                 None
             }
