@@ -558,7 +558,19 @@ const ADVERT_MIN_GAP: Duration = Duration::from_secs(1);
 /// Result batches handled at once.
 const RESULT_HANDLERS: usize = 8;
 
-/// Answers inbound requests.
+/// Blob requests waiting for a server or being served, at most; beyond it a request
+/// is refused (its channel dropped: the requester sees a failure and tries another
+/// holder or later). Bounds the memory a stream of requests can hold.
+const BLOB_BACKLOG: usize = 256;
+/// Result batches waiting or being handled, at most; beyond it a batch is refused
+/// the same way (its worker keeps it in its outbox and retries later).
+const RESULT_BACKLOG: usize = 64;
+
+/// Answers inbound requests. It never waits for a permit or for the disk itself:
+/// blob pieces and result batches are handled by tasks (at most [`BLOB_SERVERS`]
+/// and [`RESULT_HANDLERS`] at once, at most [`BLOB_BACKLOG`] and [`RESULT_BACKLOG`]
+/// tracked), and the worker answers offers and cancels at once, so a stream of blob
+/// requests delays neither task offers nor results.
 async fn dispatch(
     state: Arc<NodeState>,
     mut events: tokio::sync::mpsc::Receiver<NetEvent>,
@@ -566,12 +578,14 @@ async fn dispatch(
 ) {
     let servers = Arc::new(Semaphore::new(BLOB_SERVERS));
     let handlers = Arc::new(Semaphore::new(RESULT_HANDLERS));
-    let mut serving = JoinSet::new();
+    let mut blob_tasks = JoinSet::new();
+    let mut result_tasks = JoinSet::new();
     loop {
         let event = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(_) = serving.join_next(), if !serving.is_empty() => continue,
+            Some(_) = blob_tasks.join_next(), if !blob_tasks.is_empty() => continue,
+            Some(_) = result_tasks.join_next(), if !result_tasks.is_empty() => continue,
             event = events.recv() => match event {
                 Some(event) => event,
                 None => break,
@@ -579,33 +593,18 @@ async fn dispatch(
         };
         match event {
             NetEvent::Blob {
-                request, channel, ..
+                peer,
+                request,
+                channel,
             } => {
-                let Ok(permit) = servers.clone().acquire_owned().await else {
-                    break;
-                };
-                let state = state.clone();
-                serving.spawn(async move {
-                    let blobs = state.blobs.clone();
-                    let piece = tokio::task::spawn_blocking(move || {
-                        blobs.read_piece(
-                            &request.hash,
-                            request.offset,
-                            request.len.min(BLOB_PIECE_BYTES),
-                        )
-                    })
-                    .await;
-                    let reply = match piece {
-                        Ok(Ok(Some((total, bytes)))) => BlobReply::Piece {
-                            total,
-                            offset: request.offset,
-                            bytes,
-                        },
-                        _ => BlobReply::NotFound,
-                    };
-                    state.net.respond_blob(channel, reply).await;
-                    drop(permit);
-                });
+                if blob_tasks.len() >= BLOB_BACKLOG {
+                    tracing::debug!(%peer, "refusing a blob request: {BLOB_BACKLOG} waiting");
+                    drop(channel);
+                    continue;
+                }
+                blob_tasks.spawn(
+                    serve_blob(state.clone(), servers.clone(), request, channel).in_current_span(),
+                );
             }
             NetEvent::Task {
                 peer,
@@ -629,17 +628,55 @@ async fn dispatch(
                 request,
                 channel,
             } => {
-                let Ok(permit) = handlers.clone().acquire_owned().await else {
-                    break;
-                };
-                let state = state.clone();
-                serving.spawn(async move {
-                    let ack = state.scheduler.results(peer, request).await;
-                    state.net.respond_results(channel, ack).await;
-                    drop(permit);
-                });
+                if result_tasks.len() >= RESULT_BACKLOG {
+                    tracing::debug!(%peer, "refusing a result batch: {RESULT_BACKLOG} waiting");
+                    drop(channel);
+                    continue;
+                }
+                let (state, handlers) = (state.clone(), handlers.clone());
+                result_tasks.spawn(
+                    async move {
+                        let Ok(_permit) = handlers.acquire_owned().await else {
+                            return;
+                        };
+                        let ack = state.scheduler.results(peer, request).await;
+                        state.net.respond_results(channel, ack).await;
+                    }
+                    .in_current_span(),
+                );
             }
         }
     }
-    serving.shutdown().await;
+    blob_tasks.shutdown().await;
+    result_tasks.shutdown().await;
+}
+
+/// Serves one blob piece when a server is free, reading it on a blocking thread.
+async fn serve_blob(
+    state: Arc<NodeState>,
+    servers: Arc<Semaphore>,
+    request: crate::net::protocol::BlobRequest,
+    channel: libp2p::request_response::ResponseChannel<BlobReply>,
+) {
+    let Ok(_permit) = servers.acquire_owned().await else {
+        return;
+    };
+    let blobs = state.blobs.clone();
+    let piece = tokio::task::spawn_blocking(move || {
+        blobs.read_piece(
+            &request.hash,
+            request.offset,
+            request.len.min(BLOB_PIECE_BYTES),
+        )
+    })
+    .await;
+    let reply = match piece {
+        Ok(Ok(Some((total, bytes)))) => BlobReply::Piece {
+            total,
+            offset: request.offset,
+            bytes,
+        },
+        _ => BlobReply::NotFound,
+    };
+    state.net.respond_blob(channel, reply).await;
 }

@@ -10,6 +10,7 @@
 pub mod blobs;
 pub mod db;
 pub mod metrics;
+mod outbox_pages;
 mod rows;
 mod schema;
 

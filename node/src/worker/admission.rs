@@ -1,0 +1,106 @@
+//! Admission: which assignments of an offer the worker takes ([`Worker::offer`]),
+//! and cancels ([`Worker::cancel`]).
+//!
+//! Called by the node's dispatcher (offers and cancels from the network) and by this
+//! node's scheduler (its own chunks). Both answer at once: admission only looks at
+//! counters and the active set; a cancel's outbox deletion is written by a task.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use libp2p::PeerId;
+use tracing::Instrument;
+
+use super::{MAX_OUTBOX, QUEUE_FACTOR, Worker};
+use crate::net::protocol::{Assignment, JobId, RejectReason, TaskReply};
+use crate::sandbox::ChunkControl;
+use crate::store::db::Write;
+
+impl Worker {
+    /// Takes what it can of an offer from `submitter`, refusing the rest with a reason.
+    pub fn offer(
+        &self,
+        submitter: PeerId,
+        job_id: JobId,
+        assignments: Vec<Assignment>,
+    ) -> TaskReply {
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        let allowed = self.inner.gate.allowed();
+        let capacity = (allowed * QUEUE_FACTOR) as usize;
+        let busy = if allowed == 0 && self.inner.politeness.decision().reason.is_some() {
+            RejectReason::Suspended
+        } else {
+            RejectReason::NoFreeSlots
+        };
+        let outbox_full = self.inner.outbox_len.load(Ordering::Relaxed) >= MAX_OUTBOX;
+        let mut taken = Vec::new();
+        {
+            let mut active = self.active();
+            for a in assignments {
+                let key = (job_id, a.chunk, a.attempt);
+                if active.contains_key(&key) {
+                    accepted.push((a.chunk, a.attempt));
+                } else if a.limits.memory_bytes > self.inner.memory_limit {
+                    rejected.push((a.chunk, a.attempt, RejectReason::LimitsTooHigh));
+                } else if outbox_full {
+                    rejected.push((a.chunk, a.attempt, RejectReason::NoFreeSlots));
+                } else if active.len() >= capacity {
+                    rejected.push((a.chunk, a.attempt, busy.clone()));
+                } else {
+                    let control = Arc::new(ChunkControl::gated(self.inner.gate.clone()));
+                    active.insert(key, control.clone());
+                    accepted.push((a.chunk, a.attempt));
+                    taken.push((a, control));
+                }
+            }
+        }
+        for (assignment, control) in taken {
+            let worker = self.clone();
+            let span = tracing::info_span!(
+                "chunk",
+                job = %job_id,
+                chunk = assignment.chunk,
+                attempt = assignment.attempt
+            );
+            self.inner.tasks.spawn(
+                async move {
+                    worker.run(submitter, job_id, assignment, control).await;
+                }
+                .instrument(span),
+            );
+        }
+        TaskReply::Offer { accepted, rejected }
+    }
+
+    /// Stops the given chunks of a job (all of them when `chunks` is empty) and drops
+    /// their undelivered results. The chunks stop at once; the outbox is cleared by a
+    /// task, off the caller's thread.
+    pub fn cancel(&self, job_id: JobId, chunks: &[u32]) {
+        let wanted: HashSet<u32> = chunks.iter().copied().collect();
+        let mut writes = Vec::new();
+        for ((job, chunk, attempt), control) in self.active().iter() {
+            if *job == job_id && (wanted.is_empty() || wanted.contains(chunk)) {
+                control.cancel();
+                writes.push(Write::OutboxDelete(*job, *chunk, *attempt));
+            }
+        }
+        if wanted.is_empty() {
+            writes.push(Write::OutboxDeleteJob(job_id));
+        }
+        if writes.is_empty() {
+            return;
+        }
+        let worker = self.clone();
+        self.inner.tasks.spawn(
+            async move {
+                if let Err(e) = worker.inner.db.run(move |db| db.apply(&writes)).await {
+                    tracing::warn!(error = %e, "could not drop cancelled results from the outbox");
+                }
+                worker.refresh_outbox_len().await;
+            }
+            .in_current_span(),
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! One assignment from admission to its result in the outbox: wait for a slot, load
+//! the module (fetched from the submitter, compiled once, kept by hash), fetch a
+//! large input, execute on the chunk [`pool`](super::pool), sign the result, and
+//! hand it to [`delivery`](super::delivery).
+//!
+//! Started by [`admission`](super::admission) as one task per taken assignment;
+//! cancellation and withdrawal come through the chunk's [`ChunkControl`], set by a
+//! cancel or by the politeness loop.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use libp2p::PeerId;
+
+use super::{INLINE_OUTPUT, Worker};
+use crate::net::fetch::fetch_blob;
+use crate::net::protocol::{Assignment, BlobHash, ChunkResult, JobId, Payload, WireOutcome};
+use crate::sandbox::{ChunkControl, Execution, JobModule, Outcome};
+
+/// Modules kept loaded (by blob hash); the cache is emptied when full.
+const MODULE_CACHE: usize = 32;
+/// How often a chunk waiting for a slot looks whether it was cancelled.
+const CANCEL_CHECK: Duration = Duration::from_millis(200);
+
+/// A sandbox outcome as reported on the wire, with the output bytes beside it
+/// (`None` for a cancelled run, which has nothing to report).
+pub fn wire_outcome(outcome: Outcome) -> Option<(WireOutcome, Vec<u8>)> {
+    Some(match outcome {
+        Outcome::Ok(bytes) => (WireOutcome::Ok, bytes),
+        Outcome::Trap { kind, message } => (
+            WireOutcome::Trap {
+                kind: kind.as_str().into(),
+                message,
+            },
+            Vec::new(),
+        ),
+        Outcome::OutOfFuel => (WireOutcome::OutOfFuel, Vec::new()),
+        Outcome::MemoryLimit => (WireOutcome::MemoryLimit, Vec::new()),
+        Outcome::Timeout => (WireOutcome::Timeout, Vec::new()),
+        Outcome::Invalid(reason) => (WireOutcome::Invalid(reason), Vec::new()),
+        Outcome::Cancelled => return None,
+    })
+}
+
+enum LoadError {
+    /// The module is bad: a deterministic outcome.
+    Invalid(String),
+    /// It could not be fetched: not this chunk's fault.
+    Unavailable(String),
+}
+
+impl Worker {
+    /// Runs one assignment to its result in the outbox.
+    pub(super) async fn run(
+        &self,
+        submitter: PeerId,
+        job_id: JobId,
+        a: Assignment,
+        control: Arc<ChunkControl>,
+    ) {
+        let key = (job_id, a.chunk, a.attempt);
+        let execution = tokio::select! {
+            _ = self.inner.shutdown.cancelled() => {
+                // Stops the call on the pool at its next epoch tick.
+                control.cancel();
+                None
+            }
+            e = self.execute(submitter, &a, control.clone()) => e,
+        };
+        if let Some(e) = &execution {
+            self.inner.metrics.executed(e);
+        }
+        let result = if control.is_withdrawn() {
+            let mut result = withdrawn_result(job_id, &a);
+            result.signature = self.inner.net.sign(&result.signed_bytes());
+            Some(result)
+        } else {
+            match execution.filter(|_| !control.is_cancelled()) {
+                Some(e) => self.to_result(job_id, &a, e).await,
+                None => None,
+            }
+        };
+        if let Some(result) = result {
+            self.store_result(submitter, result).await;
+        }
+        self.active().remove(&key);
+    }
+
+    /// Waits for a slot, fetches what the chunk needs, and executes it. `None` when
+    /// it cannot be run here (its inputs are unavailable, or it was cancelled).
+    async fn execute(
+        &self,
+        submitter: PeerId,
+        a: &Assignment,
+        control: Arc<ChunkControl>,
+    ) -> Option<Execution> {
+        // Wait for a slot, looking at cancellation (or withdrawal) now and then.
+        let _slot = loop {
+            tokio::select! {
+                slot = self.inner.exec.clone().acquire_owned() => break slot.ok()?,
+                _ = tokio::time::sleep(CANCEL_CHECK) => {
+                    if control.is_cancelled() {
+                        return None;
+                    }
+                }
+            }
+        };
+        self.inner.changed.notify_waiters();
+        if control.is_cancelled() {
+            return None;
+        }
+        let module = match self.load_module(submitter, a.module).await {
+            Ok(module) => module,
+            Err(LoadError::Invalid(reason)) => {
+                return Some(Execution {
+                    outcome: Outcome::Invalid(reason),
+                    fuel_used: 0,
+                    elapsed: Duration::ZERO,
+                    logs: Vec::new(),
+                });
+            }
+            Err(LoadError::Unavailable(reason)) => {
+                tracing::warn!(%submitter, "cannot run a chunk: {reason}");
+                return None;
+            }
+        };
+        let input = match &a.input {
+            Payload::Inline(bytes) => bytes.clone(),
+            Payload::Blob { hash, .. } => {
+                if let Err(e) =
+                    fetch_blob(&self.inner.net, &self.inner.blobs, *hash, &[submitter]).await
+                {
+                    tracing::warn!(%submitter, "cannot fetch a chunk input: {e}");
+                    return None;
+                }
+                let (blobs, hash) = (self.inner.blobs.clone(), *hash);
+                match tokio::task::spawn_blocking(move || blobs.get(&hash)).await {
+                    Ok(Ok(Some(bytes))) => bytes,
+                    Ok(Ok(None)) => {
+                        tracing::warn!(%submitter, "a chunk input vanished from the store");
+                        return None;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(%submitter, error = %e, "cannot read a chunk input");
+                        return None;
+                    }
+                    Err(_) => return None,
+                }
+            }
+        };
+        let executor = self.inner.executor.clone();
+        let limits = a.limits;
+        // What the executor logs carries the chunk's span (and the node's).
+        let span = tracing::Span::current();
+        // The slot is held until the call returns: the pool never queues more
+        // calls than it has threads.
+        let exec = self
+            .inner
+            .pool
+            .run(move || span.in_scope(|| executor.execute(&module, &input, &limits, control)))
+            .await;
+        self.inner.executed.fetch_add(1, Ordering::Relaxed);
+        self.inner.changed.notify_waiters();
+        match exec {
+            Ok(exec) => Some(exec),
+            Err(e) => {
+                tracing::error!(error = %e, "a chunk could not run");
+                None
+            }
+        }
+    }
+
+    async fn load_module(&self, submitter: PeerId, hash: BlobHash) -> Result<JobModule, LoadError> {
+        if let Some(module) = self.modules().get(&hash) {
+            return Ok(module.clone());
+        }
+        let module = self.fetch_and_load(submitter, hash).await?;
+        let mut modules = self.modules();
+        if modules.len() >= MODULE_CACHE {
+            modules.clear();
+        }
+        modules.insert(hash, module.clone());
+        Ok(module)
+    }
+
+    fn modules(&self) -> std::sync::MutexGuard<'_, HashMap<BlobHash, JobModule>> {
+        self.inner.modules.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn fetch_and_load(
+        &self,
+        submitter: PeerId,
+        hash: BlobHash,
+    ) -> Result<JobModule, LoadError> {
+        fetch_blob(&self.inner.net, &self.inner.blobs, hash, &[submitter])
+            .await
+            .map_err(|e| LoadError::Unavailable(e.to_string()))?;
+        let blobs = self.inner.blobs.clone();
+        let sandbox = self.inner.sandbox.clone();
+        tokio::task::spawn_blocking(move || {
+            let bytes = blobs
+                .get(&hash)
+                .map_err(|e| LoadError::Unavailable(e.to_string()))?
+                .ok_or_else(|| LoadError::Unavailable("module vanished from the store".into()))?;
+            sandbox
+                .load(&bytes)
+                .map_err(|e| LoadError::Invalid(e.to_string()))
+        })
+        .await
+        .map_err(|e| LoadError::Unavailable(e.to_string()))?
+    }
+
+    /// Turns an execution into the signed result to report (`None` for
+    /// cancellations, and when a large output cannot be stored).
+    async fn to_result(
+        &self,
+        job_id: JobId,
+        a: &Assignment,
+        exec: Execution,
+    ) -> Option<ChunkResult> {
+        let (outcome, output) = wire_outcome(exec.outcome)?;
+        let output_hash = BlobHash::of(&output);
+        let payload = if output.is_empty() {
+            None
+        } else if output.len() <= INLINE_OUTPUT {
+            Some(Payload::Inline(output))
+        } else {
+            let size = output.len() as u64;
+            let blobs = self.inner.blobs.clone();
+            match tokio::task::spawn_blocking(move || blobs.put(&output)).await {
+                Ok(Ok(hash)) => Some(Payload::Blob { hash, size }),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot store a large output; dropping the result");
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        };
+        let mut result = ChunkResult {
+            job_id,
+            chunk: a.chunk,
+            attempt: a.attempt,
+            outcome,
+            output_hash,
+            output: payload,
+            fuel_used: exec.fuel_used,
+            exec_micros: exec.elapsed.as_micros() as u64,
+            signature: Vec::new(),
+        };
+        result.signature = self.inner.net.sign(&result.signed_bytes());
+        Some(result)
+    }
+}
+
+/// The result that tells a submitter a chunk was withdrawn (not run here), unsigned.
+fn withdrawn_result(job_id: JobId, a: &Assignment) -> ChunkResult {
+    ChunkResult {
+        job_id,
+        chunk: a.chunk,
+        attempt: a.attempt,
+        outcome: WireOutcome::Withdrawn,
+        output_hash: BlobHash::of(b""),
+        output: None,
+        fuel_used: 0,
+        exec_micros: 0,
+        signature: Vec::new(),
+    }
+}

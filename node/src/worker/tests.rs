@@ -1,0 +1,393 @@
+//! The worker on one machine: a simulated network (no peer answers), a real store,
+//! blob directory and sandbox, and an executor that reports where and how it ran.
+//! Results of "own" jobs go to a [`LocalResults`] closure that records them.
+//! Time-dependent tests run on tokio's paused clock and the politeness [`Clock`]
+//! seam: nothing sleeps for real.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p::{PeerId, identity};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::politeness::clock::TestClock;
+use super::politeness::{Clock, VolunteerConfig};
+use super::pool::{CHUNK_NICE, thread_nice};
+use super::{Executor, LocalResults, Worker};
+use crate::net::protocol::{
+    Assignment, BlobHash, ChunkResult, JobId, Payload, RejectReason, ResultAck, TaskReply,
+    WireOutcome,
+};
+use crate::net::sim::SimulatedPeers;
+use crate::net::{NetClient, PeerInfo, RequestError};
+use crate::sandbox::{ChunkControl, Execution, JobModule, Limits, Outcome, Sandbox, SandboxConfig};
+use crate::store::db::{OutboxRow, Write};
+use crate::store::{BlobStore, Db};
+
+/// No peer is reachable.
+struct Nobody;
+
+impl SimulatedPeers for Nobody {
+    fn peers(&mut self) -> Vec<PeerInfo> {
+        Vec::new()
+    }
+
+    fn task(
+        &mut self,
+        _peer: PeerId,
+        _request: crate::net::protocol::TaskRequest,
+    ) -> Result<TaskReply, RequestError> {
+        Err(RequestError::Unreachable)
+    }
+}
+
+/// Echoes the input; records the nice value and name of the thread it ran on; while
+/// `hold` is set, waits (like a chunk paused at the gate) until it is cancelled.
+#[derive(Debug, Default)]
+struct Probe {
+    threads: Mutex<Vec<(i32, Option<String>)>>,
+    hold: AtomicBool,
+}
+
+impl Executor for Probe {
+    fn execute(
+        &self,
+        _module: &JobModule,
+        input: &[u8],
+        _limits: &Limits,
+        control: Arc<ChunkControl>,
+    ) -> Execution {
+        let thread = std::thread::current();
+        self.threads
+            .lock()
+            .unwrap()
+            .push((thread_nice(), thread.name().map(String::from)));
+        while self.hold.load(Ordering::Relaxed) && !control.is_cancelled() {
+            std::thread::park_timeout(Duration::from_millis(1));
+        }
+        Execution {
+            outcome: if control.is_cancelled() {
+                Outcome::Cancelled
+            } else {
+                Outcome::Ok(input.to_vec())
+            },
+            fuel_used: 1,
+            elapsed: Duration::ZERO,
+            logs: Vec::new(),
+        }
+    }
+}
+
+/// A worker lending `cpus` slots, and what its own scheduler receives.
+struct Fixture {
+    worker: Worker,
+    probe: Arc<Probe>,
+    db: Arc<Db>,
+    module: BlobHash,
+    /// This node's peer id: chunks offered by it are "own" jobs.
+    local: PeerId,
+    /// Each batch delivered to the local scheduler.
+    batches: mpsc::UnboundedReceiver<Vec<ChunkResult>>,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+const WAT: &str = r#"(module
+  (import "peergrid" "log" (func $log (param i32 i32 i32)))
+  (memory (export "memory") 1)
+  (func (export "peergrid_abi_v1"))
+  (func (export "peergrid_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "peergrid_run") (param i32 i32) (result i32) (i32.const 0)))"#;
+
+impl Fixture {
+    /// A worker with identity `key` over a database that already holds `outbox`.
+    fn new(
+        volunteer: VolunteerConfig,
+        clock: Arc<dyn Clock>,
+        key: &identity::Keypair,
+        outbox: Vec<OutboxRow>,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("db.sqlite")).unwrap());
+        db.apply(&outbox.into_iter().map(Write::OutboxPut).collect::<Vec<_>>())
+            .unwrap();
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let module = blobs.put(WAT.as_bytes()).unwrap();
+        let net = NetClient::simulated(key, Nobody);
+        let local = net.local_peer_id();
+        let probe = Arc::new(Probe::default());
+        let shutdown = CancellationToken::new();
+        let worker = Worker::with_clock(
+            net,
+            blobs,
+            db.clone(),
+            Sandbox::new(SandboxConfig::default()).unwrap(),
+            probe.clone(),
+            volunteer,
+            Limits::CHUNK.memory_bytes,
+            clock,
+            shutdown.clone(),
+        );
+        let (tx, batches) = mpsc::unbounded_channel();
+        worker.set_local_scheduler(LocalResults(Arc::new(move |_peer, batch| {
+            let stored = batch
+                .results
+                .iter()
+                .map(|r| (r.job_id, r.chunk, r.attempt))
+                .collect();
+            let _ = tx.send(batch.results);
+            Box::pin(async move { ResultAck { stored } })
+        })));
+        Self {
+            worker,
+            probe,
+            db,
+            module,
+            local,
+            batches,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    fn assignment(&self, chunk: u32) -> Assignment {
+        Assignment {
+            chunk,
+            attempt: 0,
+            module: self.module,
+            input: Payload::Inline(vec![chunk as u8]),
+            limits: Limits::CHUNK,
+            soft_deadline_ms: 0,
+        }
+    }
+
+    fn offer(&self, chunks: std::ops::Range<u32>) -> TaskReply {
+        let assignments = chunks.map(|c| self.assignment(c)).collect();
+        self.worker.offer(self.local, JOB, assignments)
+    }
+
+    /// The batches delivered to the local scheduler until they hold `n` results.
+    /// The guard is in real time (a thread), so a paused tokio clock cannot fire it
+    /// while a chunk computes on the pool.
+    async fn batches(&mut self, n: usize) -> Vec<Vec<ChunkResult>> {
+        let (tx, mut expired) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(60));
+            let _ = tx.send(());
+        });
+        let mut batches = Vec::new();
+        let mut got = 0;
+        while got < n {
+            tokio::select! {
+                batch = self.batches.recv() => {
+                    let batch = batch.expect("the worker runs");
+                    got += batch.len();
+                    batches.push(batch);
+                }
+                _ = &mut expired => panic!("{got} of {n} results delivered in 60 s"),
+            }
+        }
+        batches
+    }
+
+    /// The next `n` results delivered to the local scheduler.
+    async fn delivered(&mut self, n: usize) -> Vec<ChunkResult> {
+        self.batches(n).await.into_iter().flatten().collect()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.worker.join().await;
+    }
+}
+
+const JOB: JobId = JobId([7; 16]);
+
+fn local_key() -> identity::Keypair {
+    identity::Keypair::generate_ed25519()
+}
+
+fn lend(cpus: u32) -> VolunteerConfig {
+    let mut config = VolunteerConfig::lend(cpus);
+    config.preferences.lend_when_busy = true;
+    config
+}
+
+/// Waits (in tokio's time, paused or not) until `f` holds.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting for {what}");
+}
+
+fn outbox_row(submitter: PeerId, chunk: u32, output: Vec<u8>) -> OutboxRow {
+    let result = ChunkResult {
+        job_id: JOB,
+        chunk,
+        attempt: 0,
+        outcome: WireOutcome::Ok,
+        output_hash: BlobHash::of(&output),
+        output: Some(Payload::Inline(output)),
+        fuel_used: 1,
+        exec_micros: 1,
+        signature: Vec::new(),
+    };
+    OutboxRow {
+        job_id: JOB,
+        chunk,
+        attempt: 0,
+        submitter: submitter.to_string(),
+        result: postcard::to_allocvec(&result).unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_run_at_nice_19_and_the_runtimes_blocking_threads_keep_their_priority() {
+    let normal = tokio::task::spawn_blocking(thread_nice).await.unwrap();
+    let mut f = Fixture::new(
+        lend(2),
+        Arc::new(TestClock::default()),
+        &local_key(),
+        Vec::new(),
+    );
+    let TaskReply::Offer { accepted, .. } = f.offer(0..4) else {
+        panic!("an offer gets an offer reply");
+    };
+    assert_eq!(accepted.len(), 4);
+    let results = f.delivered(4).await;
+    assert!(results.iter().all(|r| r.outcome == WireOutcome::Ok));
+    let threads = f.probe.threads.lock().unwrap().clone();
+    assert_eq!(threads.len(), 4);
+    for (nice, name) in &threads {
+        if cfg!(target_os = "linux") {
+            assert_eq!(*nice, CHUNK_NICE, "a chunk ran at nice {nice}");
+        }
+        assert!(
+            name.as_deref()
+                .is_some_and(|n| n.starts_with("peergrid-chunk-")),
+            "a chunk ran on {name:?}"
+        );
+    }
+    // Merges, splits, blob serving and the database run on tokio's blocking
+    // threads afterwards: none of them was reniced.
+    for _ in 0..8 {
+        assert_eq!(
+            tokio::task::spawn_blocking(thread_nice).await.unwrap(),
+            normal
+        );
+    }
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_paused_longer_than_withdraw_after_hands_its_chunks_back() {
+    let mut volunteer = lend(2);
+    volunteer.withdraw_after = Duration::from_secs(300);
+    let mut f = Fixture::new(
+        volunteer,
+        Arc::new(TestClock::default()),
+        &local_key(),
+        Vec::new(),
+    );
+    f.probe.hold.store(true, Ordering::Relaxed);
+    let started = tokio::time::Instant::now();
+    let TaskReply::Offer { accepted, .. } = f.offer(0..3) else {
+        panic!("an offer gets an offer reply");
+    };
+    assert_eq!(accepted.len(), 3, "two run and one waits for a slot");
+    f.worker.pause(None).unwrap();
+    assert_eq!(f.worker.capacity().0, 0, "a paused worker lends nothing");
+    let TaskReply::Offer { rejected, .. } = f.offer(10..11) else {
+        panic!("an offer gets an offer reply");
+    };
+    assert_eq!(rejected, [(10, 0, RejectReason::Suspended)]);
+    let results = f.delivered(3).await;
+    assert!(
+        results.iter().all(|r| r.outcome == WireOutcome::Withdrawn),
+        "{results:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(300),
+        "withdrawn only after withdraw_after: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(f.worker.status().withdrawn, 3);
+    until("the withdrawn chunks to leave", || {
+        f.worker.status().active == 0
+    })
+    .await;
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_worker_lends_only_during_its_active_hours() {
+    let clock = Arc::new(TestClock::default());
+    clock.minute.store(12 * 60, Ordering::Relaxed);
+    let mut volunteer = lend(2);
+    volunteer.preferences.active_hours = Some("22:00-07:00".parse().unwrap());
+    let mut f = Fixture::new(volunteer, clock.clone(), &local_key(), Vec::new());
+    assert_eq!(f.worker.capacity().0, 0);
+    let reason = f.worker.volunteer_status().reason_text.unwrap_or_default();
+    assert!(reason.contains("outside the active hours"), "{reason}");
+    let TaskReply::Offer { rejected, .. } = f.offer(0..1) else {
+        panic!("an offer gets an offer reply");
+    };
+    assert_eq!(rejected, [(0, 0, RejectReason::Suspended)]);
+    // 23:00: the next tick lends again.
+    clock.minute.store(23 * 60, Ordering::Relaxed);
+    until("the worker to lend at 23:00", || f.worker.capacity().0 == 2).await;
+    let TaskReply::Offer { accepted, .. } = f.offer(0..1) else {
+        panic!("an offer gets an offer reply");
+    };
+    assert_eq!(accepted, [(0, 0)]);
+    assert_eq!(f.delivered(1).await[0].outcome, WireOutcome::Ok);
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_outbox_is_delivered_in_pages_and_batches_and_an_unreachable_submitter_waits() {
+    let key = local_key();
+    let own = key.public().to_peer_id();
+    let unreachable = PeerId::random();
+    // More results than a page holds for this node's own scheduler, a few for a
+    // submitter that cannot be reached, and three large ones (two fit a message).
+    let mut rows: Vec<OutboxRow> = (0..300).map(|c| outbox_row(own, c, vec![1])).collect();
+    rows.extend((1000..1005).map(|c| outbox_row(unreachable, c, vec![2])));
+    rows.extend((2000..2003).map(|c| outbox_row(own, c, vec![3; 3 << 20])));
+    let mut f = Fixture::new(lend(1), Arc::new(TestClock::default()), &key, rows);
+    let batches = f.batches(303).await;
+    let mut chunks: Vec<u32> = batches.iter().flatten().map(|r| r.chunk).collect();
+    assert_eq!(chunks.len(), 303, "every own result once");
+    chunks.sort_unstable();
+    chunks.dedup();
+    assert_eq!(chunks.len(), 303, "every own result once");
+    assert!(
+        batches.iter().all(|b| b.len() <= 64),
+        "batches of 64 at most"
+    );
+    let large: Vec<usize> = batches
+        .iter()
+        .map(|b| b.iter().filter(|r| r.chunk >= 2000).count())
+        .filter(|n| *n > 0)
+        .collect();
+    assert_eq!(
+        large,
+        [2, 1],
+        "two large results fit a message, the third goes alone"
+    );
+    until(
+        "the outbox to hold only the unreachable submitter's results",
+        || f.worker.status().outbox == 5,
+    )
+    .await;
+    let left = f.db.outbox_page(None, &[], 100, usize::MAX).unwrap();
+    assert_eq!(left.len(), 5);
+    assert!(left.iter().all(|r| r.submitter == unreachable.to_string()));
+    f.stop().await;
+}
