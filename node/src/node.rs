@@ -617,7 +617,9 @@ async fn dispatch(
                         assignments,
                     } => state.worker.offer(peer, job_id, assignments),
                     TaskRequest::Cancel { job_id, chunks } => {
-                        state.worker.cancel(job_id, &chunks);
+                        // Only the job's submitter can cancel it: the worker keys
+                        // every chunk by the peer that offered it.
+                        state.worker.cancel(peer, job_id, &chunks);
                         TaskReply::Cancelled
                     }
                 };

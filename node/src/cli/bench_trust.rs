@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use crate::net::protocol::{
     BlobHash, CapacityAdvert, ChunkResult, PROTOCOL_VERSION, Payload, ResultBatch, TaskReply,
-    TaskRequest, WireOutcome,
+    ResultContext, TaskRequest, WireOutcome,
 };
 use crate::net::sim::SimulatedPeers;
 use crate::net::{NetClient, PeerInfo, RequestError};
@@ -150,6 +150,7 @@ struct Population {
     rng: StdRng,
     seed: u64,
     results: mpsc::UnboundedSender<(PeerId, ChunkResult)>,
+    submitter: PeerId,
 }
 
 /// Honest answers, computed in the real sandbox once per input.
@@ -248,9 +249,14 @@ impl SimulatedPeers for Population {
                 exec_micros: 1,
                 signature: Vec::new(),
             };
+            let ctx = ResultContext {
+                submitter: self.submitter,
+                module: a.module,
+                input: a.input.hash(),
+            };
             result.signature = self.peers[i]
                 .key
-                .sign(&result.signed_bytes())
+                .sign(&result.signed_bytes(&ctx))
                 .unwrap_or_default();
             let _ = self.results.send((peer, result));
         }
@@ -359,7 +365,9 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         .map(|p| p.id)
         .collect();
     let (results_tx, mut results_rx) = mpsc::unbounded_channel();
+    let local = seeded_key(opts.seed, 0);
     let population = Population {
+        submitter: local.public().to_peer_id(),
         by_id: peers.iter().enumerate().map(|(i, p)| (p.id, i)).collect(),
         peers,
         honest: honest.clone(),
@@ -368,7 +376,6 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         seed: opts.seed,
         results: results_tx,
     };
-    let local = seeded_key(opts.seed, 0);
     let net = NetClient::simulated(&local, population);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (scheduler, task) = Scheduler::start(

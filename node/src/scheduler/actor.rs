@@ -35,7 +35,7 @@ use super::{
 };
 use crate::net::protocol::{
     Assignment, PROTOCOL_VERSION, RejectReason, ResultAck, TaskReply, TaskRequest,
-    result_signed_bytes,
+    ResultContext, result_signed_bytes,
 };
 use crate::store::Db;
 use crate::store::db::{DbError, Write};

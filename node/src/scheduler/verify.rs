@@ -109,12 +109,18 @@ pub(super) fn intake(
             out.stored.push(key);
             continue;
         }
-        // The answer must be this peer's own, signed with its identity key.
-        // (This node's own results come straight from its worker, not the network.)
+        // The answer must be this peer's own, signed with its identity key, for this
+        // submitter, module and input. (This node's own results come straight from
+        // its worker, not the network.)
+        let ctx = crate::types::ResultContext {
+            submitter: local,
+            module: txn.job(id).map(|j| j.module).unwrap_or(BlobHash([0; 32])),
+            input: chunk.input_hash,
+        };
         if peer != local
             && !crate::net::protocol::verify_result_signature(
                 &peer,
-                &result.signed_bytes(),
+                &result.signed_bytes(&ctx),
                 &result.signature,
             )
         {
@@ -528,9 +534,7 @@ mod tests {
                 batch: || {
                     let mut r = result(1, 1, 0, 0, b"");
                     r.outcome = WireOutcome::Withdrawn;
-                    r.signature = crate::scheduler::testkit::key(1)
-                        .sign(&r.signed_bytes())
-                        .unwrap();
+                    crate::scheduler::testkit::sign(1, &mut r);
                     vec![r]
                 },
                 acked: true,
@@ -719,9 +723,7 @@ mod tests {
             hash,
             size: big.len() as u64,
         });
-        r.signature = crate::scheduler::testkit::key(1)
-            .sign(&r.signed_bytes())
-            .unwrap();
+        crate::scheduler::testkit::sign(1, &mut r);
         let mut rng = StdRng::seed_from_u64(1);
         let mut txn = Txn::new(&st);
         let out = intake(

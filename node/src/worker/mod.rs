@@ -85,7 +85,9 @@ pub const MAX_OUTBOX: u64 = 10_000;
 /// Outputs up to this size travel inline; larger ones as blobs.
 pub const INLINE_OUTPUT: usize = 4 * 1024 * 1024;
 
-type Key = (JobId, u32, u32);
+/// A chunk replica on this worker: (submitter, job, chunk, attempt). Two submitters
+/// may pick the same job id; neither can touch the other's chunks.
+type Key = (PeerId, JobId, u32, u32);
 
 /// The worker. Cheap to clone.
 #[derive(Debug, Clone)]
