@@ -23,8 +23,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::net::protocol::{
-    BlobHash, CapacityAdvert, ChunkResult, PROTOCOL_VERSION, Payload, ResultBatch, TaskReply,
-    ResultContext, TaskRequest, WireOutcome,
+    BlobHash, CapacityAdvert, ChunkResult, PROTOCOL_VERSION, Payload, ResultBatch, ResultContext,
+    TaskReply, TaskRequest, WireOutcome,
 };
 use crate::net::sim::SimulatedPeers;
 use crate::net::{NetClient, PeerInfo, RequestError};

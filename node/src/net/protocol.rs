@@ -9,8 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::types::{
-    BlobHash, ChunkResult, JobId, Limits, MAX_SIGNATURE_BYTES, Payload, ResultContext,
-    WireOutcome, result_signed_bytes, verify_result_signature,
+    BlobHash, ChunkResult, JobId, Limits, MAX_SIGNATURE_BYTES, Payload, ResultContext, WireOutcome,
+    result_signed_bytes, verify_result_signature,
 };
 
 /// Major version of the peergrid protocol family. Version 3: a result's signature
@@ -246,7 +246,11 @@ mod tests {
         };
         r.signature = worker.sign(&r.signed_bytes(&ctx)).unwrap();
         let id = worker.public().to_peer_id();
-        assert!(verify_result_signature(&id, &r.signed_bytes(&ctx), &r.signature));
+        assert!(verify_result_signature(
+            &id,
+            &r.signed_bytes(&ctx),
+            &r.signature
+        ));
         for other in [
             ResultContext {
                 submitter: peer(4),

@@ -34,8 +34,8 @@ use super::{
     trust_ops, verify,
 };
 use crate::net::protocol::{
-    Assignment, PROTOCOL_VERSION, RejectReason, ResultAck, TaskReply, TaskRequest,
-    ResultContext, result_signed_bytes,
+    Assignment, PROTOCOL_VERSION, RejectReason, ResultAck, ResultContext, TaskReply, TaskRequest,
+    result_signed_bytes,
 };
 use crate::store::Db;
 use crate::store::db::{DbError, Write};

@@ -81,7 +81,7 @@ pub(super) fn status(job: &Job, standing: &dyn Fn(&PeerId) -> Standing) -> JobSt
                         None => {}
                     }
                 }
-                ReplicaState::TimedOut(_) | ReplicaState::Lost => {
+                ReplicaState::TimedOut(_) | ReplicaState::Lost | ReplicaState::Withdrawn => {
                     issued += 1;
                     reissues += 1;
                 }
@@ -191,7 +191,13 @@ pub(super) fn evidence(
         };
         let outcome = decode_outcome(row.outcome.as_deref());
         let input = job.chunks.get(row.chunk as usize).map(|c| c.input_hash);
-        let signature_valid = match (&outcome, row.output, &row.signature, row.peer.parse(), input) {
+        let signature_valid = match (
+            &outcome,
+            row.output,
+            &row.signature,
+            row.peer.parse(),
+            input,
+        ) {
             (Some(o), Some(h), Some(sig), Ok(peer), Some(input)) => verify_result_signature(
                 &peer,
                 &result_signed_bytes(

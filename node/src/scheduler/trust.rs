@@ -59,8 +59,12 @@ pub struct TrustPolicy {
     pub spot_check_rate: f64,
     /// Fraction of witnessed verifications re-issued to a trusted peer as a plant.
     pub plant_rate: f64,
-    /// Results on one peer's word remembered per peer, for re-verification.
+    /// Chunks a peer vouched for (alone or in a quorum) remembered per peer, for
+    /// re-verification once it is caught.
     pub recheck_window: usize,
+    /// Disputes (replicas that disagree) over chunks that used at most this much
+    /// fuel are refereed by this node's own run; 0: never (a quorum decides).
+    pub referee_fuel: u64,
 }
 
 impl Default for TrustPolicy {
@@ -71,6 +75,8 @@ impl Default for TrustPolicy {
             spot_check_rate: 0.02,
             plant_rate: 0.01,
             recheck_window: 10_000,
+            // About a second of one core: a dispute costs the submitter at most that.
+            referee_fuel: 1_000_000_000,
         }
     }
 }
@@ -112,7 +118,8 @@ impl TrustPolicy {
             && !rng.random_bool(self.replication_probability(row))
     }
 
-    /// Draws whether a result accepted on one word is re-run by this node.
+    /// Draws whether a verified result (on one word, or a quorum's) is re-run by
+    /// this node.
     pub fn spot_check(&self, rng: &mut StdRng) -> bool {
         rng.random_bool(self.spot_check_rate.clamp(0.0, 1.0))
     }

@@ -394,7 +394,7 @@ async fn the_outbox_is_delivered_in_pages_and_batches_and_an_unreachable_submitt
 
 #[tokio::test(start_paused = true)]
 async fn only_the_jobs_submitter_can_cancel_its_chunks() {
-    let mut f = Fixture::new(
+    let f = Fixture::new(
         lend(2),
         Arc::new(TestClock::default()),
         &local_key(),
@@ -406,16 +406,16 @@ async fn only_the_jobs_submitter_can_cancel_its_chunks() {
     };
     assert_eq!(accepted.len(), 2);
     // Another peer that learnt the job id: nothing stops.
-    let stranger = identity::Keypair::generate_ed25519()
-        .public()
-        .to_peer_id();
+    let stranger = identity::Keypair::generate_ed25519().public().to_peer_id();
     f.worker.cancel(stranger, JOB, &[]);
     f.worker.cancel(stranger, JOB, &[0]);
-    assert_eq!(f.worker.status().active, 2, "a forged cancel changes nothing");
+    assert_eq!(
+        f.worker.status().active,
+        2,
+        "a forged cancel changes nothing"
+    );
     // The same job id offered by another submitter is a separate chunk.
-    let TaskReply::Offer { accepted, .. } =
-        f.worker
-            .offer(stranger, JOB, vec![f.assignment(0)])
+    let TaskReply::Offer { accepted, .. } = f.worker.offer(stranger, JOB, vec![f.assignment(0)])
     else {
         panic!("an offer gets an offer reply");
     };

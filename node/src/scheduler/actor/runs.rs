@@ -184,7 +184,8 @@ impl Actor {
             let result = local::run_locally(&blobs, &sandbox, module, &input, &limits).map(
                 |(outcome, output)| {
                     let output_hash = BlobHash::of(&output);
-                    let signed = result_signed_bytes(&ctx, &id, idx, attempt, &outcome, &output_hash);
+                    let signed =
+                        result_signed_bytes(&ctx, &id, idx, attempt, &outcome, &output_hash);
                     ChunkResult {
                         job_id: id,
                         chunk: idx,
