@@ -28,7 +28,11 @@ impl Worker {
         let mut accepted = Vec::new();
         let mut rejected = Vec::new();
         let allowed = self.inner.gate.allowed();
-        let capacity = (allowed * QUEUE_FACTOR) as usize;
+        let capacity = if self.inflates() {
+            usize::MAX
+        } else {
+            (allowed * QUEUE_FACTOR) as usize
+        };
         let busy = if allowed == 0 && self.inner.politeness.decision().reason.is_some() {
             RejectReason::Suspended
         } else {
