@@ -376,7 +376,7 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         } else {
             names.join(",")
         },
-        adversaries: mix.iter().map(|(f, _)| f).sum(),
+        adversaries: mix.iter().fold(0.0, |sum, (f, _)| sum + f),
         lie_rate: opts.lie_rate,
         seed: opts.seed,
         sybil_spread: opts.sybil_spread,

@@ -381,6 +381,7 @@ pub(super) fn evaluate_chunk(
             let local = txn.base.local;
             // Decided by this node's own run: a different signed answer is a lie.
             let refereed = own_key(&chunk, local) == Some(key);
+            let disputed = chunk.groups(&|p| txn.standing(p)).len() > 1;
             let mut wrong = Vec::new();
             if !on_word {
                 for r in &chunk.replicas {
@@ -407,7 +408,7 @@ pub(super) fn evaluate_chunk(
                     }
                 }
             }
-            if refereed {
+            if refereed && disputed {
                 txn.count(id, |t| t.refereed += 1);
             }
             let reread = output_data.is_none();
