@@ -28,8 +28,15 @@ impl Actor {
                 .collect()
         };
         let blobs = self.ctx.blobs.clone();
-        let io = self
-            .blocking(move || {
+        let no_files = large.is_empty()
+            && !results
+                .iter()
+                .any(|r| matches!(r.output, Some(Payload::Blob { .. })));
+        let io = if no_files {
+            // Small outputs only (the common case): nothing to do off the runtime.
+            Some((results, HashSet::new()))
+        } else {
+            self.blocking(move || {
                 let mut present = HashSet::new();
                 for i in large {
                     if let Some(Payload::Inline(bytes)) = &results[i].output
@@ -47,7 +54,8 @@ impl Actor {
                 }
                 (results, present)
             })
-            .await;
+            .await
+        };
         let Some((results, present)) = io else {
             return ResultAck { stored: Vec::new() };
         };
