@@ -332,7 +332,11 @@ async fn a_forged_cancel_from_another_peer_changes_nothing() {
         .await
         .expect("the worker answers");
     assert_eq!(reply, TaskReply::Cancelled, "a prober learns nothing");
-    assert_eq!(worker.status().active, held, "a forged cancel stopped chunks");
+    assert_eq!(
+        worker.status().active,
+        held,
+        "a forged cancel stopped chunks"
+    );
     worker.resume().expect("resumes");
     let status = net.wait_job(0, id, Duration::from_secs(240)).await;
     assert_eq!(status.state, JobState::Done, "{status:?}");
@@ -419,12 +423,7 @@ async fn a_late_lie_for_a_withdrawn_replica_is_not_counted() {
         .node(3)
         .state()
         .net()
-        .send_results(
-            net.node(0).peer_id(),
-            ResultBatch {
-                results: vec![lie],
-            },
-        )
+        .send_results(net.node(0).peer_id(), ResultBatch { results: vec![lie] })
         .await
         .expect("the submitter answers");
     assert_eq!(

@@ -16,8 +16,8 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
 use crate::net::protocol::{
-    Assignment, BlobHash, CapacityAdvert, ChunkResult, MAX_ADVERT_SLOTS, PROTOCOL_VERSION,
-    Payload, ResultContext, TaskReply, TaskRequest, WireOutcome,
+    Assignment, BlobHash, CapacityAdvert, ChunkResult, MAX_ADVERT_SLOTS, PROTOCOL_VERSION, Payload,
+    ResultContext, TaskReply, TaskRequest, WireOutcome,
 };
 use crate::net::sim::SimulatedPeers;
 use crate::net::{PeerInfo, RequestError};
@@ -406,9 +406,10 @@ impl Population {
                 Strategy::CoPlaced => co_placed && self.colluders_lie(input),
                 Strategy::TrustThenLie => answered >= TRUST_FIRST && self.coin(),
                 Strategy::PlantPoison => attempt >= 2 || self.colluders_lie(input),
-                Strategy::Lazy | Strategy::Inflate | Strategy::WithdrawLate | Strategy::JobKiller => {
-                    false
-                }
+                Strategy::Lazy
+                | Strategy::Inflate
+                | Strategy::WithdrawLate
+                | Strategy::JobKiller => false,
             };
         }
         lie
@@ -585,4 +586,3 @@ impl SimulatedPeers for Shared {
         Ok(reply)
     }
 }
-
