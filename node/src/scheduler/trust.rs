@@ -11,9 +11,15 @@
 //!   streak grows, never below [`TrustPolicy::min_replication`]. A result on one
 //!   trusted peer's word is remembered, so that any later disagreement by that peer
 //!   resets its streak and re-verifies those results.
-//! - **Spot checks**: a sample of results accepted on one word is re-run by this node;
-//!   **planted** chunks (answers already verified) are re-issued to trusted peers as
-//!   if new. A peer caught by either is excluded for good.
+//! - **Spot checks**: a sample of every kind of verified result (on one word or a
+//!   quorum's) is re-run by this node; **planted** chunks (answers already verified)
+//!   are re-issued to trusted peers as if new. Both are judged against this node's own
+//!   run only (a plant that disagrees makes this node run the chunk). A peer whose
+//!   signed answer contradicts this node's run is excluded for good, and every chunk
+//!   it vouched for is re-verified.
+//! - **Disputes** (replicas that disagree) over chunks under
+//!   [`TrustPolicy::referee_fuel`] are decided by this node's own run (see
+//!   `job::Chunk::judge`). The threat model is `docs/TRUST.md`.
 //!
 //! Standing comes from the reputation rows ([`ReputationRow`]), so it survives
 //! restarts and is per submitter: there is no global trust.
