@@ -875,6 +875,39 @@ mod tests {
     }
 
     #[test]
+    fn a_network_over_its_withdrawal_budget_gets_no_more_of_the_job() {
+        let spec = JobSpec {
+            replication: crate::scheduler::job::Replication::Fixed,
+            ..adaptive()
+        };
+        let mut j = job(1, 40, spec);
+        // Peer 1's network withdrew one replica of each of the first 32 chunks.
+        for c in j
+            .chunks
+            .iter_mut()
+            .take(placement::NETWORK_WITHDRAW_BUDGET as usize)
+        {
+            c.replicas = vec![issued(1, 0)];
+            c.replicas[0].state = ReplicaState::Withdrawn;
+        }
+        let mut st = state(vec![j], &[]);
+        let w = world(&[1, 2, 3, 4]);
+        let mut candidates: Vec<Candidate> = [1, 2, 3, 4]
+            .iter()
+            .map(|&n| cand(n, 100, Standing::Probation))
+            .collect();
+        let (offers, _) = run(&mut st, &mut candidates, &inputs(&w, 5, 1), 9);
+        assert!(
+            !offers.keys().any(|(_, p)| *p == peer(1)),
+            "the withdrawing network was offered more"
+        );
+        assert!(offers.keys().any(|(_, p)| *p == peer(2)));
+        // Its withdrawals did not use up any chunk's budget: every chunk is placed.
+        let placed: usize = offers.values().map(Vec::len).sum();
+        assert_eq!(placed, 80);
+    }
+
+    #[test]
     fn an_offer_answer_issues_the_accepted_and_forgets_the_refused() {
         let mut j = job(1, 2, adaptive());
         for c in &mut j.chunks {
