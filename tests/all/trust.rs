@@ -10,6 +10,7 @@ use std::time::Duration;
 use peergrid_node::Seams;
 use peergrid_node::scheduler::{JobSpec, JobState, JobStatus, Replication, Standing, TrustPolicy};
 use peergrid_node::settings::NodeConfig;
+use peergrid_node::types::ReplicaStatus;
 use peergrid_tests::{TestNet, local_result};
 
 /// 240 chunks: enough for a liar that is honest for 30 of them to be trusted first.
@@ -346,7 +347,7 @@ async fn a_forged_cancel_from_another_peer_changes_nothing() {
     assert!(
         rows.iter()
             .filter(|r| r.peer == node1)
-            .all(|r| r.state == "returned"),
+            .all(|r| r.state == ReplicaStatus::Returned),
         "node 1 lost chunks: {:?}",
         rows.iter().map(|r| &r.state).collect::<Vec<_>>()
     );
@@ -388,7 +389,7 @@ async fn a_late_lie_for_a_withdrawn_replica_is_not_counted() {
             let rows = db.replicas(id).expect("replicas");
             let found = rows
                 .into_iter()
-                .find(|r| r.peer == node3.to_string() && r.state == "withdrawn");
+                .find(|r| r.peer == node3.to_string() && r.state == ReplicaStatus::Withdrawn);
             async move { found }
         },
     )
@@ -440,7 +441,11 @@ async fn a_late_lie_for_a_withdrawn_replica_is_not_counted() {
         .into_iter()
         .find(|r| r.chunk == withdrawn.chunk && r.attempt == withdrawn.attempt)
         .expect("the replica");
-    assert_eq!(row.state, "withdrawn", "the late lie was counted: {row:?}");
+    assert_eq!(
+        row.state,
+        ReplicaStatus::Withdrawn,
+        "the late lie was counted: {row:?}"
+    );
     let rep = db
         .reputations()
         .expect("reputations")
@@ -475,7 +480,7 @@ async fn a_peer_advertising_65536_slots_gets_no_more_than_its_measured_share() {
     assert_eq!(net.result(0, &status), local_result("mandelbrot", params));
     let mut runs: HashMap<String, usize> = HashMap::new();
     for r in net.node(0).state().db().replicas(id).expect("replicas") {
-        if r.state == "returned" {
+        if r.state == ReplicaStatus::Returned {
             *runs.entry(r.peer).or_default() += 1;
         }
     }

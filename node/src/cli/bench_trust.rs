@@ -323,7 +323,7 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
     let outputs = db.chunk_outputs(id)?;
     let mut wrong = 0u32;
     for (row, (hash, _)) in chunk_rows.iter().zip(&outputs) {
-        if row.state != "verified" {
+        if row.state != crate::types::ChunkStatus::Verified {
             continue;
         }
         let Some(input) = &row.input_data else {
@@ -339,7 +339,10 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
     let half = opts.chunks / 2;
     for r in db.replicas(id)? {
         // Offered and never taken, or handed back unrun: no work done.
-        if r.state == "offered" || r.state == "withdrawn" {
+        if matches!(
+            r.state,
+            crate::types::ReplicaStatus::Offered | crate::types::ReplicaStatus::Withdrawn
+        ) {
             continue;
         }
         if r.peer == local_id {

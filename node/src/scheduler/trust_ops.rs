@@ -76,7 +76,7 @@ pub(super) fn reopen(txn: &mut Txn<'_>, id: JobId, idx: u32) -> bool {
     txn.ch.writes.push(Write::ChunkState {
         job: id,
         idx,
-        state: "pending".into(),
+        state: crate::types::ChunkStatus::Pending,
         outcome: None,
         output: None,
         output_data: None,
@@ -199,7 +199,7 @@ mod tests {
         let mut ch = txn.finish();
         assert_eq!(ch.reverify_later, vec![peer(5)]);
         assert!(ch.writes.iter().any(|w| matches!(w,
-            Write::JobState { state, .. } if state == "running")));
+            Write::JobState { state, .. } if *state == JobState::Running)));
         st.apply(&mut ch);
         let job = &st.jobs[&JobId([1; 16])];
         assert_eq!(job.state, JobState::Running, "a finished job runs again");
