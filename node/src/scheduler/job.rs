@@ -329,13 +329,19 @@ impl Chunk {
         if let Some(referee) = referee {
             let own = self.replicas.iter().filter(|r| r.peer == referee.local);
             let mut ran = false;
+            // In a fixed job, this node's own worker is one replica of the quorum
+            // like any other, until there is a dispute.
+            let disputed = groups.len() >= 2;
             for r in own {
                 ran = true;
                 match &r.state {
-                    ReplicaState::Returned { key, outcome, .. } if is_deterministic(outcome) => {
+                    ReplicaState::Returned { key, outcome, .. }
+                        if is_deterministic(outcome)
+                            && (adaptive || groups.iter().any(|(k, _)| k != key)) =>
+                    {
                         return Verdict::Verified(*key);
                     }
-                    s if s.is_live() => return Verdict::Wait,
+                    s if s.is_live() && (adaptive || disputed) => return Verdict::Wait,
                     _ => {}
                 }
             }
@@ -697,6 +703,14 @@ mod tests {
         assert_eq!(
             ch.judge(&spec, &all_trusted, Some(&referee)),
             Verdict::Verified(truth)
+        );
+        // In a fixed job with no dispute, this node's own worker is one replica of
+        // the quorum, not the judge.
+        let mut alone = chunk();
+        alone.replicas = vec![returned(me, b"truth")];
+        assert_eq!(
+            alone.judge(&spec, &all_trusted, Some(&referee)),
+            Verdict::Need(1)
         );
     }
 
