@@ -17,7 +17,7 @@
 //!   task (`delivery.rs`) sends it to the submitter in batches bounded by count and
 //!   bytes, reading the outbox in pages; only an acknowledgement removes a result. A
 //!   worker that restarts still delivers.
-//! - Cancels ([`Worker::cancel`]) stop running chunks within an epoch tick and drop
+//! - Cancels ([`Worker::cancel`]) stop running chunks at the end of their current fuel slice (a few ms) and drop
 //!   queued ones and undelivered results.
 //! - The politeness loop (`controls.rs`) ticks the volunteer controls
 //!   ([`politeness`]) every sample interval and after every pause, resume or change

@@ -70,7 +70,7 @@ impl Worker {
         };
         let execution = tokio::select! {
             _ = self.inner.shutdown.cancelled() => {
-                // Stops the call on the pool at its next epoch tick.
+                // Stops the call on the pool at the end of its current fuel slice.
                 control.cancel();
                 None
             }

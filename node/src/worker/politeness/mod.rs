@@ -13,7 +13,7 @@
 //!   sample interval and at once after a change (pause, resume, new preferences). A
 //!   tick samples the CPU monitor, reads the [`Clock`], decides, and sets the sandbox
 //!   [`Gate`](crate::sandbox::Gate) accordingly: running chunks over the allowance
-//!   pause at their next epoch tick and go on when it rises again.
+//!   pause at the end of their current fuel slice (a few ms) and go on when it rises again.
 //! - The worker advertises only the slots the decision allows, refuses offers with
 //!   `Suspended` while it allows none, and withdraws chunks paused longer than
 //!   `withdraw_after` (their submitters reissue them elsewhere).
