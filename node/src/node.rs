@@ -141,6 +141,10 @@ pub struct Seams {
     /// answers as another peer's (submitters must reject them).
     #[cfg(feature = "test-utils")]
     pub forge_signatures: bool,
+    /// Advertise 65 536 slots and take every offer: a peer that inflates its
+    /// capacity to win placement (submitters must not reward it).
+    #[cfg(feature = "test-utils")]
+    pub inflate: bool,
 }
 
 impl std::fmt::Debug for Seams {
@@ -177,6 +181,15 @@ impl Seams {
                         .honest_first(honest),
                 ) as Arc<dyn Executor>
             })),
+            ..Self::default()
+        }
+    }
+
+    /// A worker that advertises 65 536 slots and takes every offer.
+    #[cfg(feature = "test-utils")]
+    pub fn inflater() -> Self {
+        Self {
+            inflate: true,
             ..Self::default()
         }
     }
@@ -294,6 +307,10 @@ impl Node {
             shutdown.child_token(),
             metrics.worker.clone(),
         );
+        #[cfg(feature = "test-utils")]
+        if seams.inflate {
+            worker.inflate_for_tests();
+        }
         let (scheduler, scheduler_task) = Scheduler::start(
             SchedulerContext {
                 net: network.client.clone(),
@@ -617,7 +634,9 @@ async fn dispatch(
                         assignments,
                     } => state.worker.offer(peer, job_id, assignments),
                     TaskRequest::Cancel { job_id, chunks } => {
-                        state.worker.cancel(job_id, &chunks);
+                        // Only the job's submitter can cancel it: the worker keys
+                        // every chunk by the peer that offered it.
+                        state.worker.cancel(peer, job_id, &chunks);
                         TaskReply::Cancelled
                     }
                 };

@@ -179,11 +179,37 @@ pub struct ChunkResult {
 /// Largest signature accepted on a result (ed25519 signatures are 64 bytes).
 pub const MAX_SIGNATURE_BYTES: usize = 128;
 
+/// What a result's signature binds it to besides its own fields (protocol 3): whom
+/// it was computed for, and what was run. Neither side sends these with the result;
+/// the worker takes them from the offer it ran, the submitter from its own job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultContext {
+    /// The submitter the result is for (the peer that sent the offer).
+    pub submitter: libp2p::PeerId,
+    /// The module that ran.
+    pub module: BlobHash,
+    /// The chunk's input ([`Payload::hash`]).
+    pub input: BlobHash,
+}
+
+impl Payload {
+    /// The hash of the bytes this payload stands for.
+    pub fn hash(&self) -> BlobHash {
+        match self {
+            Self::Inline(bytes) => BlobHash::of(bytes),
+            Self::Blob { hash, .. } => *hash,
+        }
+    }
+}
+
 impl ChunkResult {
-    /// What the worker signs: a domain tag, the job, chunk and attempt, and the
-    /// agreement key (outcome and output hash together).
-    pub fn signed_bytes(&self) -> Vec<u8> {
+    /// What the worker signs (protocol 3): a domain tag, the submitter, module and
+    /// input it ran, the job, chunk and attempt, and the agreement key (outcome and
+    /// output hash together). A signature so cannot be replayed as an answer for
+    /// another submitter, another module or another input.
+    pub fn signed_bytes(&self, ctx: &ResultContext) -> Vec<u8> {
         result_signed_bytes(
+            ctx,
             &self.job_id,
             self.chunk,
             self.attempt,
@@ -195,14 +221,20 @@ impl ChunkResult {
 
 /// The bytes a worker signs for one result (see [`ChunkResult::signed_bytes`]).
 pub fn result_signed_bytes(
+    ctx: &ResultContext,
     job_id: &JobId,
     chunk: u32,
     attempt: u32,
     outcome: &WireOutcome,
     output_hash: &BlobHash,
 ) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(96);
-    bytes.extend_from_slice(b"peergrid/result/v1\0");
+    let submitter = ctx.submitter.to_bytes();
+    let mut bytes = Vec::with_capacity(160 + submitter.len());
+    bytes.extend_from_slice(b"peergrid/result/v3\0");
+    bytes.extend_from_slice(&(submitter.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&submitter);
+    bytes.extend_from_slice(&ctx.module.0);
+    bytes.extend_from_slice(&ctx.input.0);
     bytes.extend_from_slice(&job_id.0);
     bytes.extend_from_slice(&chunk.to_le_bytes());
     bytes.extend_from_slice(&attempt.to_le_bytes());
@@ -325,8 +357,10 @@ pub enum ReplicaStatus {
     Returned,
     /// Not back within the soft timeout (replaced).
     TimedOut,
-    /// Refused, withdrawn, unusable or its peer left (replaced).
+    /// Refused, unusable or its peer left (replaced).
     Lost,
+    /// Handed back by its worker (replaced; not counted against the chunk).
+    Withdrawn,
 }
 
 impl ReplicaStatus {
@@ -338,6 +372,7 @@ impl ReplicaStatus {
             Self::Returned => "returned",
             Self::TimedOut => "timed_out",
             Self::Lost => "lost",
+            Self::Withdrawn => "withdrawn",
         }
     }
 
@@ -349,6 +384,7 @@ impl ReplicaStatus {
             "returned" => Self::Returned,
             "timed_out" => Self::TimedOut,
             "lost" => Self::Lost,
+            "withdrawn" => Self::Withdrawn,
             _ => return None,
         })
     }

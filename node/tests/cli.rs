@@ -230,11 +230,14 @@ fn bench_trust_accepts_no_wrong_result_from_a_quarter_of_liars() {
     assert_eq!(figures["chunks"], 300);
     assert_eq!(figures["wrong_accepted"], 0, "{figures}");
     assert_eq!(figures["chunks_failed"], 0, "{figures}");
-    assert_eq!(figures["liars_total"], 3);
+    assert_eq!(figures["strategy"], "liar");
+    assert_eq!(figures["adversaries_total"], 3);
     assert!(
-        figures["liars_excluded"].as_u64().unwrap() >= 1,
+        figures["adversaries_excluded"].as_u64().unwrap() >= 1,
         "{figures}"
     );
+    assert_eq!(figures["honest_excluded"], 0, "{figures}");
+    assert_eq!(figures["job_state"], "done", "{figures}");
     assert!(
         figures["replicas_per_chunk"].as_f64().unwrap() > 1.0,
         "{figures}"

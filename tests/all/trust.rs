@@ -10,6 +10,7 @@ use std::time::Duration;
 use peergrid_node::Seams;
 use peergrid_node::scheduler::{JobSpec, JobState, JobStatus, Replication, Standing, TrustPolicy};
 use peergrid_node::settings::NodeConfig;
+use peergrid_node::types::ReplicaStatus;
 use peergrid_tests::{TestNet, local_result};
 
 /// 240 chunks: enough for a liar that is honest for 30 of them to be trusted first.
@@ -273,5 +274,230 @@ async fn results_signed_with_another_key_than_the_senders_are_refused() {
     if let Some(tally) = status.peers.iter().find(|p| p.peer == forger) {
         assert_eq!(tally.agreed, 0, "a forged result counted: {tally:?}");
     }
+    net.shutdown().await;
+}
+
+/// A fixed job with one replica per chunk (one worker is enough).
+fn single(soft_timeout: Duration) -> JobSpec {
+    JobSpec {
+        redundancy: 1,
+        quorum: 1,
+        max_replicas: 1,
+        soft_timeout,
+        replication: Replication::Fixed,
+        ..JobSpec::default()
+    }
+}
+
+/// Waits until `check` holds (polling a node's state; fails after four minutes).
+async fn until_true(what: &str, check: impl Fn() -> bool) {
+    peergrid_tests::wait_for(what, Duration::from_secs(240), || {
+        let ok = check();
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_cancel_from_another_peer_changes_nothing() {
+    use peergrid_node::net::protocol::{TaskReply, TaskRequest};
+    // Node 0 submits, node 1 works, node 2 lends nothing and forges a cancel.
+    let net = TestNet::spawn_with(3, |i, config| {
+        if i != 1 {
+            config.cpus = 0;
+        }
+    })
+    .await;
+    net.wait_for_adverts(0, 2).await;
+    let params = r#"{"width": 64, "height": 24, "max_iter": 4000, "rows_per_chunk": 1}"#;
+    let id = net
+        .submit(0, "mandelbrot", params, single(Duration::from_secs(120)))
+        .await
+        .expect("submitted");
+    let worker = net.node(1).state().worker().clone();
+    until_true("node 1 to hold chunks", || worker.status().active > 0).await;
+    // Its chunks wait at the gate while it is paused: nothing ends by itself.
+    worker.pause(None).expect("pauses");
+    let held = worker.status().active;
+    let reply = net
+        .node(2)
+        .state()
+        .net()
+        .send_task(
+            net.node(1).peer_id(),
+            TaskRequest::Cancel {
+                job_id: id,
+                chunks: Vec::new(),
+            },
+        )
+        .await
+        .expect("the worker answers");
+    assert_eq!(reply, TaskReply::Cancelled, "a prober learns nothing");
+    assert_eq!(
+        worker.status().active,
+        held,
+        "a forged cancel stopped chunks"
+    );
+    worker.resume().expect("resumes");
+    let status = net.wait_job(0, id, Duration::from_secs(240)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert_eq!(net.result(0, &status), local_result("mandelbrot", params));
+    let node1 = net.node(1).peer_id().to_string();
+    let rows = net.node(0).state().db().replicas(id).expect("replicas");
+    assert!(
+        rows.iter()
+            .filter(|r| r.peer == node1)
+            .all(|r| r.state == ReplicaStatus::Returned),
+        "node 1 lost chunks: {:?}",
+        rows.iter().map(|r| &r.state).collect::<Vec<_>>()
+    );
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_lie_for_a_withdrawn_replica_is_not_counted() {
+    use peergrid_node::net::protocol::{
+        BlobHash, ChunkResult, Payload, ResultBatch, ResultContext, WireOutcome,
+    };
+    // Node 0 submits; nodes 1 and 2 are honest; node 3 withdraws what it holds as
+    // soon as it is paused, then sends a lie for a withdrawn attempt.
+    let net = TestNet::spawn_with(4, |i, config| {
+        if i == 0 {
+            config.cpus = 0;
+        }
+        if i == 3 {
+            config.volunteer.withdraw_after = Duration::from_millis(1);
+            config.volunteer.sample_interval = Duration::from_millis(50);
+        }
+    })
+    .await;
+    net.wait_for_adverts(0, 3).await;
+    let params = r#"{"width": 64, "height": 24, "max_iter": 4000, "rows_per_chunk": 1}"#;
+    let id = net
+        .submit(0, "mandelbrot", params, spec(Replication::Fixed))
+        .await
+        .expect("submitted");
+    let withdrawer = net.node(3).state().worker().clone();
+    until_true("node 3 to hold chunks", || withdrawer.status().active > 0).await;
+    withdrawer.pause(None).expect("pauses");
+    let node3 = net.node(3).peer_id();
+    let db = net.node(0).state().db().clone();
+    let withdrawn = peergrid_tests::wait_for(
+        "a withdrawn replica on the submitter",
+        Duration::from_secs(240),
+        || {
+            let rows = db.replicas(id).expect("replicas");
+            let found = rows
+                .into_iter()
+                .find(|r| r.peer == node3.to_string() && r.state == ReplicaStatus::Withdrawn);
+            async move { found }
+        },
+    )
+    .await;
+    // The lie, signed properly for this submitter, module and input.
+    let job = db.job(id).expect("job").expect("the job is stored");
+    let chunk = db
+        .chunks(id)
+        .expect("chunks")
+        .into_iter()
+        .find(|c| c.idx == withdrawn.chunk)
+        .expect("the chunk");
+    let output = b"a late lie".to_vec();
+    let mut lie = ChunkResult {
+        job_id: id,
+        chunk: withdrawn.chunk,
+        attempt: withdrawn.attempt,
+        outcome: WireOutcome::Ok,
+        output_hash: BlobHash::of(&output),
+        output: Some(Payload::Inline(output)),
+        fuel_used: 1,
+        exec_micros: 1,
+        signature: Vec::new(),
+    };
+    let ctx = ResultContext {
+        submitter: net.node(0).peer_id(),
+        module: job.module,
+        input: chunk.input,
+    };
+    lie.signature = net.node(3).state().net().sign(&lie.signed_bytes(&ctx));
+    let ack = net
+        .node(3)
+        .state()
+        .net()
+        .send_results(net.node(0).peer_id(), ResultBatch { results: vec![lie] })
+        .await
+        .expect("the submitter answers");
+    assert_eq!(
+        ack.stored,
+        [(id, withdrawn.chunk, withdrawn.attempt)],
+        "acknowledged (so it is not resent), and ignored"
+    );
+    let status = net.wait_job(0, id, Duration::from_secs(240)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert_eq!(net.result(0, &status), local_result("mandelbrot", params));
+    let row = db
+        .replicas(id)
+        .expect("replicas")
+        .into_iter()
+        .find(|r| r.chunk == withdrawn.chunk && r.attempt == withdrawn.attempt)
+        .expect("the replica");
+    assert_eq!(
+        row.state,
+        ReplicaStatus::Withdrawn,
+        "the late lie was counted: {row:?}"
+    );
+    let rep = db
+        .reputations()
+        .expect("reputations")
+        .into_iter()
+        .find(|r| r.peer == node3.to_string())
+        .expect("node 3 has a row");
+    assert!(rep.withdrawn > 0, "{rep:?}");
+    assert_eq!(rep.disagreed, 0, "{rep:?}");
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_advertising_65536_slots_gets_no_more_than_its_measured_share() {
+    // Node 0 submits; nodes 1 and 2 lend 2 slots honestly; node 3 has the same
+    // 2 slots but advertises 65 536 and takes every offer.
+    let net = TestNet::spawn_full(4, submitter(TrustPolicy::default()), |i| {
+        if i == 3 {
+            Seams::inflater()
+        } else {
+            Seams::default()
+        }
+    })
+    .await;
+    net.wait_for_adverts(0, 3).await;
+    let params = r#"{"width": 48, "height": 160, "max_iter": 200, "rows_per_chunk": 1}"#;
+    let id = net
+        .submit(0, "mandelbrot", params, spec(Replication::Adaptive))
+        .await
+        .expect("submitted");
+    let status = net.wait_job(0, id, Duration::from_secs(240)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    assert_eq!(net.result(0, &status), local_result("mandelbrot", params));
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for r in net.node(0).state().db().replicas(id).expect("replicas") {
+        if r.state == ReplicaStatus::Returned {
+            *runs.entry(r.peer).or_default() += 1;
+        }
+    }
+    let count = |i: usize| {
+        runs.get(&net.node(i).peer_id().to_string())
+            .copied()
+            .unwrap_or(0)
+    };
+    // Its room grows only with what it delivered (the same 2 slots as the others, so
+    // a queue it keeps full): never the lion's share its advert asks for.
+    let honest = count(1).max(count(2)) as f64;
+    let inflater = count(3) as f64;
+    assert!(
+        inflater <= 2.0 * honest,
+        "the inflating peer ran {inflater} replicas, the honest ones {} and {}",
+        count(1),
+        count(2)
+    );
     net.shutdown().await;
 }

@@ -130,11 +130,17 @@ impl NodeState {
     /// The advert this node publishes now.
     pub fn advert(&self, seq: u64) -> CapacityAdvert {
         let worker = self.worker.status();
+        let (slots_total, slots_free) = if self.worker.inflates() {
+            let max = crate::net::protocol::MAX_ADVERT_SLOTS;
+            (max, max)
+        } else {
+            (worker.slots_total, worker.slots_free)
+        };
         CapacityAdvert {
             version: PROTOCOL_VERSION,
             seq,
-            slots_total: worker.slots_total,
-            slots_free: worker.slots_free,
+            slots_total,
+            slots_free,
             cores: self.config.cpus,
             memory_limit: self.config.memory_per_chunk,
             fuel_per_sec: self.fuel_per_sec,

@@ -1,13 +1,17 @@
 //! `peergrid bench trust`: how many wrong results the real scheduler and
-//! verification code accept when some peers lie, alone or together, and how much
-//! extra work the grid pays for that safety.
+//! verification code accept against strategic adversaries, whether any honest peer
+//! is blamed, whether the job gets done, and how much extra work the grid pays for
+//! that safety.
 //!
 //! The scheduler runs as in a node (its actor, SQLite store, sandbox, trust and
-//! placement rules), but its network is a [simulation](crate::net::sim) of a
-//! population of peers: honest ones, independent liars (each wrong in its own way),
-//! colluders (all wrong the same way, on the same chunks) and lazy peers that accept
-//! work and never answer. Honest answers are the real module's, run once per chunk in
-//! the sandbox; every result is signed with its peer's own key, as on the wire.
+//! placement rules), in lockstep with one seed, but its network is a
+//! [simulation](crate::net::sim) of a [population](population): honest peers with
+//! finite slots, varied latencies and churn, and adversaries playing the
+//! [`Strategy`]s given with `--strategy` (composable: `--strategy co-placed,inflate`).
+//! Honest answers are the real module's, run once per input in the sandbox; every
+//! result is signed with its peer's own key, as on the wire.
+
+mod population;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -16,19 +20,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use libp2p::PeerId;
-use libp2p::identity::Keypair;
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 use serde::Serialize;
-use tokio::sync::mpsc;
 
-use crate::net::protocol::{
-    BlobHash, CapacityAdvert, ChunkResult, PROTOCOL_VERSION, Payload, ResultBatch, TaskReply,
-    TaskRequest, WireOutcome,
-};
-use crate::net::sim::SimulatedPeers;
-use crate::net::{NetClient, PeerInfo, RequestError};
-use crate::sandbox::{JobModule, Limits, Sandbox, SandboxConfig};
+pub use self::population::Strategy;
+use self::population::{Honest, Mix, Population, Shared, seeded_key};
+use crate::net::NetClient;
+use crate::net::protocol::{BlobHash, ResultBatch};
+use crate::sandbox::{Limits, Sandbox, SandboxConfig};
 use crate::scheduler::{
     JobSpec, JobState, PlacementPolicy, Replication, Scheduler, SchedulerContext, SubmitRequest,
     TrustPolicy,
@@ -44,51 +42,93 @@ pub struct TrustBench {
     /// Chunks in the job.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub chunks: u32,
-    /// Fraction of peers that are independent liars.
+    /// What the adversaries do, comma-separated (each adversary plays them all):
+    /// liar, colluder, lazy, inflate, co-placed, trust-then-lie, withdraw-late,
+    /// sybil-churn, plant-poison, job-killer.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub strategy: Vec<Strategy>,
+    /// Fraction of the peers that are adversaries (with --strategy).
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    pub adversaries: f64,
+    /// Fraction of peers that are independent liars (same as --strategy liar).
     #[arg(long, default_value_t = 0.0, value_name = "F")]
     pub liars: f64,
-    /// Fraction of peers that collude (the same wrong answer on the same chunks).
+    /// Fraction of peers that collude (same as --strategy colluder).
     #[arg(long, default_value_t = 0.0, value_name = "F")]
     pub colluders: f64,
-    /// Fraction of peers that accept work and never answer.
+    /// Fraction of peers that accept work and never answer (same as --strategy lazy).
     #[arg(long, default_value_t = 0.0, value_name = "F")]
     pub lazy: f64,
-    /// How often liars and colluders lie (1: on every chunk; lower: they answer
-    /// honestly in between to earn trust).
+    /// How often lying strategies lie (1: whenever they would; lower: honest in
+    /// between, to earn trust).
     #[arg(long, default_value_t = 1.0, value_name = "P")]
     pub lie_rate: f64,
-    /// Put every colluder in one /24 (Sybils on one network).
+    /// Sybil identities in random networks instead of one /24.
+    #[arg(long)]
+    pub sybil_spread: bool,
+    /// Put every colluder in one /24 (kept for older scripts: colluders then play
+    /// sybil-churn too).
     #[arg(long)]
     pub sybil: bool,
     /// Fixed replication instead of adaptive (BOINC's fixed quorum 2, for comparison).
     #[arg(long)]
     pub fixed: bool,
-    /// Run the table: colluders at 5, 10, 20 and 30 %, liars at 20 %, and no liars.
+    /// Run the table: no adversaries, then every strategy at 10, 20 and 30 %.
     #[arg(long)]
     pub table: bool,
-    /// Seed of the population (which peers lie, and when).
+    /// Seed of the population and the scheduler (which peers lie, and when).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub seed: u64,
-    /// Print one JSON object (with --table: a list).
+    /// Print one JSON object per run, one per line.
     #[arg(long)]
     pub json: bool,
+}
+
+impl TrustBench {
+    /// Who plays what.
+    fn mix(&self) -> Mix {
+        let mut mix = Mix::new();
+        if !self.strategy.is_empty() && self.adversaries > 0.0 {
+            let mut s = self.strategy.clone();
+            s.sort();
+            s.dedup();
+            mix.push((self.adversaries, s));
+        }
+        let colluder = if self.sybil {
+            vec![Strategy::Colluder, Strategy::SybilChurn]
+        } else {
+            vec![Strategy::Colluder]
+        };
+        for (f, s) in [
+            (self.liars, vec![Strategy::Liar]),
+            (self.colluders, colluder),
+            (self.lazy, vec![Strategy::Lazy]),
+        ] {
+            if f > 0.0 {
+                mix.push((f, s));
+            }
+        }
+        mix
+    }
 }
 
 /// One run's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct TrustFigures {
+    /// The strategies the adversaries played (`a,b`), or `none`.
+    pub strategy: String,
+    /// Fraction of the peers that are adversaries.
+    pub adversaries: f64,
+    /// How often they lie.
+    pub lie_rate: f64,
+    /// The seed.
+    pub seed: u64,
+    /// Sybils spread over networks.
+    pub sybil_spread: bool,
     /// Chunks in the job.
     pub chunks: u32,
     /// Simulated peers.
     pub peers: usize,
-    /// Fraction of independent liars.
-    pub liars: f64,
-    /// Fraction of colluders.
-    pub colluders: f64,
-    /// Fraction of lazy peers.
-    pub lazy: f64,
-    /// How often liars lie.
-    pub lie_rate: f64,
     /// `adaptive` or `fixed`.
     pub replication: &'static str,
     /// Chunks whose accepted output differs from the honest one.
@@ -97,13 +137,25 @@ pub struct TrustFigures {
     pub wrong_rate: f64,
     /// Chunks that could not be verified.
     pub chunks_failed: u32,
-    /// Replicas issued to peers, plus runs by the submitter itself, per chunk.
+    /// How the job ended.
+    pub job_state: JobState,
+    /// Why it failed, if it did.
+    pub job_error: Option<String>,
+    /// Honest peers excluded by the end (blamed).
+    pub honest_excluded: usize,
+    /// Honest peers.
+    pub honest_total: usize,
+    /// Adversary identities excluded by the end.
+    pub adversaries_excluded: usize,
+    /// Adversary identities (Sybils count each identity).
+    pub adversaries_total: usize,
+    /// Replicas run by peers, plus runs by the submitter itself, per chunk.
     pub replicas_per_chunk: f64,
     /// The same over the second half of the chunks (after warm-up).
     pub replicas_per_chunk_after_warmup: f64,
-    /// Replicas issued to peers per chunk.
+    /// Replicas run by peers per chunk.
     pub peer_replicas_per_chunk: f64,
-    /// Runs the submitter did itself (witnesses and spot checks) per chunk.
+    /// Runs the submitter did itself (witnesses, referees, spot checks) per chunk.
     pub submitter_runs_per_chunk: f64,
     /// Chunks verified on one trusted peer's word.
     pub unreplicated: u32,
@@ -111,165 +163,17 @@ pub struct TrustFigures {
     pub spot_checks: u32,
     /// Planted chunks issued.
     pub plants: u32,
-    /// Chunks re-verified after their peer was found wrong.
+    /// Disputes decided by the submitter's own run.
+    pub refereed: u32,
+    /// Lies caught with signed evidence.
+    pub caught: u32,
+    /// Chunks re-verified after a peer that vouched for them was caught.
     pub reverified: u32,
-    /// Lying peers (liars and colluders) excluded by the end.
-    pub liars_excluded: usize,
-    /// Lying peers in all.
-    pub liars_total: usize,
-    /// How the job ended (a wrong output accepted can make its merge fail).
-    pub job_state: JobState,
-    /// Why it failed, if it did.
-    pub job_error: Option<String>,
-    /// Wall time of the run.
+    /// Replicas withdrawn by their workers.
+    pub withdrawn: u32,
+    /// Wall time of the run (the only figure that differs between two runs with
+    /// the same seed).
     pub seconds: f64,
-}
-
-/// What a simulated peer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Honest,
-    Liar,
-    Colluder,
-    Lazy,
-}
-
-struct SimPeer {
-    key: Keypair,
-    id: PeerId,
-    kind: Kind,
-    info: PeerInfo,
-}
-
-/// The population, answering offers at once.
-struct Population {
-    peers: Vec<SimPeer>,
-    by_id: HashMap<PeerId, usize>,
-    honest: Arc<Honest>,
-    lie_rate: f64,
-    rng: StdRng,
-    seed: u64,
-    results: mpsc::UnboundedSender<(PeerId, ChunkResult)>,
-}
-
-/// Honest answers, computed in the real sandbox once per input.
-struct Honest {
-    sandbox: Sandbox,
-    module: JobModule,
-    cache: Mutex<HashMap<BlobHash, (WireOutcome, Vec<u8>)>>,
-}
-
-impl Honest {
-    fn answer(&self, input: &[u8], limits: &Limits) -> (WireOutcome, Vec<u8>) {
-        let hash = BlobHash::of(input);
-        if let Some(hit) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&hash)
-        {
-            return hit.clone();
-        }
-        let exec = self.sandbox.run_chunk(&self.module, input, limits);
-        let answer =
-            crate::worker::wire_outcome(exec.outcome).unwrap_or((WireOutcome::Timeout, Vec::new()));
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(hash, answer.clone());
-        answer
-    }
-}
-
-impl Population {
-    /// Whether colluders lie about this input: the same decision for all of them.
-    fn colluders_lie(&self, input: &[u8]) -> bool {
-        let mut h = blake3::Hasher::new();
-        h.update(&self.seed.to_le_bytes());
-        h.update(b"collude");
-        h.update(input);
-        let roll = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]));
-        (roll as f64 / u64::MAX as f64) < self.lie_rate
-    }
-}
-
-impl SimulatedPeers for Population {
-    fn peers(&mut self) -> Vec<PeerInfo> {
-        self.peers.iter().map(|p| p.info.clone()).collect()
-    }
-
-    fn task(&mut self, peer: PeerId, request: TaskRequest) -> Result<TaskReply, RequestError> {
-        let Some(&i) = self.by_id.get(&peer) else {
-            return Err(RequestError::Unreachable);
-        };
-        let (job_id, assignments) = match request {
-            TaskRequest::Offer {
-                job_id,
-                assignments,
-            } => (job_id, assignments),
-            TaskRequest::Cancel { .. } => return Ok(TaskReply::Cancelled),
-        };
-        let kind = self.peers[i].kind;
-        let mut accepted = Vec::new();
-        for a in assignments {
-            accepted.push((a.chunk, a.attempt));
-            if kind == Kind::Lazy {
-                continue;
-            }
-            let Payload::Inline(input) = &a.input else {
-                continue;
-            };
-            let (outcome, mut output) = self.honest.answer(input, &a.limits);
-            let lies = match kind {
-                Kind::Liar => self.rng.random_bool(self.lie_rate.clamp(0.0, 1.0)),
-                Kind::Colluder => self.colluders_lie(input),
-                Kind::Honest | Kind::Lazy => false,
-            };
-            if lies {
-                let mut h = blake3::Hasher::new();
-                h.update(&output);
-                match kind {
-                    // Each liar is wrong in its own way, every time.
-                    Kind::Liar => h.update(&self.rng.random::<u64>().to_le_bytes()),
-                    // Colluders agree on one wrong answer.
-                    _ => h.update(b"the colluders' answer"),
-                };
-                output = h.finalize().as_bytes().to_vec();
-            }
-            let output_hash = BlobHash::of(&output);
-            let mut result = ChunkResult {
-                job_id,
-                chunk: a.chunk,
-                attempt: a.attempt,
-                outcome,
-                output_hash,
-                output: (!output.is_empty()).then_some(Payload::Inline(output)),
-                fuel_used: 1,
-                exec_micros: 1,
-                signature: Vec::new(),
-            };
-            result.signature = self.peers[i]
-                .key
-                .sign(&result.signed_bytes())
-                .unwrap_or_default();
-            let _ = self.results.send((peer, result));
-        }
-        Ok(TaskReply::Offer {
-            accepted,
-            rejected: Vec::new(),
-        })
-    }
-}
-
-/// A peer's key drawn from the seed (`index` 0 is the submitter), so that a run is
-/// the same peers every time.
-fn seeded_key(seed: u64, index: u64) -> Keypair {
-    let mut h = blake3::Hasher::new();
-    h.update(b"peergrid bench trust key");
-    h.update(&seed.to_le_bytes());
-    h.update(&index.to_le_bytes());
-    let bytes: [u8; 32] = *h.finalize().as_bytes();
-    Keypair::ed25519_from_bytes(bytes).unwrap_or_else(|_| Keypair::generate_ed25519())
 }
 
 /// Runs one population through the real scheduler and counts what it accepted.
@@ -278,6 +182,7 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         bail!("--peers must be at least 3");
     }
     for (name, f) in [
+        ("--adversaries", opts.adversaries),
         ("--liars", opts.liars),
         ("--colluders", opts.colluders),
         ("--lazy", opts.lazy),
@@ -287,8 +192,12 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
             bail!("{name} must be a fraction between 0 and 1, got {f}");
         }
     }
-    if opts.liars + opts.colluders + opts.lazy > 1.0 {
-        bail!("--liars, --colluders and --lazy add up to more than all peers");
+    if opts.adversaries > 0.0 && opts.strategy.is_empty() {
+        bail!("--adversaries needs --strategy (e.g. --strategy colluder,inflate)");
+    }
+    let mix = opts.mix();
+    if mix.iter().map(|(f, _)| f).sum::<f64>() > 1.0 {
+        bail!("the adversaries add up to more than all peers");
     }
     let dir = tempfile::tempdir().context("creating a scratch dir")?;
     let sandbox = Sandbox::new(SandboxConfig::default())?;
@@ -302,74 +211,24 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         cache: Mutex::new(HashMap::new()),
     });
 
-    // The population: which peers are what is drawn from the seed.
-    let n = opts.peers;
-    let count = |f: f64| (f * n as f64).round() as usize;
-    let (liars, colluders, lazy) = (count(opts.liars), count(opts.colluders), count(opts.lazy));
-    let mut kinds: Vec<Kind> = std::iter::repeat_n(Kind::Liar, liars)
-        .chain(std::iter::repeat_n(Kind::Colluder, colluders))
-        .chain(std::iter::repeat_n(Kind::Lazy, lazy))
-        .collect();
-    kinds.resize(n.max(kinds.len()), Kind::Honest);
-    let mut rng = StdRng::seed_from_u64(opts.seed);
-    for i in (1..kinds.len()).rev() {
-        kinds.swap(i, rng.random_range(0..=i));
-    }
-    let mut peers = Vec::new();
-    for (i, kind) in kinds.iter().enumerate() {
-        let key = seeded_key(opts.seed, i as u64 + 1);
-        let id = key.public().to_peer_id();
-        let ip = if opts.sybil && *kind == Kind::Colluder {
-            format!("10.66.66.{}", 1 + i % 250)
-        } else {
-            format!("10.{}.{}.1", 1 + i / 250, i % 250)
-        };
-        let info = PeerInfo {
-            peer_id: id.to_string(),
-            addrs: Vec::new(),
-            connected: true,
-            rtt_ms: None,
-            agent: None,
-            foreign_version: None,
-            advert: Some(CapacityAdvert {
-                version: PROTOCOL_VERSION,
-                seq: 1,
-                slots_total: 4,
-                slots_free: 4,
-                cores: 4,
-                memory_limit: 1 << 30,
-                fuel_per_sec: 1_000_000_000,
-                features: Vec::new(),
-            }),
-            advert_age_s: Some(0.0),
-            offences: 0,
-            ip: Some(ip),
-            discovered: Some("dht".into()),
-        };
-        peers.push(SimPeer {
-            key,
-            id,
-            kind: *kind,
-            info,
-        });
-    }
-    let lying: Vec<PeerId> = peers
-        .iter()
-        .filter(|p| matches!(p.kind, Kind::Liar | Kind::Colluder))
-        .map(|p| p.id)
-        .collect();
-    let (results_tx, mut results_rx) = mpsc::unbounded_channel();
-    let population = Population {
-        by_id: peers.iter().enumerate().map(|(i, p)| (p.id, i)).collect(),
-        peers,
-        honest: honest.clone(),
-        lie_rate: opts.lie_rate,
-        rng: StdRng::seed_from_u64(opts.seed ^ 0x5eed),
-        seed: opts.seed,
-        results: results_tx,
-    };
-    let local = seeded_key(opts.seed, 0);
-    let net = NetClient::simulated(&local, population);
+    let local = seeded_key(opts.seed, 0, 0);
+    let population = Arc::new(Mutex::new(Population::new(
+        opts.peers,
+        &mix,
+        opts.lie_rate,
+        opts.sybil_spread,
+        opts.seed,
+        local.public().to_peer_id(),
+        honest.clone(),
+    )));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let net = NetClient::simulated(
+        &local,
+        Shared {
+            pop: population.clone(),
+            wake: wake.clone(),
+        },
+    );
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (scheduler, task) = Scheduler::start(
         SchedulerContext {
@@ -385,19 +244,17 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         },
         shutdown.clone(),
     );
-    // Results go back to the scheduler in per-peer batches, as workers send them.
+    // Results go back to the scheduler in per-peer batches, as workers send them,
+    // a round at a time (see `population`).
     let deliver = {
-        let scheduler = scheduler.clone();
+        let (scheduler, population, wake) = (scheduler.clone(), population.clone(), wake.clone());
         tokio::spawn(async move {
-            while let Some(first) = results_rx.recv().await {
-                // Ordered by peer: the same deliveries in the same order every run.
-                let mut batches: std::collections::BTreeMap<PeerId, Vec<ChunkResult>> =
-                    Default::default();
-                batches.entry(first.0).or_default().push(first.1);
-                while let Ok((peer, result)) = results_rx.try_recv() {
-                    batches.entry(peer).or_default().push(result);
-                }
-                for (peer, results) in batches {
+            loop {
+                let (due, idle) = {
+                    let mut pop = population.lock().unwrap_or_else(|p| p.into_inner());
+                    (pop.round(), pop.idle())
+                };
+                for (peer, results) in due {
                     for batch in results.chunks(256) {
                         scheduler
                             .results(
@@ -409,6 +266,11 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
                             .await;
                     }
                 }
+                if idle {
+                    wake.notified().await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
             }
         })
     };
@@ -416,7 +278,7 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
     let started = Instant::now();
     let module_hash = blobs.put(example.wasm)?;
     let spec = JobSpec {
-        soft_timeout: Duration::from_secs(1),
+        soft_timeout: Duration::from_secs(2),
         replication: if opts.fixed {
             Replication::Fixed
         } else {
@@ -441,7 +303,7 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         .subscribe(id)
         .await
         .context("the job disappeared")?;
-    let status = tokio::time::timeout(Duration::from_secs(900), async {
+    let status = tokio::time::timeout(Duration::from_secs(1800), async {
         loop {
             let status = watch.borrow_and_update().clone();
             if status.state.is_final() {
@@ -453,7 +315,7 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         }
     })
     .await
-    .map_err(|_| anyhow::anyhow!("the job did not finish in 15 minutes"))??;
+    .map_err(|_| anyhow::anyhow!("the job did not finish in 30 minutes"))??;
     let seconds = started.elapsed().as_secs_f64();
 
     // Count what was accepted against the honest answers.
@@ -476,7 +338,11 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
     let (mut peer_runs, mut own_runs, mut late_runs) = (0u64, 0u64, 0u64);
     let half = opts.chunks / 2;
     for r in db.replicas(id)? {
-        if r.state == crate::types::ReplicaStatus::Offered {
+        // Offered and never taken, or handed back unrun: no work done.
+        if matches!(
+            r.state,
+            crate::types::ReplicaStatus::Offered | crate::types::ReplicaStatus::Withdrawn
+        ) {
             continue;
         }
         if r.peer == local_id {
@@ -489,29 +355,46 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         }
     }
     let reputations = db.reputations()?;
-    let liars_excluded = lying
-        .iter()
-        .filter(|p| {
-            reputations
-                .iter()
-                .any(|r| r.peer == p.to_string() && crate::scheduler::reputation::is_excluded(r))
-        })
-        .count();
+    let excluded = |p: &PeerId| {
+        reputations
+            .iter()
+            .any(|r| r.peer == p.to_string() && crate::scheduler::reputation::is_excluded(r))
+    };
+    let (honest_ids, adversary_ids) = {
+        let pop = population.lock().unwrap_or_else(|p| p.into_inner());
+        (pop.honest_ids.clone(), pop.adversary_ids.clone())
+    };
     shutdown.cancel();
     let _ = task.await;
     deliver.abort();
     let chunks = f64::from(opts.chunks.max(1));
+    let mut names: Vec<&str> = mix
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|s| s.name()))
+        .collect();
+    names.dedup();
     Ok(TrustFigures {
-        chunks: opts.chunks,
-        peers: n,
-        liars: opts.liars,
-        colluders: opts.colluders,
-        lazy: opts.lazy,
+        strategy: if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(",")
+        },
+        adversaries: mix.iter().fold(0.0, |sum, (f, _)| sum + f),
         lie_rate: opts.lie_rate,
+        seed: opts.seed,
+        sybil_spread: opts.sybil_spread,
+        chunks: opts.chunks,
+        peers: opts.peers,
         replication: if opts.fixed { "fixed" } else { "adaptive" },
         wrong_accepted: wrong,
         wrong_rate: f64::from(wrong) / chunks,
         chunks_failed: status.chunks_failed,
+        job_state: status.state,
+        job_error: status.error.clone(),
+        honest_excluded: honest_ids.iter().filter(|p| excluded(p)).count(),
+        honest_total: honest_ids.len(),
+        adversaries_excluded: adversary_ids.iter().filter(|p| excluded(p)).count(),
+        adversaries_total: adversary_ids.len(),
         replicas_per_chunk: (peer_runs + own_runs) as f64 / chunks,
         replicas_per_chunk_after_warmup: late_runs as f64 / f64::from((opts.chunks - half).max(1)),
         peer_replicas_per_chunk: peer_runs as f64 / chunks,
@@ -519,11 +402,10 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         unreplicated: status.trust.unreplicated,
         spot_checks: status.trust.spot_checks,
         plants: status.trust.plants,
+        refereed: status.trust.refereed,
+        caught: status.trust.caught,
         reverified: status.trust.reverified,
-        liars_excluded,
-        liars_total: lying.len(),
-        job_state: status.state,
-        job_error: status.error.clone(),
+        withdrawn: status.trust.withdrawn,
         seconds,
     })
 }
@@ -536,75 +418,81 @@ impl TrustBench {
             .enable_all()
             .build()?;
         let runs: Vec<TrustBench> = if self.table {
-            let mut runs = vec![TrustBench {
+            let none = TrustBench {
+                strategy: Vec::new(),
+                adversaries: 0.0,
                 liars: 0.0,
                 colluders: 0.0,
+                lazy: 0.0,
                 ..self.clone()
-            }];
-            runs.push(TrustBench {
-                liars: 0.2,
-                colluders: 0.0,
-                ..self.clone()
-            });
-            for f in [0.05, 0.1, 0.2, 0.3] {
-                runs.push(TrustBench {
-                    liars: 0.0,
-                    colluders: f,
-                    ..self.clone()
-                });
+            };
+            let mut runs = vec![none.clone()];
+            for s in Strategy::ALL {
+                for f in [0.1, 0.2, 0.3] {
+                    runs.push(TrustBench {
+                        strategy: vec![s],
+                        adversaries: f,
+                        ..none.clone()
+                    });
+                }
             }
             runs
         } else {
             vec![self.clone()]
         };
-        let mut all = Vec::new();
+        let mut ok = true;
         for opts in &runs {
             let figures = runtime.block_on(run(opts, TrustPolicy::default()))?;
-            if !self.json {
+            ok &= figures.wrong_accepted == 0
+                && figures.honest_excluded == 0
+                && figures.job_state == JobState::Done;
+            if self.json {
+                println!("{}", serde_json::to_string(&figures)?);
+            } else {
                 print_figures(&figures);
             }
-            all.push(figures);
         }
-        if self.json {
-            if self.table {
-                println!("{}", serde_json::to_string(&all)?);
-            } else if let Some(f) = all.first() {
-                println!("{}", serde_json::to_string(f)?);
-            }
-        }
-        Ok(ExitCode::SUCCESS)
+        Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        })
     }
 }
 
 fn print_figures(f: &TrustFigures) {
     println!(
-        "{} chunks, {} peers ({:.0} % liars, {:.0} % colluders, {:.0} % lazy, lie rate {}), {} replication:",
+        "{} chunks, {} peers, {:.0} % adversaries playing {} (lie rate {}), seed {}, {} replication:",
         f.chunks,
         f.peers,
-        f.liars * 100.0,
-        f.colluders * 100.0,
-        f.lazy * 100.0,
+        f.adversaries * 100.0,
+        f.strategy,
         f.lie_rate,
+        f.seed,
         f.replication
     );
     println!(
-        "  wrong accepted {} ({:.4} %), failed {}, replicas/chunk {:.3} (after warm-up {:.3}; peers {:.3}, submitter {:.3})",
-        f.wrong_accepted,
-        f.wrong_rate * 100.0,
-        f.chunks_failed,
+        "  wrong accepted {}, honest excluded {}/{}, job {:?}, failed chunks {}",
+        f.wrong_accepted, f.honest_excluded, f.honest_total, f.job_state, f.chunks_failed
+    );
+    println!(
+        "  replicas/chunk {:.3} (after warm-up {:.3}; peers {:.3}, submitter {:.3})",
         f.replicas_per_chunk,
         f.replicas_per_chunk_after_warmup,
         f.peer_replicas_per_chunk,
         f.submitter_runs_per_chunk
     );
     println!(
-        "  unreplicated {}, spot checks {}, plants {}, re-verified {}, liars excluded {}/{}, {:.1} s",
+        "  unreplicated {}, spot checks {}, plants {}, refereed {}, caught {}, re-verified {}, withdrawn {}, adversaries excluded {}/{}, {:.1} s",
         f.unreplicated,
         f.spot_checks,
         f.plants,
+        f.refereed,
+        f.caught,
         f.reverified,
-        f.liars_excluded,
-        f.liars_total,
+        f.withdrawn,
+        f.adversaries_excluded,
+        f.adversaries_total,
         f.seconds
     );
     if let Some(error) = &f.job_error {

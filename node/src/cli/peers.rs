@@ -53,7 +53,12 @@ impl PeersCmd {
                 p.advert_age_s.map_or("-".into(), |a| format!("{a:.0}s")),
                 p.foreign_version
                     .as_ref()
-                    .map(|v| format!("(ignored: speaks {v})"))
+                    .map(|v| {
+                        format!(
+                            "(refused: speaks {v}, not {})",
+                            crate::net::protocol::IDENTIFY_PROTOCOL
+                        )
+                    })
                     .unwrap_or_else(|| p.addrs.first().cloned().unwrap_or_default())
             );
         }

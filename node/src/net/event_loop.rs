@@ -462,8 +462,10 @@ impl EventLoop {
 
     fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
         if info.protocol_version != IDENTIFY_PROTOCOL {
-            // Another major version (or another network): ignored politely.
-            tracing::debug!(%peer, version = %info.protocol_version, "ignoring peer of another protocol version");
+            // Another major version (or another network): refused politely, and said
+            // why once per connection (a version-2 peer cannot sign what version 3
+            // checks).
+            tracing::info!(%peer, "{}", super::protocol::foreign_version_reason(&info.protocol_version));
             self.book.foreign(peer, info.protocol_version);
             return;
         }

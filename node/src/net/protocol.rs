@@ -9,24 +9,34 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::types::{
-    BlobHash, ChunkResult, JobId, Limits, MAX_SIGNATURE_BYTES, Payload, WireOutcome,
+    BlobHash, ChunkResult, JobId, Limits, MAX_SIGNATURE_BYTES, Payload, ResultContext, WireOutcome,
     result_signed_bytes, verify_result_signature,
 };
 
-/// Major version of the peergrid protocol family.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Major version of the peergrid protocol family. Version 3: a result's signature
+/// covers the submitter, the module and the input too ([`ResultContext`]), and a
+/// `Cancel` is obeyed only from the job's submitter.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// identify's protocol version string; peers with another one are not added to the DHT.
-pub const IDENTIFY_PROTOCOL: &str = "/peergrid/2.0.0";
+pub const IDENTIFY_PROTOCOL: &str = "/peergrid/3.0.0";
 /// The Kademlia protocol: peergrid's own DHT, never the public IPFS one.
-pub const KAD_PROTOCOL: &str = "/peergrid/kad/2.0.0";
+pub const KAD_PROTOCOL: &str = "/peergrid/kad/3.0.0";
 /// The gossipsub topic capacity adverts travel on.
-pub const CAPACITY_TOPIC: &str = "peergrid/capacity/2";
+pub const CAPACITY_TOPIC: &str = "peergrid/capacity/3";
 /// Submitter -> worker: offers of chunks, cancels.
-pub const TASK_PROTOCOL: &str = "/peergrid/task/2";
+pub const TASK_PROTOCOL: &str = "/peergrid/task/3";
 /// Worker -> submitter: chunk results.
-pub const RESULT_PROTOCOL: &str = "/peergrid/result/2";
+pub const RESULT_PROTOCOL: &str = "/peergrid/result/3";
 /// Anyone -> holder: blob pieces by BLAKE3 hash.
-pub const BLOB_PROTOCOL: &str = "/peergrid/blob/2";
+pub const BLOB_PROTOCOL: &str = "/peergrid/blob/3";
+
+/// Why a peer of another protocol version is refused, for logs and `peergrid peers`.
+pub fn foreign_version_reason(theirs: &str) -> String {
+    format!(
+        "speaks {theirs}, this node speaks {IDENTIFY_PROTOCOL}: refused (results of protocol 2 \
+         are signed without their submitter, module and input; upgrade that node)"
+    )
+}
 
 /// Largest capacity advert accepted, in bytes.
 pub const MAX_ADVERT_BYTES: usize = 4 * 1024;
@@ -206,6 +216,61 @@ mod tests {
         let h = BlobHash::of(b"peergrid");
         assert_eq!(BlobHash::from_hex(&h.to_hex()), Some(h));
         assert_eq!(BlobHash::from_hex("nope"), None);
+    }
+
+    #[test]
+    fn a_result_signature_binds_submitter_module_and_input() {
+        use libp2p::identity::Keypair;
+        let worker = Keypair::ed25519_from_bytes([1; 32]).unwrap();
+        let peer = |n: u8| {
+            Keypair::ed25519_from_bytes([n; 32])
+                .unwrap()
+                .public()
+                .to_peer_id()
+        };
+        let ctx = ResultContext {
+            submitter: peer(2),
+            module: BlobHash::of(b"module"),
+            input: BlobHash::of(b"input"),
+        };
+        let mut r = ChunkResult {
+            job_id: JobId([3; 16]),
+            chunk: 1,
+            attempt: 0,
+            outcome: WireOutcome::Ok,
+            output_hash: BlobHash::of(b"out"),
+            output: None,
+            fuel_used: 1,
+            exec_micros: 1,
+            signature: vec![],
+        };
+        r.signature = worker.sign(&r.signed_bytes(&ctx)).unwrap();
+        let id = worker.public().to_peer_id();
+        assert!(verify_result_signature(
+            &id,
+            &r.signed_bytes(&ctx),
+            &r.signature
+        ));
+        for other in [
+            ResultContext {
+                submitter: peer(4),
+                ..ctx
+            },
+            ResultContext {
+                module: BlobHash::of(b"another module"),
+                ..ctx
+            },
+            ResultContext {
+                input: BlobHash::of(b"another input"),
+                ..ctx
+            },
+        ] {
+            assert!(
+                !verify_result_signature(&id, &r.signed_bytes(&other), &r.signature),
+                "{other:?}"
+            );
+        }
+        assert!(foreign_version_reason("/peergrid/2.0.0").contains("/peergrid/3.0.0"));
     }
 
     #[test]

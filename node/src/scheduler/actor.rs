@@ -34,7 +34,7 @@ use super::{
     trust_ops, verify,
 };
 use crate::net::protocol::{
-    Assignment, PROTOCOL_VERSION, RejectReason, ResultAck, TaskReply, TaskRequest,
+    Assignment, PROTOCOL_VERSION, RejectReason, ResultAck, ResultContext, TaskReply, TaskRequest,
     result_signed_bytes,
 };
 use crate::store::Db;

@@ -90,6 +90,7 @@ pub(super) fn plan(
             continue;
         }
         let (spec, n_chunks) = (job.spec, job.chunks.len());
+        let mut networks = Networks::of(job, inputs.groups, placement::network_cap(total_room));
         let mut cursor = 0usize;
         loop {
             // A full dispatch walks every chunk; a light one only the changed ones,
@@ -109,9 +110,15 @@ pub(super) fn plan(
             if inputs.full && idx >= n_chunks {
                 break;
             }
-            match place_chunk(txn, candidates, inputs, id, idx as u32, rng) {
+            match place_chunk(txn, candidates, inputs, id, idx as u32, &mut networks, rng) {
                 Placed::Ended => touched.push(idx as u32),
                 Placed::Skip => {}
+                Placed::Referee => {
+                    // A dispute this node decides by running the chunk itself.
+                    if !trust_ops::local_run(txn, id, idx as u32, false, inputs.now_ms) {
+                        txn.attend(id, idx as u32);
+                    }
+                }
                 Placed::Witness => {
                     // No trusted peer with room, and no local worker: witness it here.
                     if !trust_ops::local_run(txn, id, idx as u32, false, inputs.now_ms) {
@@ -177,6 +184,8 @@ enum Placed {
     Ended,
     /// It needs a witness and only this node can give it.
     Witness,
+    /// Its replicas disagree: this node runs it and decides.
+    Referee,
     /// Replicas offered: (placed, room used), wanted, and (peer, attempt) pairs.
     Offered {
         placed: (u32, i64),
@@ -192,6 +201,7 @@ fn place_chunk(
     inputs: &Inputs<'_>,
     id: JobId,
     idx: u32,
+    networks: &mut Networks,
     rng: &mut StdRng,
 ) -> Placed {
     let Some(spec) = txn.job(id).map(|j| j.spec) else {
@@ -241,8 +251,9 @@ fn place_chunk(
         }
         staged = Some(chunk);
     }
+    let referee = verify::referee(txn);
     let verdict = match &staged {
-        Some(c) => c.evaluate(&spec, &|p| txn.standing(p)),
+        Some(c) => c.judge(&spec, &|p| txn.standing(p), Some(&referee)),
         None => current_verdict(txn, id, idx, &spec),
     };
     let (n, witness) = match verdict {
@@ -260,6 +271,12 @@ fn place_chunk(
             }
             return Placed::Skip;
         }
+        Verdict::Referee => {
+            if let Some(c) = staged {
+                txn.put_chunk(id, idx, c);
+            }
+            return Placed::Referee;
+        }
     };
     let Some(mut chunk) = staged.or_else(|| txn.take_chunk(id, idx)) else {
         return Placed::Skip;
@@ -272,18 +289,19 @@ fn place_chunk(
         memory: spec.limits.memory_bytes,
         used: chunk.used_peers().copied().collect(),
         want_trusted: adaptive && !chunk.has_trusted(&|p| txn.standing(p)),
+        blocked: Some(&networks.blocked),
         ..Need::default()
     };
+    // Every replica's network stays counted for the chunk, replaced ones too: a
+    // second identity in a network whose replica was withdrawn or timed out must not
+    // join the quorum.
     for r in &chunk.replicas {
-        if matches!(r.state, ReplicaState::Lost | ReplicaState::TimedOut(_)) {
-            continue;
-        }
         if let Some((group, source)) = inputs.groups.get(&r.peer) {
             need.used_groups.extend(group.as_deref());
             need.used_sources.extend(source.as_deref());
         }
     }
-    let mut picks = placement::choose(candidates, &need);
+    let mut picks = placement::choose(candidates, &need, rng);
     if adaptive && !witness && chunk.replicas.is_empty() && chunk.solo.is_none() {
         // The solo draw: a fresh chunk whose best peer is trusted may run on it alone.
         if let Some(&first) = picks.first() {
@@ -313,6 +331,9 @@ fn place_chunk(
         }
         choice.room -= 1;
         let peer = choice.peer;
+        if let Some((Some(group), _)) = inputs.groups.get(&peer) {
+            networks.placed(group);
+        }
         txn.add_inflight(peer, 1);
         items.push((peer, attempt));
         placed += 1;
@@ -335,8 +356,64 @@ fn place_chunk(
 
 fn current_verdict(txn: &Txn<'_>, id: JobId, idx: u32, spec: &super::job::JobSpec) -> Verdict {
     match txn.chunk(id, idx) {
-        Some(c) => c.evaluate(spec, &|p| txn.standing(p)),
+        Some(c) => c.judge(spec, &|p| txn.standing(p), Some(&verify::referee(txn))),
         None => Verdict::Wait,
+    }
+}
+
+/// What each network group holds of one job: live replicas and withdrawals, and
+/// the groups that may take no more of it (at [`placement::network_cap`], or over
+/// [`placement::NETWORK_WITHDRAW_BUDGET`]).
+#[derive(Debug, Default)]
+pub(super) struct Networks {
+    live: HashMap<String, u32>,
+    cap: u32,
+    /// Groups that take no more of this job.
+    pub blocked: HashSet<String>,
+}
+
+impl Networks {
+    /// Counts `job`'s replicas by network group.
+    pub(super) fn of(
+        job: &super::job::Job,
+        groups: &HashMap<PeerId, (Option<String>, Option<String>)>,
+        cap: u32,
+    ) -> Self {
+        let mut live: HashMap<String, u32> = HashMap::new();
+        let mut withdrawn: HashMap<&str, u32> = HashMap::new();
+        for c in &job.chunks {
+            for r in &c.replicas {
+                let Some((Some(group), _)) = groups.get(&r.peer) else {
+                    continue;
+                };
+                if r.state.is_live() {
+                    *live.entry(group.clone()).or_default() += 1;
+                } else if r.state == ReplicaState::Withdrawn {
+                    *withdrawn.entry(group.as_str()).or_default() += 1;
+                }
+            }
+        }
+        let mut blocked: HashSet<String> = live
+            .iter()
+            .filter(|(_, n)| **n >= cap)
+            .map(|(g, _)| g.clone())
+            .collect();
+        blocked.extend(
+            withdrawn
+                .into_iter()
+                .filter(|(_, n)| *n >= placement::NETWORK_WITHDRAW_BUDGET)
+                .map(|(g, _)| g.to_string()),
+        );
+        Self { live, cap, blocked }
+    }
+
+    /// One more live replica in `group`.
+    fn placed(&mut self, group: &str) {
+        let n = self.live.entry(group.to_string()).or_default();
+        *n += 1;
+        if *n >= self.cap {
+            self.blocked.insert(group.to_string());
+        }
     }
 }
 
@@ -563,11 +640,13 @@ mod tests {
         let plan_with = |seed| {
             let mut st = state(vec![job(1, 40, adaptive())], &[1]);
             let w = world(&[1, 2, 3]);
+            // Weights as measured: a long-trusted peer and two newcomers.
             let mut candidates = vec![
                 cand(1, 1000, Standing::Trusted),
                 cand(2, 100, Standing::Probation),
                 cand(3, 100, Standing::Probation),
             ];
+            candidates[0].score = 20.0;
             run(&mut st, &mut candidates, &inputs(&w, 5, 1), seed);
             st.jobs[&JobId([1; 16])]
                 .chunks
@@ -660,6 +739,40 @@ mod tests {
                 timeouts: 0,
             },
             Case {
+                name: "a withdrawn replica's network stays counted: no second identity from it",
+                spec: JobSpec {
+                    replication: crate::scheduler::job::Replication::Fixed,
+                    ..adaptive()
+                },
+                before: |c| {
+                    c.replicas = vec![issued(1, 0), returned(2, 1, b"a")];
+                    c.replicas[0].state = ReplicaState::Withdrawn;
+                },
+                alive: &[1, 2, 3, 9],
+                candidates: || {
+                    let mut sybil = cand(9, 4, Standing::Probation);
+                    sybil.group = Some("10.0.1.0/24".into());
+                    vec![sybil, cand(3, 4, Standing::Probation)]
+                },
+                local_slots: 1,
+                replicas: &["withdrawn", "returned", "offered"],
+                offered: &[3],
+                local_runs: 0,
+                timeouts: 0,
+            },
+            Case {
+                name: "replicas disagree: this node referees",
+                spec: adaptive(),
+                before: |c| c.replicas = vec![returned(1, 0, b"a"), returned(2, 1, b"b")],
+                alive: &[1, 2, 3],
+                candidates: || vec![cand(3, 4, Standing::Trusted)],
+                local_slots: 1,
+                replicas: &["returned", "returned", "issued"],
+                offered: &[],
+                local_runs: 1,
+                timeouts: 0,
+            },
+            Case {
                 name: "two on probation agree, no trusted peer: this node witnesses",
                 spec: adaptive(),
                 before: |c| c.replicas = vec![returned(1, 0, b"a"), returned(2, 1, b"a")],
@@ -721,6 +834,77 @@ mod tests {
                 assert_eq!(chunk.replicas.last().map(|r| r.peer), Some(peer(LOCAL)));
             }
         }
+    }
+
+    #[test]
+    fn one_network_holds_at_most_its_share_of_a_job() {
+        let spec = JobSpec {
+            replication: crate::scheduler::job::Replication::Fixed,
+            ..adaptive()
+        };
+        let mut st = state(vec![job(1, 60, spec)], &[]);
+        // 20 Sybils in one /24 with room 4 each, and two honest peers elsewhere.
+        let sybils: Vec<u8> = (10..30).collect();
+        let mut w = world(&[1, 2]);
+        let mut candidates = vec![
+            cand(1, 4, Standing::Probation),
+            cand(2, 4, Standing::Probation),
+        ];
+        for &n in &sybils {
+            w.alive.insert(peer(n));
+            w.groups
+                .insert(peer(n), (Some("10.66.66.0/24".into()), None));
+            let mut c = cand(n, 4, Standing::Probation);
+            c.group = Some("10.66.66.0/24".into());
+            c.score = 50.0;
+            candidates.push(c);
+        }
+        let (offers, _) = run(&mut st, &mut candidates, &inputs(&w, 5, 1), 3);
+        let to_sybils: usize = offers
+            .iter()
+            .filter(|((_, p), _)| sybils.iter().any(|&n| peer(n) == *p))
+            .map(|(_, items)| items.len())
+            .sum();
+        let total_room = 22 * 4;
+        assert_eq!(
+            to_sybils as u32,
+            placement::network_cap(total_room),
+            "the Sybils' network is capped (and full)"
+        );
+        assert!(offers.keys().any(|(_, p)| *p == peer(1)));
+    }
+
+    #[test]
+    fn a_network_over_its_withdrawal_budget_gets_no_more_of_the_job() {
+        let spec = JobSpec {
+            replication: crate::scheduler::job::Replication::Fixed,
+            ..adaptive()
+        };
+        let mut j = job(1, 40, spec);
+        // Peer 1's network withdrew one replica of each of the first 32 chunks.
+        for c in j
+            .chunks
+            .iter_mut()
+            .take(placement::NETWORK_WITHDRAW_BUDGET as usize)
+        {
+            c.replicas = vec![issued(1, 0)];
+            c.replicas[0].state = ReplicaState::Withdrawn;
+        }
+        let mut st = state(vec![j], &[]);
+        let w = world(&[1, 2, 3, 4]);
+        let mut candidates: Vec<Candidate> = [1, 2, 3, 4]
+            .iter()
+            .map(|&n| cand(n, 100, Standing::Probation))
+            .collect();
+        let (offers, _) = run(&mut st, &mut candidates, &inputs(&w, 5, 1), 9);
+        assert!(
+            !offers.keys().any(|(_, p)| *p == peer(1)),
+            "the withdrawing network was offered more"
+        );
+        assert!(offers.keys().any(|(_, p)| *p == peer(2)));
+        // Its withdrawals did not use up any chunk's budget: every chunk is placed.
+        let placed: usize = offers.values().map(Vec::len).sum();
+        assert_eq!(placed, 80);
     }
 
     #[test]

@@ -156,10 +156,16 @@ pub enum ReplicaState {
         /// The worker's signature over the result.
         signature: Vec<u8>,
     },
-    /// Not returned within the soft timeout (a late result still counts).
+    /// Not returned within the soft timeout. It is no longer live: a late result
+    /// is acknowledged and ignored (a second identity must not be able to join the
+    /// quorum through a replica the chunk gave up on).
     TimedOut(u64),
     /// The worker left, refused, or sent something unusable.
     Lost,
+    /// The worker handed it back (`WireOutcome::Withdrawn`). Not counted against the
+    /// chunk's replica budget (withdrawals have budgets of their own, per peer and per
+    /// network); a late result for it is ignored.
+    Withdrawn,
 }
 
 impl ReplicaState {
@@ -171,6 +177,7 @@ impl ReplicaState {
             Self::Returned { .. } => "returned",
             Self::TimedOut(_) => "timed_out",
             Self::Lost => "lost",
+            Self::Withdrawn => "withdrawn",
         }
     }
 
@@ -183,6 +190,7 @@ impl ReplicaState {
             Self::Returned { .. } => ReplicaStatus::Returned,
             Self::TimedOut(_) => ReplicaStatus::TimedOut,
             Self::Lost => ReplicaStatus::Lost,
+            Self::Withdrawn => ReplicaStatus::Withdrawn,
         }
     }
 
@@ -237,6 +245,19 @@ pub enum Verdict {
     Wait,
     /// No agreement is possible within the limits.
     Failed(String),
+    /// Replicas disagree and the chunk is cheap enough: this node runs it and its
+    /// own answer decides (the [`Referee`]).
+    Referee,
+}
+
+/// What this submitter brings to a chunk's verdict: its own runs decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Referee {
+    /// This node: a deterministic result of its own settles the chunk.
+    pub local: PeerId,
+    /// Disputes over chunks that used at most this much fuel (the least any replica
+    /// reported) are refereed by this node's own run; 0: never.
+    pub fuel_budget: u64,
 }
 
 /// The key results are compared by: the outcome and the output hash together.
@@ -289,8 +310,60 @@ impl Chunk {
     /// is verified by that peer's result; any other chunk needs `quorum` agreeing
     /// peers of which at least one is trusted.
     pub fn evaluate(&self, spec: &JobSpec, standing: &dyn Fn(&PeerId) -> Standing) -> Verdict {
+        self.judge(spec, standing, None)
+    }
+
+    /// [`Chunk::evaluate`] on a submitter that referees: a deterministic result of
+    /// its own run decides the chunk (whatever the peers said), and a dispute (two
+    /// deterministic answers) over a chunk cheap enough is sent to it
+    /// ([`Verdict::Referee`]) before any quorum is counted, so that a majority of
+    /// liars never outvotes an honest peer.
+    pub fn judge(
+        &self,
+        spec: &JobSpec,
+        standing: &dyn Fn(&PeerId) -> Standing,
+        referee: Option<&Referee>,
+    ) -> Verdict {
         let adaptive = spec.adaptive();
         let groups = self.groups(standing);
+        if let Some(referee) = referee {
+            let own = self.replicas.iter().filter(|r| r.peer == referee.local);
+            let mut ran = false;
+            // In a fixed job, this node's own worker is one replica of the quorum
+            // like any other, until there is a dispute.
+            let disputed = groups.len() >= 2;
+            for r in own {
+                ran = true;
+                match &r.state {
+                    ReplicaState::Returned { key, outcome, .. }
+                        if is_deterministic(outcome)
+                            && (adaptive || groups.iter().any(|(k, _)| k != key)) =>
+                    {
+                        return Verdict::Verified(*key);
+                    }
+                    s if s.is_live() && (adaptive || disputed) => return Verdict::Wait,
+                    _ => {}
+                }
+            }
+            if !ran && groups.len() >= 2 && referee.fuel_budget > 0 {
+                let fuel = self
+                    .replicas
+                    .iter()
+                    .filter_map(|r| match &r.state {
+                        ReplicaState::Returned { fuel, outcome, .. }
+                            if is_deterministic(outcome) =>
+                        {
+                            Some(*fuel)
+                        }
+                        _ => None,
+                    })
+                    .min()
+                    .unwrap_or(u64::MAX);
+                if fuel <= referee.fuel_budget {
+                    return Verdict::Referee;
+                }
+            }
+        }
         if adaptive
             && let Some(solo) = self.solo
             && standing(&solo) == Standing::Trusted
@@ -320,7 +393,14 @@ impl Chunk {
         let live = self.replicas.iter().filter(|r| r.state.is_live()).count() as u32;
         let returned: u32 = groups.iter().map(|(_, p)| p.len() as u32).sum();
         let room = spec.max_replicas.saturating_sub(live + returned);
-        let total_room = (spec.max_replicas * 2).saturating_sub(self.replicas.len() as u32);
+        // Withdrawn replicas do not use up the chunk's budget (a withdrawer could
+        // otherwise fail any chunk); their own budgets bound them.
+        let spent = self
+            .replicas
+            .iter()
+            .filter(|r| r.state != ReplicaState::Withdrawn)
+            .count() as u32;
+        let total_room = (spec.max_replicas * 2).saturating_sub(spent);
         if groups
             .iter()
             .any(|(_, peers)| peers.len() as u32 >= spec.quorum)
@@ -372,8 +452,10 @@ impl Chunk {
     /// Whether the chunk's replicas hold a trusted peer (live or returned).
     pub fn has_trusted(&self, standing: &dyn Fn(&PeerId) -> Standing) -> bool {
         self.replicas.iter().any(|r| {
-            !matches!(r.state, ReplicaState::Lost | ReplicaState::TimedOut(_))
-                && standing(&r.peer) == Standing::Trusted
+            !matches!(
+                r.state,
+                ReplicaState::Lost | ReplicaState::TimedOut(_) | ReplicaState::Withdrawn
+            ) && standing(&r.peer) == Standing::Trusted
         })
     }
 
@@ -572,6 +654,79 @@ mod tests {
             c.evaluate(&spec, &all_trusted),
             Verdict::Failed(_)
         ));
+    }
+
+    #[test]
+    fn disputes_go_to_the_referee_whose_own_run_decides() {
+        let (a, b, c, me) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let referee = Referee {
+            local: me,
+            fuel_budget: 10,
+        };
+        let spec = fixed();
+        // Two liars agree, one honest peer disagrees: no quorum is counted, the
+        // dispute is refereed.
+        let mut ch = chunk();
+        ch.replicas = vec![
+            returned(a, b"lie"),
+            returned(b, b"lie"),
+            returned(c, b"truth"),
+        ];
+        assert_eq!(
+            ch.judge(&spec, &all_trusted, Some(&referee)),
+            Verdict::Referee
+        );
+        // Without a referee (or over its budget) the majority would have won.
+        assert!(matches!(
+            ch.evaluate(&spec, &all_trusted),
+            Verdict::Verified(_)
+        ));
+        let stingy = Referee {
+            fuel_budget: 0,
+            ..referee
+        };
+        assert!(matches!(
+            ch.judge(&spec, &all_trusted, Some(&stingy)),
+            Verdict::Verified(_)
+        ));
+        // While this node runs it, wait; its deterministic answer decides.
+        ch.replicas.push(issued(me));
+        assert_eq!(ch.judge(&spec, &all_trusted, Some(&referee)), Verdict::Wait);
+        ch.replicas.pop();
+        ch.replicas.push(returned(me, b"truth"));
+        let truth = agreement_key(&WireOutcome::Ok, &BlobHash::of(b"truth"));
+        assert_eq!(
+            ch.judge(&spec, &all_trusted, Some(&referee)),
+            Verdict::Verified(truth)
+        );
+        // In a fixed job with no dispute, this node's own worker is one replica of
+        // the quorum, not the judge.
+        let mut alone = chunk();
+        alone.replicas = vec![returned(me, b"truth")];
+        assert_eq!(
+            alone.judge(&spec, &all_trusted, Some(&referee)),
+            Verdict::Need(1)
+        );
+    }
+
+    #[test]
+    fn withdrawals_never_use_up_a_chunks_replica_budget() {
+        let spec = fixed();
+        let mut c = chunk();
+        for _ in 0..spec.max_replicas * 4 {
+            c.replicas.push(Replica {
+                attempt: c.next_attempt(),
+                peer: PeerId::random(),
+                state: ReplicaState::Withdrawn,
+                check: false,
+            });
+        }
+        assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Need(2));
     }
 
     #[test]

@@ -195,7 +195,7 @@ pub struct TrustCounts {
     pub spot_checks: u32,
     /// Verified chunks re-issued to a trusted peer as if new.
     pub plants: u32,
-    /// Runs this node did itself to witness peers on probation.
+    /// Runs this node did itself to witness peers on probation or referee a dispute.
     pub witness_runs: u32,
     /// Peers caught lying by a spot check or a plant.
     pub caught: u32,
@@ -203,6 +203,12 @@ pub struct TrustCounts {
     pub reverified: u32,
     /// Results refused because their signature did not match the sender.
     pub bad_signatures: u32,
+    /// Disputes decided by this node's own run.
+    #[serde(default)]
+    pub refereed: u32,
+    /// Replicas handed back by their workers.
+    #[serde(default)]
+    pub withdrawn: u32,
 }
 
 /// One peer's answer for a chunk, as `peergrid status JOB --evidence` shows it.
@@ -216,7 +222,8 @@ pub struct ReplicaEvidence {
     pub outcome: Option<String>,
     /// Its output hash (hex).
     pub output: Option<String>,
-    /// Its signature over job, chunk, attempt, outcome and output hash (hex).
+    /// Its signature over submitter, module, input, job, chunk, attempt, outcome
+    /// and output hash (hex).
     pub signature: Option<String>,
     /// Whether the signature checks out against the peer's key.
     pub signature_valid: bool,

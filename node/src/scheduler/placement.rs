@@ -9,18 +9,26 @@
 //! where the kernel gives every connection the same source, it is the loopback address
 //! the peer listens on). The [actor](super::actor) asks [`PlacementPolicy::group`]
 //! for every `Candidate`; this node itself is never constrained. `choose` is the
-//! choice for one chunk (pure, called by the dispatch plan): eligible
-//! peers, most room first, no two in one network or source, and in an adaptive job
-//! a trusted peer for the last replica when none holds one yet.
+//! choice for one chunk (pure, called by the dispatch plan): among the eligible
+//! peers, a random draw weighted by what this submitter *measured* of each (its
+//! agreed results and its score, [`measured_weight`]), never by what a peer claims
+//! (its advertised slots only bound its room, and room is capped by what it has
+//! delivered, [`measured_room`]); no two in one network or source; a network that
+//! holds its share of the job already ([`network_cap`]) or withdrew too much of it
+//! ([`NETWORK_WITHDRAW_BUDGET`]) takes no more; and in an adaptive job a trusted peer
+//! for the last replica when none holds one yet.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use libp2p::PeerId;
+use rand::RngExt;
+use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::trust::Standing;
 use crate::net::PeerInfo;
+use crate::store::db::ReputationRow;
 use crate::types::JobId;
 
 /// Offers being built: per (job, peer), the (chunk, attempt) pairs.
@@ -34,9 +42,10 @@ pub(super) struct Candidate {
     pub peer: PeerId,
     /// Memory it gives a chunk.
     pub memory: u64,
-    /// Replicas it can still take (slots x queue factor, less those in flight).
+    /// Replicas it can still take (the least of its advertised slots x queue factor
+    /// and [`measured_room`], less those in flight).
     pub room: i64,
-    /// Its reputation score (higher first among equal room).
+    /// How likely it is drawn ([`measured_weight`]).
     pub score: f64,
     /// Its standing with this submitter.
     pub standing: Standing,
@@ -64,30 +73,69 @@ pub(super) struct Need<'a> {
     /// In an adaptive job whose chunk holds no trusted peer yet: let a trusted peer
     /// hold the last replica.
     pub want_trusted: bool,
+    /// Networks that may take no more of this job (at their cap, or over their
+    /// withdrawal budget).
+    pub blocked: Option<&'a HashSet<String>>,
 }
 
-/// Chooses up to `need.n` candidates (indexes into `candidates`) for one chunk.
-pub(super) fn choose(candidates: &[Candidate], need: &Need<'_>) -> Vec<usize> {
-    let mut choices: Vec<usize> = (0..candidates.len())
+/// A network group may hold at most this share of a job's live replicas at once...
+pub(super) const NETWORK_SHARE: f64 = 0.125;
+/// ...and never less than this many.
+pub(super) const NETWORK_MIN: u32 = 16;
+/// Replicas of one job a network group may withdraw before it gets no more of it.
+pub(super) const NETWORK_WITHDRAW_BUDGET: u32 = 32;
+
+/// The most live replicas of one job a network group may hold, given the room of
+/// every candidate.
+pub(super) fn network_cap(total_room: i64) -> u32 {
+    ((total_room.max(0) as f64 * NETWORK_SHARE) as u32).max(NETWORK_MIN)
+}
+
+/// How much a peer is drawn: grows with the results it delivered that agreed (the
+/// square root, so that newcomers still get work), times its score (which falls
+/// with disagreements, errors and timeouts). Never what the peer claims.
+pub fn measured_weight(row: Option<&ReputationRow>) -> f64 {
+    match row {
+        Some(r) => ((1 + r.agreed.min(400)) as f64).sqrt() * super::reputation::score(r),
+        None => 0.5,
+    }
+}
+
+/// The most replicas a peer may hold at once by what it delivered: a newcomer
+/// [`NEW_PEER_ROOM`], then one more for every two agreed results. A peer
+/// advertising many slots gets no more than it has shown it can return.
+pub fn measured_room(row: Option<&ReputationRow>) -> i64 {
+    NEW_PEER_ROOM + row.map_or(0, |r| (r.agreed / 2).min(1 << 20) as i64)
+}
+
+/// Replicas a peer never seen before may hold at once.
+pub const NEW_PEER_ROOM: i64 = 4;
+
+/// Chooses up to `need.n` candidates (indexes into `candidates`) for one chunk: a
+/// draw without replacement weighted by [`Candidate::score`] (Efraimidis-Spirakis
+/// keys, `ln(u) / w`), so that the same seed gives the same picks.
+pub(super) fn choose(candidates: &[Candidate], need: &Need<'_>, rng: &mut StdRng) -> Vec<usize> {
+    let mut keyed: Vec<(f64, usize)> = (0..candidates.len())
         .filter(|&i| {
             let c = &candidates[i];
             c.room > 0
                 && c.memory >= need.memory
                 && !need.used.contains(&c.peer)
-                && c.group
-                    .as_deref()
-                    .is_none_or(|g| !need.used_groups.contains(g))
+                && c.group.as_deref().is_none_or(|g| {
+                    !need.used_groups.contains(g) && need.blocked.is_none_or(|b| !b.contains(g))
+                })
                 && c.source
                     .as_deref()
                     .is_none_or(|s| !need.used_sources.contains(s))
                 && (!need.witness || c.standing == Standing::Trusted)
         })
+        .map(|i| {
+            let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+            (u.ln() / candidates[i].score.max(1e-6), i)
+        })
         .collect();
-    // Most room first, then the best standing.
-    choices.sort_by(|&a, &b| {
-        let (a, b) = (&candidates[a], &candidates[b]);
-        b.room.cmp(&a.room).then(b.score.total_cmp(&a.score))
-    });
+    keyed.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let choices: Vec<usize> = keyed.into_iter().map(|(_, i)| i).collect();
     let mut picks: Vec<usize> = Vec::new();
     for &i in &choices {
         if picks.len() as u32 == need.n {
@@ -226,120 +274,111 @@ mod tests {
             .to_peer_id()
     }
 
+    fn need(n: u32) -> Need<'static> {
+        Need {
+            n,
+            memory: 1,
+            ..Need::default()
+        }
+    }
+
+    fn picks(candidates: &[Candidate], need: &Need<'_>, seed: u64) -> Vec<u8> {
+        use rand::SeedableRng;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut out: Vec<u8> = choose(candidates, need, &mut rng)
+            .into_iter()
+            .map(|i| {
+                (1..=255u8)
+                    .find(|&n| peer(n) == candidates[i].peer)
+                    .expect("a test peer")
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     #[test]
     fn choose_follows_the_placement_rules() {
         use Standing::{Probation as P, Trusted as T};
-        struct Case {
-            name: &'static str,
-            candidates: Vec<Candidate>,
-            n: u32,
-            witness: bool,
-            used: Vec<u8>,
-            used_groups: Vec<&'static str>,
-            want_trusted: bool,
-            picked: Vec<u8>,
-        }
-        let case = |name, candidates, n, picked| Case {
-            name,
-            candidates,
-            n,
-            witness: false,
-            used: vec![],
-            used_groups: vec![],
-            want_trusted: false,
-            picked,
-        };
-        let cases = vec![
-            case(
-                "most room first",
-                vec![cand(1, 1, P, "a"), cand(2, 3, P, "b"), cand(3, 2, P, "c")],
-                2,
-                vec![2, 3],
-            ),
-            case(
-                "subnet clash: two picks never share a network",
-                vec![cand(1, 3, P, "a"), cand(2, 3, P, "a"), cand(3, 1, P, "b")],
-                2,
-                vec![1, 3],
-            ),
-            Case {
-                used_groups: vec!["a"],
-                ..case(
-                    "subnet clash with the chunk's other replicas",
-                    vec![cand(1, 3, P, "a"), cand(2, 1, P, "b")],
-                    2,
-                    vec![2],
-                )
-            },
-            Case {
-                used: vec![1],
-                ..case(
-                    "never a peer twice",
-                    vec![cand(1, 3, P, "a"), cand(2, 1, P, "b")],
-                    1,
-                    vec![2],
-                )
-            },
-            case(
-                "no room, no pick",
-                vec![cand(1, 0, P, "a"), cand(2, -1, P, "b")],
-                1,
-                vec![],
-            ),
-            Case {
-                witness: true,
-                ..case(
-                    "witness choice: only a trusted peer",
-                    vec![cand(1, 9, P, "a"), cand(2, 1, T, "b"), cand(3, 5, P, "c")],
-                    1,
-                    vec![2],
-                )
-            },
-            Case {
-                witness: true,
-                ..case(
-                    "witness choice: none trusted, none chosen",
-                    vec![cand(1, 9, P, "a")],
-                    1,
-                    vec![],
-                )
-            },
-            Case {
-                want_trusted: true,
-                ..case(
-                    "the trusted peer takes the last replica",
-                    vec![cand(1, 9, P, "a"), cand(2, 8, P, "b"), cand(3, 1, T, "c")],
-                    2,
-                    vec![1, 3],
-                )
-            },
-            Case {
-                want_trusted: true,
-                ..case(
-                    "unless it shares a network with another pick",
-                    vec![cand(1, 9, P, "a"), cand(2, 8, P, "b"), cand(3, 1, T, "a")],
-                    2,
-                    vec![1, 2],
-                )
-            },
-        ];
-        for c in cases {
-            let need = Need {
-                n: c.n,
-                witness: c.witness,
-                memory: 1,
-                used: c.used.iter().map(|&n| peer(n)).collect(),
-                used_groups: c.used_groups.iter().copied().collect(),
-                used_sources: HashSet::new(),
-                want_trusted: c.want_trusted,
+        for seed in 0..20 {
+            // Subnet clash: two picks never share a network.
+            let c = vec![cand(1, 3, P, "a"), cand(2, 3, P, "a"), cand(3, 1, P, "b")];
+            let p = picks(&c, &need(2), seed);
+            assert!(p == [1, 3] || p == [2, 3], "{p:?}");
+            // ... nor a network of the chunk's other replicas (live or replaced).
+            let used: HashSet<&str> = ["a"].into_iter().collect();
+            let n = Need {
+                used_groups: used,
+                ..need(2)
             };
-            let picked: Vec<PeerId> = choose(&c.candidates, &need)
-                .into_iter()
-                .map(|i| c.candidates[i].peer)
-                .collect();
-            let want: Vec<PeerId> = c.picked.iter().map(|&n| peer(n)).collect();
-            assert_eq!(picked, want, "{}", c.name);
+            assert_eq!(picks(&c, &n, seed), [3]);
+            // Never a peer twice.
+            let n = Need {
+                used: [peer(3)].into_iter().collect(),
+                ..need(2)
+            };
+            assert_eq!(picks(&c, &n, seed).len(), 1);
+            // No room, no pick.
+            let full = vec![cand(1, 0, P, "a"), cand(2, -1, P, "b")];
+            assert!(picks(&full, &need(1), seed).is_empty());
+            // Witness choice: only a trusted peer, or none.
+            let w = vec![cand(1, 9, P, "a"), cand(2, 1, T, "b"), cand(3, 5, P, "c")];
+            let n = Need {
+                witness: true,
+                ..need(1)
+            };
+            assert_eq!(picks(&w, &n, seed), [2]);
+            assert!(picks(&w[..1], &n, seed).is_empty());
+            // The trusted peer takes the last replica...
+            let n = Need {
+                want_trusted: true,
+                ..need(2)
+            };
+            let p = picks(&w, &n, seed);
+            assert!(p.contains(&2) && p.len() == 2, "{p:?}");
+            // ... unless it shares a network with another pick.
+            let clash = vec![cand(1, 9, P, "a"), cand(3, 1, T, "a")];
+            assert_eq!(picks(&clash, &n, seed).len(), 1);
+            // A blocked network (at its cap for this job) takes nothing.
+            let blocked: HashSet<String> = ["b".to_string()].into_iter().collect();
+            let n = Need {
+                blocked: Some(&blocked),
+                ..need(3)
+            };
+            assert_eq!(picks(&w, &n, seed), [1, 3]);
         }
+    }
+
+    #[test]
+    fn the_draw_follows_measured_weight_and_never_advertised_room() {
+        use rand::SeedableRng;
+        // Peer 1 claims a huge room and has delivered nothing; peer 2 has delivered.
+        let row = |agreed| ReputationRow {
+            agreed,
+            consecutive: agreed,
+            ..ReputationRow::default()
+        };
+        let mut inflated = cand(1, 65_536 * 4, Standing::Probation, "a");
+        inflated.score = measured_weight(None);
+        let mut proven = cand(2, 16, Standing::Trusted, "b");
+        proven.score = measured_weight(Some(&row(100)));
+        let mut rng = StdRng::seed_from_u64(3);
+        let (mut first, mut second) = (0, 0);
+        for _ in 0..2_000 {
+            match choose(&[inflated.clone(), proven.clone()], &need(1), &mut rng)[..] {
+                [0] => first += 1,
+                [1] => second += 1,
+                ref other => panic!("{other:?}"),
+            }
+        }
+        assert!(second > 5 * first, "{first} vs {second}");
+        assert!(first > 0, "a newcomer still gets work");
+        // Room follows delivered results, whatever the advert says.
+        assert_eq!(measured_room(None), NEW_PEER_ROOM);
+        assert_eq!(measured_room(Some(&row(40))), NEW_PEER_ROOM + 20);
+        // A network's share of a job.
+        assert_eq!(network_cap(0), NETWORK_MIN);
+        assert_eq!(network_cap(800), 100);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::trust::Standing;
 use super::{
     ChunkEvidence, ChunkFailure, JobStatus, MAX_EVIDENCE, PeerTally, ReplicaEvidence, job_id_hex,
 };
-use crate::net::protocol::{result_signed_bytes, verify_result_signature};
+use crate::net::protocol::{ResultContext, result_signed_bytes, verify_result_signature};
 use crate::store::db::ReplicaRow;
 use crate::types::{WireOutcome, now_ms};
 
@@ -81,7 +81,7 @@ pub(super) fn status(job: &Job, standing: &dyn Fn(&PeerId) -> Standing) -> JobSt
                         None => {}
                     }
                 }
-                ReplicaState::TimedOut(_) | ReplicaState::Lost => {
+                ReplicaState::TimedOut(_) | ReplicaState::Lost | ReplicaState::Withdrawn => {
                     issued += 1;
                     reissues += 1;
                 }
@@ -161,6 +161,7 @@ pub(super) fn evidence_chunks(job: &Job, standing: &dyn Fn(&PeerId) -> Standing)
 /// signatures) and whether each signature checks out.
 pub(super) fn evidence(
     job: &Job,
+    local: PeerId,
     chunks: &BTreeSet<u32>,
     rows: Vec<ReplicaRow>,
 ) -> Vec<ChunkEvidence> {
@@ -189,10 +190,28 @@ pub(super) fn evidence(
             continue;
         };
         let outcome = decode_outcome(row.outcome.as_deref());
-        let signature_valid = match (&outcome, row.output, &row.signature, row.peer.parse()) {
-            (Some(o), Some(h), Some(sig), Ok(peer)) => verify_result_signature(
+        let input = job.chunks.get(row.chunk as usize).map(|c| c.input_hash);
+        let signature_valid = match (
+            &outcome,
+            row.output,
+            &row.signature,
+            row.peer.parse(),
+            input,
+        ) {
+            (Some(o), Some(h), Some(sig), Ok(peer), Some(input)) => verify_result_signature(
                 &peer,
-                &result_signed_bytes(&job.id, row.chunk, row.attempt, o, &h),
+                &result_signed_bytes(
+                    &ResultContext {
+                        submitter: local,
+                        module: job.module,
+                        input,
+                    },
+                    &job.id,
+                    row.chunk,
+                    row.attempt,
+                    o,
+                    &h,
+                ),
                 sig,
             ),
             _ => false,

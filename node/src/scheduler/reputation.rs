@@ -15,15 +15,22 @@ use crate::store::db::{ReputationRow, Write};
 /// Whether a peer is no longer given work: it was caught lying by a check whose
 /// answer was known, or it was in a minority at least twice and for more than a tenth
 /// of its verified results, or it failed to deliver (errors, timeouts) at least five
-/// times and more often than it agreed.
+/// times and more often than it agreed, or it withdrew at least
+/// [`WITHDRAW_BUDGET`] replicas and more than one for every four it returned agreed
+/// (a volunteer who needs the machine now and then stays well under that; a peer that
+/// takes work to sit on it does not).
 pub fn is_excluded(r: &ReputationRow) -> bool {
     if r.caught > 0 {
         return true;
     }
     let minority = r.disagreed >= 2 && r.disagreed * 10 > r.agreed;
     let unreliable = r.errors + r.timeouts >= 5 && r.errors + r.timeouts > r.agreed;
-    minority || unreliable
+    let withdrawer = r.withdrawn >= WITHDRAW_BUDGET && r.withdrawn * 4 > r.agreed;
+    minority || unreliable || withdrawer
 }
+
+/// Withdrawals any peer may make before its withdrawal rate is looked at.
+pub const WITHDRAW_BUDGET: u64 = 8;
 
 /// A score for ordering peers (higher is better), in 0..1.
 pub fn score(r: &ReputationRow) -> f64 {
@@ -50,6 +57,8 @@ pub enum Mark {
     Error,
     /// The replica was not returned in time.
     Timeout,
+    /// The worker handed the replica back.
+    Withdrawn,
 }
 
 impl Mark {
@@ -79,6 +88,7 @@ impl Mark {
                 r.timeouts += 1;
                 r.consecutive = 0;
             }
+            Self::Withdrawn => r.withdrawn += 1,
         }
     }
 
@@ -89,7 +99,7 @@ impl Mark {
             Self::Caught => Some("caught"),
             Self::Disagreed => Some("disagreed"),
             Self::Error => Some("error"),
-            Self::Timeout => None,
+            Self::Timeout | Self::Withdrawn => None,
         }
     }
 }
@@ -241,6 +251,25 @@ mod tests {
         rep.caught(peer);
         assert!(rep.excluded(&peer));
         assert_eq!(rep.get(&peer).consecutive, 0);
+    }
+
+    #[test]
+    fn a_peer_that_withdraws_far_more_than_it_delivers_is_excluded_and_a_volunteer_is_not() {
+        let mut rep = Reputation::default();
+        let (volunteer, sitter) = (PeerId::random(), PeerId::random());
+        for i in 0..400 {
+            rep.agreed(volunteer, true);
+            if i % 20 == 0 {
+                rep.mark(volunteer, Mark::Withdrawn);
+            }
+        }
+        for _ in 0..WITHDRAW_BUDGET - 1 {
+            rep.mark(sitter, Mark::Withdrawn);
+        }
+        assert!(!rep.excluded(&sitter), "within the budget");
+        rep.mark(sitter, Mark::Withdrawn);
+        assert!(rep.excluded(&sitter), "over the budget, nothing delivered");
+        assert!(!rep.excluded(&volunteer), "{:?}", rep.get(&volunteer));
     }
 
     #[test]

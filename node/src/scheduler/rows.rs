@@ -45,7 +45,9 @@ pub(super) fn replica_row(chunk: u32, r: &Replica) -> ReplicaRow {
             data.clone(),
             Some(signature.clone()),
         ),
-        ReplicaState::Offered | ReplicaState::Lost => (0, None, None, None, None, None),
+        ReplicaState::Offered | ReplicaState::Lost | ReplicaState::Withdrawn => {
+            (0, None, None, None, None, None)
+        }
     };
     ReplicaRow {
         chunk,
@@ -173,6 +175,7 @@ pub(super) fn job_from_rows(
         let state = match r.state {
             ReplicaStatus::Issued => ReplicaState::Issued(r.issued_ms),
             ReplicaStatus::TimedOut => ReplicaState::TimedOut(r.issued_ms),
+            ReplicaStatus::Withdrawn => ReplicaState::Withdrawn,
             ReplicaStatus::Returned => match (decode_outcome(r.outcome.as_deref()), r.output) {
                 (Some(outcome), Some(output)) => ReplicaState::Returned {
                     key: agreement_key(&outcome, &output),

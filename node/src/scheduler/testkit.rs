@@ -12,7 +12,7 @@ use super::reputation::Reputation;
 use super::staged::State;
 use super::trust::TrustPolicy;
 use crate::store::db::ReputationRow;
-use crate::types::{BlobHash, ChunkResult, JobId, Payload, WireOutcome};
+use crate::types::{BlobHash, ChunkResult, JobId, Payload, ResultContext, WireOutcome};
 
 /// A fixed key per number.
 pub(super) fn key(n: u8) -> Keypair {
@@ -108,8 +108,22 @@ pub(super) fn result(n: u8, job: u8, chunk: u32, attempt: u32, output: &[u8]) ->
         exec_micros: 1,
         signature: Vec::new(),
     };
-    r.signature = key(n).sign(&r.signed_bytes()).expect("signs");
+    sign(n, &mut r);
     r
+}
+
+/// What a result for chunk `chunk` of a [`job`] is signed over.
+pub(super) fn ctx(chunk: u32) -> ResultContext {
+    ResultContext {
+        submitter: peer(LOCAL),
+        module: BlobHash::of(b"module"),
+        input: BlobHash::of(&chunk.to_le_bytes()),
+    }
+}
+
+/// Signs `r` (again) as peer `n`.
+pub(super) fn sign(n: u8, r: &mut ChunkResult) {
+    r.signature = key(n).sign(&r.signed_bytes(&ctx(r.chunk))).expect("signs");
 }
 
 /// A replica of peer `n` that returned `output`.

@@ -11,9 +11,15 @@
 //!   streak grows, never below [`TrustPolicy::min_replication`]. A result on one
 //!   trusted peer's word is remembered, so that any later disagreement by that peer
 //!   resets its streak and re-verifies those results.
-//! - **Spot checks**: a sample of results accepted on one word is re-run by this node;
-//!   **planted** chunks (answers already verified) are re-issued to trusted peers as
-//!   if new. A peer caught by either is excluded for good.
+//! - **Spot checks**: a sample of every kind of verified result (on one word or a
+//!   quorum's) is re-run by this node; **planted** chunks (answers already verified)
+//!   are re-issued to trusted peers as if new. Both are judged against this node's own
+//!   run only (a plant that disagrees makes this node run the chunk). A peer whose
+//!   signed answer contradicts this node's run is excluded for good, and every chunk
+//!   it vouched for is re-verified.
+//! - **Disputes** (replicas that disagree) over chunks under
+//!   [`TrustPolicy::referee_fuel`] are decided by this node's own run (see
+//!   `job::Chunk::judge`). The threat model is `docs/TRUST.md`.
 //!
 //! Standing comes from the reputation rows ([`ReputationRow`]), so it survives
 //! restarts and is per submitter: there is no global trust.
@@ -59,8 +65,12 @@ pub struct TrustPolicy {
     pub spot_check_rate: f64,
     /// Fraction of witnessed verifications re-issued to a trusted peer as a plant.
     pub plant_rate: f64,
-    /// Results on one peer's word remembered per peer, for re-verification.
+    /// Chunks a peer vouched for (alone or in a quorum) remembered per peer, for
+    /// re-verification once it is caught.
     pub recheck_window: usize,
+    /// Disputes (replicas that disagree) over chunks that used at most this much
+    /// fuel are refereed by this node's own run; 0: never (a quorum decides).
+    pub referee_fuel: u64,
 }
 
 impl Default for TrustPolicy {
@@ -71,6 +81,8 @@ impl Default for TrustPolicy {
             spot_check_rate: 0.02,
             plant_rate: 0.01,
             recheck_window: 10_000,
+            // About a second of one core: a dispute costs the submitter at most that.
+            referee_fuel: 1_000_000_000,
         }
     }
 }
@@ -112,7 +124,8 @@ impl TrustPolicy {
             && !rng.random_bool(self.replication_probability(row))
     }
 
-    /// Draws whether a result accepted on one word is re-run by this node.
+    /// Draws whether a verified result (on one word, or a quorum's) is re-run by
+    /// this node.
     pub fn spot_check(&self, rng: &mut StdRng) -> bool {
         rng.random_bool(self.spot_check_rate.clamp(0.0, 1.0))
     }

@@ -17,10 +17,10 @@ use crate::types::JobId;
 /// Runs this node does at once itself (witnesses and spot checks).
 pub(super) const LOCAL_RUNS: usize = 2;
 
-/// `peer` was found wrong: every chunk verified on its word alone is opened again
-/// (a finished job runs again for those chunks, then merges again). Chunks of jobs
-/// not in memory are kept for later ([`Changes::reverify_later`]); returns how many
-/// chunks were opened.
+/// `peer` was found wrong: every chunk it vouched for (alone, or in the quorum that
+/// verified it) is opened again (a finished job runs again for those chunks, then
+/// merges again). Chunks of jobs not in memory are kept for later
+/// ([`Changes::reverify_later`]); returns how many chunks were opened.
 ///
 /// [`Changes::reverify_later`]: super::staged::Changes::reverify_later
 pub(super) fn reverify(txn: &mut Txn<'_>, peer: PeerId) -> usize {
@@ -28,54 +28,73 @@ pub(super) fn reverify(txn: &mut Txn<'_>, peer: PeerId) -> usize {
     let mut reopened = 0usize;
     let mut later = false;
     for (id, idx) in list {
-        let Some(mut head) = txn.head(id) else {
+        if txn.head(id).is_none() {
             // A finished job that left memory: the actor loads it and comes back.
             txn.remember_solo(peer, id, idx);
             later = true;
             continue;
-        };
-        if matches!(head.state, JobState::Cancelled | JobState::Failed) {
-            continue;
         }
-        let Some(mut chunk) = txn.take_chunk(id, idx) else {
-            continue;
-        };
-        if chunk.solo != Some(peer) || !matches!(chunk.state, ChunkState::Verified { .. }) {
-            continue;
-        }
-        chunk.state = ChunkState::Pending;
-        chunk.solo = None;
-        txn.put_chunk(id, idx, chunk);
-        txn.ch.writes.push(Write::ChunkState {
-            job: id,
-            idx,
-            state: crate::types::ChunkStatus::Pending,
-            outcome: None,
-            output: None,
-            output_data: None,
-            solo: None,
+        let vouched = txn.chunk(id, idx).is_some_and(|c| match &c.state {
+            ChunkState::Verified { key, .. } => c.replicas.iter().any(|r| {
+                r.peer == peer
+                    && matches!(&r.state, ReplicaState::Returned { key: k, .. } if k == key)
+            }),
+            _ => false,
         });
-        head.trust.reverified += 1;
-        reopened += 1;
-        if head.state != JobState::Running {
-            tracing::warn!(job = %id, %peer, "a finished job runs again: a result it rested on is being re-verified");
-            head.state = JobState::Running;
-            head.result = None;
-            head.finished_ms = None;
-            head.error = None;
-            txn.ch.writes.push(head.write(id));
+        if vouched && reopen(txn, id, idx) {
+            reopened += 1;
         }
-        txn.put_head(id, head);
-        txn.attend(id, idx);
     }
     if later {
         txn.ch.reverify_later.push(peer);
     }
     if reopened > 0 {
-        tracing::warn!(%peer, chunks = reopened, "re-verifying results taken on the word of a peer found wrong");
+        tracing::warn!(%peer, chunks = reopened, "re-verifying results a peer found wrong vouched for");
         txn.ch.kick = true;
     }
     reopened
+}
+
+/// Opens a verified chunk again (its answer is in doubt); a job that had finished
+/// runs again. Returns whether it was opened.
+pub(super) fn reopen(txn: &mut Txn<'_>, id: JobId, idx: u32) -> bool {
+    let Some(mut head) = txn.head(id) else {
+        return false;
+    };
+    if matches!(head.state, JobState::Cancelled | JobState::Failed) {
+        return false;
+    }
+    let Some(mut chunk) = txn.take_chunk(id, idx) else {
+        return false;
+    };
+    if !matches!(chunk.state, ChunkState::Verified { .. }) {
+        return false;
+    }
+    chunk.state = ChunkState::Pending;
+    chunk.solo = None;
+    txn.put_chunk(id, idx, chunk);
+    txn.ch.writes.push(Write::ChunkState {
+        job: id,
+        idx,
+        state: crate::types::ChunkStatus::Pending,
+        outcome: None,
+        output: None,
+        output_data: None,
+        solo: None,
+    });
+    head.trust.reverified += 1;
+    if head.state != JobState::Running {
+        tracing::warn!(job = %id, "a finished job runs again: a result it rested on is being re-verified");
+        head.state = JobState::Running;
+        head.result = None;
+        head.finished_ms = None;
+        head.error = None;
+        txn.ch.writes.push(head.write(id));
+    }
+    txn.put_head(id, head);
+    txn.attend(id, idx);
+    txn.ch.kick = true;
+    true
 }
 
 /// Offers queued plants (verified chunks, answer known) to trusted peers that have
@@ -159,14 +178,14 @@ mod tests {
     use crate::scheduler::testkit::{adaptive, job, peer, returned, state, verified};
 
     #[test]
-    fn a_peer_found_wrong_has_its_solo_chunks_reopened_even_in_a_finished_job() {
+    fn a_peer_found_wrong_has_the_chunks_it_vouched_for_reopened_even_in_a_finished_job() {
         let mut done = job(1, 3, adaptive());
         done.state = JobState::Done;
         done.finished_ms = Some(9);
         for (i, c) in done.chunks.iter_mut().enumerate() {
-            c.replicas = vec![returned(5, 0, b"a")];
+            // Chunk 2 was verified by others: peer 5 never vouched for it.
+            c.replicas = vec![returned(if i < 2 { 5 } else { 6 }, 0, b"a")];
             c.state = verified(b"a");
-            // Chunk 2 was later confirmed by others: no longer on 5's word alone.
             c.solo = (i < 2).then(|| peer(5));
         }
         let mut st = state(vec![done], &[5]);

@@ -85,8 +85,11 @@ pub(super) fn intake(
 ) -> Intake {
     let mut out = Intake::default();
     let mut touched: Vec<(JobId, u32)> = Vec::new();
-    // Peers found wrong: their results on their word alone are re-verified.
+    // Peers found wrong: the results they vouched for are re-verified.
     let mut caught: Vec<PeerId> = Vec::new();
+    // Verified chunks this node's own run found wrong, and those it must run.
+    let mut reopen: Vec<(JobId, u32)> = Vec::new();
+    let mut referee: Vec<(JobId, u32)> = Vec::new();
     let local = txn.base.local;
     for result in results {
         let (id, idx) = (result.job_id, result.chunk);
@@ -104,17 +107,30 @@ pub(super) fn intake(
             out.stored.push(key);
             continue;
         };
-        if matches!(chunk.replicas[ri].state, ReplicaState::Returned { .. }) {
-            // A duplicate: stored the first time.
+        if !chunk.replicas[ri].state.is_live() {
+            // A duplicate (stored the first time), or a result for a replica the chunk
+            // gave up on (timed out, lost, withdrawn): never counted, so that a
+            // withdraw-then-lie, or a second identity in the same network, cannot
+            // join the quorum late.
+            if matches!(chunk.replicas[ri].state, ReplicaState::Withdrawn) {
+                tracing::debug!(%peer, job = %id, chunk = idx, "ignored a result for a withdrawn replica");
+            }
+            txn.put_chunk(id, idx, chunk);
             out.stored.push(key);
             continue;
         }
-        // The answer must be this peer's own, signed with its identity key.
-        // (This node's own results come straight from its worker, not the network.)
+        // The answer must be this peer's own, signed with its identity key, for this
+        // submitter, module and input. (This node's own results come straight from
+        // its worker, not the network.)
+        let ctx = crate::types::ResultContext {
+            submitter: local,
+            module: txn.job(id).map(|j| j.module).unwrap_or(BlobHash([0; 32])),
+            input: chunk.input_hash,
+        };
         if peer != local
             && !crate::net::protocol::verify_result_signature(
                 &peer,
-                &result.signed_bytes(),
+                &result.signed_bytes(&ctx),
                 &result.signature,
             )
         {
@@ -132,12 +148,16 @@ pub(super) fn intake(
             continue;
         }
         if result.outcome == WireOutcome::Withdrawn {
-            // The worker's owner needed the machine: run it elsewhere, no penalty.
+            // The worker's owner needed the machine: run it elsewhere. It costs the
+            // chunk nothing; the peer's withdrawals are counted (a budget).
             lose(txn, &mut chunk.replicas[ri].state, peer);
+            chunk.replicas[ri].state = ReplicaState::Withdrawn;
+            txn.mark(peer, Mark::Withdrawn);
             txn.ch
                 .writes
                 .push(Write::Replica(id, replica_row(idx, &chunk.replicas[ri])));
             txn.ch.events.push(Event::Reissue("lost"));
+            txn.count(id, |t| t.withdrawn += 1);
             txn.put_chunk(id, idx, chunk);
             out.stored.push(key);
             touched.push((id, idx));
@@ -186,7 +206,6 @@ pub(super) fn intake(
         if chunk.replicas[ri].state.is_live() {
             txn.add_inflight(peer, -1);
         }
-        let check = chunk.replicas[ri].check;
         let key_of = agreement_key(&result.outcome, &result.output_hash);
         let deterministic = is_deterministic(&result.outcome);
         chunk.replicas[ri].state = ReplicaState::Returned {
@@ -200,46 +219,76 @@ pub(super) fn intake(
         txn.ch
             .writes
             .push(Write::Replica(id, replica_row(idx, &chunk.replicas[ri])));
-        // A late result for a chunk already verified still tells on its peer; a
-        // check (plant or spot check) tells on the peer whose word was taken.
+        // A result for a chunk already verified (a late replica, a plant, a spot
+        // check) is judged against this node's own run only, never against the
+        // answer the grid verified: a verified lie must not get an honest peer
+        // blamed.
         if let ChunkState::Verified { key: verified, .. } = &chunk.state
             && deterministic
         {
-            let agrees = key_of == *verified;
-            match (check, chunk.solo) {
-                // This node re-ran a chunk taken on one peer's word.
-                (true, Some(solo)) if peer == local => {
-                    if agrees {
-                        txn.mark(solo, Mark::Agreed { witnessed: true });
-                    } else {
-                        tracing::warn!(peer = %solo, job = %id, chunk = idx,
-                            "spot check: a trusted peer's answer was wrong; excluding it");
+            let verified = *verified;
+            let own = own_key(&chunk, local);
+            if peer == local {
+                // This node re-ran a verified chunk: it judges every answer.
+                for r in &chunk.replicas {
+                    if let ReplicaState::Returned {
+                        key: k, outcome, ..
+                    } = &r.state
+                        && r.peer != local
+                        && is_deterministic(outcome)
+                        && *k != key_of
+                        && txn.standing(&r.peer) != Standing::Excluded
+                    {
+                        tracing::warn!(peer = %r.peer, job = %id, chunk = idx,
+                            "this node's own run contradicts the peer's signed answer; excluding it");
                         txn.count(id, |t| t.caught += 1);
-                        txn.mark(solo, Mark::Caught);
-                        caught.push(solo);
+                        txn.mark(r.peer, Mark::Caught);
+                        caught.push(r.peer);
                     }
                 }
-                // A plant: the answer was known.
-                (true, _) if !agrees => {
+                if let Some(solo) = chunk.solo
+                    && key_of == verified
+                {
+                    txn.mark(solo, Mark::Agreed { witnessed: true });
+                }
+                if key_of != verified {
+                    tracing::warn!(job = %id, chunk = idx,
+                        "a verified result was wrong: this node's own run decides it again");
+                    reopen.push((id, idx));
+                }
+            } else if let Some(own) = own {
+                if key_of == own {
+                    txn.mark(peer, Mark::Agreed { witnessed: true });
+                } else {
                     tracing::warn!(%peer, job = %id, chunk = idx,
-                        "planted chunk answered wrongly; excluding the peer");
+                        "an answer contradicts this node's own run; excluding the peer");
                     txn.count(id, |t| t.caught += 1);
                     txn.mark(peer, Mark::Caught);
                     caught.push(peer);
                 }
-                (_, _) if agrees => txn.mark(peer, Mark::Agreed { witnessed: true }),
-                (_, _) => {
-                    txn.mark(peer, Mark::Disagreed);
-                    caught.push(peer);
-                }
+            } else if key_of == verified {
+                txn.mark(peer, Mark::Agreed { witnessed: true });
+            } else {
+                // Someone lies, the peer or those the grid believed: this node runs
+                // it and decides.
+                referee.push((id, idx));
             }
         }
         txn.put_chunk(id, idx, chunk);
         out.stored.push(key);
         touched.push((id, idx));
     }
+    for (id, idx) in reopen {
+        trust_ops::reopen(txn, id, idx);
+    }
     for peer in caught {
         trust_ops::reverify(txn, peer);
+    }
+    for (id, idx) in referee {
+        if !trust_ops::local_run(txn, id, idx, true, now_ms) {
+            // This node is busy: a trusted peer checks it meanwhile.
+            txn.plant(id, idx);
+        }
     }
     for (id, idx) in touched {
         evaluate_chunk(txn, id, idx, rng, now_ms);
@@ -250,6 +299,26 @@ pub(super) fn intake(
         check_done(txn, id, now_ms);
     }
     out
+}
+
+/// The agreement key of this node's own deterministic result on the chunk, if any.
+pub(super) fn own_key(chunk: &super::job::Chunk, local: PeerId) -> Option<[u8; 32]> {
+    chunk.replicas.iter().find_map(|r| match &r.state {
+        ReplicaState::Returned { key, outcome, .. }
+            if r.peer == local && is_deterministic(outcome) =>
+        {
+            Some(*key)
+        }
+        _ => None,
+    })
+}
+
+/// How this submitter referees (see [`super::job::Chunk::judge`]).
+pub(super) fn referee(txn: &Txn<'_>) -> super::job::Referee {
+    super::job::Referee {
+        local: txn.base.local,
+        fuel_budget: txn.base.trust.referee_fuel,
+    }
 }
 
 /// Applies a verdict that ends a chunk (verified or failed).
@@ -273,7 +342,7 @@ pub(super) fn evaluate_chunk(
     if chunk.state != ChunkState::Pending {
         return;
     }
-    let verdict = chunk.evaluate(&spec, &|p| txn.standing(p));
+    let verdict = chunk.judge(&spec, &|p| txn.standing(p), Some(&referee(txn)));
     match verdict {
         Verdict::Verified(key) => {
             let winner = chunk.replicas.iter().find_map(|r| match &r.state {
@@ -309,6 +378,10 @@ pub(super) fn evaluate_chunk(
                     *data = None;
                 }
             }
+            let local = txn.base.local;
+            // Decided by this node's own run: a different signed answer is a lie.
+            let refereed = own_key(&chunk, local) == Some(key);
+            let disputed = chunk.groups(&|p| txn.standing(p)).len() > 1;
             let mut wrong = Vec::new();
             if !on_word {
                 for r in &chunk.replicas {
@@ -316,15 +389,27 @@ pub(super) fn evaluate_chunk(
                         key: k, outcome, ..
                     } = &r.state
                         && is_deterministic(outcome)
+                        && r.peer != local
                     {
                         if *k == key {
                             txn.mark(r.peer, Mark::Agreed { witnessed });
+                        } else if txn.standing(&r.peer) == Standing::Excluded {
+                            // Already excluded (its answer was not counted).
+                        } else if refereed {
+                            tracing::warn!(peer = %r.peer, job = %id, chunk = idx,
+                                "refereed: the peer's signed answer differs from this node's own run; excluding it");
+                            txn.count(id, |t| t.caught += 1);
+                            txn.mark(r.peer, Mark::Caught);
+                            wrong.push(r.peer);
                         } else {
                             wrong.push(r.peer);
                             txn.mark(r.peer, Mark::Disagreed);
                         }
                     }
                 }
+            }
+            if refereed && disputed {
+                txn.count(id, |t| t.refereed += 1);
             }
             let reread = output_data.is_none();
             txn.ch.writes.push(Write::ChunkState {
@@ -359,9 +444,16 @@ pub(super) fn evaluate_chunk(
             }
             let policy = txn.base.trust;
             let plant = spec.adaptive() && witnessed && policy.plant(rng);
-            let spot = on_word && policy.spot_check(rng);
+            // Every kind of verified chunk is sampled (witnessed quorums too), except
+            // those this node ran itself.
+            let spot = !refereed && policy.spot_check(rng);
             if let (true, Some(solo)) = (on_word, solo) {
                 txn.remember_solo(solo, id, idx);
+            } else {
+                // Every peer that vouched for the answer: re-verified if it is caught.
+                for p in agreeing.iter().filter(|p| **p != local) {
+                    txn.remember_solo(*p, id, idx);
+                }
             }
             if plant {
                 txn.plant(id, idx);
@@ -386,7 +478,7 @@ pub(super) fn evaluate_chunk(
             chunk.state = ChunkState::Failed(reason);
             txn.put_chunk(id, idx, chunk);
         }
-        Verdict::Need(_) | Verdict::NeedWitness | Verdict::Wait => {}
+        Verdict::Need(_) | Verdict::NeedWitness | Verdict::Wait | Verdict::Referee => {}
     }
 }
 
@@ -521,20 +613,18 @@ mod tests {
                 reverified: 0,
             },
             Case {
-                name: "withdrawn: lost, no penalty",
+                name: "withdrawn: no penalty, the chunk's budget untouched",
                 spec: fixed(),
                 before: |c| c.replicas = vec![issued(1, 0), issued(2, 1)],
                 from: 1,
                 batch: || {
                     let mut r = result(1, 1, 0, 0, b"");
                     r.outcome = WireOutcome::Withdrawn;
-                    r.signature = crate::scheduler::testkit::key(1)
-                        .sign(&r.signed_bytes())
-                        .unwrap();
+                    crate::scheduler::testkit::sign(1, &mut r);
                     vec![r]
                 },
                 acked: true,
-                replica: "lost",
+                replica: "withdrawn",
                 chunk: "pending",
                 rep: (1, 0, 0, 0, 0),
                 reverified: 0,
@@ -592,11 +682,40 @@ mod tests {
                 reverified: 0,
             },
             Case {
-                name: "late result agreeing with the verified answer",
+                name: "late result for a timed-out replica: acknowledged, never counted",
+                spec: fixed(),
+                before: |c| {
+                    c.replicas = vec![returned(2, 0, b"a"), issued(1, 1)];
+                    c.replicas[1].state = ReplicaState::TimedOut(1);
+                },
+                from: 1,
+                batch: || vec![result(1, 1, 0, 1, b"a")],
+                acked: true,
+                replica: "timed_out",
+                chunk: "pending",
+                rep: (1, 0, 0, 0, 0),
+                reverified: 0,
+            },
+            Case {
+                name: "withdraw, then lie late: never counted",
+                spec: fixed(),
+                before: |c| {
+                    c.replicas = vec![returned(2, 0, b"a"), issued(1, 1)];
+                    c.replicas[1].state = ReplicaState::Withdrawn;
+                },
+                from: 1,
+                batch: || vec![result(1, 1, 0, 1, b"a")],
+                acked: true,
+                replica: "withdrawn",
+                chunk: "pending",
+                rep: (1, 0, 0, 0, 0),
+                reverified: 0,
+            },
+            Case {
+                name: "a live replica agreeing with the verified answer",
                 spec: fixed(),
                 before: |c| {
                     c.replicas = vec![returned(2, 0, b"a"), returned(3, 1, b"a"), issued(1, 2)];
-                    c.replicas[2].state = ReplicaState::TimedOut(1);
                     c.state = verified(b"a");
                 },
                 from: 1,
@@ -608,7 +727,7 @@ mod tests {
                 reverified: 0,
             },
             Case {
-                name: "late result disagreeing: a minority",
+                name: "disagreeing with a verified answer: nobody judged until this node's own run",
                 spec: fixed(),
                 before: |c| {
                     c.replicas = vec![returned(2, 0, b"a"), returned(3, 1, b"a"), issued(1, 2)];
@@ -619,11 +738,11 @@ mod tests {
                 acked: true,
                 replica: "returned",
                 chunk: "verified",
-                rep: (1, 0, 1, 0, 0),
+                rep: (1, 0, 0, 0, 0),
                 reverified: 0,
             },
             Case {
-                name: "a plant answered wrongly: caught",
+                name: "a plant answered differently: never judged against the grid's answer",
                 spec: adaptive(),
                 before: |c| {
                     c.replicas = vec![returned(2, 0, b"a"), returned(3, 1, b"a"), issued(1, 2)];
@@ -632,6 +751,50 @@ mod tests {
                 },
                 from: 1,
                 batch: || vec![result(1, 1, 0, 2, b"b")],
+                acked: true,
+                replica: "returned",
+                chunk: "verified",
+                rep: (1, 0, 0, 0, 0),
+                reverified: 0,
+            },
+            Case {
+                name: "a plant differs and this node's own run agrees with it: the vouchers are caught",
+                spec: adaptive(),
+                before: |c| {
+                    c.replicas = vec![
+                        returned(2, 0, b"a"),
+                        returned(3, 1, b"a"),
+                        returned(1, 2, b"b"),
+                        issued(LOCAL, 3),
+                    ];
+                    c.replicas[2].check = true;
+                    c.replicas[3].check = true;
+                    c.state = verified(b"a");
+                },
+                from: LOCAL,
+                batch: || vec![result(LOCAL, 1, 0, 3, b"b")],
+                acked: true,
+                replica: "returned",
+                chunk: "verified",
+                rep: (2, 0, 1, 0, 1),
+                reverified: 1,
+            },
+            Case {
+                name: "a plant differs and this node's own run agrees with the grid: the plant's peer is caught",
+                spec: adaptive(),
+                before: |c| {
+                    c.replicas = vec![
+                        returned(2, 0, b"a"),
+                        returned(3, 1, b"a"),
+                        returned(1, 2, b"b"),
+                        issued(LOCAL, 3),
+                    ];
+                    c.replicas[2].check = true;
+                    c.replicas[3].check = true;
+                    c.state = verified(b"a");
+                },
+                from: LOCAL,
+                batch: || vec![result(LOCAL, 1, 0, 3, b"a")],
                 acked: true,
                 replica: "returned",
                 chunk: "verified",
@@ -651,7 +814,7 @@ mod tests {
                 batch: || vec![result(LOCAL, 1, 0, 1, b"b")],
                 acked: true,
                 replica: "returned",
-                chunk: "pending",
+                chunk: "verified",
                 rep: (5, 1000, 1, 0, 1),
                 reverified: 1,
             },
@@ -719,9 +882,7 @@ mod tests {
             hash,
             size: big.len() as u64,
         });
-        r.signature = crate::scheduler::testkit::key(1)
-            .sign(&r.signed_bytes())
-            .unwrap();
+        crate::scheduler::testkit::sign(1, &mut r);
         let mut rng = StdRng::seed_from_u64(1);
         let mut txn = Txn::new(&st);
         let out = intake(

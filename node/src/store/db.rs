@@ -389,7 +389,7 @@ impl Db {
     pub fn reputations(&self) -> Result<Vec<ReputationRow>, DbError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT peer, agreed, consecutive, disagreed, errors, timeouts, caught FROM reputation",
+            "SELECT peer, agreed, consecutive, disagreed, errors, timeouts, caught, withdrawn FROM reputation",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(ReputationRow {
@@ -400,6 +400,7 @@ impl Db {
                 errors: r.get(4)?,
                 timeouts: r.get(5)?,
                 caught: r.get(6)?,
+                withdrawn: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -635,8 +636,8 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbErro
         }
         Write::Reputation(r) => {
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO reputation (peer, agreed, consecutive, disagreed, errors, timeouts, caught)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR REPLACE INTO reputation (peer, agreed, consecutive, disagreed, errors, timeouts, caught, withdrawn)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 r.peer,
@@ -645,7 +646,8 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbErro
                 r.disagreed,
                 r.errors,
                 r.timeouts,
-                r.caught
+                r.caught,
+                r.withdrawn
             ])?;
         }
         Write::OutboxPut(o) => {
@@ -662,16 +664,16 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbErro
                 now_ms()
             ])?;
         }
-        Write::OutboxDelete(job, chunk, attempt) => {
+        Write::OutboxDelete(submitter, job, chunk, attempt) => {
             tx.prepare_cached(
-                "DELETE FROM outbox WHERE job_id = ?1 AND chunk = ?2 AND attempt = ?3",
+                "DELETE FROM outbox WHERE submitter = ?1 AND job_id = ?2 AND chunk = ?3 AND attempt = ?4",
             )?
-            .execute(params![job.0.as_slice(), chunk, attempt])?;
+            .execute(params![submitter, job.0.as_slice(), chunk, attempt])?;
         }
-        Write::OutboxDeleteJob(job) => {
+        Write::OutboxDeleteJob(submitter, job) => {
             tx.execute(
-                "DELETE FROM outbox WHERE job_id = ?1",
-                params![job.0.as_slice()],
+                "DELETE FROM outbox WHERE submitter = ?1 AND job_id = ?2",
+                params![submitter, job.0.as_slice()],
             )?;
         }
     }
@@ -848,7 +850,13 @@ mod tests {
         db.apply(&[Write::OutboxPut(row.clone())]).unwrap();
         assert_eq!(db.outbox().unwrap(), vec![row]);
         assert_eq!(db.outbox_len().unwrap(), 1);
-        db.apply(&[Write::OutboxDelete(JobId([2; 16]), 3, 1)])
+        // Another submitter's delete of the same (job, chunk, attempt) changes nothing.
+        db.apply(&[Write::OutboxDelete("t".into(), JobId([2; 16]), 3, 1)])
+            .unwrap();
+        db.apply(&[Write::OutboxDeleteJob("t".into(), JobId([2; 16]))])
+            .unwrap();
+        assert_eq!(db.outbox_len().unwrap(), 1);
+        db.apply(&[Write::OutboxDelete("s".into(), JobId([2; 16]), 3, 1)])
             .unwrap();
         assert!(db.outbox().unwrap().is_empty());
     }

@@ -16,3 +16,4 @@ mod schema;
 
 pub use blobs::BlobStore;
 pub use db::{Db, DbError, Write};
+pub use outbox_pages::OutboxKey;

@@ -98,6 +98,8 @@ pub struct ReputationRow {
     pub timeouts: u64,
     /// Times it was caught lying by a spot check or a planted chunk (excluded).
     pub caught: u64,
+    /// Replicas it accepted and then withdrew (a budget: see `reputation`).
+    pub withdrawn: u64,
 }
 
 /// A finished result waiting for its submitter's acknowledgement.
@@ -167,10 +169,10 @@ pub enum Write {
     Reputation(ReputationRow),
     /// A result entered the outbox.
     OutboxPut(OutboxRow),
-    /// A result was acknowledged.
-    OutboxDelete(JobId, u32, u32),
-    /// Every outbox entry of a job (cancelled).
-    OutboxDeleteJob(JobId),
+    /// A result was acknowledged: (submitter, job, chunk, attempt).
+    OutboxDelete(String, JobId, u32, u32),
+    /// Every outbox entry of one submitter's job (cancelled by that submitter).
+    OutboxDeleteJob(String, JobId),
 }
 
 /// Stored states are their names (`running`, `verified`, `timed_out`, ...), so the

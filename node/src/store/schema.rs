@@ -66,4 +66,21 @@ ALTER TABLE chunks ADD COLUMN solo_peer TEXT;
 ALTER TABLE replicas ADD COLUMN signature BLOB;
 ALTER TABLE reputation ADD COLUMN caught INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- Protocol 3: the outbox is keyed by submitter too (two submitters may pick the same
+-- job id; one must never overwrite or cancel the other's results). Results signed
+-- under protocol 2 cannot be delivered to a protocol-3 submitter: dropped.
+DROP TABLE outbox;
+CREATE TABLE outbox (
+    submitter   TEXT NOT NULL,
+    job_id      BLOB NOT NULL,
+    chunk       INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    result      BLOB NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    PRIMARY KEY (submitter, job_id, chunk, attempt)
+) WITHOUT ROWID;
+-- Withdrawals per peer (a budget; heavy withdrawers lose standing).
+ALTER TABLE reputation ADD COLUMN withdrawn INTEGER NOT NULL DEFAULT 0;
+"#,
 ];

@@ -28,7 +28,11 @@ impl Worker {
         let mut accepted = Vec::new();
         let mut rejected = Vec::new();
         let allowed = self.inner.gate.allowed();
-        let capacity = (allowed * QUEUE_FACTOR) as usize;
+        let capacity = if self.inflates() {
+            usize::MAX
+        } else {
+            (allowed * QUEUE_FACTOR) as usize
+        };
         let busy = if allowed == 0 && self.inner.politeness.decision().reason.is_some() {
             RejectReason::Suspended
         } else {
@@ -39,7 +43,7 @@ impl Worker {
         {
             let mut active = self.active();
             for a in assignments {
-                let key = (job_id, a.chunk, a.attempt);
+                let key = (submitter, job_id, a.chunk, a.attempt);
                 if active.contains_key(&key) {
                     accepted.push((a.chunk, a.attempt));
                 } else if a.limits.memory_bytes > self.inner.memory_limit {
@@ -74,20 +78,23 @@ impl Worker {
         TaskReply::Offer { accepted, rejected }
     }
 
-    /// Stops the given chunks of a job (all of them when `chunks` is empty) and drops
-    /// their undelivered results. The chunks stop at once; the outbox is cleared by a
-    /// task, off the caller's thread.
-    pub fn cancel(&self, job_id: JobId, chunks: &[u32]) {
+    /// Stops the given chunks of `submitter`'s job (all of them when `chunks` is
+    /// empty) and drops their undelivered results. Only chunks that `submitter`
+    /// offered are touched: a cancel from any other peer changes nothing. The chunks
+    /// stop at once; the outbox is cleared by a task, off the caller's thread.
+    pub fn cancel(&self, submitter: PeerId, job_id: JobId, chunks: &[u32]) {
         let wanted: HashSet<u32> = chunks.iter().copied().collect();
         let mut writes = Vec::new();
-        for ((job, chunk, attempt), control) in self.active().iter() {
-            if *job == job_id && (wanted.is_empty() || wanted.contains(chunk)) {
+        let who = submitter.to_string();
+        for ((from, job, chunk, attempt), control) in self.active().iter() {
+            if *from == submitter && *job == job_id && (wanted.is_empty() || wanted.contains(chunk))
+            {
                 control.cancel();
-                writes.push(Write::OutboxDelete(*job, *chunk, *attempt));
+                writes.push(Write::OutboxDelete(who.clone(), *job, *chunk, *attempt));
             }
         }
         if wanted.is_empty() {
-            writes.push(Write::OutboxDeleteJob(job_id));
+            writes.push(Write::OutboxDeleteJob(who, job_id));
         }
         if writes.is_empty() {
             return;

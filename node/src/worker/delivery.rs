@@ -16,9 +16,11 @@ use std::time::Duration;
 use libp2p::PeerId;
 use tokio::time::Instant;
 
-use super::{Key, Worker};
+use super::Worker;
 use crate::net::protocol::{ChunkResult, MAX_RESULT_BYTES, ResultBatch};
+use crate::store::OutboxKey;
 use crate::store::db::{OutboxRow, Write};
+use crate::types::JobId;
 
 /// Results per delivery batch, at most.
 const DELIVERY_BATCH: usize = 64;
@@ -102,7 +104,7 @@ impl Worker {
 
     /// One pass over the outbox, a page at a time.
     async fn deliver_round(&self, backoff: &mut Backoff) {
-        let mut after: Option<Key> = None;
+        let mut after: Option<OutboxKey> = None;
         loop {
             let skip: Vec<String> = backoff.keys().cloned().collect();
             let page = match self
@@ -120,7 +122,12 @@ impl Worker {
             let Some(last) = page.last() else {
                 return;
             };
-            after = Some((last.job_id, last.chunk, last.attempt));
+            after = Some((
+                last.submitter.clone(),
+                last.job_id,
+                last.chunk,
+                last.attempt,
+            ));
             let mut by_submitter: Vec<(String, Vec<OutboxRow>)> = Vec::new();
             for row in page {
                 if backoff.contains_key(&row.submitter) {
@@ -150,6 +157,7 @@ impl Worker {
         let Ok(peer) = submitter.parse::<PeerId>() else {
             tracing::warn!(%submitter, "dropping results for a malformed submitter id");
             self.delete(
+                submitter,
                 rows.iter()
                     .map(|r| (r.job_id, r.chunk, r.attempt))
                     .collect(),
@@ -168,7 +176,7 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "dropping an outbox entry that does not decode");
-                    self.delete(vec![(row.job_id, row.chunk, row.attempt)])
+                    self.delete(submitter, vec![(row.job_id, row.chunk, row.attempt)])
                         .await;
                 }
             }
@@ -195,17 +203,18 @@ impl Worker {
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        self.delete(ack.stored).await;
+        self.delete(&peer.to_string(), ack.stored).await;
         Ok(())
     }
 
-    async fn delete(&self, keys: Vec<Key>) {
+    /// Drops `submitter`'s acknowledged (or undeliverable) results.
+    async fn delete(&self, submitter: &str, keys: Vec<(JobId, u32, u32)>) {
         if keys.is_empty() {
             return;
         }
         let writes: Vec<Write> = keys
             .into_iter()
-            .map(|(j, c, a)| Write::OutboxDelete(j, c, a))
+            .map(|(j, c, a)| Write::OutboxDelete(submitter.to_string(), j, c, a))
             .collect();
         if let Err(e) = self.inner.db.run(move |db| db.apply(&writes)).await {
             tracing::warn!(error = %e, "cannot clear acknowledged results");

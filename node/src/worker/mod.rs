@@ -85,7 +85,9 @@ pub const MAX_OUTBOX: u64 = 10_000;
 /// Outputs up to this size travel inline; larger ones as blobs.
 pub const INLINE_OUTPUT: usize = 4 * 1024 * 1024;
 
-type Key = (JobId, u32, u32);
+/// A chunk replica on this worker: (submitter, job, chunk, attempt). Two submitters
+/// may pick the same job id; neither can touch the other's chunks.
+type Key = (PeerId, JobId, u32, u32);
 
 /// The worker. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -118,6 +120,10 @@ struct Inner {
     modules: Mutex<HashMap<BlobHash, JobModule>>,
     /// Results in the outbox, as last counted (plus those written since).
     outbox_len: AtomicU64,
+    /// Tests only: take every offer and advertise the most slots a peer may claim
+    /// (an inflating peer; see `Seams::inflater`).
+    #[cfg(feature = "test-utils")]
+    greedy: std::sync::atomic::AtomicBool,
     deliver: Notify,
     changed: Notify,
     tasks: TaskTracker,
@@ -237,6 +243,8 @@ impl Worker {
                 local_scheduler: OnceLock::new(),
                 // Counted by the delivery task as it starts (off the async threads).
                 outbox_len: 0.into(),
+                #[cfg(feature = "test-utils")]
+                greedy: false.into(),
                 deliver: Notify::new(),
                 changed: Notify::new(),
                 tasks: TaskTracker::new(),
@@ -291,6 +299,28 @@ impl Worker {
             active: self.active().len() as u32,
             outbox: self.inner.outbox_len.load(Ordering::Relaxed),
             executed: self.inner.executed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Tests only: from now on take every offer and advertise
+    /// [`MAX_ADVERT_SLOTS`](crate::net::protocol::MAX_ADVERT_SLOTS) (an inflating
+    /// peer, which the submitters' placement must not reward).
+    #[cfg(feature = "test-utils")]
+    pub fn inflate_for_tests(&self) {
+        self.inner
+            .greedy
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this worker inflates (tests only; always false in a release build).
+    pub fn inflates(&self) -> bool {
+        #[cfg(feature = "test-utils")]
+        {
+            self.inner.greedy.load(std::sync::atomic::Ordering::Relaxed)
+        }
+        #[cfg(not(feature = "test-utils"))]
+        {
+            false
         }
     }
 

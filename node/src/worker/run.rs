@@ -16,7 +16,9 @@ use libp2p::PeerId;
 
 use super::{INLINE_OUTPUT, Worker};
 use crate::net::fetch::fetch_blob;
-use crate::net::protocol::{Assignment, BlobHash, ChunkResult, JobId, Payload, WireOutcome};
+use crate::net::protocol::{
+    Assignment, BlobHash, ChunkResult, JobId, Payload, ResultContext, WireOutcome,
+};
 use crate::sandbox::{ChunkControl, Execution, JobModule, Outcome};
 
 /// Modules kept loaded (by blob hash); the cache is emptied when full.
@@ -60,7 +62,12 @@ impl Worker {
         a: Assignment,
         control: Arc<ChunkControl>,
     ) {
-        let key = (job_id, a.chunk, a.attempt);
+        let key = (submitter, job_id, a.chunk, a.attempt);
+        let ctx = ResultContext {
+            submitter,
+            module: a.module,
+            input: a.input.hash(),
+        };
         let execution = tokio::select! {
             _ = self.inner.shutdown.cancelled() => {
                 // Stops the call on the pool at the end of its current fuel slice.
@@ -74,11 +81,11 @@ impl Worker {
         }
         let result = if control.is_withdrawn() {
             let mut result = withdrawn_result(job_id, &a);
-            result.signature = self.inner.net.sign(&result.signed_bytes());
+            result.signature = self.inner.net.sign(&result.signed_bytes(&ctx));
             Some(result)
         } else {
             match execution.filter(|_| !control.is_cancelled()) {
-                Some(e) => self.to_result(job_id, &a, e).await,
+                Some(e) => self.to_result(&ctx, job_id, &a, e).await,
                 None => None,
             }
         };
@@ -216,6 +223,7 @@ impl Worker {
     /// cancellations, and when a large output cannot be stored).
     async fn to_result(
         &self,
+        ctx: &ResultContext,
         job_id: JobId,
         a: &Assignment,
         exec: Execution,
@@ -249,7 +257,7 @@ impl Worker {
             exec_micros: exec.elapsed.as_micros() as u64,
             signature: Vec::new(),
         };
-        result.signature = self.inner.net.sign(&result.signed_bytes());
+        result.signature = self.inner.net.sign(&result.signed_bytes(ctx));
         Some(result)
     }
 }

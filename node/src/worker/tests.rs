@@ -391,3 +391,43 @@ async fn the_outbox_is_delivered_in_pages_and_batches_and_an_unreachable_submitt
     assert!(left.iter().all(|r| r.submitter == unreachable.to_string()));
     f.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn only_the_jobs_submitter_can_cancel_its_chunks() {
+    let f = Fixture::new(
+        lend(2),
+        Arc::new(TestClock::default()),
+        &local_key(),
+        Vec::new(),
+    );
+    f.probe.hold.store(true, Ordering::Relaxed);
+    let TaskReply::Offer { accepted, .. } = f.offer(0..2) else {
+        panic!("an offer gets an offer reply");
+    };
+    assert_eq!(accepted.len(), 2);
+    // Another peer that learnt the job id: nothing stops.
+    let stranger = identity::Keypair::generate_ed25519().public().to_peer_id();
+    f.worker.cancel(stranger, JOB, &[]);
+    f.worker.cancel(stranger, JOB, &[0]);
+    assert_eq!(
+        f.worker.status().active,
+        2,
+        "a forged cancel changes nothing"
+    );
+    // The same job id offered by another submitter is a separate chunk.
+    let TaskReply::Offer { accepted, .. } = f.worker.offer(stranger, JOB, vec![f.assignment(0)])
+    else {
+        panic!("an offer gets an offer reply");
+    };
+    assert_eq!(accepted, [(0, 0)]);
+    assert_eq!(f.worker.status().active, 3);
+    // The submitter's own cancel stops its chunks, and only those.
+    f.worker.cancel(f.local, JOB, &[]);
+    until("the submitter's chunks to stop", || {
+        f.worker.status().active == 1
+    })
+    .await;
+    f.probe.hold.store(false, Ordering::Relaxed);
+    f.worker.cancel(stranger, JOB, &[]);
+    f.stop().await;
+}

@@ -138,11 +138,16 @@ impl Actor {
                 excluded += 1;
                 continue;
             }
+            // Room and weight come from what this node measured of the peer; its
+            // advert only bounds them (see `placement`).
+            let row = self.state.reputation.row(&peer);
+            let advertised = i64::from(advert.slots_total.saturating_mul(QUEUE_FACTOR));
             candidates.push(Candidate {
                 peer,
                 memory: advert.memory_limit,
-                room: i64::from(advert.slots_total * QUEUE_FACTOR) - inflight(&peer),
-                score: self.state.reputation.score(&peer),
+                room: advertised.min(crate::scheduler::placement::measured_room(row))
+                    - inflight(&peer),
+                score: crate::scheduler::placement::measured_weight(row),
                 standing: self.state.standing(&peer),
                 group: placement.group(p),
                 source: placement.source(p).map(str::to_string),

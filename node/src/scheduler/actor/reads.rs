@@ -91,6 +91,6 @@ impl Actor {
                 tracing::error!(error = %e, "cannot read replicas for evidence");
                 Vec::new()
             });
-        Some(report::evidence(job, &chunks, rows))
+        Some(report::evidence(job, self.state.local, &chunks, rows))
     }
 }

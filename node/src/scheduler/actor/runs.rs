@@ -176,6 +176,11 @@ impl Actor {
             return;
         };
         let (module, limits, input) = (job.module, job.spec.limits, chunk.input.clone());
+        let ctx = ResultContext {
+            submitter: self.state.local,
+            module,
+            input: chunk.input_hash,
+        };
         let now = self.now();
         self.state.local_runs.insert((id, idx, attempt), now);
         let (blobs, sandbox, net) = (
@@ -187,7 +192,8 @@ impl Actor {
             let result = local::run_locally(&blobs, &sandbox, module, &input, &limits).map(
                 |(outcome, output)| {
                     let output_hash = BlobHash::of(&output);
-                    let signed = result_signed_bytes(&id, idx, attempt, &outcome, &output_hash);
+                    let signed =
+                        result_signed_bytes(&ctx, &id, idx, attempt, &outcome, &output_hash);
                     ChunkResult {
                         job_id: id,
                         chunk: idx,
