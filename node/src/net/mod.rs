@@ -29,6 +29,7 @@ pub mod fetch;
 pub mod metrics;
 pub mod peers;
 pub mod protocol;
+pub mod scale_sim;
 pub mod sim;
 
 use std::sync::Arc;
