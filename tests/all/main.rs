@@ -4,5 +4,6 @@ mod examples;
 mod grid;
 mod monitoring;
 mod network;
+mod scale;
 mod trust;
 mod volunteer;

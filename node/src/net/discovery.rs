@@ -47,6 +47,8 @@ pub struct DiscoveryConfig {
     pub max_queries: usize,
     /// Peers a walk may dial.
     pub dials_per_walk: usize,
+    /// Below this many connections, peers the DHT's own upkeep finds are dialled.
+    pub dial_target: usize,
 }
 
 impl Default for DiscoveryConfig {
@@ -62,6 +64,7 @@ impl Default for DiscoveryConfig {
             max_walks: 2,
             max_queries: 32,
             dials_per_walk: 20,
+            dial_target: 48,
         }
     }
 }

@@ -37,8 +37,6 @@ use super::{NetConfig, NetEvent, RequestError};
 pub(crate) const OFFENCE_THRESHOLD: u32 = 5;
 /// How long a banned peer stays banned.
 const BAN_TIME: Duration = Duration::from_secs(600);
-/// Below this many connections, peers found in the DHT are dialled.
-const TARGET_CONNECTIONS: usize = 48;
 
 type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
 type PendingMap<T> = HashMap<request_response::OutboundRequestId, Reply<T>>;
@@ -305,7 +303,7 @@ impl EventLoop {
         let now = Instant::now();
         let ttl = self.discovery.config().subscription_ttl;
         let stale = self.config.advert_ttl / 2;
-        let room = self.book.advert_count() < self.discovery.config().max_view;
+        let room = self.view_has_room(now);
         let due: Vec<PeerId> = self
             .book
             .connected_peers()
@@ -329,6 +327,19 @@ impl EventLoop {
                 .get_closest_peers(PeerId::random());
             self.walks.insert(id);
         }
+    }
+
+    /// Whether the view takes adverts from peers it has none of yet: up to `want`
+    /// when idle (so an idle node's subscriptions, and the connections they keep
+    /// open, stay few), up to `max_view` while there is demand.
+    fn view_has_room(&self, now: Instant) -> bool {
+        let config = self.discovery.config();
+        let cap = if self.discovery.has_demand(now) {
+            config.max_view
+        } else {
+            config.want
+        };
+        self.book.advert_count() < cap
     }
 
     /// Asks a connected peer for its advert and subscribes to its updates; false
@@ -485,7 +496,7 @@ impl EventLoop {
             BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, addresses, ..
             }) if !self.swarm.is_connected(&peer)
-                && self.swarm.connected_peers().count() < TARGET_CONNECTIONS
+                && self.swarm.connected_peers().count() < self.discovery.config().dial_target
                 && !self.bans.contains_key(&peer) =>
             {
                 self.book.discovered(peer, "dht");
@@ -575,7 +586,7 @@ impl EventLoop {
         }
         self.book.identified(peer, addrs, info.agent_version);
         let now = Instant::now();
-        let room = self.book.advert_count() < self.discovery.config().max_view;
+        let room = self.view_has_room(now);
         let ttl = self.discovery.config().subscription_ttl;
         if self
             .book

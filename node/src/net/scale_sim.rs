@@ -30,7 +30,7 @@ pub struct SimConfig {
     pub seed: u64,
     /// Simulated idle window, seconds.
     pub window_s: f64,
-    /// Peers each peer dials (the node's `TARGET_CONNECTIONS`).
+    /// Peers each peer dials (the node's `dial_target`).
     pub dial_target: usize,
     /// Most connections per peer.
     pub max_connections: usize,
@@ -468,9 +468,10 @@ pub fn simulate(cfg: SimConfig) -> SimReport {
                 deliver(&mut recv, &mut bytes, p, size::ACK);
             }
         }
-        // Renewals of this peer's subscriptions (to its connections, up to max_view).
+        // Renewals of this peer's subscriptions (to its connections, up to `want`
+        // when idle).
         let renewals = times(cfg.renew_s, phase * cfg.renew_s);
-        for &q in g.conns[p].clone().iter().take(cfg.max_view) {
+        for &q in g.conns[p].clone().iter().take(cfg.want) {
             for _ in 0..renewals {
                 deliver(&mut recv, &mut bytes, q, size::QUERY);
                 deliver(&mut recv, &mut bytes, p, size::ADVERT);
