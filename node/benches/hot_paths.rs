@@ -10,6 +10,10 @@
 //! - `scheduler`: planning a 10 000-chunk job (the real `plan`: module validation
 //!   and the module's `split` in the sandbox), and evaluating the replicas of
 //!   10 000 chunks (the verification rule run after every result).
+//! - `dispatch`: the scheduler's pure dispatch plan over 10 000 fresh chunks and 50
+//!   candidate peers (a fifth trusted), as a full dispatch (every tick) does it:
+//!   with the room workers really have (16 replicas each, so most chunks wait) and
+//!   with room for every replica (placement and the solo draw for every chunk).
 //!
 //! Each bench measures for about two seconds, so the whole run takes about a minute.
 
@@ -22,7 +26,7 @@ use peergrid_node::net::codec;
 use peergrid_node::net::protocol::*;
 use peergrid_node::sandbox::{Limits, Sandbox, SandboxConfig};
 use peergrid_node::scheduler::job::{Chunk, ChunkState, Replica, ReplicaState, agreement_key};
-use peergrid_node::scheduler::{JobSpec, plan};
+use peergrid_node::scheduler::{DispatchFixture, JobSpec, plan};
 use peergrid_node::store::db::{ChunkRow, JobRow, ReplicaRow};
 use peergrid_node::store::{BlobStore, Db, Write};
 
@@ -220,7 +224,7 @@ fn chunks_with_replicas(second: impl Fn(PeerId, &Replica) -> Replica) -> Vec<Chu
             };
             let other = second(peers[(i as usize + 1) % 8], &first);
             Chunk {
-                input: Payload::Inline(i.to_le_bytes().to_vec()),
+                input: std::sync::Arc::new(Payload::Inline(i.to_le_bytes().to_vec())),
                 input_hash: BlobHash::of(&i.to_le_bytes()),
                 state: ChunkState::Pending,
                 replicas: vec![first, other],
@@ -288,9 +292,26 @@ fn scheduler_benches(c: &mut Criterion) {
     group.finish();
 }
 
+// ---------------------------------------------------------------------------------
+// dispatch
+
+fn dispatch_benches(c: &mut Criterion) {
+    let mut group = c.benchmark_group("dispatch");
+    group.throughput(Throughput::Elements(10_000));
+    for (name, room) in [
+        ("10000_chunks_50_peers_16_room", 16),
+        ("10000_chunks_50_peers_all_room", 1_000),
+    ] {
+        let fixture = DispatchFixture::new(10_000, 50, room);
+        assert!(fixture.plan(1) > 0, "the plan offers replicas");
+        group.bench_function(name, |b| b.iter(|| black_box(fixture.plan(black_box(1)))));
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = codec_benches, store_benches, scheduler_benches
+    targets = codec_benches, store_benches, scheduler_benches, dispatch_benches
 }
 criterion_main!(benches);

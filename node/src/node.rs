@@ -304,6 +304,7 @@ impl Node {
                 local_worker: Some(worker.clone()),
                 trust: config.trust,
                 placement: config.placement,
+                seed: None,
             },
             shutdown.child_token(),
         );

@@ -110,8 +110,10 @@ impl TestNet {
     pub async fn wait_for_adverts(&self, i: usize, n: usize) {
         wait_for(
             &format!("node {i} to see {n} adverts"),
-            // Generous: CI starts every test's nodes at once on two cores.
-            Duration::from_secs(90),
+            // Adverts go out every 500 ms on a test net; nothing blocks the runtime's
+            // threads (database and blob work run on blocking threads), so even with
+            // every test's nodes starting at once on two cores this is ample.
+            Duration::from_secs(20),
             || async {
                 let seen = self.node(i).net().advert_count().await;
                 (seen >= n).then_some(())

@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -20,10 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::NodeState;
 use crate::metrics::Metrics;
-
-/// How long a scrape waits for the scheduler's job counts before it answers with
-/// the previous ones (a busy scheduler must not make scrapes time out).
-const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Binds `addr` and serves `/metrics` until `shutdown` fires. Returns the bound
 /// address (useful with port 0) and the server task.
@@ -70,8 +65,5 @@ pub async fn sample(state: &NodeState) {
         .metrics
         .worker
         .volunteer(&state.worker.volunteer_status());
-    match tokio::time::timeout(SAMPLE_TIMEOUT, state.scheduler.status(None)).await {
-        Ok(jobs) => state.metrics.scheduler.sample(&jobs),
-        Err(_) => tracing::debug!("scheduler busy: job gauges not refreshed for this scrape"),
-    }
+    // The job and chunk gauges are kept by the scheduler itself (every tick).
 }

@@ -214,11 +214,12 @@ async fn status(State(state): State<Arc<NodeState>>) -> Result<Json<Status>, Sta
         volunteer: state.worker.volunteer_status(),
         jobs_running: state
             .scheduler
-            .status(None)
+            .counts()
             .await
             .iter()
-            .filter(|j| !j.state.is_final())
-            .count(),
+            .filter(|(s, _)| !s.is_final())
+            .map(|(_, n)| *n as usize)
+            .sum(),
     }))
 }
 
@@ -406,7 +407,12 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = job_id(&id)?;
-    state.scheduler.cancel(id).await.ok_or_else(not_found)?;
+    state
+        .scheduler
+        .cancel(id)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .ok_or_else(not_found)?;
     Ok(Json(serde_json::json!({ "cancelled": true })))
 }
 

@@ -261,6 +261,17 @@ impl SimulatedPeers for Population {
     }
 }
 
+/// A peer's key drawn from the seed (`index` 0 is the submitter), so that a run is
+/// the same peers every time.
+fn seeded_key(seed: u64, index: u64) -> Keypair {
+    let mut h = blake3::Hasher::new();
+    h.update(b"peergrid bench trust key");
+    h.update(&seed.to_le_bytes());
+    h.update(&index.to_le_bytes());
+    let bytes: [u8; 32] = *h.finalize().as_bytes();
+    Keypair::ed25519_from_bytes(bytes).unwrap_or_else(|_| Keypair::generate_ed25519())
+}
+
 /// Runs one population through the real scheduler and counts what it accepted.
 pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<TrustFigures> {
     if opts.peers < 3 {
@@ -306,7 +317,7 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
     }
     let mut peers = Vec::new();
     for (i, kind) in kinds.iter().enumerate() {
-        let key = Keypair::generate_ed25519();
+        let key = seeded_key(opts.seed, i as u64 + 1);
         let id = key.public().to_peer_id();
         let ip = if opts.sybil && *kind == Kind::Colluder {
             format!("10.66.66.{}", 1 + i % 250)
@@ -357,7 +368,7 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         seed: opts.seed,
         results: results_tx,
     };
-    let local = Keypair::generate_ed25519();
+    let local = seeded_key(opts.seed, 0);
     let net = NetClient::simulated(&local, population);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (scheduler, task) = Scheduler::start(
@@ -370,6 +381,7 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
             local_worker: None,
             trust: policy,
             placement: PlacementPolicy::default(),
+            seed: Some(opts.seed),
         },
         shutdown.clone(),
     );
@@ -378,7 +390,9 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         let scheduler = scheduler.clone();
         tokio::spawn(async move {
             while let Some(first) = results_rx.recv().await {
-                let mut batches: HashMap<PeerId, Vec<ChunkResult>> = HashMap::new();
+                // Ordered by peer: the same deliveries in the same order every run.
+                let mut batches: std::collections::BTreeMap<PeerId, Vec<ChunkResult>> =
+                    Default::default();
                 batches.entry(first.0).or_default().push(first.1);
                 while let Ok((peer, result)) = results_rx.try_recv() {
                     batches.entry(peer).or_default().push(result);
@@ -421,20 +435,25 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         })
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let status = loop {
-        let status = scheduler
-            .status(Some(id))
-            .await
-            .pop()
-            .context("the job disappeared")?;
-        if status.state.is_final() {
-            break status;
+    // Wait on the job's live status (no polling: nothing but the work itself reaches
+    // the scheduler, so a seeded run takes the same turns every time).
+    let mut watch = scheduler
+        .subscribe(id)
+        .await
+        .context("the job disappeared")?;
+    let status = tokio::time::timeout(Duration::from_secs(900), async {
+        loop {
+            let status = watch.borrow_and_update().clone();
+            if status.state.is_final() {
+                return Ok(status);
+            }
+            if watch.changed().await.is_err() {
+                return Err(anyhow::anyhow!("the scheduler stopped: {status:?}"));
+            }
         }
-        if started.elapsed() > Duration::from_secs(900) {
-            bail!("the job did not finish in 15 minutes: {status:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the job did not finish in 15 minutes"))??;
     let seconds = started.elapsed().as_secs_f64();
 
     // Count what was accepted against the honest answers.
@@ -511,7 +530,9 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
 
 impl TrustBench {
     pub(super) fn execute(self) -> anyhow::Result<ExitCode> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        // One thread: the scheduler, the simulated peers and the deliveries take turns
+        // in the same order every run (with --seed, the draws are the same too).
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let runs: Vec<TrustBench> = if self.table {

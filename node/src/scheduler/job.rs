@@ -114,7 +114,7 @@ impl JobSpec {
 }
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Chunks are being run and verified.
@@ -241,8 +241,9 @@ pub struct Replica {
 /// One chunk.
 #[derive(Debug, Clone)]
 pub struct Chunk {
-    /// Its input.
-    pub input: Payload,
+    /// Its input (shared: a chunk is copied when a change to it is staged, its input
+    /// never is).
+    pub input: std::sync::Arc<Payload>,
     /// Hash of the input.
     pub input_hash: BlobHash,
     /// Where it is.
@@ -450,6 +451,40 @@ pub struct Job {
     pub why: Option<String>,
     /// What adaptive replication did (since this node started).
     pub trust: super::TrustCounts,
+    /// Its chunks by state, kept as chunks change (for the metrics gauges).
+    pub counts: ChunkCounts,
+}
+
+/// Chunks of a job by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkCounts {
+    /// Still being worked on.
+    pub pending: u32,
+    /// Verified (to a result or a verified failure).
+    pub verified: u32,
+    /// Given up.
+    pub failed: u32,
+}
+
+impl ChunkCounts {
+    /// Counts `chunks`.
+    pub fn of(chunks: &[Chunk]) -> Self {
+        let mut counts = Self::default();
+        for c in chunks {
+            counts.add(&c.state, 1);
+        }
+        counts
+    }
+
+    /// Adds (`n = 1`) or removes (`n = -1`) a chunk in `state`.
+    pub fn add(&mut self, state: &ChunkState, n: i32) {
+        let slot = match state {
+            ChunkState::Pending => &mut self.pending,
+            ChunkState::Verified { .. } => &mut self.verified,
+            ChunkState::Failed(_) => &mut self.failed,
+        };
+        *slot = slot.saturating_add_signed(n);
+    }
 }
 
 #[cfg(test)]
@@ -458,7 +493,7 @@ mod tests {
 
     fn chunk() -> Chunk {
         Chunk {
-            input: Payload::Inline(vec![]),
+            input: std::sync::Arc::new(Payload::Inline(vec![])),
             input_hash: BlobHash::of(b""),
             state: ChunkState::Pending,
             replicas: Vec::new(),

@@ -93,28 +93,32 @@ impl SchedulerMetrics {
         self.results.with_label_values(&[verdict]).inc();
     }
 
-    /// Samples the job and chunk gauges from the jobs' statuses.
-    pub fn sample(&self, jobs: &[crate::scheduler::JobStatus]) {
-        let mut by_state = [0i64; JOB_STATES.len()];
-        let (mut pending, mut verified, mut failed) = (0i64, 0i64, 0i64);
-        for job in jobs {
-            let state = job.state.as_str();
-            if let Some(i) = JOB_STATES.iter().position(|s| *s == state) {
-                by_state[i] += 1;
-            }
-            if !job.state.is_final() {
-                let done = i64::from(job.chunks_verified) + i64::from(job.chunks_failed);
-                pending += i64::from(job.chunks_total) - done;
-                verified += i64::from(job.chunks_verified);
-                failed += i64::from(job.chunks_failed);
-            }
+    /// Sets the job gauges (every job by state) and the chunk gauges (chunks of
+    /// unfinished jobs by state) from the counts the scheduler keeps.
+    pub fn set_counts(
+        &self,
+        jobs: &std::collections::HashMap<crate::scheduler::JobState, i64>,
+        chunks: &crate::scheduler::job::ChunkCounts,
+    ) {
+        for state in [
+            crate::scheduler::JobState::Running,
+            crate::scheduler::JobState::Merging,
+            crate::scheduler::JobState::Done,
+            crate::scheduler::JobState::Failed,
+            crate::scheduler::JobState::Cancelled,
+        ] {
+            let n = jobs.get(&state).copied().unwrap_or(0).max(0);
+            self.jobs.with_label_values(&[state.as_str()]).set(n);
         }
-        for (state, n) in JOB_STATES.iter().zip(by_state) {
-            self.jobs.with_label_values(&[state]).set(n);
-        }
-        self.chunks.with_label_values(&["pending"]).set(pending);
-        self.chunks.with_label_values(&["verified"]).set(verified);
-        self.chunks.with_label_values(&["failed"]).set(failed);
+        self.chunks
+            .with_label_values(&["pending"])
+            .set(i64::from(chunks.pending));
+        self.chunks
+            .with_label_values(&["verified"])
+            .set(i64::from(chunks.verified));
+        self.chunks
+            .with_label_values(&["failed"])
+            .set(i64::from(chunks.failed));
     }
 }
 

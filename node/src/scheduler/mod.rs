@@ -20,13 +20,36 @@
 //! - When every chunk is verified, `merge` runs on a blocking thread and the result
 //!   is stored. Progress is published on a `watch` channel per job (the API streams it).
 //! - On start, unfinished jobs are loaded back: verified chunks are never run again.
+//!   Finished jobs leave memory (after their soft timeout) and are read back from the
+//!   database when asked about.
+//!
+//! # Layout
+//! The actor is the message loop only; its decisions are pure functions of
+//! its state (`staged::State`) and one seeded RNG, staged on a `staged::Txn` that
+//! collects the database writes: `dispatch` (the dispatch plan), [`placement`]
+//! (candidate choice), `verify` (result intake, verdicts), `trust_ops`
+//! (re-verification, plants, this node's own runs), `report` (status, evidence).
+//! The actor writes what a core staged, then applies it: a failed write changes
+//! nothing and is reported (results unacknowledged, a cancel answers an error).
+//! `rows` maps state to database rows; `local` is the blocking work (merge, own runs).
 
 mod actor;
+mod dispatch;
 pub mod job;
+mod local;
 pub mod metrics;
 pub mod placement;
+mod report;
 pub mod reputation;
+mod rows;
+mod staged;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
 pub mod trust;
+mod trust_ops;
+mod verify;
 
 use std::sync::Arc;
 
@@ -35,6 +58,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+#[doc(hidden)]
+pub use self::dispatch::DispatchFixture;
 pub use self::job::{JobSpec, JobState, Replication};
 pub use self::placement::PlacementPolicy;
 pub use self::trust::{Standing, TrustPolicy};
@@ -74,6 +99,10 @@ pub struct SchedulerContext {
     pub trust: TrustPolicy,
     /// Which peers may share a chunk.
     pub placement: PlacementPolicy,
+    /// Seed of the scheduler's one random source (placement draws, solo draws, spot
+    /// checks, plants): `None` (production) seeds it from the OS; benches and tests
+    /// give one to be reproducible.
+    pub seed: Option<u64>,
 }
 
 impl SchedulerContext {
@@ -122,6 +151,17 @@ pub enum SubmitError {
     Spec(String),
     /// Storage failed.
     #[error("storing the job: {0}")]
+    Store(String),
+    /// The scheduler is shutting down.
+    #[error("the node is shutting down")]
+    Shutdown,
+}
+
+/// Why a cancellation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// The cancellation could not be stored; the job goes on.
+    #[error("{0} (check free disk space and permissions of the data dir, then try again)")]
     Store(String),
     /// The scheduler is shutting down.
     #[error("the node is shutting down")]
@@ -253,7 +293,7 @@ pub struct JobStatus {
 
 pub(crate) enum Msg {
     Insert(Box<job::Job>, oneshot::Sender<Result<(), String>>),
-    Cancel(JobId, oneshot::Sender<Option<()>>),
+    Cancel(JobId, oneshot::Sender<Result<Option<()>, String>>),
     Results(PeerId, ResultBatch, oneshot::Sender<ResultAck>),
     OfferReply {
         job: JobId,
@@ -264,8 +304,8 @@ pub(crate) enum Msg {
     Merged(JobId, Result<Option<BlobHash>, String>),
     Status(Option<JobId>, oneshot::Sender<Vec<JobStatus>>),
     Subscribe(JobId, oneshot::Sender<Option<watch::Receiver<JobStatus>>>),
-    Output(JobId, u32, oneshot::Sender<Option<BlobHash>>),
     Evidence(JobId, oneshot::Sender<Option<Vec<ChunkEvidence>>>),
+    Counts(oneshot::Sender<Vec<(JobState, u64)>>),
     /// A run this node did itself (witness or spot check) ended.
     LocalRun(
         JobId,
@@ -313,8 +353,8 @@ impl Scheduler {
         shutdown: CancellationToken,
     ) -> (Scheduler, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(INBOX);
-        let actor = actor::Actor::load(ctx.clone(), tx.clone(), rx, shutdown);
-        let task = tokio::spawn(actor.run());
+        let actor = actor::Actor::new(ctx.clone(), tx.clone(), rx, shutdown);
+        let task = tokio::spawn(tracing::Instrument::in_current_span(actor.run()));
         (Scheduler { tx, ctx }, task)
     }
 
@@ -344,6 +384,7 @@ impl Scheduler {
         })
         .await
         .map_err(|e| SubmitError::Store(e.to_string()))??;
+        let planned_len = planned.len() as u32;
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).map_err(|e| SubmitError::Store(e.to_string()))?;
         let job = job::Job {
@@ -359,6 +400,10 @@ impl Scheduler {
             error: None,
             why: None,
             trust: Default::default(),
+            counts: job::ChunkCounts {
+                pending: planned_len,
+                ..Default::default()
+            },
         };
         self.ask(|tx| Msg::Insert(Box::new(job), tx))
             .await
@@ -368,8 +413,13 @@ impl Scheduler {
     }
 
     /// Cancels a job durably; workers holding its chunks are told to stop.
-    pub async fn cancel(&self, id: JobId) -> Option<()> {
-        self.ask(|tx| Msg::Cancel(id, tx)).await.flatten()
+    /// `Ok(None)` for an unknown job; an error when the cancellation could not be
+    /// stored (the job goes on).
+    pub async fn cancel(&self, id: JobId) -> Result<Option<()>, CancelError> {
+        self.ask(|tx| Msg::Cancel(id, tx))
+            .await
+            .ok_or(CancelError::Shutdown)?
+            .map_err(CancelError::Store)
     }
 
     /// Records a batch of results from `peer`; the ack names those now stored.
@@ -384,6 +434,12 @@ impl Scheduler {
         self.ask(|tx| Msg::Status(id, tx)).await.unwrap_or_default()
     }
 
+    /// How many jobs are in each state, from the counts the scheduler keeps (cheap:
+    /// no status is built).
+    pub async fn counts(&self) -> Vec<(JobState, u64)> {
+        self.ask(Msg::Counts).await.unwrap_or_default()
+    }
+
     /// The evidence of every disagreement in a job (at most
     /// [`MAX_EVIDENCE`] chunks); `None` for an unknown job.
     pub async fn evidence(&self, id: JobId) -> Option<Vec<ChunkEvidence>> {
@@ -395,17 +451,28 @@ impl Scheduler {
         self.ask(|tx| Msg::Subscribe(id, tx)).await.flatten()
     }
 
-    /// The verified output of one chunk (`None` unless it verified to a result).
+    /// The verified output of one chunk (`None` unless it verified to a result),
+    /// read from the database (which holds what the scheduler committed).
     pub async fn chunk_output(&self, id: JobId, chunk: u32) -> Option<Vec<u8>> {
-        self.ask(|tx| Msg::Output(id, chunk, tx)).await.flatten()?;
-        let (db, blobs) = (self.ctx.db.clone(), self.ctx.blobs.clone());
-        tokio::task::spawn_blocking(move || {
-            let output = db.chunk_outputs(id).ok()?.into_iter().nth(chunk as usize)?;
-            actor::read_output(&blobs, output).ok()
-        })
-        .await
-        .ok()
-        .flatten()
+        let blobs = self.ctx.blobs.clone();
+        self.ctx
+            .db
+            .run(move |db| {
+                let Some((state, outcome, output)) = db.chunk_verdict(id, chunk)? else {
+                    return Ok(None);
+                };
+                let ok = state == "verified"
+                    && postcard::from_bytes::<crate::types::WireOutcome>(
+                        outcome.as_deref().unwrap_or_default(),
+                    )
+                    .is_ok_and(|o| o == crate::types::WireOutcome::Ok);
+                Ok(ok
+                    .then(|| local::read_output(&blobs, output).ok())
+                    .flatten())
+            })
+            .await
+            .ok()
+            .flatten()
     }
 }
 
@@ -480,7 +547,7 @@ pub fn plan(
                 }
             };
             Ok(job::Chunk {
-                input: payload,
+                input: Arc::new(payload),
                 input_hash,
                 state: job::ChunkState::Pending,
                 replicas: Vec::new(),

@@ -31,6 +31,69 @@ pub fn score(r: &ReputationRow) -> f64 {
         / (r.agreed as f64 + 5.0 * r.disagreed as f64 + (r.errors + r.timeouts) as f64 + 2.0)
 }
 
+/// What one judged result (or a replica never returned) does to its peer's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// The result agreed with the verified outcome. Only a `witnessed` verification
+    /// (one a trusted peer or this node took part in) extends the streak: peers on
+    /// probation cannot vouch for each other.
+    Agreed {
+        /// Whether a trusted peer was in the agreeing group.
+        witnessed: bool,
+    },
+    /// A check whose answer was known (a plant, or this node's own re-run) got
+    /// something else: excluded.
+    Caught,
+    /// The result was in a minority.
+    Disagreed,
+    /// Something unusable, or a non-deterministic failure.
+    Error,
+    /// The replica was not returned in time.
+    Timeout,
+}
+
+impl Mark {
+    /// Changes `row` accordingly.
+    pub fn apply(self, r: &mut ReputationRow) {
+        match self {
+            Self::Agreed { witnessed } => {
+                r.agreed += 1;
+                if witnessed {
+                    r.consecutive += 1;
+                }
+            }
+            Self::Caught => {
+                r.caught += 1;
+                r.disagreed += 1;
+                r.consecutive = 0;
+            }
+            Self::Disagreed => {
+                r.disagreed += 1;
+                r.consecutive = 0;
+            }
+            Self::Error => {
+                r.errors += 1;
+                r.consecutive = 0;
+            }
+            Self::Timeout => {
+                r.timeouts += 1;
+                r.consecutive = 0;
+            }
+        }
+    }
+
+    /// The verdict label counted in the metrics (none for a timeout).
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Self::Agreed { .. } => Some("agreed"),
+            Self::Caught => Some("caught"),
+            Self::Disagreed => Some("disagreed"),
+            Self::Error => Some("error"),
+            Self::Timeout => None,
+        }
+    }
+}
+
 /// Every peer's standing.
 #[derive(Debug, Default)]
 pub struct Reputation {
@@ -84,10 +147,10 @@ impl Reputation {
         score(&self.get(peer))
     }
 
-    fn update(&mut self, peer: PeerId, change: impl FnOnce(&mut ReputationRow)) -> Write {
-        let mut row = self.get(&peer);
-        let before = is_excluded(&row);
-        change(&mut row);
+    /// Stores a peer's new row (a staged change being committed), recording when
+    /// it crosses the exclusion line either way.
+    pub fn set(&mut self, peer: PeerId, row: ReputationRow) {
+        let before = self.rows.get(&peer).is_some_and(is_excluded);
         if !before && is_excluded(&row) {
             tracing::warn!(%peer, agreed = row.agreed, disagreed = row.disagreed,
                 errors = row.errors, timeouts = row.timeouts, "peer excluded by reputation");
@@ -95,58 +158,38 @@ impl Reputation {
         } else if before && !is_excluded(&row) {
             self.metrics.peers_excluded.dec();
         }
-        self.rows.insert(peer, row.clone());
+        self.rows.insert(peer, row);
+    }
+
+    /// Counts a judged result in the metrics (once its change is committed).
+    pub fn record(&self, mark: Mark) {
+        if let Some(label) = mark.label() {
+            self.metrics.verdict(label);
+        }
+    }
+
+    /// Applies `mark` to the peer's row at once; returns the row to write.
+    pub fn mark(&mut self, peer: PeerId, mark: Mark) -> Write {
+        let mut row = self.get(&peer);
+        mark.apply(&mut row);
+        self.record(mark);
+        self.set(peer, row.clone());
         Write::Reputation(row)
     }
 
-    /// The peer's result agreed with the verified outcome. Only a `witnessed`
-    /// verification (one a trusted peer or this node took part in) extends its
-    /// streak: peers on probation cannot vouch for each other.
+    /// The peer's result agreed with the verified outcome (see [`Mark::Agreed`]).
     pub fn agreed(&mut self, peer: PeerId, witnessed: bool) -> Write {
-        self.metrics.verdict("agreed");
-        self.update(peer, |r| {
-            r.agreed += 1;
-            if witnessed {
-                r.consecutive += 1;
-            }
-        })
+        self.mark(peer, Mark::Agreed { witnessed })
     }
 
-    /// The peer answered a check whose answer was known (a plant, or this node's
-    /// own re-run) with something else: excluded.
+    /// The peer was caught by a check whose answer was known.
     pub fn caught(&mut self, peer: PeerId) -> Write {
-        self.metrics.verdict("caught");
-        self.update(peer, |r| {
-            r.caught += 1;
-            r.disagreed += 1;
-            r.consecutive = 0;
-        })
+        self.mark(peer, Mark::Caught)
     }
 
     /// The peer's result was in a minority.
     pub fn disagreed(&mut self, peer: PeerId) -> Write {
-        self.metrics.verdict("disagreed");
-        self.update(peer, |r| {
-            r.disagreed += 1;
-            r.consecutive = 0;
-        })
-    }
-
-    /// The peer sent something unusable, or failed non-deterministically.
-    pub fn error(&mut self, peer: PeerId) -> Write {
-        self.metrics.verdict("error");
-        self.update(peer, |r| {
-            r.errors += 1;
-            r.consecutive = 0;
-        })
-    }
-
-    /// The peer did not return a replica in time.
-    pub fn timeout(&mut self, peer: PeerId) -> Write {
-        self.update(peer, |r| {
-            r.timeouts += 1;
-            r.consecutive = 0;
-        })
+        self.mark(peer, Mark::Disagreed)
     }
 
     /// Every row, for status.

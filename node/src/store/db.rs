@@ -29,236 +29,21 @@ pub enum DbError {
     Task(String),
 }
 
-/// The migrations, in order. Never edit one that has shipped; add another.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE jobs (
-    id            BLOB PRIMARY KEY,
-    name          TEXT NOT NULL,
-    module        BLOB NOT NULL,
-    params        BLOB NOT NULL,
-    spec          BLOB NOT NULL,
-    state         TEXT NOT NULL,
-    chunks_total  INTEGER NOT NULL,
-    created_ms    INTEGER NOT NULL,
-    finished_ms   INTEGER,
-    result        BLOB,
-    error         TEXT
-);
-CREATE TABLE chunks (
-    job_id      BLOB NOT NULL,
-    idx         INTEGER NOT NULL,
-    input       BLOB NOT NULL,
-    input_size  INTEGER NOT NULL,
-    input_data  BLOB,
-    state       TEXT NOT NULL,
-    outcome     BLOB,
-    output      BLOB,
-    output_data BLOB,
-    PRIMARY KEY (job_id, idx)
-) WITHOUT ROWID;
-CREATE TABLE replicas (
-    job_id      BLOB NOT NULL,
-    chunk       INTEGER NOT NULL,
-    attempt     INTEGER NOT NULL,
-    peer        TEXT NOT NULL,
-    state       TEXT NOT NULL,
-    issued_ms   INTEGER NOT NULL,
-    outcome     BLOB,
-    output      BLOB,
-    output_data BLOB,
-    fuel        INTEGER,
-    PRIMARY KEY (job_id, chunk, attempt)
-) WITHOUT ROWID;
-CREATE TABLE reputation (
-    peer         TEXT PRIMARY KEY,
-    agreed       INTEGER NOT NULL,
-    consecutive  INTEGER NOT NULL,
-    disagreed    INTEGER NOT NULL,
-    errors       INTEGER NOT NULL,
-    timeouts     INTEGER NOT NULL
-);
-CREATE TABLE outbox (
-    job_id      BLOB NOT NULL,
-    chunk       INTEGER NOT NULL,
-    attempt     INTEGER NOT NULL,
-    submitter   TEXT NOT NULL,
-    result      BLOB NOT NULL,
-    created_ms  INTEGER NOT NULL,
-    PRIMARY KEY (job_id, chunk, attempt)
-) WITHOUT ROWID;
-"#,
-    r#"
--- Adaptive replication and signed results (protocol 2).
-ALTER TABLE chunks ADD COLUMN solo_peer TEXT;
-ALTER TABLE replicas ADD COLUMN signature BLOB;
-ALTER TABLE reputation ADD COLUMN caught INTEGER NOT NULL DEFAULT 0;
-"#,
-];
+pub use super::rows::{
+    ChunkRow, JobRow, OutboxRow, ReplicaRow, ReputationRow, StoredOutput, Write,
+};
 
-/// A verified output as stored: its blob hash, and its bytes when kept in the
-/// database.
-pub type StoredOutput = (Option<BlobHash>, Option<Vec<u8>>);
-
-/// A job as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobRow {
-    /// Its id.
-    pub id: JobId,
-    /// A name for people.
-    pub name: String,
-    /// The module blob.
-    pub module: BlobHash,
-    /// The params it was split with (JSON), empty for input files.
-    pub params: Vec<u8>,
-    /// The job spec, postcard-encoded by the scheduler.
-    pub spec: Vec<u8>,
-    /// `running`, `done`, `failed`, `cancelled`.
-    pub state: String,
-    /// How many chunks.
-    pub chunks_total: u32,
-    /// When it was submitted (unix ms).
-    pub created_ms: u64,
-    /// When it ended (unix ms).
-    pub finished_ms: Option<u64>,
-    /// The merged result blob.
-    pub result: Option<BlobHash>,
-    /// Why it failed.
-    pub error: Option<String>,
-}
-
-/// A chunk as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChunkRow {
-    /// Its index.
-    pub idx: u32,
-    /// The input blob.
-    pub input: BlobHash,
-    /// Its size.
-    pub input_size: u64,
-    /// The input itself when small (kept in the database, not as a blob file).
-    pub input_data: Option<Vec<u8>>,
-    /// `pending`, `verified`, `failed`.
-    pub state: String,
-    /// The verified outcome (postcard `WireOutcome`), or the failure reason.
-    pub outcome: Option<Vec<u8>>,
-    /// The verified output blob.
-    pub output: Option<BlobHash>,
-    /// When verified on one trusted peer's word alone (adaptive replication): that peer.
-    pub solo: Option<String>,
-}
-
-/// A replica as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReplicaRow {
-    /// Chunk index.
-    pub chunk: u32,
-    /// Attempt number.
-    pub attempt: u32,
-    /// The worker.
-    pub peer: String,
-    /// `issued`, `returned`, `timed_out`, `lost`.
-    pub state: String,
-    /// When it was accepted (unix ms).
-    pub issued_ms: u64,
-    /// The outcome it returned (postcard `WireOutcome`).
-    pub outcome: Option<Vec<u8>>,
-    /// The output hash it returned.
-    pub output: Option<BlobHash>,
-    /// The output itself when small (kept here, not as a blob file).
-    pub output_data: Option<Vec<u8>>,
-    /// Fuel it reported.
-    pub fuel: Option<u64>,
-    /// The worker's signature over the result (evidence).
-    pub signature: Option<Vec<u8>>,
-}
-
-/// A peer's standing with this submitter.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReputationRow {
-    /// The peer.
-    pub peer: String,
-    /// Results that agreed with the verified outcome.
-    pub agreed: u64,
-    /// Agreements since the last disagreement.
-    pub consecutive: u64,
-    /// Results in a minority.
-    pub disagreed: u64,
-    /// Undeliverable or non-deterministic failures.
-    pub errors: u64,
-    /// Replicas it never returned in time.
-    pub timeouts: u64,
-    /// Times it was caught lying by a spot check or a planted chunk (excluded).
-    pub caught: u64,
-}
-
-/// A finished result waiting for its submitter's acknowledgement.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutboxRow {
-    /// The job.
-    pub job_id: JobId,
-    /// The chunk.
-    pub chunk: u32,
-    /// The replica.
-    pub attempt: u32,
-    /// Who to deliver to.
-    pub submitter: String,
-    /// The `ChunkResult`, postcard-encoded.
-    pub result: Vec<u8>,
-}
-
-/// One change, applied with others in a single transaction by [`Db::apply`].
-#[derive(Debug, Clone)]
-pub enum Write {
-    /// A new job with its chunks.
-    InsertJob(JobRow, Vec<ChunkRow>),
-    /// A job's state changed.
-    JobState {
-        /// The job.
-        id: JobId,
-        /// New state.
-        state: String,
-        /// When it ended.
-        finished_ms: Option<u64>,
-        /// The result blob.
-        result: Option<BlobHash>,
-        /// Why it failed.
-        error: Option<String>,
-    },
-    /// A chunk was verified or failed.
-    ChunkState {
-        /// The job.
-        job: JobId,
-        /// The chunk.
-        idx: u32,
-        /// New state.
-        state: String,
-        /// Its outcome.
-        outcome: Option<Vec<u8>>,
-        /// Its output.
-        output: Option<BlobHash>,
-        /// The output itself when small.
-        output_data: Option<Vec<u8>>,
-        /// The peer whose word alone it rests on, if any.
-        solo: Option<String>,
-    },
-    /// A replica was accepted, returned, timed out or lost (insert or replace).
-    Replica(JobId, ReplicaRow),
-    /// A peer's reputation changed.
-    Reputation(ReputationRow),
-    /// A result entered the outbox.
-    OutboxPut(OutboxRow),
-    /// A result was acknowledged.
-    OutboxDelete(JobId, u32, u32),
-    /// Every outbox entry of a job (cancelled).
-    OutboxDeleteJob(JobId),
-}
+/// A chunk's state, stored outcome and output ([`Db::chunk_verdict`]).
+pub type ChunkVerdict = (String, Option<Vec<u8>>, StoredOutput);
 
 /// The database. One connection behind a mutex: writes are short transactions.
 #[derive(Debug)]
 pub struct Db {
     conn: Mutex<Connection>,
     metrics: super::metrics::StoreMetrics,
+    /// Test seam: this many next write batches fail (see [`Db::fail_writes_for_test`]).
+    #[cfg(any(test, feature = "test-utils"))]
+    fail_writes: std::sync::atomic::AtomicU32,
 }
 
 fn job_id(bytes: Vec<u8>) -> Result<JobId, DbError> {
@@ -286,7 +71,7 @@ impl Db {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        for (i, sql) in super::schema::MIGRATIONS.iter().enumerate().skip(version) {
             let tx = conn.unchecked_transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", i + 1)?;
@@ -295,6 +80,8 @@ impl Db {
         Ok(Self {
             conn: Mutex::new(conn),
             metrics: super::metrics::StoreMetrics::default(),
+            #[cfg(any(test, feature = "test-utils"))]
+            fail_writes: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -347,7 +134,30 @@ impl Db {
         result
     }
 
+    /// Makes the next `n` write batches fail as a full disk would (nothing of them is
+    /// written): the failing-store seam of the scheduler's persist-then-apply tests.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn fail_writes_for_test(&self, n: u32) {
+        self.fail_writes
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn apply_all<'a>(&self, writes: impl Iterator<Item = &'a Write>) -> Result<(), DbError> {
+        #[cfg(any(test, feature = "test-utils"))]
+        if self
+            .fail_writes
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+        {
+            return Err(DbError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                Some("injected by fail_writes_for_test".into()),
+            )));
+        }
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         for write in writes {
@@ -412,6 +222,64 @@ impl Db {
             });
         }
         Ok(out)
+    }
+
+    /// One job, if stored.
+    pub fn job(&self, id: JobId) -> Result<Option<JobRow>, DbError> {
+        // Jobs are few next to chunks; one reader for all keeps the mapping in one place.
+        Ok(self.jobs(None)?.into_iter().find(|j| j.id == id))
+    }
+
+    /// How many jobs are in each state (`running`, `done`, ...).
+    pub fn job_counts(&self) -> Result<Vec<(String, u64)>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One chunk's state, outcome and output, if stored.
+    pub fn chunk_verdict(&self, job: JobId, idx: u32) -> Result<Option<ChunkVerdict>, DbError> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT state, outcome, output, output_data FROM chunks WHERE job_id = ?1 AND idx = ?2",
+                params![job.0.as_slice(), idx],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<Vec<u8>>>(1)?,
+                        r.get::<_, Option<Vec<u8>>>(2)?,
+                        r.get::<_, Option<Vec<u8>>>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(state, outcome, output, data)| Ok((state, outcome, (opt_hash(output)?, data))))
+            .transpose()
+    }
+
+    /// Every chunk verified on one peer's word alone: (job, chunk, peer), oldest job
+    /// first (the scheduler's re-verification index, rebuilt at start).
+    pub fn solo_chunks(&self) -> Result<Vec<(JobId, u32, String)>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT c.job_id, c.idx, c.solo_peer FROM chunks c JOIN jobs j ON j.id = c.job_id
+             WHERE c.solo_peer IS NOT NULL AND c.state = 'verified'
+             ORDER BY j.created_ms, c.idx",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, u32>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (job, idx, peer) = row?;
+            Ok((job_id(job)?, idx, peer))
+        })
+        .collect()
     }
 
     /// A job's chunks in index order.
@@ -737,6 +605,14 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbErro
                 output_data,
                 solo
             ])?;
+        }
+        Write::ChunkOutputFromReplica { job, idx, attempt } => {
+            tx.prepare_cached(
+                "UPDATE chunks SET output_data = (SELECT output_data FROM replicas
+                     WHERE job_id = ?1 AND chunk = ?2 AND attempt = ?3)
+                 WHERE job_id = ?1 AND idx = ?2 AND output_data IS NULL",
+            )?
+            .execute(params![job.0.as_slice(), idx, attempt])?;
         }
         Write::Replica(job, r) => {
             tx.prepare_cached(

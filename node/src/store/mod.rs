@@ -2,13 +2,17 @@
 //!
 //! - [`blobs`]: the content-addressed blob directory (modules, inputs, outputs),
 //!   shared by the network (serving and fetching pieces), the worker and the scheduler.
-//! - [`db`]: SQLite (WAL) with migrations: jobs, chunks, replicas and reputation for
-//!   the scheduler; the outbox for the worker.
+//! - [`db`]: SQLite (WAL) with migrations (`schema`): jobs, chunks, replicas and
+//!   reputation for the scheduler; the outbox for the worker. The row types and the
+//!   [`Write`]s are in `rows` (re-exported by [`db`]). Async code calls it through
+//!   [`Db::run`], on a blocking thread.
 
 pub mod blobs;
 pub mod db;
 pub mod metrics;
 mod outbox_pages;
+mod rows;
+mod schema;
 
 pub use blobs::BlobStore;
 pub use db::{Db, DbError, Write};

@@ -2,24 +2,24 @@
 //!
 //! # Message flow
 //! - The node's dispatcher hands it task offers ([`Worker::offer`], in
-//!   [`admission`]). Admission is immediate and bounded: an assignment is taken while
+//!   `admission.rs`). Admission is immediate and bounded: an assignment is taken while
 //!   fewer than `slots × QUEUE_FACTOR` are active and the outbox has room, and refused
 //!   with a reason otherwise (`NoFreeSlots`, `LimitsTooHigh`).
-//! - Each taken assignment becomes a task ([`run`]) that waits for a slot (a
+//! - Each taken assignment becomes a task (`run.rs`) that waits for a slot (a
 //!   semaphore of `slots` permits), fetches the module and a large input from the
 //!   submitter as blobs, and runs the chunk through the [`Executor`] on the worker's
 //!   own chunk [`pool`]: threads at the lowest OS priority (nice 19) that nothing
 //!   else uses, so the volunteer's own programs come first and the node's other
 //!   blocking work (merges, blob serving, the database) does not inherit that
 //!   priority.
-//! - The finished [`ChunkResult`](crate::types::ChunkResult) is written to the outbox (SQLite, on a blocking
-//!   thread) before anything else, then the delivery task ([`delivery`]) sends it to
-//!   the submitter in batches bounded by count and bytes, reading the outbox in
-//!   pages; only an acknowledgement removes a result. A worker that restarts still
-//!   delivers.
+//! - The finished [`ChunkResult`](crate::types::ChunkResult) is written to the
+//!   outbox (SQLite, on a blocking thread) before anything else, then the delivery
+//!   task (`delivery.rs`) sends it to the submitter in batches bounded by count and
+//!   bytes, reading the outbox in pages; only an acknowledgement removes a result. A
+//!   worker that restarts still delivers.
 //! - Cancels ([`Worker::cancel`]) stop running chunks within an epoch tick and drop
 //!   queued ones and undelivered results.
-//! - The politeness loop ([`controls`]) ticks the volunteer controls
+//! - The politeness loop (`controls.rs`) ticks the volunteer controls
 //!   ([`politeness`]) every sample interval and after every pause, resume or change
 //!   of preferences: it sets the sandbox [`Gate`] (how many chunks run, at what duty
 //!   cycle; chunks over the allowance pause inside the sandbox and go on later),

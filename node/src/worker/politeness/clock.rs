@@ -1,6 +1,6 @@
 //! Where the worker reads the time: [`Clock`], the seam that lets tests drive the
 //! politeness rule (active hours, timed pauses) with a clock they set
-//! ([`TestClock`] in tests), while nodes use the machine's [`SystemClock`].
+//! (`TestClock` in tests), while nodes use the machine's [`SystemClock`].
 //!
 //! Read by [`super::Politeness`] at every tick and by `Reason`'s text.
 

@@ -5,7 +5,7 @@
 //! through the control API), the manual pause (`peergrid pause [--for]`), both kept in
 //! `volunteer.json` in the data dir so they survive a restart, the CPU monitor that
 //! measures what *other* programs use (from the OS, through `sysinfo`), and the pure
-//! rule [`decide`] that turns all of that into a [`Decision`]: how many chunks may run,
+//! rule [`decide()`] that turns all of that into a [`Decision`]: how many chunks may run,
 //! at what duty cycle, or why none may.
 //!
 //! # Message flow

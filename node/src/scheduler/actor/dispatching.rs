@@ -1,0 +1,277 @@
+//! The actor's dispatch: the capacity view and the candidates, the plan stored and
+//! applied, offers sent and their answers; and cancellation.
+
+use super::*;
+
+impl Actor {
+    /// Cancels a job durably: `Ok(None)` for an unknown job, `Err` when the
+    /// cancellation could not be stored (nothing changed).
+    pub(super) async fn cancel(&mut self, id: JobId) -> Result<Option<()>, String> {
+        let Some(job) = self.state.jobs.get(&id) else {
+            return match self.db(move |db| db.job(id)).await {
+                Ok(row) => Ok(row.map(|_| ())),
+                Err(e) => Err(e.to_string()),
+            };
+        };
+        if job.state.is_final() {
+            return Ok(Some(()));
+        }
+        let holders: HashSet<PeerId> = job
+            .chunks
+            .iter()
+            .flat_map(|c| c.replicas.iter())
+            .filter(|r| r.state.is_live())
+            .map(|r| r.peer)
+            .collect();
+        let mut txn = Txn::new(&self.state);
+        if let Some(mut head) = txn.head(id) {
+            head.state = JobState::Cancelled;
+            head.finished_ms = Some(self.now());
+            head.result = None;
+            head.error = None;
+            txn.ch.writes.push(head.write(id));
+            txn.put_head(id, head);
+        }
+        let ch = txn.finish();
+        self.persist_then_apply(ch)
+            .await
+            .map_err(|e| format!("the cancellation could not be stored: {e}"))?;
+        tracing::info!(job = %id, "job cancelled");
+        for peer in holders {
+            let net = self.ctx.net.clone();
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
+                let cancel = TaskRequest::Cancel {
+                    job_id: id,
+                    chunks: Vec::new(),
+                };
+                let _ = net.send_task(peer, cancel).await;
+            }));
+        }
+        Ok(Some(()))
+    }
+
+    pub(super) async fn on_offer_reply(
+        &mut self,
+        id: JobId,
+        peer: PeerId,
+        offered: Vec<(u32, u32)>,
+        reply: Result<TaskReply, crate::net::RequestError>,
+    ) {
+        if !self.state.jobs.contains_key(&id) {
+            return;
+        }
+        let accepted: HashSet<(u32, u32)> = match reply {
+            Ok(TaskReply::Offer { accepted, rejected }) => {
+                if rejected.iter().any(|r| r.2 == RejectReason::NoFreeSlots) {
+                    self.backoff
+                        .insert(peer, self.now() + PEER_BACKOFF.as_millis() as u64);
+                }
+                accepted.into_iter().collect()
+            }
+            Ok(TaskReply::Cancelled) | Err(_) => {
+                self.backoff
+                    .insert(peer, self.now() + PEER_BACKOFF.as_millis() as u64);
+                HashSet::new()
+            }
+        };
+        let mut txn = Txn::new(&self.state);
+        dispatch::offer_reply(&mut txn, id, peer, &offered, &accepted, self.now());
+        let ch = txn.finish();
+        if self.persist_then_apply(ch).await.is_err() {
+            // The refused replicas need no write: forget them. The accepted ones stay
+            // offered; the worker's result is still taken when it comes.
+            let refused: Vec<(u32, u32)> = offered
+                .into_iter()
+                .filter(|o| !accepted.contains(o))
+                .collect();
+            let mut txn = Txn::new(&self.state);
+            dispatch::offer_reply(&mut txn, id, peer, &refused, &HashSet::new(), self.now());
+            self.apply(txn.finish());
+        }
+    }
+
+    /// Reads the capacity view (on a full dispatch) and builds the candidates.
+    pub(super) async fn candidates(&mut self, full: bool) -> (Vec<Candidate>, usize, usize) {
+        let placement = self.ctx.placement;
+        let local = self.state.local;
+        if full || self.view.is_empty() {
+            // The capacity view changes at advert pace; light dispatches (after every
+            // result batch) use the one read by the last full dispatch.
+            let view: Vec<(PeerId, crate::net::PeerInfo)> = self
+                .ctx
+                .net
+                .peers()
+                .await
+                .into_iter()
+                .filter_map(|p| Some((p.peer_id.parse().ok()?, p)))
+                .collect();
+            let mut alive: HashSet<PeerId> = view
+                .iter()
+                .filter(|(_, p)| p.advert.is_some() || p.connected)
+                .map(|(peer, _)| *peer)
+                .collect();
+            alive.insert(local);
+            for (peer, p) in &view {
+                self.groups.insert(
+                    *peer,
+                    (placement.group(p), placement.source(p).map(str::to_string)),
+                );
+            }
+            if self.groups.len() > 2 * crate::net::peers::MAX_PEERS {
+                self.groups.retain(|peer, _| alive.contains(peer));
+            }
+            self.view = std::sync::Arc::new(view);
+            self.alive = alive;
+        }
+        let mut candidates: Vec<Candidate> = Vec::new();
+        let mut excluded = 0;
+        let inflight =
+            |peer: &PeerId| i64::from(self.state.inflight.get(peer).copied().unwrap_or(0));
+        for (peer, p) in self.view.iter() {
+            let (Some(advert), peer) = (&p.advert, *peer) else {
+                continue;
+            };
+            if advert.version != PROTOCOL_VERSION || self.backoff.contains_key(&peer) {
+                continue;
+            }
+            if self.state.reputation.excluded(&peer) {
+                excluded += 1;
+                continue;
+            }
+            candidates.push(Candidate {
+                peer,
+                memory: advert.memory_limit,
+                room: i64::from(advert.slots_total * QUEUE_FACTOR) - inflight(&peer),
+                score: self.state.reputation.score(&peer),
+                standing: self.state.standing(&peer),
+                group: placement.group(p),
+                source: placement.source(p).map(str::to_string),
+            });
+        }
+        // This node's own worker, offered directly.
+        if let Some(worker) = &self.ctx.local_worker
+            && !self.backoff.contains_key(&local)
+            && worker.capacity().0 > 0
+        {
+            let (slots, memory) = worker.capacity();
+            candidates.push(Candidate {
+                peer: local,
+                memory,
+                room: i64::from(slots * QUEUE_FACTOR) - inflight(&local),
+                score: 1.0,
+                standing: Standing::Trusted,
+                group: None,
+                source: None,
+            });
+        }
+        let known = self
+            .view
+            .iter()
+            .filter(|(_, p)| p.foreign_version.is_none())
+            .count();
+        (candidates, known, excluded)
+    }
+
+    /// Plans a dispatch ([`dispatch::plan`]), stores it, applies it, then sends the
+    /// offers.
+    pub(super) async fn dispatch(&mut self, full: bool) {
+        if !self
+            .state
+            .jobs
+            .values()
+            .any(|j| j.state == JobState::Running)
+        {
+            return;
+        }
+        let now = self.now();
+        self.backoff.retain(|_, until| *until > now);
+        if full {
+            // Spot checks of verified chunks are not reaped with the pending ones.
+            let jobs = &self.state.jobs;
+            self.state.local_runs.retain(|(id, _, _), started| {
+                jobs.get(id).is_some_and(|j| {
+                    now.saturating_sub(*started) <= j.spec.soft_timeout.as_millis() as u64
+                })
+            });
+            self.state.inflight = dispatch::recount(&self.state);
+        }
+        let (mut candidates, known, excluded) = self.candidates(full).await;
+        let alive = std::mem::take(&mut self.alive);
+        let groups = std::mem::take(&mut self.groups);
+        let inputs = dispatch::Inputs {
+            full,
+            now_ms: self.now(),
+            alive: &alive,
+            groups: &groups,
+            local_slots: self.ctx.local_worker_slots(),
+            known,
+            excluded,
+        };
+        let attention = std::mem::take(&mut self.attention);
+        let mut txn = Txn::new(&self.state);
+        let plan = dispatch::plan(&mut txn, &mut candidates, &inputs, attention, &mut self.rng);
+        let ch = txn.finish();
+        (self.alive, self.groups) = (alive, groups);
+        for (id, mut chunks) in plan.attention {
+            self.attention.entry(id).or_default().append(&mut chunks);
+        }
+        if self.persist_then_apply(ch).await.is_err() {
+            // Nothing was offered; the next tick plans again.
+            return;
+        }
+        let local = self.state.local;
+        for ((id, peer), items) in plan.offers {
+            self.dirty.insert(id);
+            if peer == local
+                && let Some(worker) = self.ctx.local_worker.clone()
+            {
+                let reply = worker.offer(local, id, self.assignments(id, &items));
+                Box::pin(self.on_offer_reply(id, peer, items, Ok(reply))).await;
+                continue;
+            }
+            self.send_offer(id, peer, items);
+        }
+    }
+
+    /// The assignments for (chunk, attempt) pairs of a job.
+    pub(super) fn assignments(&self, id: JobId, items: &[(u32, u32)]) -> Vec<Assignment> {
+        let Some(job) = self.state.jobs.get(&id) else {
+            return Vec::new();
+        };
+        let deadline = job.spec.soft_timeout.as_millis() as u64;
+        items
+            .iter()
+            .filter_map(|&(chunk, attempt)| {
+                let c = job.chunks.get(chunk as usize)?;
+                Some(Assignment {
+                    chunk,
+                    attempt,
+                    module: job.module,
+                    input: (*c.input).clone(),
+                    limits: job.spec.limits,
+                    soft_deadline_ms: deadline,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn send_offer(&self, id: JobId, peer: PeerId, items: Vec<(u32, u32)>) {
+        let assignments = self.assignments(id, &items);
+        let (net, tx) = (self.ctx.net.clone(), self.tx.clone());
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
+            let offer = TaskRequest::Offer {
+                job_id: id,
+                assignments,
+            };
+            let reply = net.send_task(peer, offer).await;
+            let _ = tx
+                .send(Msg::OfferReply {
+                    job: id,
+                    peer,
+                    offered: items,
+                    reply,
+                })
+                .await;
+        }));
+    }
+}

@@ -1,0 +1,170 @@
+//! The actor against a failing store: persist, then apply. A result batch whose
+//! write fails is not acknowledged and changes nothing; sent again once the store
+//! recovers it is written, then acknowledged. A cancellation that cannot be stored
+//! is reported to the caller and the job goes on.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p::PeerId;
+
+use super::testkit::{adaptive, job, key, peer, result};
+use super::*;
+use crate::net::protocol::{CapacityAdvert, PROTOCOL_VERSION, TaskReply, TaskRequest};
+use crate::net::sim::SimulatedPeers;
+use crate::net::{PeerInfo, RequestError};
+use crate::sandbox::SandboxConfig;
+
+/// Two peers that take every offer and never answer by themselves; the offers they
+/// took are recorded (peer, chunk, attempt).
+struct Takers(Arc<Mutex<Vec<(PeerId, u32, u32)>>>);
+
+impl SimulatedPeers for Takers {
+    fn peers(&mut self) -> Vec<PeerInfo> {
+        [1u8, 2]
+            .iter()
+            .map(|&n| PeerInfo {
+                peer_id: peer(n).to_string(),
+                addrs: Vec::new(),
+                connected: true,
+                rtt_ms: None,
+                agent: None,
+                foreign_version: None,
+                advert: Some(CapacityAdvert {
+                    version: PROTOCOL_VERSION,
+                    seq: 1,
+                    slots_total: 4,
+                    slots_free: 4,
+                    cores: 4,
+                    memory_limit: 1 << 30,
+                    fuel_per_sec: 1,
+                    features: Vec::new(),
+                }),
+                advert_age_s: Some(0.0),
+                offences: 0,
+                ip: Some(format!("10.0.{n}.1")),
+                discovered: None,
+            })
+            .collect()
+    }
+
+    fn task(&mut self, peer: PeerId, request: TaskRequest) -> Result<TaskReply, RequestError> {
+        match request {
+            TaskRequest::Offer { assignments, .. } => {
+                let mut taken = self.0.lock().unwrap();
+                taken.extend(assignments.iter().map(|a| (peer, a.chunk, a.attempt)));
+                Ok(TaskReply::Offer {
+                    accepted: assignments.iter().map(|a| (a.chunk, a.attempt)).collect(),
+                    rejected: Vec::new(),
+                })
+            }
+            TaskRequest::Cancel { .. } => Ok(TaskReply::Cancelled),
+        }
+    }
+}
+
+async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Db::open(&dir.path().join("db.sqlite")).unwrap());
+    let taken = Arc::new(Mutex::new(Vec::new()));
+    let ctx = SchedulerContext {
+        net: NetClient::simulated(&key(200), Takers(taken.clone())),
+        blobs: BlobStore::open(dir.path().join("blobs")).unwrap(),
+        db: db.clone(),
+        sandbox: Sandbox::new(SandboxConfig {
+            cache_dir: None,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+        metrics: Default::default(),
+        local_worker: None,
+        trust: Default::default(),
+        placement: Default::default(),
+        seed: None,
+    };
+    let shutdown = CancellationToken::new();
+    let (scheduler, task) = Scheduler::start(ctx, shutdown.clone());
+    let spec = JobSpec {
+        replication: Replication::Fixed,
+        ..adaptive()
+    };
+    let j = job(1, 2, spec);
+    let id = j.id;
+    scheduler
+        .ask(|tx| Msg::Insert(Box::new(j), tx))
+        .await
+        .unwrap()
+        .unwrap();
+    // Both chunks go to both peers.
+    let offers = wait_for("the offers", async || {
+        let taken = taken.lock().unwrap().clone();
+        (taken.len() == 4).then_some(taken)
+    })
+    .await;
+    let (_, _, attempt) = *offers
+        .iter()
+        .find(|(p, c, _)| *p == peer(1) && *c == 0)
+        .unwrap();
+    let batch = ResultBatch {
+        results: vec![result(1, 1, 0, attempt, b"answer")],
+    };
+    wait_for("the replicas issued", async || {
+        let s = scheduler.status(Some(id)).await.pop()?;
+        (s.replicas_issued == 4).then_some(())
+    })
+    .await;
+
+    // The store fails: nothing is acknowledged, nothing changes.
+    db.fail_writes_for_test(u32::MAX);
+    let ack = scheduler.results(peer(1), batch.clone()).await;
+    assert!(
+        ack.stored.is_empty(),
+        "acknowledged a result it did not store"
+    );
+    let status = scheduler.status(Some(id)).await.pop().unwrap();
+    assert_eq!(
+        status.results, 0,
+        "memory changed although the write failed"
+    );
+
+    // A cancellation that cannot be stored is reported, and the job goes on.
+    let err = scheduler.cancel(id).await.unwrap_err();
+    assert!(err.to_string().contains("could not be stored"), "{err}");
+    let status = scheduler.status(Some(id)).await.pop().unwrap();
+    assert_eq!(status.state, JobState::Running);
+
+    // The store recovers: the worker's retry is written, then acknowledged.
+    db.fail_writes_for_test(0);
+    let ack = scheduler.results(peer(1), batch).await;
+    assert_eq!(ack.stored, vec![(id, 0, attempt)]);
+    let row = db
+        .replicas(id)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.chunk == 0 && r.attempt == attempt)
+        .unwrap();
+    assert_eq!(row.state, "returned");
+    assert_eq!(row.output_data.as_deref(), Some(&b"answer"[..]));
+    assert_eq!(scheduler.status(Some(id)).await.pop().unwrap().results, 1);
+
+    // And now a cancellation is stored.
+    assert_eq!(scheduler.cancel(id).await.unwrap(), Some(()));
+    assert_eq!(db.job(id).unwrap().unwrap().state, "cancelled");
+    shutdown.cancel();
+    task.await.unwrap();
+}

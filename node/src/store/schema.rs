@@ -1,0 +1,69 @@
+//! The database schema: numbered migrations applied in order by
+//! [`Db::open`](super::Db::open) (`PRAGMA user_version` says how many ran).
+
+/// The migrations, in order. Never edit one that has shipped; add another.
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE jobs (
+    id            BLOB PRIMARY KEY,
+    name          TEXT NOT NULL,
+    module        BLOB NOT NULL,
+    params        BLOB NOT NULL,
+    spec          BLOB NOT NULL,
+    state         TEXT NOT NULL,
+    chunks_total  INTEGER NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    finished_ms   INTEGER,
+    result        BLOB,
+    error         TEXT
+);
+CREATE TABLE chunks (
+    job_id      BLOB NOT NULL,
+    idx         INTEGER NOT NULL,
+    input       BLOB NOT NULL,
+    input_size  INTEGER NOT NULL,
+    input_data  BLOB,
+    state       TEXT NOT NULL,
+    outcome     BLOB,
+    output      BLOB,
+    output_data BLOB,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE replicas (
+    job_id      BLOB NOT NULL,
+    chunk       INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    peer        TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    issued_ms   INTEGER NOT NULL,
+    outcome     BLOB,
+    output      BLOB,
+    output_data BLOB,
+    fuel        INTEGER,
+    PRIMARY KEY (job_id, chunk, attempt)
+) WITHOUT ROWID;
+CREATE TABLE reputation (
+    peer         TEXT PRIMARY KEY,
+    agreed       INTEGER NOT NULL,
+    consecutive  INTEGER NOT NULL,
+    disagreed    INTEGER NOT NULL,
+    errors       INTEGER NOT NULL,
+    timeouts     INTEGER NOT NULL
+);
+CREATE TABLE outbox (
+    job_id      BLOB NOT NULL,
+    chunk       INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    submitter   TEXT NOT NULL,
+    result      BLOB NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    PRIMARY KEY (job_id, chunk, attempt)
+) WITHOUT ROWID;
+"#,
+    r#"
+-- Adaptive replication and signed results (protocol 2).
+ALTER TABLE chunks ADD COLUMN solo_peer TEXT;
+ALTER TABLE replicas ADD COLUMN signature BLOB;
+ALTER TABLE reputation ADD COLUMN caught INTEGER NOT NULL DEFAULT 0;
+"#,
+];
