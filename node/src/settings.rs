@@ -200,7 +200,7 @@ mod tests {
         assert!(!config.net.mdns);
         assert_eq!(config.memory_per_chunk, 1 << 30);
         assert_eq!(config.api, Some(DEFAULT_API.parse().unwrap()));
-        assert_eq!(config.net.advert_ttl, Duration::from_secs(20));
+        assert_eq!(config.net.advert_ttl, Duration::from_secs(180));
     }
 
     #[test]

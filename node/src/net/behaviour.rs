@@ -74,7 +74,9 @@ impl Behaviour {
 
         let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
         kad_config.set_query_timeout(Duration::from_secs(30));
-        kad_config.set_periodic_bootstrap_interval(Some(config.random_walk_interval));
+        // The event loop refreshes the table itself with a fixed number of lookups
+        // (libp2p's bootstrap walks one lookup per bucket: log N of them).
+        kad_config.set_periodic_bootstrap_interval(None);
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         // Peers on private networks or loopback never get an external address

@@ -28,8 +28,12 @@ pub struct DiscoveryConfig {
     /// Candidates (fresh adverts lending at least one slot) a node with demand
     /// wants in its view before it stops sampling.
     pub want: usize,
-    /// Most adverts a node asks for; beyond it only known ones are renewed.
+    /// Most adverts a node asks for while it has demand; beyond it only known ones
+    /// are renewed.
     pub max_view: usize,
+    /// Most adverts a node without demand asks for: an idle node's subscriptions
+    /// (and the connections they keep open) stay this few, whatever the grid.
+    pub idle_view: usize,
     /// Most peers a worker pushes its advert to.
     pub max_subscribers: usize,
     /// How long a subscription lasts without renewal.
@@ -56,6 +60,7 @@ impl Default for DiscoveryConfig {
         Self {
             want: 64,
             max_view: 256,
+            idle_view: 8,
             max_subscribers: 64,
             subscription_ttl: Duration::from_secs(600),
             demand_hold: Duration::from_secs(10),
@@ -64,7 +69,7 @@ impl Default for DiscoveryConfig {
             max_walks: 2,
             max_queries: 32,
             dials_per_walk: 20,
-            dial_target: 48,
+            dial_target: 8,
         }
     }
 }

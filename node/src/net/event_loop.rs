@@ -37,6 +37,8 @@ use super::{NetConfig, NetEvent, RequestError};
 pub(crate) const OFFENCE_THRESHOLD: u32 = 5;
 /// How long a banned peer stays banned.
 const BAN_TIME: Duration = Duration::from_secs(600);
+/// How often a node connected to nobody dials its bootstrap peers again.
+const BOOTSTRAP_RETRY: Duration = Duration::from_secs(10);
 
 type Reply<T> = oneshot::Sender<Result<T, RequestError>>;
 type PendingMap<T> = HashMap<request_response::OutboundRequestId, Reply<T>>;
@@ -75,6 +77,8 @@ pub(crate) struct EventLoop {
     pending_blob: PendingMap<BlobReply>,
     bans: HashMap<PeerId, Instant>,
     bootstrapped: bool,
+    last_bootstrap: Instant,
+    last_refresh: Instant,
     dropped_inbound: u64,
     metrics: NetMetrics,
 }
@@ -122,6 +126,8 @@ impl EventLoop {
             pending_blob: HashMap::new(),
             bans: HashMap::new(),
             bootstrapped: false,
+            last_bootstrap: Instant::now(),
+            last_refresh: Instant::now(),
             dropped_inbound: 0,
             metrics,
         }
@@ -152,6 +158,8 @@ impl EventLoop {
 
     fn on_tick(&mut self) {
         self.book.expire_adverts();
+        self.redial_bootstrap();
+        self.refresh_routing();
         self.discover();
         let now = Instant::now();
         let expired: Vec<PeerId> = self
@@ -329,15 +337,44 @@ impl EventLoop {
         }
     }
 
-    /// Whether the view takes adverts from peers it has none of yet: up to `want`
-    /// when idle (so an idle node's subscriptions, and the connections they keep
-    /// open, stay few), up to `max_view` while there is demand.
+    /// Every `random_walk_interval`, two lookups keep the routing table fresh: one
+    /// towards this node's own id (its neighbourhood) and one towards a random key.
+    /// A fixed number, so the upkeep grows only as the length of a lookup (log N).
+    fn refresh_routing(&mut self) {
+        if !self.bootstrapped || self.last_refresh.elapsed() < self.config.random_walk_interval {
+            return;
+        }
+        self.last_refresh = Instant::now();
+        let local = *self.swarm.local_peer_id();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        kad.get_closest_peers(local);
+        kad.get_closest_peers(PeerId::random());
+    }
+
+    /// A node connected to nobody dials its bootstrap peers again, at most every
+    /// [`BOOTSTRAP_RETRY`] (a bootstrap peer that was busy or not up yet at start).
+    fn redial_bootstrap(&mut self) {
+        if self.config.bootstrap.is_empty()
+            || self.swarm.connected_peers().next().is_some()
+            || self.last_bootstrap.elapsed() < BOOTSTRAP_RETRY
+        {
+            return;
+        }
+        self.last_bootstrap = Instant::now();
+        for addr in self.config.bootstrap.clone() {
+            self.dial_addr(addr, None);
+        }
+    }
+
+    /// Whether the view takes adverts from peers it has none of yet: up to
+    /// `idle_view` when idle (so an idle node's subscriptions, and the connections
+    /// they keep open, stay few), up to `max_view` while there is demand.
     fn view_has_room(&self, now: Instant) -> bool {
         let config = self.discovery.config();
         let cap = if self.discovery.has_demand(now) {
             config.max_view
         } else {
-            config.want
+            config.idle_view
         };
         self.book.advert_count() < cap
     }

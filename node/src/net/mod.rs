@@ -237,9 +237,14 @@ impl NetClient {
         self.ask(Command::Peers).await.unwrap_or_default()
     }
 
-    /// How many peers have a fresh capacity advert in this node's view.
+    /// How many peers have a fresh capacity advert in this node's view. Asking is
+    /// demand, as [`NetClient::peers`] is: whoever counts candidates wants them.
     pub async fn advert_count(&self) -> usize {
-        self.status().await.map_or(0, |s| s.adverts)
+        self.peers()
+            .await
+            .iter()
+            .filter(|p| p.advert.is_some())
+            .count()
     }
 
     /// The network's view of this node.

@@ -6,7 +6,8 @@
 //! of 20 filled from the whole population, stale entries for peers that churned
 //! away), iterative lookups (α = 3, k = 20) with a latency per message drawn from a
 //! log-normal distribution and a timeout for dead peers, connections (each peer dials
-//! up to 48 others, inbound up to 256), subscriptions (at most 64 subscribers each),
+//! up to 8 others, inbound up to 256), subscriptions (8 per idle peer, at most 64
+//! subscribers each),
 //! and every periodic message of an idle peer as a timer with a random phase:
 //! pings, advert refreshes to subscribers, subscription renewals, identify, DHT
 //! refreshes, and churn (leaves and joins, each join with its bootstrap, dials,
@@ -38,6 +39,8 @@ pub struct SimConfig {
     pub max_subscribers: usize,
     /// Most adverts a peer asks for.
     pub max_view: usize,
+    /// Most adverts an idle peer asks for.
+    pub idle_view: usize,
     /// Candidates wanted before sampling stops.
     pub want: usize,
     /// Advert refresh (the advert interval), seconds.
@@ -71,10 +74,11 @@ impl SimConfig {
             peers,
             seed,
             window_s: 600.0,
-            dial_target: 48,
+            dial_target: 8,
             max_connections: 256,
             max_subscribers: 64,
             max_view: 256,
+            idle_view: 8,
             want: 64,
             advert_interval_s: 60.0,
             ping_s: 60.0,
@@ -431,9 +435,8 @@ pub fn simulate(cfg: SimConfig) -> SimReport {
         lookup_ms += t;
     }
     let per_lookup = lookup_msgs as f64 / sample as f64;
-    // A refresh walks towards its own id and one random id per non-empty far bucket:
-    // about log2(n / K) + 1 lookups.
-    let lookups_per_refresh = ((n as f64 / K as f64).log2().max(0.0)).ceil() + 1.0;
+    // A refresh is two lookups: towards its own id and towards a random one.
+    let lookups_per_refresh = 2.0;
 
     // The idle window: every periodic timer of every peer, each with a random phase.
     let times = |period: f64, phase: f64| -> u64 {
@@ -443,13 +446,16 @@ pub fn simulate(cfg: SimConfig) -> SimReport {
             ((w - phase) / period).floor() as u64 + 1
         }
     };
-    let subscribers: Vec<Vec<usize>> = (0..n)
-        .map(|p| {
-            let mut s = g.conns[p].clone();
-            s.truncate(cfg.max_subscribers);
-            s
-        })
-        .collect();
+    // Each idle peer subscribes to `idle_view` of its connections; a worker keeps
+    // at most `max_subscribers`.
+    let mut subscribers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for q in 0..n {
+        for &p in g.conns[q].iter().take(cfg.idle_view) {
+            if subscribers[p].len() < cfg.max_subscribers {
+                subscribers[p].push(q);
+            }
+        }
+    }
     for (p, subscribed) in subscribers.iter().enumerate() {
         let phase = g.rng.random::<f64>();
         // Pings: each side pings each connection.
@@ -468,10 +474,10 @@ pub fn simulate(cfg: SimConfig) -> SimReport {
                 deliver(&mut recv, &mut bytes, p, size::ACK);
             }
         }
-        // Renewals of this peer's subscriptions (to its connections, up to `want`
-        // when idle).
+        // Renewals of this peer's subscriptions (to its connections, up to
+        // `idle_view` when idle).
         let renewals = times(cfg.renew_s, phase * cfg.renew_s);
-        for &q in g.conns[p].clone().iter().take(cfg.want) {
+        for &q in g.conns[p].clone().iter().take(cfg.idle_view) {
             for _ in 0..renewals {
                 deliver(&mut recv, &mut bytes, q, size::QUERY);
                 deliver(&mut recv, &mut bytes, p, size::ADVERT);
