@@ -85,6 +85,7 @@ struct ProcessRun {
 struct Procs {
     children: Vec<Child>,
     metrics: Vec<u16>,
+    listen: Vec<(std::net::Ipv4Addr, u16)>,
     _dir: tempfile::TempDir,
 }
 
@@ -246,6 +247,7 @@ impl ScaleBench {
         let mut procs = Procs {
             children: Vec::new(),
             metrics: Vec::new(),
+            listen: Vec::new(),
             _dir: dir,
         };
         let mut bootstrap = String::new();
@@ -273,6 +275,7 @@ impl ScaleBench {
                 .with_context(|| format!("starting {}", binary.display()))?;
             procs.children.push(child);
             procs.metrics.push(metrics);
+            procs.listen.push((ip, port));
             if i == 0 {
                 bootstrap = listen;
                 // The others dial it: wait until it listens.
@@ -283,6 +286,17 @@ impl ScaleBench {
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
+            }
+        }
+        // Every worker is up (listening) before the submitter starts, so the time to
+        // candidates is discovery's, not the workers' start-up on a busy machine.
+        let started = Instant::now();
+        for &(ip, port) in &procs.listen {
+            while std::net::TcpStream::connect((ip, port)).is_err() {
+                if started.elapsed() > Duration::from_secs(180) {
+                    bail!("a worker did not listen within 180 s");
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
         Ok((procs, bootstrap))

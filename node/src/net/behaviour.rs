@@ -14,6 +14,8 @@ use super::codec::PostcardCodec;
 use super::metrics::NetMetrics;
 use super::protocol::*;
 
+/// How often libp2p's own (per-bucket) bootstrap of the routing table runs.
+const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(3600);
 /// How often each connection is pinged.
 const PING_INTERVAL: Duration = Duration::from_secs(60);
 /// A capacity query or update that takes longer than this fails (a peer that slow
@@ -75,8 +77,9 @@ impl Behaviour {
         let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
         kad_config.set_query_timeout(Duration::from_secs(30));
         // The event loop refreshes the table itself with a fixed number of lookups
-        // (libp2p's bootstrap walks one lookup per bucket: log N of them).
-        kad_config.set_periodic_bootstrap_interval(None);
+        // every `random_walk_interval`; libp2p's bootstrap (one lookup per bucket: log
+        // N of them) runs hourly, and when the routing table is nearly empty.
+        kad_config.set_periodic_bootstrap_interval(Some(KAD_BOOTSTRAP_INTERVAL));
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         // Peers on private networks or loopback never get an external address
