@@ -11,7 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-unknown-unknown";
-const JOBS: &[&str] = &["mandelbrot", "primes", "montecarlo", "pow", "faults"];
+const JOBS: &[&str] = &[
+    "mandelbrot",
+    "primes",
+    "montecarlo",
+    "pow",
+    "faults",
+    "floats",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -63,6 +70,10 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
+    // No `simd128`: measured with `peergrid bench sandbox` (issue 18), it made
+    // montecarlo 5-7x slower (the SLP vectoriser packs its serial RNG into vectors with
+    // lane shuffles), gave pow 25 % (with SLP) or nothing (without), and cost primes
+    // more fuel checks; plain scalar builds are the best overall.
     let output = cmd.output().unwrap_or_else(|e| {
         panic!("could not start cargo to build the example jobs: {e}");
     });

@@ -235,3 +235,121 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Chunks are being run and verified.
+    Running,
+    /// Every chunk verified; merge running.
+    Merging,
+    /// Done: the result is stored.
+    Done,
+    /// Ended without a result (a chunk failed or was verified as failing).
+    Failed,
+    /// Cancelled by its submitter.
+    Cancelled,
+}
+
+impl JobState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Merging => "merging",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => Self::Running,
+            "merging" => Self::Merging,
+            "done" => Self::Done,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the job has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// A chunk's state as stored: the scheduler's `ChunkState` without its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChunkStatus {
+    /// Waiting for a verdict.
+    Pending,
+    /// Verified to an outcome (kept beside it).
+    Verified,
+    /// Given up (the reason is kept beside it).
+    Failed,
+}
+
+impl ChunkStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Verified => "verified",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Self::Pending,
+            "verified" => Self::Verified,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A replica's state as stored: the scheduler's `ReplicaState` without its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReplicaStatus {
+    /// Offered, no answer yet.
+    Offered,
+    /// Accepted by its worker.
+    Issued,
+    /// Its result came back.
+    Returned,
+    /// Not back within the soft timeout (replaced).
+    TimedOut,
+    /// Refused, withdrawn, unusable or its peer left (replaced).
+    Lost,
+}
+
+impl ReplicaStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Offered => "offered",
+            Self::Issued => "issued",
+            Self::Returned => "returned",
+            Self::TimedOut => "timed_out",
+            Self::Lost => "lost",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "offered" => Self::Offered,
+            "issued" => Self::Issued,
+            "returned" => Self::Returned,
+            "timed_out" => Self::TimedOut,
+            "lost" => Self::Lost,
+            _ => return None,
+        })
+    }
+}

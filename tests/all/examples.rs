@@ -1,8 +1,22 @@
 //! Every example job gives its known answer in the sandbox, the same bytes as its
-//! native build, and the same output and fuel in two separately built engines.
+//! native build, and the same output and fuel in two separately built engines: the
+//! production one, and one that hands fuel out in tiny slices (thousands of suspensions
+//! per chunk) without the instance pool. The `floats` job checks that NaN bits agree.
 
-use peergrid_node::sandbox::{Limits, Outcome, TrapKind};
+use peergrid_node::sandbox::{Limits, Outcome, Sandbox, SandboxConfig, TrapKind};
 use peergrid_tests::{run_example_in_sandbox, run_example_natively, sandbox};
+
+/// A second engine, built differently from production in everything that must not
+/// matter to outputs or fuel: fuel slices of 9 973 instead of millions, and fresh
+/// mappings per instance instead of the pool.
+fn other_engine() -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        fuel_slice: 9_973,
+        pooling: false,
+        ..SandboxConfig::default()
+    })
+    .expect("the engine builds")
+}
 
 fn json(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes).expect("result is JSON")
@@ -12,7 +26,7 @@ fn json(bytes: &[u8]) -> serde_json::Value {
 /// natively; returns the result after checking all three agree.
 fn run_everywhere(name: &str, params: &str) -> Vec<u8> {
     let (a, fuel_a) = run_example_in_sandbox(&sandbox(), name, params).expect(name);
-    let (b, fuel_b) = run_example_in_sandbox(&sandbox(), name, params).expect(name);
+    let (b, fuel_b) = run_example_in_sandbox(&other_engine(), name, params).expect(name);
     assert_eq!(a, b, "{name}: two engines disagree on the output");
     assert_eq!(
         fuel_a, fuel_b,
@@ -166,4 +180,92 @@ fn a_rust_guest_memory_bomb_and_recursion_are_contained() {
         let exec = sandbox.run_chunk(&module, &inputs.expect("split")[0], &limits);
         assert_eq!(exec.outcome.label(), expect, "{mode}: {}", exec.outcome);
     }
+}
+
+/// The `floats` job's output split by its layout (see `jobs/floats`): per chunk and per
+/// pair of operands, 12 `f64` results then 11 `f32` results, then `n` `f64` and `n`
+/// `f32` array results. Returns all `f64` and `f32` bit patterns, and those of the
+/// plain IEEE operations (`+ − × ÷ √`, the first five of each group), which wasm
+/// executes as single instructions.
+fn float_words(out: &[u8], values: usize, chunks: usize) -> [Vec<u64>; 4] {
+    let words: Vec<u64> = out
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+        .collect();
+    let per_chunk = values * values * 23 + 2 * values;
+    assert_eq!(words.len(), chunks * per_chunk);
+    let [mut f64s, mut f32s, mut ieee64, mut ieee32] = [(); 4].map(|()| Vec::new());
+    for chunk in words.chunks_exact(per_chunk) {
+        let (pairs, arrays) = chunk.split_at(values * values * 23);
+        for pair in pairs.chunks_exact(23) {
+            f64s.extend_from_slice(&pair[..12]);
+            f32s.extend(pair[12..].iter().map(|&w| w & 0xffff_ffff));
+            ieee64.extend_from_slice(&pair[..5]);
+            ieee32.extend(pair[12..17].iter().map(|&w| w & 0xffff_ffff));
+        }
+        f64s.extend_from_slice(&arrays[..values]);
+        f32s.extend(arrays[values..].iter().map(|&w| w & 0xffff_ffff));
+    }
+    [f64s, f32s, ieee64, ieee32]
+}
+
+#[test]
+fn nan_bits_agree_across_engines_and_arithmetic_nans_are_canonical() {
+    let values = peergrid_jobs::FLOATS_VALUES;
+    let (a, fuel_a) = run_example_in_sandbox(&sandbox(), "floats", "{}").expect("runs");
+    let (b, fuel_b) = run_example_in_sandbox(&other_engine(), "floats", "{}").expect("runs");
+    assert_eq!(a, b, "two engines disagree on NaN bits");
+    assert_eq!(fuel_a, fuel_b, "two engines disagree on the fuel used");
+
+    let [f64s, f32s, ieee64, ieee32] = float_words(&a, values, 4);
+    let is_nan64 = |w: &u64| f64::from_bits(*w).is_nan();
+    let is_nan32 = |w: &u64| f32::from_bits(*w as u32).is_nan();
+    assert!(
+        ieee64.iter().filter(|w| is_nan64(w)).count() > 50,
+        "f64 NaNs made"
+    );
+    assert!(
+        ieee32.iter().filter(|w| is_nan32(w)).count() > 50,
+        "f32 NaNs made"
+    );
+    // A NaN made by arithmetic has the canonical bits, whatever the CPU's own rule
+    // (x86 makes 0/0 the negative default NaN) or the operands' payloads.
+    for w in ieee64.iter().filter(|w| is_nan64(w)) {
+        assert_eq!(*w, 0x7ff8_0000_0000_0000, "f64 NaN {w:#018x}");
+    }
+    for w in ieee32.iter().filter(|w| is_nan32(w)) {
+        assert_eq!(*w, 0x7fc0_0000, "f32 NaN {w:#010x}");
+    }
+
+    // Native code computes the same numbers; only its NaNs' bits may differ, so may
+    // `copysign` (the 8th result of each group) when it takes a NaN's sign, and the
+    // sign of a zero from `min`/`max` of +0 and −0 (which IEEE leaves open).
+    let native = run_example_natively("floats", "{}").expect("runs natively");
+    let [n64, n32, ..] = float_words(&native, values, 4);
+    let copysign = |i: usize, group: usize| {
+        let per_chunk = values * values * group + values;
+        let at = i % per_chunk;
+        at < values * values * group && at % group == 7
+    };
+    for (i, (s, n)) in f64s.iter().zip(&n64).enumerate() {
+        if copysign(i, 12) {
+            continue;
+        }
+        let same = s == n
+            || (is_nan64(s) && is_nan64(n))
+            || (f64::from_bits(*s) == 0.0 && f64::from_bits(*n) == 0.0);
+        assert!(same, "f64 #{i}: {s:#x} vs native {n:#x}");
+    }
+    for (i, (s, n)) in f32s.iter().zip(&n32).enumerate() {
+        if copysign(i, 11) {
+            continue;
+        }
+        let same = s == n
+            || (is_nan32(s) && is_nan32(n))
+            || (f32::from_bits(*s as u32) == 0.0 && f32::from_bits(*n as u32) == 0.0);
+        assert!(same, "f32 #{i}: {s:#x} vs native {n:#x}");
+    }
+    // On x86 they do: the test would catch an engine that left NaNs to the CPU.
+    #[cfg(target_arch = "x86_64")]
+    assert_ne!(a, native, "x86's own NaNs are not canonical");
 }

@@ -50,11 +50,18 @@ pub static EXAMPLES: [Example; 4] = [
 /// nothing, for tests and benchmarks. Runnable by name, not listed with the examples.
 pub static FAULTS: Example = example!("faults", job_faults);
 
-/// Finds a built-in job by name (the examples, and `faults`).
+/// A job whose outputs hold the bits of NaNs that float arithmetic produced, for
+/// determinism tests. Runnable by name, not listed with the examples.
+pub static FLOATS: Example = example!("floats", job_floats);
+
+/// How many operands `floats` uses with its default params.
+pub const FLOATS_VALUES: usize = job_floats::DEFAULT_VALUES.len();
+
+/// Finds a built-in job by name (the examples, `faults` and `floats`).
 pub fn find(name: &str) -> Option<&'static Example> {
     EXAMPLES
         .iter()
-        .chain(std::iter::once(&FAULTS))
+        .chain([&FAULTS, &FLOATS])
         .find(|e| e.name == name)
 }
 

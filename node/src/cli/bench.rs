@@ -1,9 +1,12 @@
 //! `peergrid bench`: measurements taken as ratios within one run, because the
 //! machines this runs on are shared and noisy.
 //!
-//! `bench sandbox` runs every example's chunks natively and in the sandbox (fuel and
-//! every limit on, as the grid runs them), alternating rounds and keeping each side's
-//! best round, and also with fuel and/or epochs off to show what each costs.
+//! `bench sandbox` runs every example's chunks natively and in the sandbox (every
+//! production setting on, as the grid runs them) on long chunks (≥ 0.25 s of native
+//! work each, so per-call setup does not weigh on the ratio), alternating rounds and
+//! keeping each side's best round; it also runs them with NaN canonicalisation, fuel,
+//! or all checks off, and with epochs as the guard, to show what each costs, and times
+//! an empty call (instantiation and teardown) with and without the instance pool.
 //!
 //! `bench grid` starts in-process grids on loopback (real network, store and
 //! scheduler code) and measures the overhead of distributing and verifying work:
@@ -26,12 +29,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::GlobalOpts;
-use crate::sandbox::{JobModule, Limits, Outcome, Sandbox, SandboxConfig};
+use crate::sandbox::{Guard, JobModule, Limits, Outcome, Sandbox, SandboxConfig};
 
 /// Benchmarks.
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCmd {
-    /// Native vs sandboxed time for each example job, and the cost of fuel and epochs.
+    /// Native vs sandboxed time for each example job on long chunks, the per-call
+    /// overhead, and what NaN canonicalisation, fuel and epochs cost.
     Sandbox(SandboxBench),
     /// Overhead, efficiency and scale of the grid on loopback.
     Grid(super::bench_grid::GridBench),
@@ -60,54 +64,151 @@ pub struct SandboxBench {
     /// Only these examples (default: all).
     #[arg(long, value_name = "NAME")]
     pub job: Vec<String>,
-    /// Keep measuring each job until its native side has run this long in total.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::config::parse_duration)]
-    pub min_time: Duration,
-    /// Print one JSON object: {"sandbox":[{"job","native_s","wasm_s","ratio",…}]}.
+    /// Rounds per job: each round runs every chunk natively and in every sandbox
+    /// variant, alternating; each side's best round counts.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub rounds: usize,
+    /// Params (JSON) for the jobs instead of the built-in long-chunk ones; with one
+    /// `--job`, to measure it on other chunks.
+    #[arg(long, value_name = "JSON")]
+    pub params: Option<String>,
+    /// Print one JSON object: {"sandbox":[{"job","ratio","call_overhead_us",…}],…}.
     #[arg(long)]
     pub json: bool,
 }
 
-/// The four engine variants measured.
+/// The shortest native time of a "long" chunk: the compute ratio is measured on chunks
+/// at least this long, so per-call setup does not weigh on it.
+const LONG_CHUNK_S: f64 = 0.25;
+
+/// Params that make each example's chunks long (≥ [`LONG_CHUNK_S`] of native work on
+/// this machine class); the bench reports the shortest chunk it saw.
+fn long_params(job: &str) -> Option<&'static str> {
+    Some(match job {
+        // A view on the boundary near the seahorse valley, where most points take
+        // hundreds to thousands of iterations (interior points end early: cardioid
+        // test, cycle detection).
+        "mandelbrot" => {
+            r#"{"width": 2048, "height": 1024, "max_iter": 20000, "center_x": -0.7436, "center_y": 0.1318, "scale": 0.002, "rows_per_chunk": 512}"#
+        }
+        "primes" => r#"{"limit": 1500000000, "chunks": 3}"#,
+        "montecarlo" => r#"{"samples": 500000000, "chunks": 2, "seed": 42}"#,
+        "pow" => {
+            r#"{"data": "peergrid", "difficulty": 40, "max_nonce": 6291456, "chunk_size": 2097152}"#
+        }
+        _ => return None,
+    })
+}
+
+/// Calls timed for the per-call overhead (the median counts).
+const OVERHEAD_CALLS: usize = 301;
+
+/// The engine variants measured, all in the same run.
 struct Variants {
-    full: Sandbox,
-    fuel_only: Sandbox,
-    epochs_only: Sandbox,
+    /// Every production setting: fuel in slices as the only interruption mechanism,
+    /// NaN canonicalisation, the instance pool.
+    production: Sandbox,
+    /// Production with epochs (a ticker thread) on top of fuel for the guard, as the
+    /// sandbox ran before issue 18.
+    epochs: Sandbox,
+    /// Production without NaN canonicalisation.
+    no_nan_canon: Sandbox,
+    /// Production without fuel (so without any guard).
+    no_fuel: Sandbox,
+    /// No fuel, no guard, no NaN canonicalisation: wasmtime's plain speed.
     bare: Sandbox,
+    /// Production without the instance pool (fresh mappings per call); timed for the
+    /// per-call overhead only.
+    no_pool: Sandbox,
+    /// Production without the pool and without guard regions, so that every memory
+    /// access is bounds-checked explicitly.
+    bounds_checked: Sandbox,
 }
 
 impl Variants {
     fn new() -> anyhow::Result<Self> {
-        let make = |fuel, epochs| {
-            Sandbox::new(SandboxConfig {
-                cache_dir: None,
-                fuel,
-                epochs,
-            })
+        let production = SandboxConfig::default();
+        let unguarded = SandboxConfig {
+            fuel: false,
+            guard: Guard::Off,
+            ..production.clone()
         };
         Ok(Self {
-            full: make(true, true)?,
-            fuel_only: make(true, false)?,
-            epochs_only: make(false, true)?,
-            bare: make(false, false)?,
+            epochs: Sandbox::new(SandboxConfig {
+                guard: Guard::Epochs,
+                ..production.clone()
+            })?,
+            no_pool: Sandbox::new(SandboxConfig {
+                pooling: false,
+                ..production.clone()
+            })?,
+            bounds_checked: Sandbox::new(SandboxConfig {
+                pooling: false,
+                explicit_bounds_checks: true,
+                ..production.clone()
+            })?,
+            no_nan_canon: Sandbox::new(SandboxConfig {
+                nan_canonicalization: false,
+                ..production.clone()
+            })?,
+            no_fuel: Sandbox::new(unguarded.clone())?,
+            bare: Sandbox::new(SandboxConfig {
+                nan_canonicalization: false,
+                ..unguarded
+            })?,
+            production: Sandbox::new(production)?,
         })
+    }
+
+    fn all(&self) -> [&Sandbox; 6] {
+        [
+            &self.production,
+            &self.epochs,
+            &self.no_nan_canon,
+            &self.no_fuel,
+            &self.bare,
+            &self.bounds_checked,
+        ]
     }
 }
 
 #[derive(Debug, serde::Serialize)]
 struct JobFigures {
     job: &'static str,
+    params: String,
     chunks: usize,
     rounds: usize,
+    /// The shortest chunk's native time (the ratio is meant for chunks ≥ 0.25 s).
+    shortest_chunk_native_s: f64,
     native_s: f64,
+    /// Every production setting on.
     wasm_s: f64,
     ratio: f64,
-    wasm_fuel_only_s: f64,
-    wasm_epochs_only_s: f64,
+    /// Fuel + epochs as the guard (the mechanism before issue 18).
+    wasm_epochs_s: f64,
+    ratio_epochs: f64,
+    wasm_no_nan_canon_s: f64,
+    wasm_no_fuel_s: f64,
     wasm_bare_s: f64,
+    ratio_bare: f64,
+    /// wasm_s / wasm_no_nan_canon_s − 1.
+    nan_canon_cost: f64,
+    /// wasm_s / wasm_no_fuel_s − 1 (fuel metering and its slice checks).
     fuel_cost: f64,
+    /// wasm_epochs_s / wasm_s − 1: what epochs added on top of fuel.
     epoch_cost: f64,
+    /// Production with explicit bounds checks on every memory access (no guard
+    /// regions).
+    wasm_bounds_checked_s: f64,
+    /// wasm_bounds_checked_s / wasm_s − 1: what the guard regions save.
+    bounds_check_cost: f64,
+    /// Fuel used by all chunks (the same in every fuelled variant, checked).
     fuel: u64,
+    /// Median time of a call that does nothing (the job's `run` on empty input,
+    /// which fails to decode at once): instantiation, the ABI sequence, teardown.
+    call_overhead_us: f64,
+    /// The same without the instance pool.
+    call_overhead_no_pool_us: f64,
 }
 
 impl SandboxBench {
@@ -126,32 +227,62 @@ impl SandboxBench {
                 peergrid_jobs::names().join(", ")
             );
         }
+        let empty = [
+            empty_call_us(&variants.production)?,
+            empty_call_us(&variants.no_pool)?,
+        ];
         if self.json {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&serde_json::json!({ "sandbox": rows }))?
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "sandbox": rows,
+                    "empty_module_call_us": empty[0],
+                    "empty_module_call_no_pool_us": empty[1],
+                }))?
             );
         } else {
             println!(
-                "{:<11} {:>6} {:>10} {:>10} {:>7} {:>10} {:>10}",
-                "job", "chunks", "native s", "sandbox s", "ratio", "fuel cost", "epoch cost"
+                "{:<11} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+                "job",
+                "chunk s",
+                "ratio",
+                "epochs",
+                "bare",
+                "nan",
+                "fuel",
+                "+epochs",
+                "+bounds",
+                "call µs",
+                "no pool"
             );
             for r in &rows {
                 println!(
-                    "{:<11} {:>6} {:>10.4} {:>10.4} {:>7.3} {:>9.1}% {:>9.1}%",
+                    "{:<11} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>9.1} {:>9.1}",
                     r.job,
-                    r.chunks,
-                    r.native_s,
-                    r.wasm_s,
+                    r.shortest_chunk_native_s,
                     r.ratio,
+                    r.ratio_epochs,
+                    r.ratio_bare,
+                    r.nan_canon_cost * 100.0,
                     r.fuel_cost * 100.0,
-                    r.epoch_cost * 100.0
+                    r.epoch_cost * 100.0,
+                    r.bounds_check_cost * 100.0,
+                    r.call_overhead_us,
+                    r.call_overhead_no_pool_us,
                 );
             }
             println!(
-                "\nratio = sandbox (fuel + epochs + all limits) / native, best of alternating \
-                 rounds;\nfuel/epoch cost = time with only that mechanism on / time with both \
-                 off, minus 1"
+                "empty module: {:.1} µs per call ({:.1} µs without the pool)",
+                empty[0], empty[1]
+            );
+            println!(
+                "\nratio = sandbox with every production setting / native, best of {} \
+                 alternating rounds;\nepochs = the same with fuel + epochs (the guard before \
+                 issue 18); bare = no fuel, no guard, no NaN canonicalisation;\nnan/fuel = \
+                 what each adds to production; +epochs = what epochs would add on top of \
+                 fuel;\n+bounds = what explicit bounds checks would add (no guard regions);\ncall µs = median time of the job's `run` on empty input (no pool: \
+                 fresh mappings per call)",
+                self.rounds
             );
         }
         Ok(ExitCode::SUCCESS)
@@ -163,77 +294,133 @@ impl SandboxBench {
         example: &'static peergrid_jobs::Example,
     ) -> anyhow::Result<JobFigures> {
         let native = example.native;
+        let params = match &self.params {
+            Some(p) => p.as_str(),
+            None => long_params(example.name).unwrap_or(example.default_params),
+        };
         let split = native.split.context("example without split")?;
-        let list = split(example.default_params.as_bytes())
+        let list = split(params.as_bytes())
             .map_err(|e| anyhow::anyhow!("{}: split failed natively: {e}", example.name))?;
         let inputs: Vec<Vec<u8>> = peergrid_sdk::bytes::decode_list(&list)
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .into_iter()
             .map(<[u8]>::to_vec)
             .collect();
-        let load = |s: &Sandbox| s.load(example.wasm).context(example.name);
-        let modules = [
-            load(&variants.full)?,
-            load(&variants.fuel_only)?,
-            load(&variants.epochs_only)?,
-            load(&variants.bare)?,
-        ];
-        let sandboxes = [
-            &variants.full,
-            &variants.fuel_only,
-            &variants.epochs_only,
-            &variants.bare,
-        ];
+        let sandboxes = variants.all();
+        let modules = sandboxes
+            .iter()
+            .map(|s| s.load(example.wasm).context(example.name))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let limits = Limits {
             timeout: Duration::from_secs(3600),
             ..Limits::CHUNK
         };
 
-        let mut best = [f64::INFINITY; 5];
-        let mut native_total = 0.0;
-        let mut rounds = 0;
+        let mut best = [f64::INFINITY; 7];
+        let mut shortest_chunk = f64::INFINITY;
         let mut fuel = 0;
-        while rounds < 3 || (native_total < self.min_time.as_secs_f64() && rounds < 50) {
-            let started = Instant::now();
-            let native_out: Vec<Vec<u8>> = inputs
-                .iter()
-                .map(|i| (native.run)(i))
-                .collect::<Result<_, _>>()
-                .map_err(|e| anyhow::anyhow!("{}: native run failed: {e}", example.name))?;
-            let t = started.elapsed().as_secs_f64();
-            native_total += t;
-            best[0] = best[0].min(t);
+        for _ in 0..self.rounds.max(1) {
+            let mut native_out = Vec::with_capacity(inputs.len());
+            let mut total = 0.0;
+            for input in &inputs {
+                let started = Instant::now();
+                let out = (native.run)(input)
+                    .map_err(|e| anyhow::anyhow!("{}: native run failed: {e}", example.name))?;
+                let t = started.elapsed().as_secs_f64();
+                shortest_chunk = shortest_chunk.min(t);
+                total += t;
+                native_out.push(out);
+            }
+            best[0] = best[0].min(total);
             for (k, (sandbox, module)) in sandboxes.iter().zip(&modules).enumerate() {
                 let (t, out, used) = time_sandbox(sandbox, module, &inputs, &limits)?;
                 best[k + 1] = best[k + 1].min(t);
-                if k == 0 {
-                    fuel = used;
-                    if out != native_out {
-                        bail!(
-                            "{}: the sandbox and native code disagree on the output",
-                            example.name
-                        );
-                    }
+                if out != native_out {
+                    bail!(
+                        "{}: the sandbox (variant {k}) and native code disagree on the output",
+                        example.name
+                    );
+                }
+                // Variants 0–2 and 5 meter fuel: the same module and inputs must use the
+                // same fuel whatever the guard and the NaN handling.
+                match k {
+                    0 => fuel = used,
+                    1 | 2 | 5 if used != fuel => bail!(
+                        "{}: variant {k} used {used} fuel, production {fuel}",
+                        example.name
+                    ),
+                    _ => {}
                 }
             }
-            rounds += 1;
         }
-        let [native_s, wasm_s, fuel_only, epochs_only, bare] = best;
+        if shortest_chunk < LONG_CHUNK_S {
+            eprintln!(
+                "warning: {}: a chunk took {shortest_chunk:.3} s natively, under {LONG_CHUNK_S} s; \
+                 per-call setup weighs on its ratio",
+                example.name
+            );
+        }
+        let [
+            native_s,
+            wasm_s,
+            epochs,
+            no_nan_canon,
+            no_fuel,
+            bare,
+            bounds,
+        ] = best;
         Ok(JobFigures {
             job: example.name,
+            params: params.to_string(),
             chunks: inputs.len(),
-            rounds,
+            rounds: self.rounds.max(1),
+            shortest_chunk_native_s: shortest_chunk,
             native_s,
             wasm_s,
             ratio: wasm_s / native_s,
-            wasm_fuel_only_s: fuel_only,
-            wasm_epochs_only_s: epochs_only,
+            wasm_epochs_s: epochs,
+            ratio_epochs: epochs / native_s,
+            wasm_no_nan_canon_s: no_nan_canon,
+            wasm_no_fuel_s: no_fuel,
             wasm_bare_s: bare,
-            fuel_cost: fuel_only / bare - 1.0,
-            epoch_cost: epochs_only / bare - 1.0,
+            ratio_bare: bare / native_s,
+            nan_canon_cost: wasm_s / no_nan_canon - 1.0,
+            fuel_cost: wasm_s / no_fuel - 1.0,
+            epoch_cost: epochs / wasm_s - 1.0,
+            wasm_bounds_checked_s: bounds,
+            bounds_check_cost: bounds / wasm_s - 1.0,
             fuel,
+            call_overhead_us: overhead_us(&variants.production, &modules[0]),
+            call_overhead_no_pool_us: overhead_us(
+                &variants.no_pool,
+                &variants.no_pool.load(example.wasm)?,
+            ),
         })
     }
+}
+
+/// Median time of `run` on empty input (decoding fails at once), in µs.
+fn overhead_us(sandbox: &Sandbox, module: &JobModule) -> f64 {
+    let mut times: Vec<f64> = (0..OVERHEAD_CALLS)
+        .map(|_| {
+            let exec = sandbox.run_chunk(module, b"", &Limits::CHUNK);
+            exec.elapsed.as_secs_f64() * 1e6
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Median time of a call to a module that only returns: the sandbox's own floor.
+fn empty_call_us(sandbox: &Sandbox) -> anyhow::Result<f64> {
+    const EMPTY: &str = r#"(module
+      (import "peergrid" "log" (func (param i32 i32 i32)))
+      (memory (export "memory") 1)
+      (func (export "peergrid_abi_v1"))
+      (func (export "peergrid_alloc") (param i32) (result i32) (i32.const 64))
+      (func (export "peergrid_run") (param i32 i32) (result i32) (i32.const 0)))"#;
+    let module = sandbox.load(EMPTY.as_bytes())?;
+    Ok(overhead_us(sandbox, &module))
 }
 
 /// Runs every input through one sandbox variant, back to back on this thread.

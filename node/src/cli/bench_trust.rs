@@ -461,7 +461,7 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
     let outputs = db.chunk_outputs(id)?;
     let mut wrong = 0u32;
     for (row, (hash, _)) in chunk_rows.iter().zip(&outputs) {
-        if row.state != "verified" {
+        if row.state != crate::types::ChunkStatus::Verified {
             continue;
         }
         let Some(input) = &row.input_data else {
@@ -476,7 +476,7 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
     let (mut peer_runs, mut own_runs, mut late_runs) = (0u64, 0u64, 0u64);
     let half = opts.chunks / 2;
     for r in db.replicas(id)? {
-        if r.state == "offered" {
+        if r.state == crate::types::ReplicaStatus::Offered {
             continue;
         }
         if r.peer == local_id {

@@ -1,83 +1,77 @@
-//! Running one entry point in a fresh `Store`: limits, the ABI v1 call sequence,
-//! the `peergrid.log` host call, the epoch ticker, and classification of how it ended.
+//! The per-call path every entry point takes: a fresh `Store` with every limit
+//! installed ([`new_store`]), the module run in fuel slices with the wall-clock guard,
+//! cancellation and the worker's gate checked between slices ([`run_guarded`]), and
+//! the end classified into one [`Outcome`] ([`classify`]). The ABI v1 call sequence
+//! (`abi_v1.rs`) is one body run on this path; the `wasi-v1` sequence will be another.
 //!
-//! The call sequence (see `docs/ABI.md`): `peergrid_alloc(len)` returns a buffer the
-//! host fills with the input; the entry point takes `(ptr, len)` and returns a pointer
-//! to a 12-byte descriptor `[status, ptr, len]` (little-endian u32s); status 0 means the
-//! bytes are the output, 1 that they are the job's error message.
+//! # One interruption mechanism
+//! Fuel decides outcomes, and the same fuel counter carries the wall-clock guard,
+//! pause and cancel: the store's fuel is handed to the guest in slices of
+//! [`SandboxConfig::fuel_slice`](super::SandboxConfig) (wasmtime's
+//! `fuel_async_yield_interval`). When a slice is used up the guest *suspends* (wasmtime
+//! runs every call on its own fiber stack), this thread checks the guard, cancellation
+//! and the gate ([`Watch::between_slices`]), and resumes it with the next slice, or
+//! drops it (which unwinds the guest). Calls stay synchronous: the future is polled on
+//! the calling thread with a no-op waker ([`drive`]); nothing here needs an async
+//! runtime. Slicing does not change where a call stops: the total fuel is the
+//! limit, and the fuel used is the same whatever the slice size (tested in
+//! `tests/all/examples.rs` with two slice sizes).
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Caller, Engine, Extern, Linker, Store, UpdateDeadline};
+use wasmtime::{Caller, Engine, Extern, Linker, Store};
 
 use super::gate::Ticket;
 use super::limits::{ChunkControl, Limits, MemoryCap};
 use super::outcome::{Execution, Outcome, TrapKind};
-use super::{Inner, JobModule};
+use super::{Guard, Inner};
 
-/// One epoch tick. The wall-clock guard and cancellation act within a tick or two.
+/// One epoch tick, for engines guarded by epochs (measured by `bench sandbox` only).
 const TICK: Duration = Duration::from_millis(10);
 /// Longest log line kept, in bytes; longer lines are cut.
 const MAX_LOG_LINE: usize = 1024;
 /// Most log lines kept per call; later ones are counted and dropped.
 const MAX_LOG_LINES: usize = 64;
 /// Longest panic or job error message kept, in bytes.
-const MAX_MESSAGE: usize = 4096;
+pub(crate) const MAX_MESSAGE: usize = 4096;
 
-/// Which ABI v1 entry point to call.
+/// Why the driver stopped a call between two slices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Entry {
-    /// `peergrid_run`: one chunk.
-    Run,
-    /// `peergrid_split`: params to chunk inputs.
-    Split,
-    /// `peergrid_merge`: chunk outputs to the result.
-    Merge,
-}
-
-impl Entry {
-    /// The export's name.
-    pub fn export_name(self) -> &'static str {
-        match self {
-            Self::Run => "peergrid_run",
-            Self::Split => "peergrid_split",
-            Self::Merge => "peergrid_merge",
-        }
-    }
-
-    fn present_in(self, module: &JobModule) -> bool {
-        match self {
-            Self::Run => true,
-            Self::Split => module.has_split,
-            Self::Merge => module.has_merge,
-        }
-    }
-}
-
-/// Why the epoch callback stopped a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
+pub(crate) enum Stop {
+    /// The wall-clock guard.
     Timeout,
+    /// [`ChunkControl::cancel`], directly or while waiting at the gate.
     Cancelled,
 }
 
-/// The per-call state a `Store` carries.
+/// The per-call state a `Store` carries: what the guest's host calls and the limiter
+/// touch. (What the driver checks between slices lives in [`Watch`], outside the store.)
 pub(crate) struct HostState {
-    memory: MemoryCap,
-    logs: Vec<String>,
-    dropped_logs: usize,
-    panic: Option<String>,
-    deadline: Instant,
-    control: Option<Arc<ChunkControl>>,
-    /// The call's place at the worker's gate (pause, throttle), when it has one.
-    ticket: Option<Ticket>,
-    stop: Option<Stop>,
+    pub(crate) memory: MemoryCap,
+    pub(crate) logs: Vec<String>,
+    pub(crate) dropped_logs: usize,
+    pub(crate) panic: Option<String>,
 }
 
 impl HostState {
+    fn new(limits: &Limits) -> Self {
+        Self {
+            memory: MemoryCap {
+                max_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+                hit: false,
+            },
+            logs: Vec::new(),
+            dropped_logs: 0,
+            panic: None,
+        }
+    }
+
     fn record_log(&mut self, level: u32, line: String) {
         if level == peergrid_sdk::level::PANIC {
             self.panic = Some(truncate(line, MAX_MESSAGE));
@@ -87,9 +81,18 @@ impl HostState {
             self.dropped_logs += 1;
         }
     }
+
+    /// The call's log, with a note of the lines dropped.
+    pub(crate) fn into_logs(mut self) -> Vec<String> {
+        if self.dropped_logs > 0 {
+            self.logs
+                .push(format!("({} more log lines dropped)", self.dropped_logs));
+        }
+        self.logs
+    }
 }
 
-fn truncate(mut s: String, max: usize) -> String {
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut cut = max;
         while !s.is_char_boundary(cut) {
@@ -127,232 +130,165 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     Ok(linker)
 }
 
-/// A fresh store with every limit installed: fuel, memory and table caps, the
-/// wall-clock guard, cancellation and the worker's gate (all three through the epoch
-/// callback). Time spent paused or throttled at the gate does not count towards
-/// the wall-clock guard: the deadline moves on by it.
-fn new_store(
-    inner: &Inner,
-    limits: &Limits,
-    control: Option<Arc<ChunkControl>>,
-    ticket: Option<Ticket>,
-) -> wasmtime::Result<Store<HostState>> {
-    let now = Instant::now();
-    let state = HostState {
-        memory: MemoryCap {
-            max_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
-            hit: false,
-        },
-        logs: Vec::new(),
-        dropped_logs: 0,
-        panic: None,
-        deadline: now
-            .checked_add(limits.timeout)
-            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600)),
-        control,
-        ticket,
-        stop: None,
-    };
-    let mut store = Store::new(&inner.engine, state);
+/// A fresh store with every limit installed: fuel (handed out in slices, see the
+/// module doc), and the memory and table caps. The wall-clock guard, cancellation
+/// and the gate are checked by the driver between slices ([`Watch`]).
+fn new_store(inner: &Inner, limits: &Limits) -> wasmtime::Result<Store<HostState>> {
+    let mut store = Store::new(&inner.engine, HostState::new(limits));
     store.limiter(|state| &mut state.memory);
     if inner.fuel {
         store.set_fuel(limits.fuel)?;
     }
-    if !inner.epochs {
-        return Ok(store);
+    match inner.guard {
+        Guard::FuelSlices if inner.fuel => {
+            store.fuel_async_yield_interval(Some(inner.fuel_slice))?;
+        }
+        Guard::Epochs => {
+            store.epoch_deadline_async_yield_and_update(1);
+            store.set_epoch_deadline(1);
+        }
+        Guard::FuelSlices | Guard::Off => {}
     }
-    store.epoch_deadline_callback(|mut ctx| {
-        let state = ctx.data_mut();
-        if state.control.as_ref().is_some_and(|c| c.is_cancelled()) {
-            state.stop = Some(Stop::Cancelled);
-            return Ok(UpdateDeadline::Interrupt);
-        }
-        if let Some(ticket) = state.ticket.as_mut() {
-            match ticket.checkpoint(state.control.as_deref()) {
-                Some(idle) => state.deadline += idle,
-                None => {
-                    state.stop = Some(Stop::Cancelled);
-                    return Ok(UpdateDeadline::Interrupt);
-                }
-            }
-        }
-        if Instant::now() >= state.deadline {
-            state.stop = Some(Stop::Timeout);
-            return Ok(UpdateDeadline::Interrupt);
-        }
-        Ok(UpdateDeadline::Continue(1))
-    });
-    store.set_epoch_deadline(1);
     Ok(store)
 }
 
-/// Runs one entry point and classifies how it ended.
-pub(crate) fn call(
+/// What the driver checks between two slices of a call.
+struct Watch {
+    deadline: Instant,
+    control: Option<Arc<ChunkControl>>,
+    /// The call's place at the worker's gate (pause, throttle), when it has one.
+    ticket: Option<Ticket>,
+}
+
+impl Watch {
+    /// Cancellation, then the gate (blocking while the call is paused or throttled;
+    /// time spent there moves the deadline on, so it does not count towards the
+    /// wall-clock guard), then the guard.
+    fn between_slices(&mut self) -> Option<Stop> {
+        if self.control.as_ref().is_some_and(|c| c.is_cancelled()) {
+            return Some(Stop::Cancelled);
+        }
+        if let Some(ticket) = self.ticket.as_mut() {
+            match ticket.checkpoint(self.control.as_deref()) {
+                Some(idle) => self.deadline += idle,
+                None => return Some(Stop::Cancelled),
+            }
+        }
+        (Instant::now() >= self.deadline).then_some(Stop::Timeout)
+    }
+}
+
+/// Polls `call` to completion on this thread, running `between` each time the guest
+/// suspends (a fuel slice used up, or an epoch tick); stops early when it says so.
+/// Dropping the future unwinds the suspended guest.
+fn drive<F: Future>(call: F, mut between: impl FnMut() -> Option<Stop>) -> Result<F::Output, Stop> {
+    let mut call = pin!(call);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = call.as_mut().poll(&mut cx) {
+            return Ok(out);
+        }
+        if let Some(stop) = between() {
+            return Err(stop);
+        }
+    }
+}
+
+/// How a guarded call ended, before classification.
+pub(crate) struct Ran<R> {
+    /// The body's result, or why the driver stopped it.
+    pub(crate) result: Result<wasmtime::Result<R>, Stop>,
+    /// Fuel used (0 when fuel is off).
+    pub(crate) fuel_used: u64,
+    /// The store's state: logs, panic message, whether the memory cap was hit.
+    pub(crate) state: HostState,
+}
+
+/// The per-call path shared by every kind of entry (ABI v1 now, `wasi-v1` next):
+/// waits for a place at the worker's gate and a slot of the instance pool, builds the
+/// store, runs `body` on it in fuel slices with the checks between slices, and
+/// returns what happened. `Err(Cancelled)` before anything ran means the call was
+/// cancelled while waiting at the gate.
+pub(crate) fn run_guarded<R>(
     inner: &Inner,
-    module: &JobModule,
-    entry: Entry,
-    input: &[u8],
     limits: &Limits,
     control: Option<Arc<ChunkControl>>,
-) -> Execution {
-    let started = Instant::now();
-    if !entry.present_in(module) {
-        return Execution {
-            outcome: Outcome::Invalid(format!(
-                "the module does not export {}",
-                entry.export_name()
-            )),
-            fuel_used: 0,
-            elapsed: started.elapsed(),
-            logs: Vec::new(),
-        };
-    }
+    body: impl AsyncFnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+) -> Result<Ran<R>, SetupError> {
     // Wait for a place at the worker's gate before anything runs (a suspended
     // worker starts nothing).
     let ticket = match control.as_ref().and_then(|c| c.gate().cloned()) {
         Some(gate) => match gate.enter(control.as_deref()) {
             Some((ticket, _)) => Some(ticket),
-            None => {
-                return Execution {
-                    outcome: Outcome::Cancelled,
-                    fuel_used: 0,
-                    elapsed: started.elapsed(),
-                    logs: Vec::new(),
-                };
-            }
+            None => return Err(SetupError::Cancelled),
         },
         None => None,
     };
-    let _ticking = inner.ticker.enter();
-    let mut store = match new_store(inner, limits, control, ticket) {
-        Ok(store) => store,
-        Err(e) => {
-            return Execution {
-                outcome: Outcome::Invalid(format!("could not set up the call: {e}")),
-                fuel_used: 0,
-                elapsed: started.elapsed(),
-                logs: Vec::new(),
-            };
-        }
+    let _slot = inner.slots.acquire();
+    let _ticking = inner.ticker.as_ref().map(Ticker::enter);
+    let mut store = new_store(inner, limits).map_err(SetupError::Store)?;
+    let now = Instant::now();
+    let mut watch = Watch {
+        deadline: now
+            .checked_add(limits.timeout)
+            .unwrap_or(now + Duration::from_secs(365 * 24 * 3600)),
+        control,
+        ticket,
     };
-    let result = invoke(&inner.linker, &mut store, module, entry, input, limits);
+    let result = drive(body(&mut store), || watch.between_slices());
     let fuel_used = if inner.fuel {
         limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))
     } else {
         0
     };
-    let mut state = store.into_data();
-    let outcome = match result {
-        Ok(outcome) => outcome,
-        Err(error) => classify(&error, &state),
-    };
-    if state.dropped_logs > 0 {
-        state
-            .logs
-            .push(format!("({} more log lines dropped)", state.dropped_logs));
-    }
-    Execution {
-        outcome,
+    Ok(Ran {
+        result,
         fuel_used,
-        elapsed: started.elapsed(),
-        logs: state.logs,
-    }
-}
-
-fn abi_violation(message: impl Into<String>) -> Outcome {
-    Outcome::Trap {
-        kind: TrapKind::AbiViolation,
-        message: message.into(),
-    }
-}
-
-/// The ABI v1 call sequence. `Err` is a trap or instantiation error, classified by
-/// the caller; ABI violations are returned as outcomes directly.
-fn invoke(
-    linker: &Linker<HostState>,
-    store: &mut Store<HostState>,
-    module: &JobModule,
-    entry: Entry,
-    input: &[u8],
-    limits: &Limits,
-) -> wasmtime::Result<Outcome> {
-    let Ok(len) = u32::try_from(input.len()) else {
-        return Ok(Outcome::Invalid(format!(
-            "input of {} bytes is larger than a 32-bit module can address",
-            input.len()
-        )));
-    };
-    let instance = linker.instantiate(&mut *store, &module.module)?;
-    let Some(memory) = instance.get_memory(&mut *store, "memory") else {
-        return Ok(abi_violation("the module exports no memory"));
-    };
-    let alloc = instance.get_typed_func::<u32, u32>(&mut *store, "peergrid_alloc")?;
-    let func = instance.get_typed_func::<(u32, u32), u32>(&mut *store, entry.export_name())?;
-
-    let ptr = alloc.call(&mut *store, len)?;
-    if memory.write(&mut *store, ptr as usize, input).is_err() {
-        return Ok(abi_violation(format!(
-            "peergrid_alloc({len}) returned {ptr:#x}, outside the module's memory"
-        )));
-    }
-    let descriptor = func.call(&mut *store, (ptr, len))?;
-    let mut words = [0u8; 12];
-    if memory
-        .read(&*store, descriptor as usize, &mut words)
-        .is_err()
-    {
-        return Ok(abi_violation(format!(
-            "{} returned descriptor {descriptor:#x}, outside the module's memory",
-            entry.export_name()
-        )));
-    }
-    let word = |i: usize| u32::from_le_bytes([words[i], words[i + 1], words[i + 2], words[i + 3]]);
-    let (status, out_ptr, out_len) = (word(0), word(4), word(8));
-    if u64::from(out_len) > limits.max_output_bytes {
-        return Ok(Outcome::Trap {
-            kind: TrapKind::OutputTooLarge,
-            message: format!(
-                "{} returned {out_len} bytes, over the limit of {} bytes",
-                entry.export_name(),
-                limits.max_output_bytes
-            ),
-        });
-    }
-    let mut out = vec![0u8; out_len as usize];
-    if memory.read(&*store, out_ptr as usize, &mut out).is_err() {
-        return Ok(abi_violation(format!(
-            "{} returned {out_len} bytes at {out_ptr:#x}, outside the module's memory",
-            entry.export_name()
-        )));
-    }
-    Ok(match status {
-        0 => Outcome::Ok(out),
-        1 => Outcome::Trap {
-            kind: TrapKind::JobError,
-            message: truncate(String::from_utf8_lossy(&out).into_owned(), MAX_MESSAGE),
-        },
-        other => abi_violation(format!(
-            "{} returned status word {other}; ABI v1 knows 0 (ok) and 1 (error)",
-            entry.export_name()
-        )),
+        state: store.into_data(),
     })
 }
 
-/// Turns a wasmtime error into an outcome. Only deterministic facts go into the
-/// message: the trap's own description or the guest's panic message.
-fn classify(error: &wasmtime::Error, state: &HostState) -> Outcome {
+/// Why a call could not start.
+#[derive(Debug)]
+pub(crate) enum SetupError {
+    /// Cancelled while waiting at the gate.
+    Cancelled,
+    /// The store could not be set up.
+    Store(wasmtime::Error),
+}
+
+impl SetupError {
+    /// The outcome to report.
+    pub(crate) fn outcome(&self) -> Outcome {
+        match self {
+            Self::Cancelled => Outcome::Cancelled,
+            Self::Store(e) => Outcome::Invalid(format!("could not set up the call: {e}")),
+        }
+    }
+}
+
+/// Turns a guarded call's end into an outcome. Only deterministic facts go into a
+/// trap's message: the trap's own description or the guest's panic message.
+pub(crate) fn classify<R>(
+    result: Result<wasmtime::Result<R>, Stop>,
+    state: &HostState,
+) -> Result<R, Outcome> {
+    let error = match result {
+        Ok(Ok(r)) => return Ok(r),
+        Err(Stop::Timeout) => return Err(Outcome::Timeout),
+        Err(Stop::Cancelled) => return Err(Outcome::Cancelled),
+        Ok(Err(error)) => error,
+    };
     if state.memory.hit {
-        return Outcome::MemoryLimit;
+        return Err(Outcome::MemoryLimit);
     }
     let Some(trap) = error.downcast_ref::<wasmtime::Trap>().copied() else {
-        return Outcome::Invalid(format!("{error}"));
+        return Err(Outcome::Invalid(format!("{error}")));
     };
-    match trap {
+    Err(match trap {
         wasmtime::Trap::OutOfFuel => Outcome::OutOfFuel,
-        wasmtime::Trap::Interrupt => match state.stop {
-            Some(Stop::Cancelled) => Outcome::Cancelled,
-            _ => Outcome::Timeout,
-        },
+        // Only an epoch-guarded engine without async yields interrupts; not used.
+        wasmtime::Trap::Interrupt => Outcome::Timeout,
         wasmtime::Trap::UnreachableCodeReached if state.panic.is_some() => Outcome::Trap {
             kind: TrapKind::Panic,
             message: state.panic.clone().unwrap_or_default(),
@@ -361,11 +297,82 @@ fn classify(error: &wasmtime::Error, state: &HostState) -> Outcome {
             kind: TrapKind::from_wasmtime(other),
             message: other.to_string(),
         },
+    })
+}
+
+/// Turns a guarded call into an [`Execution`], mapping a successful body's result
+/// with `finish` (which may still fail the call, e.g. with an ABI violation).
+pub(crate) fn execution<R>(
+    started: Instant,
+    ran: Result<Ran<R>, SetupError>,
+    finish: impl FnOnce(R) -> Outcome,
+) -> Execution {
+    match ran {
+        Err(e) => Execution {
+            outcome: e.outcome(),
+            fuel_used: 0,
+            elapsed: started.elapsed(),
+            logs: Vec::new(),
+        },
+        Ok(Ran {
+            result,
+            fuel_used,
+            state,
+        }) => {
+            let outcome = match classify(result, &state) {
+                Ok(r) => finish(r),
+                Err(outcome) => outcome,
+            };
+            Execution {
+                outcome,
+                fuel_used,
+                elapsed: started.elapsed(),
+                logs: state.into_logs(),
+            }
+        }
+    }
+}
+
+/// A counting semaphore over the instance pool's slots: a call waits for a free slot
+/// rather than failing when more calls run at once than the pool holds.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    free: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Slots {
+    pub(crate) fn new(total: usize) -> Self {
+        Self {
+            free: std::sync::Mutex::new(total),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> SlotGuard<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        SlotGuard { slots: self }
+    }
+}
+
+struct SlotGuard<'a> {
+    slots: &'a Slots,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.slots.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.slots.freed.notify_one();
     }
 }
 
 /// Increments the engine's epoch every [`TICK`] while at least one call runs, and
-/// sleeps (parked) while none does, so an idle node costs no wake-ups.
+/// sleeps (parked) while none does. Only for engines guarded by epochs, which only
+/// `bench sandbox` builds (to measure what epochs would cost).
 pub(crate) struct Ticker {
     shared: Arc<TickerShared>,
     thread: Option<JoinHandle<()>>,
@@ -400,7 +407,7 @@ impl Ticker {
     }
 
     /// Marks a call as running until the guard drops.
-    pub(crate) fn enter(&self) -> TickGuard<'_> {
+    fn enter(&self) -> TickGuard<'_> {
         self.shared.active.fetch_add(1, Ordering::AcqRel);
         if let Some(thread) = &self.thread {
             thread.thread().unpark();
@@ -420,7 +427,7 @@ impl Drop for Ticker {
 }
 
 /// Keeps the ticker running while a call is in progress.
-pub(crate) struct TickGuard<'a> {
+struct TickGuard<'a> {
     ticker: &'a Ticker,
 }
 

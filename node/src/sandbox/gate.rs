@@ -4,8 +4,8 @@
 //! The worker's politeness loop (`worker::politeness`) sets the gate
 //! ([`Gate::set`]): `allowed` calls may run (0 suspends them all) and each runs
 //! `duty_percent` of the wall time. Chunk calls meet the gate on their own (wasm)
-//! thread: once before the module runs ([`Gate::enter`]) and at every epoch tick
-//! ([`Ticket::checkpoint`], from the epoch callback in `exec.rs`). A call over the
+//! thread: once before the module runs ([`Gate::enter`]) and between two fuel slices
+//! ([`Ticket::checkpoint`], from the driver in `exec.rs`). A call over the
 //! allowance gives up its place and blocks on a condition variable until there is
 //! room again (re-checking cancellation), so its state stays in memory and it goes on
 //! where it stopped; a throttled call sleeps after each slice so that run time / wall
@@ -62,7 +62,7 @@ impl Gate {
     }
 
     /// Lets `allowed` calls run, each `duty_percent` % (1–100) of the time. Calls
-    /// over the allowance block at their next tick; blocked ones go on when there is
+    /// over the allowance block at the end of their slice; blocked ones go on when there is
     /// room.
     pub fn set(&self, allowed: u32, duty_percent: u8) {
         let mut s = self.lock();
@@ -157,7 +157,7 @@ impl Ticket {
         result
     }
 
-    /// Called at every epoch tick: pauses while the call is over the allowance and
+    /// Called between two fuel slices: pauses while the call is over the allowance and
     /// throttles it to the duty cycle. Returns the time spent not running, or `None`
     /// when the call was cancelled meanwhile.
     pub fn checkpoint(&mut self, control: Option<&ChunkControl>) -> Option<Duration> {

@@ -12,7 +12,7 @@ use super::gate::Gate;
 pub use crate::types::Limits;
 
 /// Lets other threads steer a running call: stop it (cancel), and make it wait at
-/// the worker's [`Gate`] (pause, throttle). Checked at every epoch tick.
+/// the worker's [`Gate`] (pause, throttle). Checked between two fuel slices of the call.
 #[derive(Debug, Default)]
 pub struct ChunkControl {
     cancelled: AtomicBool,
@@ -47,7 +47,8 @@ impl ChunkControl {
         self.gate.as_ref()
     }
 
-    /// Asks the call to stop; it ends with `Outcome::Cancelled` within a tick or two.
+    /// Asks the call to stop; it ends with `Outcome::Cancelled` at the end of its
+    /// current fuel slice (a few milliseconds).
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);
     }
@@ -101,7 +102,7 @@ pub(crate) struct MemoryCap {
 }
 
 /// Tables are small in real jobs; this bounds what a hostile module can make us allocate.
-const MAX_TABLE_ELEMENTS: usize = 1 << 16;
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 1 << 16;
 
 impl wasmtime::ResourceLimiter for MemoryCap {
     fn memory_growing(

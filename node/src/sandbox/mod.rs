@@ -2,23 +2,28 @@
 //!
 //! # What it owns
 //! One wasmtime [`Engine`] per process, configured for determinism (NaN
-//! canonicalisation, no threads, deterministic relaxed SIMD, fuel metering, epoch
-//! interruption as the wall-clock guard, a bounded wasm stack), one [`Linker`] with the
-//! only host call a job may import (`peergrid.log`), the compile cache (in memory and on
-//! disk, see [`cache`]) and the epoch ticker thread.
+//! canonicalisation, no threads, deterministic relaxed SIMD, fuel metering, a bounded
+//! wasm stack) and for speed (a pool of pre-reserved instance slots, copy-on-write
+//! memory images, guard regions instead of bounds checks), one [`Linker`] with the
+//! only host call a job may import (`peergrid.log`), and the compile cache (in memory
+//! and on disk, see [`cache`]).
 //!
 //! # Message flow
-//! - Callers (`peergrid run`, later the worker and the submitter's scheduler) hand
-//!   module bytes to [`Sandbox::load`]; [`validate`] checks the module against ABI v1
-//!   and the compile cache returns a ready [`JobModule`].
-//! - [`Sandbox::call`] runs one entry point (`run`, `split` or `merge`) in a fresh
-//!   `Store` with every limit of [`Limits`] installed by one function
-//!   ([`exec::new_store`]), and returns an [`Execution`]: one typed [`Outcome`], the
-//!   fuel used, the time taken and the guest's log lines. Fuel decides outcomes (so
-//!   honest peers agree byte for byte); epochs only stop runaway wall time and carry
-//!   cancellation.
-//! - `call` blocks the thread: async callers run it on a blocking thread.
+//! - Callers (`peergrid run`, the worker, the submitter's scheduler) hand module bytes
+//!   to [`Sandbox::load`]; [`validate`] checks the module against ABI v1 and the
+//!   compile cache returns a ready [`JobModule`] (imports already resolved).
+//! - [`Sandbox::call`] runs one entry point (`run`, `split` or `merge`) through the
+//!   per-call path of `exec`: a fresh `Store` with every limit of [`Limits`]
+//!   installed in one function, the guest run in fuel slices with the wall-clock
+//!   guard, cancellation and the worker's [`Gate`] checked between slices, and the
+//!   end classified into an [`Execution`]: one typed [`Outcome`], the fuel used, the
+//!   time taken and the guest's log lines. Fuel decides outcomes (so honest peers
+//!   agree byte for byte); the checks between slices only stop runaway wall time,
+//!   pause and cancel. `abi_v1` is the ABI v1 call sequence run on that path.
+//! - `call` blocks the thread (the guest runs on a fiber stack, polled on the calling
+//!   thread): async callers run it on a blocking thread.
 
+mod abi_v1;
 pub mod cache;
 mod exec;
 pub mod gate;
@@ -30,23 +35,41 @@ pub mod validate;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use wasmtime::{Config, Engine, Linker, OptLevel};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker, OptLevel,
+    PoolingAllocationConfig,
+};
 
-pub use exec::Entry;
+pub use abi_v1::Entry;
 pub use gate::Gate;
 pub use limits::{ChunkControl, Limits};
 pub use outcome::{Execution, Outcome, TrapKind};
 pub use validate::{AbiReport, ModuleError, ModuleInfo};
 
 use self::cache::{CompileCache, ModuleMemo};
-use self::exec::{HostState, Ticker};
+use self::exec::{HostState, Slots, Ticker};
 use self::metrics::SandboxMetrics;
 
 /// The largest wasm stack a guest may use. Unbounded recursion ends in a
 /// `StackOverflow` trap well before the host thread's own stack is at risk.
 pub const MAX_WASM_STACK: usize = 1024 * 1024;
 
-/// How the sandbox is set up.
+/// How a running call is interrupted for the wall-clock guard, pause and cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Fuel is handed out in slices; between two slices the calling thread checks
+    /// the guard, cancellation and the gate. One mechanism (fuel) for everything.
+    /// Production.
+    FuelSlices,
+    /// Epoch interruption driven by a ticker thread, on top of fuel (how the sandbox
+    /// ran before; kept so that `bench sandbox` can measure what it costs).
+    Epochs,
+    /// Nothing: a call runs until it returns, traps or runs out of fuel. Benches only.
+    Off,
+}
+
+/// How the sandbox is set up. Everything but `cache_dir` is for benches and tests:
+/// the defaults are what every peer runs.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
     /// Where compiled modules are cached between runs; `None` keeps them in memory only.
@@ -54,17 +77,38 @@ pub struct SandboxConfig {
     /// Fuel metering. Always on for real work (fuel decides outcomes); turned off only
     /// by `peergrid bench sandbox` to measure what metering costs.
     pub fuel: bool,
-    /// Epoch interruption (wall-clock guard, cancellation). Always on for real work;
-    /// turned off only by `peergrid bench sandbox` to measure what it costs.
-    pub epochs: bool,
+    /// The interruption mechanism ([`Guard::FuelSlices`] for real work).
+    pub guard: Guard,
+    /// Fuel per slice with [`Guard::FuelSlices`]: how often (in fuel) a running call
+    /// checks the wall-clock guard, cancellation and the gate. The fuel a call uses
+    /// does not depend on it.
+    pub fuel_slice: u64,
+    /// NaN canonicalisation (see `docs/ABI.md`, Determinism). Always on for real work.
+    pub nan_canonicalization: bool,
+    /// Instances come from a pool of pre-reserved slots (memory, tables, stacks)
+    /// reused between calls, instead of fresh mappings per call.
+    pub pooling: bool,
+    /// Reserve no address space beyond a memory's size, so that Cranelift must check
+    /// every access's bounds explicitly. Off for real work; `bench sandbox` turns it
+    /// on (with `pooling` off) to measure what the guard regions save.
+    pub explicit_bounds_checks: bool,
 }
+
+/// Fuel per slice by default: ≈ 1–5 ms of guest work on current CPUs, so pause,
+/// cancel and the wall-clock guard act within milliseconds, and the check between
+/// slices (well under a microsecond) costs nothing measurable.
+pub const FUEL_SLICE: u64 = 4_000_000;
 
 impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             cache_dir: None,
             fuel: true,
-            epochs: true,
+            guard: Guard::FuelSlices,
+            fuel_slice: FUEL_SLICE,
+            nan_canonicalization: true,
+            pooling: true,
+            explicit_bounds_checks: false,
         }
     }
 }
@@ -96,7 +140,8 @@ pub struct JobModule {
     pub has_split: bool,
     /// Whether the module exports `peergrid_merge`.
     pub has_merge: bool,
-    module: wasmtime::Module,
+    /// The module with its imports resolved against the linker, ready to instantiate.
+    pre: InstancePre<HostState>,
 }
 
 impl std::fmt::Debug for JobModule {
@@ -121,9 +166,13 @@ struct Inner {
     linker: Linker<HostState>,
     disk: Option<CompileCache>,
     memo: ModuleMemo,
-    ticker: Ticker,
+    /// Only with [`Guard::Epochs`].
+    ticker: Option<Ticker>,
+    /// Bounds the calls running at once to the instance pool's size.
+    slots: Slots,
     fuel: bool,
-    epochs: bool,
+    guard: Guard,
+    fuel_slice: u64,
     metrics: SandboxMetrics,
 }
 
@@ -135,25 +184,80 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
-/// The engine configuration every peer uses. Changing it changes fuel figures and
-/// cache keys, so it is one function.
-fn engine_config(fuel: bool, epochs: bool) -> Config {
-    let mut config = Config::new();
-    config
-        .cranelift_opt_level(OptLevel::Speed)
+/// The largest linear memory any module may have: all of wasm32's 4 GiB, so that every
+/// 32-bit memory sits in a slot of the pool whatever the call's limit (the
+/// `ResourceLimiter` enforces the limit itself).
+const MAX_MEMORY: usize = 4 << 30;
+
+/// Bytes at the start of each pool slot's memory kept resident between calls: a
+/// typical Rust job's stack, data and small heap.
+const KEEP_RESIDENT: usize = 4 << 20;
+
+/// The most tables an instance may have (the `ResourceLimiter` says the same).
+const MAX_TABLES: u32 = 4;
+
+/// How many instances the pool holds, and so how many calls run at once (more wait
+/// for a slot): twice the cores, at least 8. Each slot reserves (does not commit)
+/// 4 GiB plus guard pages of address space for its memory.
+fn pool_slots() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+    u32::try_from(cores.saturating_mul(2))
+        .unwrap_or(u32::MAX)
+        .clamp(8, 256)
+}
+
+/// The engine configuration every peer uses. Changing it changes cache keys, so it is
+/// one function. Fuel figures depend only on the module and the input (fuel counts
+/// wasm operators, whatever the machine code), never on these settings.
+fn engine_config(config: &SandboxConfig) -> Config {
+    let mut c = Config::new();
+    c.cranelift_opt_level(OptLevel::Speed)
         // Determinism: every NaN a guest produces has the canonical bit pattern.
-        .cranelift_nan_canonicalization(true)
+        .cranelift_nan_canonicalization(config.nan_canonicalization)
         // Relaxed SIMD instructions take their deterministic semantics on every CPU.
         .wasm_relaxed_simd(true)
         .relaxed_simd_deterministic(true)
         // Shared memories and atomics stay off (the `threads` crate feature is not
         // built), so a module that declares a shared memory fails validation.
         .wasm_multi_memory(false)
-        // Fuel decides outcomes; epochs guard wall time and carry cancellation.
-        .consume_fuel(fuel)
-        .epoch_interruption(epochs)
-        .max_wasm_stack(MAX_WASM_STACK);
-    config
+        // Fuel decides outcomes, and carries the wall-clock guard, pause and cancel
+        // (see `exec`).
+        .consume_fuel(config.fuel)
+        .epoch_interruption(config.guard == Guard::Epochs)
+        .max_wasm_stack(MAX_WASM_STACK)
+        // Calls run on their own fiber stack (so that they can suspend between fuel
+        // slices): the wasm stack plus room for host calls.
+        .async_stack_size(MAX_WASM_STACK + 512 * 1024);
+    // Bounds checks: wasmtime's defaults on 64-bit hosts reserve 4 GiB plus a 32 MiB
+    // guard region for every 32-bit memory, so Cranelift elides explicit bounds
+    // checks (an access out of bounds faults in the guard region and becomes a trap).
+    // The pool keeps that: its slots are `MAX_MEMORY` large.
+    if config.explicit_bounds_checks {
+        c.memory_reservation(0)
+            .memory_guard_size(0)
+            .memory_reservation_for_growth(0);
+    }
+    if config.pooling {
+        let slots = pool_slots();
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(slots)
+            .total_memories(slots)
+            .total_tables(slots * MAX_TABLES)
+            .total_stacks(slots)
+            .max_memories_per_module(1)
+            .max_tables_per_module(MAX_TABLES)
+            .table_elements(limits::MAX_TABLE_ELEMENTS)
+            .max_memory_size(MAX_MEMORY)
+            // Reset the first few MiB of a memory by copying the module's image back
+            // instead of unmapping them, so the next call takes no page faults there.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 * 1024)
+            // Where the kernel has `PAGEMAP_SCAN` (Linux 6.7+), reset only the pages
+            // a call dirtied, instead of the whole start of the memory.
+            .pagemap_scan(Enabled::Auto);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    c
 }
 
 impl Sandbox {
@@ -168,14 +272,19 @@ impl Sandbox {
         config: SandboxConfig,
         metrics: SandboxMetrics,
     ) -> Result<Self, SandboxError> {
-        let engine = Engine::new(&engine_config(config.fuel, config.epochs))
-            .map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let engine = Engine::new(&engine_config(&config))
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let linker = exec::linker(&engine).map_err(|e| SandboxError::Engine(e.to_string()))?;
         let disk = match config.cache_dir {
             Some(dir) => Some(CompileCache::open(dir, &engine)?),
             None => None,
         };
-        let ticker = Ticker::start(engine.clone());
+        let ticker = (config.guard == Guard::Epochs).then(|| Ticker::start(engine.clone()));
+        let slots = if config.pooling {
+            pool_slots() as usize
+        } else {
+            usize::MAX
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
@@ -183,8 +292,10 @@ impl Sandbox {
                 disk,
                 memo: ModuleMemo::default(),
                 ticker,
+                slots: Slots::new(slots),
                 fuel: config.fuel,
-                epochs: config.epochs,
+                guard: config.guard,
+                fuel_slice: config.fuel_slice.max(1),
                 metrics,
             }),
         })
@@ -202,12 +313,17 @@ impl Sandbox {
         let module = self.compile(&hash, &binary)?;
         let abi = validate::check_abi(&module);
         let report = abi.into_result()?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
         let job = JobModule {
             hash: hash.clone(),
             size: binary.len(),
             has_split: report.has_split,
             has_merge: report.has_merge,
-            module,
+            pre,
         };
         self.inner.memo.insert(hash, job.clone());
         Ok(job)
@@ -252,7 +368,7 @@ impl Sandbox {
         limits: &Limits,
         control: Option<Arc<ChunkControl>>,
     ) -> Execution {
-        let execution = exec::call(&self.inner, module, entry, input, limits, control);
+        let execution = abi_v1::call(&self.inner, module, entry, input, limits, control);
         self.inner.metrics.call(entry, &execution);
         execution
     }
@@ -320,9 +436,9 @@ impl Sandbox {
             fuel: FUEL,
             ..Limits::CHUNK
         };
-        // Straight to `exec::call`: calibration is not a call for the metrics.
+        // Straight to `abi_v1::call`: calibration is not a call for the metrics.
         (0..3)
-            .map(|_| exec::call(&self.inner, &module, Entry::Run, b"", &limits, None).elapsed)
+            .map(|_| abi_v1::call(&self.inner, &module, Entry::Run, b"", &limits, None).elapsed)
             .min()
             .map_or(0, |t| (FUEL as f64 / t.as_secs_f64().max(1e-6)) as u64)
     }

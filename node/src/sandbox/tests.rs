@@ -530,3 +530,65 @@ fn a_call_waiting_at_a_closed_gate_can_be_cancelled() {
     assert_eq!(exec.outcome, Outcome::Cancelled);
     assert_eq!(exec.fuel_used, 0, "it never started");
 }
+
+#[test]
+fn fuel_used_does_not_depend_on_the_slice_size() {
+    let tiny = Sandbox::new(SandboxConfig {
+        fuel_slice: 997,
+        pooling: false,
+        ..SandboxConfig::default()
+    })
+    .expect("engine builds");
+    let unguarded = Sandbox::new(SandboxConfig {
+        guard: Guard::Off,
+        ..SandboxConfig::default()
+    })
+    .expect("engine builds");
+    let limits = Limits {
+        fuel: 5_000_000,
+        ..Limits::CHUNK
+    };
+    // Runs to the end, and runs out of fuel, on three engines.
+    let countdown = abi_module(&COUNTDOWN.replace("200000000", "100000"), "");
+    let runaway = abi_module("(loop $l (br $l)) (i32.const 0)", "");
+    for wat in [&countdown, &runaway] {
+        let execs: Vec<Execution> = [&sandbox(), &tiny, &unguarded]
+            .into_iter()
+            .map(|s| run(s, wat, b"x", &limits))
+            .collect();
+        for e in &execs[1..] {
+            assert_eq!(e.outcome, execs[0].outcome);
+            assert_eq!(e.fuel_used, execs[0].fuel_used);
+        }
+    }
+    assert_eq!(run(&tiny, &runaway, b"", &limits).fuel_used, 5_000_000);
+}
+
+#[test]
+fn more_calls_than_pool_slots_wait_for_a_slot_instead_of_failing() {
+    let sandbox = sandbox();
+    // Each call counts down from 2 M first, so that calls overlap.
+    let module = sandbox
+        .load(abi_module(&COUNTDOWN.replace("200000000", "2000000"), "").as_bytes())
+        .expect("loads");
+    let threads = 4 * pool_slots() as usize;
+    let outcomes: Vec<Outcome> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let (sandbox, module) = (&sandbox, &module);
+                s.spawn(move || {
+                    sandbox
+                        .run_chunk(module, format!("{i}").as_bytes(), &Limits::CHUNK)
+                        .outcome
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("joins"))
+            .collect()
+    });
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        assert_eq!(outcome, Outcome::Ok(format!("{i}").into_bytes()));
+    }
+}

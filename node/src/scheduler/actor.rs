@@ -230,7 +230,7 @@ impl Actor {
             .db(|db| {
                 Ok((
                     db.reputations()?,
-                    rows::read_jobs(db, &["running", "merging"])?,
+                    rows::read_jobs(db, &[JobState::Running, JobState::Merging])?,
                     db.job_counts()?,
                     db.solo_chunks()?,
                 ))
@@ -246,9 +246,7 @@ impl Actor {
         self.state.reputation =
             Reputation::load(reputations).with_metrics(self.ctx.metrics.clone());
         for (state, n) in counts {
-            if let Some(state) = JobState::parse(&state) {
-                *self.finished.entry(state).or_default() += n as i64;
-            }
+            *self.finished.entry(state).or_default() += n as i64;
         }
         for job in jobs {
             *self.finished.entry(job.state).or_default() -= 1;

@@ -113,51 +113,7 @@ impl JobSpec {
     }
 }
 
-/// Where a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    /// Chunks are being run and verified.
-    Running,
-    /// Every chunk verified; merge running.
-    Merging,
-    /// Done: the result is stored.
-    Done,
-    /// Ended without a result (a chunk failed or was verified as failing).
-    Failed,
-    /// Cancelled by its submitter.
-    Cancelled,
-}
-
-impl JobState {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Merging => "merging",
-            Self::Done => "done",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-
-    /// Parses a stored name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "running" => Self::Running,
-            "merging" => Self::Merging,
-            "done" => Self::Done,
-            "failed" => Self::Failed,
-            "cancelled" => Self::Cancelled,
-            _ => return None,
-        })
-    }
-
-    /// Whether the job has ended.
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Done | Self::Failed | Self::Cancelled)
-    }
-}
+pub use crate::types::JobState;
 
 /// A verified (or given-up) chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,6 +171,18 @@ impl ReplicaState {
             Self::Returned { .. } => "returned",
             Self::TimedOut(_) => "timed_out",
             Self::Lost => "lost",
+        }
+    }
+
+    /// The state as stored (without its payload).
+    pub fn status(&self) -> crate::types::ReplicaStatus {
+        use crate::types::ReplicaStatus;
+        match self {
+            Self::Offered => ReplicaStatus::Offered,
+            Self::Issued(_) => ReplicaStatus::Issued,
+            Self::Returned { .. } => ReplicaStatus::Returned,
+            Self::TimedOut(_) => ReplicaStatus::TimedOut,
+            Self::Lost => ReplicaStatus::Lost,
         }
     }
 

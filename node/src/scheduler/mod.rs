@@ -461,7 +461,7 @@ impl Scheduler {
                 let Some((state, outcome, output)) = db.chunk_verdict(id, chunk)? else {
                     return Ok(None);
                 };
-                let ok = state == "verified"
+                let ok = state == crate::types::ChunkStatus::Verified
                     && postcard::from_bytes::<crate::types::WireOutcome>(
                         outcome.as_deref().unwrap_or_default(),
                     )

@@ -203,7 +203,7 @@ pub(super) fn evidence(
         };
         ev.replicas.push(ReplicaEvidence {
             peer: row.peer,
-            state: row.state,
+            state: row.state.as_str().into(),
             agrees: match (&outcome, row.output, verified) {
                 (Some(o), Some(h), Some(v)) => Some(agreement_key(o, &h) == v),
                 _ => None,

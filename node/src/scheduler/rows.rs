@@ -12,7 +12,7 @@ use super::job::{
 };
 use crate::store::Db;
 use crate::store::db::{ChunkRow, DbError, JobRow, ReplicaRow, Write};
-use crate::types::{Payload, WireOutcome};
+use crate::types::{ChunkStatus, Payload, ReplicaStatus, WireOutcome};
 
 /// An outcome as stored.
 pub(super) fn encode_outcome(o: &WireOutcome) -> Vec<u8> {
@@ -51,7 +51,7 @@ pub(super) fn replica_row(chunk: u32, r: &Replica) -> ReplicaRow {
         chunk,
         attempt: r.attempt,
         peer: r.peer.to_string(),
-        state: r.state.as_str().into(),
+        state: r.state.status(),
         issued_ms,
         outcome,
         output,
@@ -69,7 +69,7 @@ pub(super) fn insert_job(job: &Job) -> Write {
         module: job.module,
         params: Vec::new(),
         spec: postcard::to_allocvec(&job.spec).unwrap_or_default(),
-        state: job.state.as_str().into(),
+        state: job.state,
         chunks_total: job.chunks.len() as u32,
         created_ms: job.created_ms,
         finished_ms: None,
@@ -91,7 +91,7 @@ pub(super) fn insert_job(job: &Job) -> Write {
                 Payload::Inline(b) => Some(b.clone()),
                 Payload::Blob { .. } => None,
             },
-            state: "pending".into(),
+            state: ChunkStatus::Pending,
             outcome: None,
             output: None,
             solo: None,
@@ -109,7 +109,7 @@ pub(super) fn read_job(db: &Db, row: JobRow) -> Result<Job, DbError> {
 }
 
 /// Reads the jobs in `states` back (blocking).
-pub(super) fn read_jobs(db: &Db, states: &[&str]) -> Result<Vec<Job>, DbError> {
+pub(super) fn read_jobs(db: &Db, states: &[JobState]) -> Result<Vec<Job>, DbError> {
     let mut jobs = Vec::new();
     for row in db.jobs(Some(states))? {
         let id = row.id;
@@ -128,12 +128,12 @@ pub(super) fn job_from_rows(
     replica_rows: Vec<ReplicaRow>,
 ) -> Result<Job, String> {
     let spec = JobSpec::decode(&row.spec)?;
-    let state = JobState::parse(&row.state).ok_or("unknown job state")?;
+    let state = row.state;
     let mut chunks: Vec<Chunk> = chunk_rows
         .into_iter()
         .map(|c: ChunkRow| {
-            let state = match c.state.as_str() {
-                "verified" => match (decode_outcome(c.outcome.as_deref()), c.output) {
+            let state = match c.state {
+                ChunkStatus::Verified => match (decode_outcome(c.outcome.as_deref()), c.output) {
                     (Some(outcome), Some(output)) => ChunkState::Verified {
                         key: agreement_key(&outcome, &output),
                         outcome,
@@ -141,12 +141,12 @@ pub(super) fn job_from_rows(
                     },
                     _ => ChunkState::Failed("stored verification is unreadable".into()),
                 },
-                "failed" => ChunkState::Failed(
+                ChunkStatus::Failed => ChunkState::Failed(
                     c.outcome
                         .map(|b| String::from_utf8_lossy(&b).into_owned())
                         .unwrap_or_default(),
                 ),
-                _ => ChunkState::Pending,
+                ChunkStatus::Pending => ChunkState::Pending,
             };
             Chunk {
                 input: Arc::new(match c.input_data {
@@ -170,10 +170,10 @@ pub(super) fn job_from_rows(
         let Ok(peer) = r.peer.parse::<PeerId>() else {
             continue;
         };
-        let state = match r.state.as_str() {
-            "issued" => ReplicaState::Issued(r.issued_ms),
-            "timed_out" => ReplicaState::TimedOut(r.issued_ms),
-            "returned" => match (decode_outcome(r.outcome.as_deref()), r.output) {
+        let state = match r.state {
+            ReplicaStatus::Issued => ReplicaState::Issued(r.issued_ms),
+            ReplicaStatus::TimedOut => ReplicaState::TimedOut(r.issued_ms),
+            ReplicaStatus::Returned => match (decode_outcome(r.outcome.as_deref()), r.output) {
                 (Some(outcome), Some(output)) => ReplicaState::Returned {
                     key: agreement_key(&outcome, &output),
                     outcome,
@@ -184,7 +184,8 @@ pub(super) fn job_from_rows(
                 },
                 _ => ReplicaState::Lost,
             },
-            _ => ReplicaState::Lost,
+            // An offer whose answer was never stored is not held by anyone.
+            ReplicaStatus::Offered | ReplicaStatus::Lost => ReplicaState::Lost,
         };
         chunk.replicas.push(Replica {
             attempt: r.attempt,

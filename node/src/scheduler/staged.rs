@@ -180,7 +180,7 @@ impl Head {
     pub(super) fn write(&self, id: JobId) -> Write {
         Write::JobState {
             id,
-            state: self.state.as_str().into(),
+            state: self.state,
             finished_ms: self.finished_ms,
             result: self.result,
             error: self.error.clone(),

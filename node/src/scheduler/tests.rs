@@ -158,13 +158,13 @@ async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_ag
         .into_iter()
         .find(|r| r.chunk == 0 && r.attempt == attempt)
         .unwrap();
-    assert_eq!(row.state, "returned");
+    assert_eq!(row.state, crate::types::ReplicaStatus::Returned);
     assert_eq!(row.output_data.as_deref(), Some(&b"answer"[..]));
     assert_eq!(scheduler.status(Some(id)).await.pop().unwrap().results, 1);
 
     // And now a cancellation is stored.
     assert_eq!(scheduler.cancel(id).await.unwrap(), Some(()));
-    assert_eq!(db.job(id).unwrap().unwrap().state, "cancelled");
+    assert_eq!(db.job(id).unwrap().unwrap().state, JobState::Cancelled);
     shutdown.cancel();
     task.await.unwrap();
 }

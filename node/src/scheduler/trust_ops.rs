@@ -49,7 +49,7 @@ pub(super) fn reverify(txn: &mut Txn<'_>, peer: PeerId) -> usize {
         txn.ch.writes.push(Write::ChunkState {
             job: id,
             idx,
-            state: "pending".into(),
+            state: crate::types::ChunkStatus::Pending,
             outcome: None,
             output: None,
             output_data: None,
@@ -180,7 +180,7 @@ mod tests {
         let mut ch = txn.finish();
         assert_eq!(ch.reverify_later, vec![peer(5)]);
         assert!(ch.writes.iter().any(|w| matches!(w,
-            Write::JobState { state, .. } if state == "running")));
+            Write::JobState { state, .. } if *state == JobState::Running)));
         st.apply(&mut ch);
         let job = &st.jobs[&JobId([1; 16])];
         assert_eq!(job.state, JobState::Running, "a finished job runs again");

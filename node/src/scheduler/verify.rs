@@ -330,7 +330,7 @@ pub(super) fn evaluate_chunk(
             txn.ch.writes.push(Write::ChunkState {
                 job: id,
                 idx,
-                state: "verified".into(),
+                state: crate::types::ChunkStatus::Verified,
                 outcome: Some(encode_outcome(&outcome)),
                 output: Some(output),
                 output_data,
@@ -377,7 +377,7 @@ pub(super) fn evaluate_chunk(
             txn.ch.writes.push(Write::ChunkState {
                 job: id,
                 idx,
-                state: "failed".into(),
+                state: crate::types::ChunkStatus::Failed,
                 outcome: Some(reason.clone().into_bytes()),
                 output: None,
                 output_data: None,

@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub use crate::types::now_ms;
-use crate::types::{BlobHash, JobId};
+use crate::types::{BlobHash, ChunkStatus, JobId, JobState, ReplicaStatus};
 
 /// Errors from the database.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,7 @@ pub use super::rows::{
 };
 
 /// A chunk's state, stored outcome and output ([`Db::chunk_verdict`]).
-pub type ChunkVerdict = (String, Option<Vec<u8>>, StoredOutput);
+pub type ChunkVerdict = (ChunkStatus, Option<Vec<u8>>, StoredOutput);
 
 /// The database. One connection behind a mutex: writes are short transactions.
 #[derive(Debug)]
@@ -168,7 +168,7 @@ impl Db {
     }
 
     /// Jobs, oldest first; only those in `states` when given.
-    pub fn jobs(&self, states: Option<&[&str]>) -> Result<Vec<JobRow>, DbError> {
+    pub fn jobs(&self, states: Option<&[JobState]>) -> Result<Vec<JobRow>, DbError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT id, name, module, params, spec, state, chunks_total, created_ms, finished_ms, result, error
@@ -181,7 +181,7 @@ impl Db {
                 r.get::<_, Vec<u8>>(2)?,
                 r.get::<_, Vec<u8>>(3)?,
                 r.get::<_, Vec<u8>>(4)?,
-                r.get::<_, String>(5)?,
+                r.get::<_, JobState>(5)?,
                 r.get::<_, u32>(6)?,
                 r.get::<_, u64>(7)?,
                 r.get::<_, Option<u64>>(8)?,
@@ -204,7 +204,7 @@ impl Db {
                 result,
                 error,
             ) = row?;
-            if states.is_some_and(|s| !s.contains(&state.as_str())) {
+            if states.is_some_and(|s| !s.contains(&state)) {
                 continue;
             }
             out.push(JobRow {
@@ -231,7 +231,7 @@ impl Db {
     }
 
     /// How many jobs are in each state (`running`, `done`, ...).
-    pub fn job_counts(&self) -> Result<Vec<(String, u64)>, DbError> {
+    pub fn job_counts(&self) -> Result<Vec<(JobState, u64)>, DbError> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -247,7 +247,7 @@ impl Db {
                 params![job.0.as_slice(), idx],
                 |r| {
                     Ok((
-                        r.get::<_, String>(0)?,
+                        r.get::<_, ChunkStatus>(0)?,
                         r.get::<_, Option<Vec<u8>>>(1)?,
                         r.get::<_, Option<Vec<u8>>>(2)?,
                         r.get::<_, Option<Vec<u8>>>(3)?,
@@ -295,7 +295,7 @@ impl Db {
                 r.get::<_, Vec<u8>>(1)?,
                 r.get::<_, u64>(2)?,
                 r.get::<_, Option<Vec<u8>>>(3)?,
-                r.get::<_, String>(4)?,
+                r.get::<_, ChunkStatus>(4)?,
                 r.get::<_, Option<Vec<u8>>>(5)?,
                 r.get::<_, Option<Vec<u8>>>(6)?,
                 r.get::<_, Option<String>>(7)?,
@@ -487,7 +487,7 @@ type RawReplica = (
     u32,
     u32,
     String,
-    String,
+    ReplicaStatus,
     u64,
     Option<Vec<u8>>,
     Option<Vec<u8>>,
@@ -689,7 +689,7 @@ mod tests {
             module: BlobHash::of(b"m"),
             params: b"{}".to_vec(),
             spec: vec![1, 2],
-            state: "running".into(),
+            state: JobState::Running,
             chunks_total: 2,
             created_ms: u64::from(id),
             finished_ms: None,
@@ -704,7 +704,7 @@ mod tests {
             input: BlobHash::of(&idx.to_le_bytes()),
             input_size: 4,
             input_data: Some(idx.to_le_bytes().to_vec()),
-            state: "pending".into(),
+            state: ChunkStatus::Pending,
             outcome: None,
             output: None,
             solo: None,
@@ -736,7 +736,7 @@ mod tests {
             Write::InsertJob(job(1), vec![chunk(0), chunk(1)]),
             Write::JobState {
                 id: JobId([1; 16]),
-                state: "done".into(),
+                state: JobState::Done,
                 finished_ms: Some(9),
                 result: Some(merged),
                 error: None,
@@ -778,7 +778,7 @@ mod tests {
                         chunk: 0,
                         attempt: 0,
                         peer: "p".into(),
-                        state: "issued".into(),
+                        state: ReplicaStatus::Issued,
                         issued_ms: 5,
                         outcome: None,
                         output: None,
@@ -790,7 +790,7 @@ mod tests {
                 Write::ChunkState {
                     job: JobId([1; 16]),
                     idx: 1,
-                    state: "verified".into(),
+                    state: ChunkStatus::Verified,
                     outcome: Some(vec![0]),
                     output: Some(BlobHash::of(b"o")),
                     output_data: Some(b"o".to_vec()),
@@ -812,7 +812,7 @@ mod tests {
         let db = Db::open(&path).unwrap();
         assert_eq!(db.jobs(None).unwrap(), vec![job(1)]);
         let chunks = db.chunks(JobId([1; 16])).unwrap();
-        assert_eq!(chunks[1].state, "verified");
+        assert_eq!(chunks[1].state, ChunkStatus::Verified);
         assert_eq!(chunks[1].solo.as_deref(), Some("trusted-peer"));
         let replicas = db.replicas(JobId([1; 16])).unwrap();
         assert_eq!(replicas.len(), 1);
@@ -831,7 +831,7 @@ mod tests {
                 .is_empty()
         );
         assert!(db.reputations().unwrap().is_empty(), "rolled back");
-        assert!(db.jobs(Some(&["done"])).unwrap().is_empty());
+        assert!(db.jobs(Some(&[JobState::Done])).unwrap().is_empty());
     }
 
     #[test]

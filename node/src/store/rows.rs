@@ -2,7 +2,7 @@
 //! scheduler (jobs, chunks, replicas, reputation) and the worker (outbox) read and
 //! write through [`Db`](super::Db). Plain data; no SQL here.
 
-use crate::types::{BlobHash, JobId};
+use crate::types::{BlobHash, ChunkStatus, JobId, JobState, ReplicaStatus};
 
 /// A verified output as stored: its blob hash, and its bytes when kept in the
 /// database.
@@ -21,8 +21,8 @@ pub struct JobRow {
     pub params: Vec<u8>,
     /// The job spec, postcard-encoded by the scheduler.
     pub spec: Vec<u8>,
-    /// `running`, `done`, `failed`, `cancelled`.
-    pub state: String,
+    /// Where it is.
+    pub state: JobState,
     /// How many chunks.
     pub chunks_total: u32,
     /// When it was submitted (unix ms).
@@ -46,8 +46,8 @@ pub struct ChunkRow {
     pub input_size: u64,
     /// The input itself when small (kept in the database, not as a blob file).
     pub input_data: Option<Vec<u8>>,
-    /// `pending`, `verified`, `failed`.
-    pub state: String,
+    /// Where it is.
+    pub state: ChunkStatus,
     /// The verified outcome (postcard `WireOutcome`), or the failure reason.
     pub outcome: Option<Vec<u8>>,
     /// The verified output blob.
@@ -65,8 +65,8 @@ pub struct ReplicaRow {
     pub attempt: u32,
     /// The worker.
     pub peer: String,
-    /// `issued`, `returned`, `timed_out`, `lost`.
-    pub state: String,
+    /// Where it is.
+    pub state: ReplicaStatus,
     /// When it was accepted (unix ms).
     pub issued_ms: u64,
     /// The outcome it returned (postcard `WireOutcome`).
@@ -125,7 +125,7 @@ pub enum Write {
         /// The job.
         id: JobId,
         /// New state.
-        state: String,
+        state: JobState,
         /// When it ended.
         finished_ms: Option<u64>,
         /// The result blob.
@@ -140,7 +140,7 @@ pub enum Write {
         /// The chunk.
         idx: u32,
         /// New state.
-        state: String,
+        state: ChunkStatus,
         /// Its outcome.
         outcome: Option<Vec<u8>>,
         /// Its output.
@@ -172,3 +172,30 @@ pub enum Write {
     /// Every outbox entry of a job (cancelled).
     OutboxDeleteJob(JobId),
 }
+
+/// Stored states are their names (`running`, `verified`, `timed_out`, ...), so the
+/// database stays readable with the `sqlite3` shell and older rows keep decoding.
+macro_rules! stored_as_name {
+    ($($ty:ty),*) => {$(
+        impl rusqlite::types::ToSql for $ty {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+
+        impl rusqlite::types::FromSql for $ty {
+            fn column_result(
+                value: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                let name = value.as_str()?;
+                <$ty>::parse(name).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!("unknown {} '{name}'", stringify!($ty)).into(),
+                    )
+                })
+            }
+        }
+    )*};
+}
+
+stored_as_name!(JobState, ChunkStatus, ReplicaStatus);

@@ -44,7 +44,7 @@ impl Actor {
             };
         }
         let read = self
-            .db(|db| rows::read_jobs(db, &["done", "failed", "cancelled"]))
+            .db(|db| rows::read_jobs(db, &[JobState::Done, JobState::Failed, JobState::Cancelled]))
             .await
             .unwrap_or_else(|e| {
                 tracing::error!(error = %e, "cannot read finished jobs");
