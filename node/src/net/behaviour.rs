@@ -75,7 +75,8 @@ impl Behaviour {
             .with_max_pending_outgoing(Some(64));
 
         let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
-        kad_config.set_query_timeout(Duration::from_secs(30));
+        // A walk's peers are used when it ends: a slow peer must not hold it long.
+        kad_config.set_query_timeout(Duration::from_secs(10));
         // The event loop refreshes the table itself with a fixed number of lookups
         // every `random_walk_interval`; libp2p's bootstrap (one lookup per bucket: log
         // N of them) runs hourly, and when the routing table is nearly empty.

@@ -366,6 +366,18 @@ impl EventLoop {
         }
     }
 
+    /// Whether a peer the DHT just found should be dialled: below `dial_target`
+    /// connections always; with demand and too few candidates, up to the connection
+    /// limit, so candidates arrive while a walk runs, not only when it ends.
+    fn wants_dial(&self) -> bool {
+        let connected = self.swarm.connected_peers().count();
+        let config = self.discovery.config();
+        connected < config.dial_target
+            || (self.discovery.has_demand(Instant::now())
+                && self.book.candidate_count() < config.want
+                && connected + 8 < self.config.max_connections as usize)
+    }
+
     /// Whether the view takes adverts from peers it has none of yet: up to
     /// `idle_view` when idle (so an idle node's subscriptions, and the connections
     /// they keep open, stay few), up to `max_view` while there is demand.
@@ -533,7 +545,7 @@ impl EventLoop {
             BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, addresses, ..
             }) if !self.swarm.is_connected(&peer)
-                && self.swarm.connected_peers().count() < self.discovery.config().dial_target
+                && self.wants_dial()
                 && !self.bans.contains_key(&peer) =>
             {
                 self.book.discovered(peer, "dht");
