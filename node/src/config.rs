@@ -155,10 +155,11 @@ pub struct NodeOptions {
     /// Prometheus /metrics address, or "off". [default: 127.0.0.1:9464]
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
-    /// How often the capacity advert is re-sent, e.g. 5s. [default: 5s]
+    /// How often the capacity advert is re-sent to subscribers when nothing changed,
+    /// e.g. 60s. [default: 60s]
     #[arg(long, value_name = "DURATION")]
     pub advert_interval: Option<String>,
-    /// How long a peer's advert counts after it stops advertising. [default: 4 ×
+    /// How long a peer's advert counts after it stops advertising. [default: 3 ×
     /// the advert interval]
     #[arg(long, value_name = "DURATION")]
     pub advert_ttl: Option<String>,

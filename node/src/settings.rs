@@ -61,7 +61,9 @@ impl Resolve for NodeOptions {
         net.mdns = !self.no_mdns;
         let advert_interval = match &self.advert_interval {
             Some(s) => parse_duration(s).map_err(ConfigError)?,
-            None => Duration::from_secs(5),
+            // Adverts go to subscribers only, on change and as a refresh: the refresh
+            // can be slow (docs/PROTOCOL.md, Discovery).
+            None => Duration::from_secs(60),
         };
         if advert_interval < Duration::from_millis(100) {
             return Err(ConfigError(
@@ -70,7 +72,7 @@ impl Resolve for NodeOptions {
         }
         net.advert_ttl = match &self.advert_ttl {
             Some(s) => parse_duration(s).map_err(ConfigError)?,
-            None => advert_interval * 4,
+            None => advert_interval * 3,
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let cpus = self.cpus.unwrap_or(cores);
@@ -198,7 +200,7 @@ mod tests {
         assert!(!config.net.mdns);
         assert_eq!(config.memory_per_chunk, 1 << 30);
         assert_eq!(config.api, Some(DEFAULT_API.parse().unwrap()));
-        assert_eq!(config.net.advert_ttl, Duration::from_secs(20));
+        assert_eq!(config.net.advert_ttl, Duration::from_secs(180));
     }
 
     #[test]

@@ -412,8 +412,24 @@ macro_rules! decoder_properties {
     };
 }
 
+fn capacity_request() -> impl Strategy<Value = CapacityRequest> {
+    prop_oneof![
+        any::<bool>().prop_map(|subscribe| CapacityRequest::Query { subscribe }),
+        advert().prop_map(CapacityRequest::Update),
+    ]
+}
+
+fn capacity_reply() -> impl Strategy<Value = CapacityReply> {
+    prop_oneof![
+        Just(CapacityReply::Ack),
+        prop::option::of(advert()).prop_map(CapacityReply::Advert),
+    ]
+}
+
 decoder_properties! {
     capacity_advert: CapacityAdvert = advert(), limit MAX_ADVERT_BYTES;
+    capacity_request: CapacityRequest = capacity_request(), limit MAX_CAPACITY_BYTES;
+    capacity_reply: CapacityReply = capacity_reply(), limit MAX_CAPACITY_BYTES;
     task_request: TaskRequest = task_request(), limit MAX_TASK_BYTES;
     task_reply: TaskReply = task_reply(), limit MAX_SMALL_BYTES;
     chunk_result: ChunkResult = result(), limit MAX_RESULT_BYTES;

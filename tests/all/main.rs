@@ -4,6 +4,7 @@ mod examples;
 mod grid;
 mod monitoring;
 mod network;
+mod scale;
 mod trust;
 mod volunteer;
 mod wasi;

@@ -5,9 +5,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, request_response};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, request_response};
 use peergrid_node::net::fetch::fetch_blob;
-use peergrid_node::net::protocol::{self, BlobHash, BlobRequest, CapacityAdvert};
+use peergrid_node::net::protocol::{
+    self, BlobHash, BlobRequest, CapacityAdvert, CapacityReply, CapacityRequest,
+};
 use peergrid_tests::{TestNet, wait_for};
 
 /// Deterministic pseudo-random bytes.
@@ -244,10 +246,12 @@ async fn write_all<T: futures::AsyncWrite + Unpin + Send>(
 #[derive(NetworkBehaviour)]
 struct Raw {
     identify: identify::Behaviour,
-    gossipsub: gossipsub::Behaviour,
     task: request_response::Behaviour<RawCodec>,
     result: request_response::Behaviour<RawCodec>,
     blob: request_response::Behaviour<RawCodec>,
+    /// Outbound only: the node's capacity queries to a raw peer fail as
+    /// unsupported (no offence), so nothing it sends counts as a subscription's.
+    capacity: request_response::Behaviour<RawCodec>,
 }
 
 fn raw_rr(protocol: &'static str) -> request_response::Behaviour<RawCodec> {
@@ -272,17 +276,16 @@ fn raw_peer(identify_version: &str) -> Swarm<Raw> {
         .expect("tcp")
         .with_behaviour(|key| Raw {
             identify: identify::Behaviour::new(identify::Config::new(version, key.public())),
-            gossipsub: gossipsub::Behaviour::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
-                gossipsub::ConfigBuilder::default()
-                    .heartbeat_interval(Duration::from_millis(200))
-                    .build()
-                    .expect("gossipsub config"),
-            )
-            .expect("gossipsub"),
             task: raw_rr(protocol::TASK_PROTOCOL),
             result: raw_rr(protocol::RESULT_PROTOCOL),
             blob: raw_rr(protocol::BLOB_PROTOCOL),
+            capacity: request_response::Behaviour::new(
+                [(
+                    StreamProtocol::new(protocol::CAPACITY_PROTOCOL),
+                    request_response::ProtocolSupport::Outbound,
+                )],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            ),
         })
         .expect("behaviour")
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -294,6 +297,7 @@ enum Proto {
     Task,
     Result,
     Blob,
+    Capacity,
 }
 
 /// Sends raw bytes on one protocol; `Ok(reply)` or `Err(what failed)`.
@@ -308,13 +312,15 @@ async fn raw_request(
         Proto::Task => behaviour.task.send_request(&peer, bytes),
         Proto::Result => behaviour.result.send_request(&peer, bytes),
         Proto::Blob => behaviour.blob.send_request(&peer, bytes),
+        Proto::Capacity => behaviour.capacity.send_request(&peer, bytes),
     };
     let wait = async {
         loop {
             let event = match swarm.select_next_some().await {
                 SwarmEvent::Behaviour(RawEvent::Task(e))
                 | SwarmEvent::Behaviour(RawEvent::Result(e))
-                | SwarmEvent::Behaviour(RawEvent::Blob(e)) => e,
+                | SwarmEvent::Behaviour(RawEvent::Blob(e))
+                | SwarmEvent::Behaviour(RawEvent::Capacity(e)) => e,
                 _ => continue,
             };
             match event {
@@ -468,72 +474,85 @@ fn advert(version: u16) -> CapacityAdvert {
     }
 }
 
+fn update(advert: &CapacityAdvert) -> Vec<u8> {
+    postcard::to_allocvec(&CapacityRequest::Update(advert.clone())).expect("encodes")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_of_another_version_is_ignored_politely_and_garbage_adverts_are_punished() {
     let net = TestNet::spawn(1).await;
     let target = net.node(0).peer_id();
     let addr = net.node(0).listen_addrs().await[0].clone();
-    let topic = gossipsub::IdentTopic::new(protocol::CAPACITY_TOPIC);
+    let known = |peers: Vec<peergrid_node::net::PeerInfo>, id: PeerId| {
+        peers.into_iter().find(|p| p.peer_id == id.to_string())
+    };
 
     // A peer of protocol version 9: identify says so, its adverts say so.
     let mut future = raw_peer("/peergrid/9.0.0");
     let future_id = *future.local_peer_id();
-    future
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&topic)
-        .expect("subscribe");
     raw_connect(&mut future, addr.clone(), target).await;
-    for _ in 0..10 {
-        let _ = future.behaviour_mut().gossipsub.publish(
-            topic.clone(),
-            postcard::to_allocvec(&advert(9)).expect("encodes"),
-        );
-        raw_drive(&mut future, Duration::from_millis(300)).await;
-    }
-    let peers = net.node(0).net().peers().await;
-    let info = peers
-        .iter()
-        .find(|p| p.peer_id == future_id.to_string())
-        .expect("the peer is known");
+    raw_drive(&mut future, Duration::from_millis(300)).await;
+    let reply = raw_request(&mut future, target, Proto::Capacity, update(&advert(9))).await;
+    assert!(reply.is_ok(), "an update is acknowledged: {reply:?}");
+    let info = wait_for("identify", Duration::from_secs(10), || async {
+        known(net.node(0).net().peers().await, future_id).filter(|p| p.foreign_version.is_some())
+    })
+    .await;
     assert_eq!(info.foreign_version.as_deref(), Some("/peergrid/9.0.0"));
     assert!(info.advert.is_none(), "its adverts are ignored");
     assert_eq!(info.offences, 0, "speaking another version is no offence");
 
-    // A peer of our version sending garbage adverts is penalised.
+    // A peer of our version that volunteers an advert nobody asked for (it never
+    // answered a query) does not enter the view: what a peer claims unasked never
+    // steers placement.
+    let mut pusher = raw_peer(protocol::IDENTIFY_PROTOCOL);
+    let pusher_id = *pusher.local_peer_id();
+    raw_connect(&mut pusher, addr.clone(), target).await;
+    for seq in 1..4 {
+        let mut a = advert(protocol::PROTOCOL_VERSION);
+        a.seq = seq;
+        let reply = raw_request(&mut pusher, target, Proto::Capacity, update(&a))
+            .await
+            .expect("acknowledged");
+        assert_eq!(
+            postcard::from_bytes::<CapacityReply>(&reply).expect("decodes"),
+            CapacityReply::Ack
+        );
+    }
+    let info = known(net.node(0).net().peers().await, pusher_id).expect("known");
+    assert!(info.advert.is_none(), "an unsolicited advert is ignored");
+    assert_eq!(info.offences, 0);
+
+    // A query is answered with the node's own advert.
+    let reply = raw_request(
+        &mut pusher,
+        target,
+        Proto::Capacity,
+        postcard::to_allocvec(&CapacityRequest::Query { subscribe: true }).expect("encodes"),
+    )
+    .await
+    .expect("answered");
+    match postcard::from_bytes::<CapacityReply>(&reply).expect("decodes") {
+        CapacityReply::Advert(Some(a)) => assert_eq!(a.version, protocol::PROTOCOL_VERSION),
+        other => panic!("expected the node's advert, got {other:?}"),
+    }
+
+    // A peer of our version sending garbage on the capacity protocol is penalised.
     let mut garbler = raw_peer(protocol::IDENTIFY_PROTOCOL);
     let garbler_id = *garbler.local_peer_id();
-    garbler
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&topic)
-        .expect("subscribe");
     raw_connect(&mut garbler, addr, target).await;
-    let started = Instant::now();
-    while offences_of(&net, 0, garbler_id).await == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "garbage advert not punished"
-        );
-        let _ = garbler.behaviour_mut().gossipsub.publish(
-            topic.clone(),
-            // Our version, then a sequence number whose varint never ends.
-            vec![
-                protocol::PROTOCOL_VERSION as u8,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0xff,
-                0x7f,
-            ],
-        );
-        raw_drive(&mut garbler, Duration::from_millis(300)).await;
-    }
+    // An update variant, then a sequence number whose varint never ends.
+    let mut garbage = vec![1u8];
+    garbage.extend_from_slice(&(protocol::PROTOCOL_VERSION as u8).to_le_bytes());
+    garbage.extend_from_slice(&[0xff; 10]);
+    garbage.push(0x7f);
+    let reply = raw_request(&mut garbler, target, Proto::Capacity, garbage).await;
+    assert!(reply.is_err(), "garbage is not answered: {reply:?}");
+    wait_for(
+        "the garbage advert to be punished",
+        Duration::from_secs(10),
+        || async { (offences_of(&net, 0, garbler_id).await > 0).then_some(()) },
+    )
+    .await;
     net.shutdown().await;
 }

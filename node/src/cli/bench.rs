@@ -17,6 +17,11 @@
 //! `bench trust` runs the real scheduler against a simulated population of honest
 //! peers, liars, colluders and lazy peers, and counts wrong results accepted and
 //! replicas per chunk.
+//!
+//! `bench scale` starts separate node processes on loopback and measures what an
+//! idle node costs (CPU, bytes, memory) as their number grows, how soon a submitter
+//! sees enough candidates, and a job's time to done; `--simulate` runs the
+//! discrete-event model of discovery for thousands of peers.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -37,6 +42,9 @@ pub enum BenchCmd {
     /// Wrong results accepted and replicas per chunk with liars and colluders, on the
     /// real scheduler against a simulated population.
     Trust(super::bench_trust::TrustBench),
+    /// An idle node's cost as the grid grows: separate node processes on loopback,
+    /// or (`--simulate`) a discrete-event model of thousands of peers.
+    Scale(super::bench_scale::ScaleBench),
 }
 
 impl BenchCmd {
@@ -45,6 +53,7 @@ impl BenchCmd {
             Self::Sandbox(b) => b.execute(),
             Self::Grid(b) => b.execute(),
             Self::Trust(b) => b.execute(),
+            Self::Scale(b) => b.execute(),
         }
     }
 }

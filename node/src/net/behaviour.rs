@@ -5,14 +5,22 @@ use std::time::Duration;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, allow_block_list, connection_limits, gossipsub, identify, identity, kad, mdns,
-    ping, request_response,
+    StreamProtocol, allow_block_list, connection_limits, identify, identity, kad, mdns, ping,
+    request_response,
 };
 
 use super::NetConfig;
 use super::codec::PostcardCodec;
 use super::metrics::NetMetrics;
 use super::protocol::*;
+
+/// How often libp2p's own (per-bucket) bootstrap of the routing table runs.
+const KAD_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often each connection is pinged.
+const PING_INTERVAL: Duration = Duration::from_secs(60);
+/// A capacity query or update that takes longer than this fails (a peer that slow
+/// is no candidate anyway).
+const CAPACITY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every protocol a peer speaks. Owned by the event loop's `Swarm` and nothing else.
 #[derive(NetworkBehaviour)]
@@ -22,11 +30,11 @@ pub(crate) struct Behaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
-    pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) task: request_response::Behaviour<PostcardCodec<TaskRequest, TaskReply>>,
     pub(crate) result: request_response::Behaviour<PostcardCodec<ResultBatch, ResultAck>>,
     pub(crate) blob: request_response::Behaviour<PostcardCodec<BlobRequest, BlobReply>>,
+    pub(crate) capacity: request_response::Behaviour<PostcardCodec<CapacityRequest, CapacityReply>>,
 }
 
 fn request_response<Req, Resp>(
@@ -67,26 +75,17 @@ impl Behaviour {
             .with_max_pending_outgoing(Some(64));
 
         let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
-        kad_config.set_query_timeout(Duration::from_secs(30));
-        kad_config.set_periodic_bootstrap_interval(Some(config.random_walk_interval));
+        // A walk's peers are used when it ends: a slow peer must not hold it long.
+        kad_config.set_query_timeout(Duration::from_secs(10));
+        // The event loop refreshes the table itself with a fixed number of lookups
+        // every `random_walk_interval`; libp2p's bootstrap (one lookup per bucket: log
+        // N of them) runs hourly, and when the routing table is nearly empty.
+        kad_config.set_periodic_bootstrap_interval(Some(KAD_BOOTSTRAP_INTERVAL));
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         // Peers on private networks or loopback never get an external address
         // confirmed (no AutoNAT yet), so answer DHT queries regardless.
         kad.set_mode(Some(kad::Mode::Server));
-
-        let gossip_config = gossipsub::ConfigBuilder::default()
-            .heartbeat_interval(Duration::from_millis(500))
-            .validation_mode(gossipsub::ValidationMode::Strict)
-            .validate_messages()
-            .max_transmit_size(MAX_ADVERT_BYTES * 4)
-            .build()
-            .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
-        let gossipsub = gossipsub::Behaviour::new(
-            gossipsub::MessageAuthenticity::Signed(key.clone()),
-            gossip_config,
-        )
-        .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
 
         let mdns = if config.mdns {
             Some(mdns::tokio::Behaviour::new(
@@ -104,9 +103,10 @@ impl Behaviour {
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                     .with_agent_version(format!("peergrid/{}", env!("CARGO_PKG_VERSION"))),
             ),
-            ping: ping::Behaviour::new(ping::Config::new()),
+            // A ping per connection per minute: the round trip `peers` shows, at a
+            // cost bounded by the connection limit, not by the grid.
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
             kad,
-            gossipsub,
             mdns: mdns.into(),
             task: request_response(
                 TASK_PROTOCOL,
@@ -127,6 +127,13 @@ impl Behaviour {
                 MAX_SMALL_BYTES,
                 MAX_BLOB_REPLY_BYTES,
                 config.request_timeout,
+                metrics,
+            ),
+            capacity: request_response(
+                CAPACITY_PROTOCOL,
+                MAX_CAPACITY_BYTES,
+                MAX_CAPACITY_BYTES,
+                config.request_timeout.min(CAPACITY_TIMEOUT),
                 metrics,
             ),
         })

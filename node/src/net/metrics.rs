@@ -10,10 +10,11 @@ use crate::metrics::{
     EXEC_BUCKETS, FAST_BUCKETS, JOB_BUCKETS, counter, counter_vec, gauge, gauge_vec, histogram,
 };
 
-/// The `protocol` label: the three request-response protocols and the capacity topic.
+/// The `protocol` label: the request-response protocols (capacity is one since
+/// version 3).
 pub const PROTOCOLS: [&str; 4] = ["task", "result", "blob", "capacity"];
-/// Request-response protocols only (the `protocol` label of request outcomes).
-pub const REQUEST_PROTOCOLS: [&str; 3] = ["task", "result", "blob"];
+/// The `protocol` label of request outcomes.
+pub const REQUEST_PROTOCOLS: [&str; 4] = ["task", "result", "blob", "capacity"];
 /// The `direction` label.
 pub const DIRECTIONS: [&str; 2] = ["in", "out"];
 /// The `outcome` label of outbound requests.

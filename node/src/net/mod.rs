@@ -2,17 +2,20 @@
 //!
 //! # Who talks to whom
 //! - [`start`] builds the `Swarm` (TCP + Noise + Yamux, and QUIC; identify, ping,
-//!   Kademlia on `/peergrid/kad/2.0.0`, gossipsub, mDNS, connection limits, a ban list
-//!   and three request-response protocols with a size-capped postcard codec), starts
-//!   listening and spawns the [`event_loop`], the only task that touches the Swarm.
+//!   Kademlia on `/peergrid/kad/3.0.0`, mDNS, connection limits, a ban list and four
+//!   request-response protocols with a size-capped postcard codec), starts listening
+//!   and spawns the [`event_loop`], the only task that touches the Swarm.
 //! - Everything else holds a cloneable [`NetClient`]: each call sends a `Command` with
 //!   a `oneshot` for its reply over a bounded channel.
 //! - Inbound requests (task offers, result batches, blob pieces) come up to the node
 //!   as [`NetEvent`]s carrying their response channel, over a bounded channel; when the
 //!   node is too busy to take one, the request is dropped, not queued.
-//! - Capacity adverts arrive on gossip; the event loop validates them (size, decode,
-//!   version, sequence number) and keeps the freshest per peer in its `PeerBook`, where
-//!   they expire when a peer stops advertising.
+//! - Capacity adverts are asked for and pushed to subscribers, never broadcast
+//!   ([`discovery`]): an idle node's cost is bounded by its connection and subscriber
+//!   caps, not by the grid; asking for candidates ([`NetClient::peers`]) is demand,
+//!   which samples the DHT at random keys for more. The event loop validates adverts
+//!   (size, decode, version, sequence number) and keeps the freshest per peer in its
+//!   `PeerBook`, where they expire when a peer stops refreshing them.
 //! - [`fetch`] gets a blob from the peers that hold it, piece by piece, verifying the
 //!   BLAKE3 hash before the blob enters the store.
 //! - A peer whose messages are oversized or garbled is penalised; past
@@ -20,11 +23,13 @@
 
 mod behaviour;
 pub mod codec;
+pub mod discovery;
 pub(crate) mod event_loop;
 pub mod fetch;
 pub mod metrics;
 pub mod peers;
 pub mod protocol;
+pub mod scale_sim;
 pub mod sim;
 
 use std::sync::Arc;
@@ -58,6 +63,8 @@ pub struct NetConfig {
     pub idle_timeout: Duration,
     /// Most connections in total.
     pub max_connections: u32,
+    /// Capacity discovery's numbers.
+    pub discovery: discovery::DiscoveryConfig,
 }
 
 impl Default for NetConfig {
@@ -71,11 +78,12 @@ impl Default for NetConfig {
             ],
             bootstrap: Vec::new(),
             mdns: true,
-            advert_ttl: Duration::from_secs(20),
-            random_walk_interval: Duration::from_secs(60),
+            advert_ttl: Duration::from_secs(180),
+            random_walk_interval: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             max_connections: 256,
+            discovery: discovery::DiscoveryConfig::default(),
         }
     }
 }
@@ -223,14 +231,20 @@ impl NetClient {
         self.tell(Command::PublishAdvert(advert)).await;
     }
 
-    /// Every known peer.
+    /// Every known peer. Asking is *demand*: for a while, the network samples the
+    /// DHT for more candidates until its view holds enough (see [`discovery`]).
     pub async fn peers(&self) -> Vec<PeerInfo> {
         self.ask(Command::Peers).await.unwrap_or_default()
     }
 
-    /// How many peers have a fresh capacity advert in this node's view.
+    /// How many peers have a fresh capacity advert in this node's view. Asking is
+    /// demand, as [`NetClient::peers`] is: whoever counts candidates wants them.
     pub async fn advert_count(&self) -> usize {
-        self.status().await.map_or(0, |s| s.adverts)
+        self.peers()
+            .await
+            .iter()
+            .filter(|p| p.advert.is_some())
+            .count()
     }
 
     /// The network's view of this node.

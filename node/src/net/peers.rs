@@ -34,6 +34,12 @@ struct Entry {
     listen: Vec<Multiaddr>,
     /// How it was first found.
     source: Option<&'static str>,
+    /// It said (identify) that it speaks this protocol version.
+    ours: bool,
+    /// When this node last asked it for its advert (and subscribed).
+    queried: Option<Instant>,
+    /// When it last answered such a query: the subscription's start.
+    subscribed: Option<Instant>,
 }
 
 /// The IP in an address, if it has one.
@@ -189,6 +195,7 @@ impl PeerBook {
         let entry = self.entry(peer);
         entry.agent = Some(agent.chars().take(64).collect());
         entry.foreign_version = None;
+        entry.ours = true;
         entry.listen = addrs.iter().take(MAX_ADDRS).cloned().collect();
         for addr in addrs {
             Self::add_addr(entry, addr);
@@ -196,7 +203,67 @@ impl PeerBook {
     }
 
     pub(crate) fn foreign(&mut self, peer: PeerId, version: String) {
-        self.entry(peer).foreign_version = Some(version.chars().take(64).collect());
+        let entry = self.entry(peer);
+        entry.foreign_version = Some(version.chars().take(64).collect());
+        entry.ours = false;
+    }
+
+    /// Records that this node asked `peer` for its advert and subscribed.
+    pub(crate) fn queried(&mut self, peer: PeerId, now: Instant) {
+        self.entry(peer).queried = Some(now);
+    }
+
+    /// Records that `peer` answered a query: this node is subscribed to it.
+    pub(crate) fn subscribed(&mut self, peer: PeerId, now: Instant) {
+        self.entry(peer).subscribed = Some(now);
+    }
+
+    /// Whether `peer` answered a subscribing query within `ttl`: only such a peer's
+    /// pushed updates are taken.
+    pub(crate) fn subscribed_to(&self, peer: &PeerId, now: Instant, ttl: Duration) -> bool {
+        self.peers
+            .get(peer)
+            .and_then(|e| e.subscribed)
+            .is_some_and(|at| now.saturating_duration_since(at) < ttl)
+    }
+
+    /// Whether `peer` is due a capacity query now: it is connected and speaks this
+    /// version, and either this node never subscribed to it (taken only while the
+    /// view has `room`), or the subscription is half over, or its advert went
+    /// missing for `stale` (the worker dropped this subscriber, or lost an update).
+    pub(crate) fn query_due(
+        &self,
+        peer: &PeerId,
+        now: Instant,
+        ttl: Duration,
+        stale: Duration,
+        room: bool,
+    ) -> bool {
+        let Some(e) = self.peers.get(peer) else {
+            return false;
+        };
+        if !e.connected || !e.ours || e.offences > 0 {
+            return false;
+        }
+        let since = |at: Instant| now.saturating_duration_since(at);
+        match e.queried {
+            None => room,
+            Some(at) if since(at) >= ttl / 2 => room || e.advert.is_some(),
+            Some(at) => {
+                since(at) >= stale
+                    && e.advert
+                        .as_ref()
+                        .is_none_or(|(_, got)| since(*got) >= stale)
+            }
+        }
+    }
+
+    /// The connected peers of this version, for [`PeerBook::query_due`].
+    pub(crate) fn connected_peers(&self) -> impl Iterator<Item = &PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, e)| e.connected && e.ours)
+            .map(|(p, _)| p)
     }
 
     pub(crate) fn rtt(&mut self, peer: PeerId, rtt: Duration) {
@@ -273,6 +340,14 @@ impl PeerBook {
         self.peers.values().filter(|e| e.advert.is_some()).count()
     }
 
+    /// Candidates: fresh adverts that lend at least one slot.
+    pub(crate) fn candidate_count(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|e| e.advert.as_ref().is_some_and(|(a, _)| a.slots_total > 0))
+            .count()
+    }
+
     pub(crate) fn total_offences(&self) -> u64 {
         self.total_offences
     }
@@ -332,6 +407,51 @@ mod tests {
         book.expire_adverts();
         assert_eq!(book.advert_count(), 0);
         assert!(!book.is_newer(&peer, 5), "seq is remembered after expiry");
+    }
+
+    #[test]
+    fn queries_are_due_once_then_on_renewal_or_when_adverts_stop() {
+        let mut book = PeerBook::new(Duration::from_secs(10));
+        let (ttl, stale) = (Duration::from_secs(600), Duration::from_secs(5));
+        let peer = PeerId::random();
+        let t0 = Instant::now();
+        let due = |book: &PeerBook, at: Duration, room: bool| {
+            book.query_due(&peer, t0 + at, ttl, stale, room)
+        };
+        assert!(
+            !due(&book, Duration::ZERO, true),
+            "unknown peers are not asked"
+        );
+        book.connected(peer, "/ip4/127.0.0.1/tcp/1".parse().unwrap(), "inbound");
+        assert!(
+            !due(&book, Duration::ZERO, true),
+            "nor peers of unknown version"
+        );
+        book.identified(peer, vec![], "peergrid".into());
+        assert!(due(&book, Duration::ZERO, true));
+        assert!(
+            !due(&book, Duration::ZERO, false),
+            "a full view asks no one new"
+        );
+        book.queried(peer, t0);
+        assert!(!book.subscribed_to(&peer, t0, ttl), "not before it answers");
+        book.subscribed(peer, t0);
+        book.advert(peer, advert(1));
+        assert!(book.subscribed_to(&peer, t0, ttl));
+        assert!(!due(&book, Duration::from_secs(1), true), "asked already");
+        // Adverts stop coming (the advert is `now`-stamped: far enough ahead it is stale).
+        assert!(due(&book, stale * 2, true));
+        // Renewal when half the subscription is over, even with a full view.
+        assert!(due(&book, ttl / 2, false));
+        assert!(
+            !book.subscribed_to(&peer, t0 + ttl, ttl),
+            "subscriptions end"
+        );
+        book.disconnected(&peer);
+        assert!(!due(&book, ttl / 2, true), "only connected peers are asked");
+        book.foreign(peer, "/peergrid/9.0.0".into());
+        book.connected(peer, "/ip4/127.0.0.1/tcp/1".parse().unwrap(), "inbound");
+        assert!(!due(&book, ttl / 2, true), "nor peers of another version");
     }
 
     #[test]

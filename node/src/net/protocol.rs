@@ -14,15 +14,19 @@ pub use crate::types::{
 };
 
 /// Major version of the peergrid protocol family. Version 3: a result's signature
-/// covers the submitter, the module and the input too ([`ResultContext`]), and a
-/// `Cancel` is obeyed only from the job's submitter.
+/// covers the submitter, the module and the input too ([`ResultContext`]), a
+/// `Cancel` is obeyed only from the job's submitter, and capacity travels on request
+/// and to subscribers instead of gossip to everyone (see `docs/PROTOCOL.md`).
 pub const PROTOCOL_VERSION: u16 = 3;
 /// identify's protocol version string; peers with another one are not added to the DHT.
 pub const IDENTIFY_PROTOCOL: &str = "/peergrid/3.0.0";
 /// The Kademlia protocol: peergrid's own DHT, never the public IPFS one.
 pub const KAD_PROTOCOL: &str = "/peergrid/kad/3.0.0";
-/// The gossipsub topic capacity adverts travel on.
-pub const CAPACITY_TOPIC: &str = "peergrid/capacity/3";
+/// Submitter <-> worker: capacity queries, subscriptions and pushed updates.
+pub const CAPACITY_PROTOCOL: &str = "/peergrid/capacity/3";
+/// The name capacity messages are counted under in metrics (the protocol itself;
+/// adverts no longer travel on a gossip topic).
+pub const CAPACITY_TOPIC: &str = CAPACITY_PROTOCOL;
 /// Submitter -> worker: offers of chunks, cancels.
 pub const TASK_PROTOCOL: &str = "/peergrid/task/3";
 /// Worker -> submitter: chunk results.
@@ -58,7 +62,9 @@ pub const MAX_FEATURES: usize = 16;
 /// numbers out of overflow in the scheduler's arithmetic (`slots * QUEUE_FACTOR`).
 pub const MAX_ADVERT_SLOTS: u32 = 1 << 16;
 
-/// What a worker lends, published on [`CAPACITY_TOPIC`] on change and every few seconds.
+/// What a worker lends: the answer to a [`CapacityRequest::Query`], and pushed as a
+/// [`CapacityRequest::Update`] to the peers subscribed to it, on change and every
+/// advert interval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapacityAdvert {
     /// The sender's [`PROTOCOL_VERSION`]; adverts of another major version are ignored.
@@ -100,6 +106,32 @@ impl CapacityAdvert {
         Ok(())
     }
 }
+
+/// Requests on [`CAPACITY_PROTOCOL`] (since version 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CapacityRequest {
+    /// "What do you lend?" With `subscribe`, the asker also wants this peer's
+    /// updates pushed to it for a while (see `docs/PROTOCOL.md`, *Discovery*).
+    Query {
+        /// Push updates to the asker until the subscription expires.
+        subscribe: bool,
+    },
+    /// A subscribed-to peer's new advert. Accepted only from a peer the receiver
+    /// subscribed to; anything else is ignored (never steers placement).
+    Update(CapacityAdvert),
+}
+
+/// Replies on [`CAPACITY_PROTOCOL`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CapacityReply {
+    /// The answer to a query: the peer's advert, `None` when it lends nothing yet.
+    Advert(Option<CapacityAdvert>),
+    /// An update was received.
+    Ack,
+}
+
+/// Largest capacity request or reply on the wire, in bytes.
+pub const MAX_CAPACITY_BYTES: usize = MAX_ADVERT_BYTES + 64;
 
 /// One chunk replica offered to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

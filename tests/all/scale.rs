@@ -1,0 +1,47 @@
+//! Discovery at scale with real nodes on loopback: a node that is connected to few
+//! peers finds more when it has demand (random walks in the DHT), and only then.
+
+use std::time::Duration;
+
+use peergrid_tests::{TestNet, wait_for};
+
+/// Peers with a fresh advert lending something, in node `i`'s view, asking as the
+/// scheduler asks (which is demand).
+async fn candidates(net: &TestNet, i: usize) -> usize {
+    net.node(i)
+        .net()
+        .peers()
+        .await
+        .iter()
+        .filter(|p| p.advert.as_ref().is_some_and(|a| a.slots_total > 0))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demand_finds_candidates_beyond_the_peers_a_node_is_connected_to() {
+    const N: usize = 12;
+    // Every node dials at most one peer the DHT finds: node 0 (the bootstrap)
+    // hears of everyone, the others of only a few, until they have demand.
+    let net = TestNet::spawn_with(N, |_, config| {
+        config.net.discovery.dial_target = 1;
+        config.net.discovery.want = N - 1;
+    })
+    .await;
+    let last = N - 1;
+    let found = wait_for(
+        "the last node to find every other node's advert by sampling",
+        Duration::from_secs(90),
+        || async {
+            let seen = candidates(&net, last).await;
+            (seen >= N - 1).then_some(seen)
+        },
+    )
+    .await;
+    assert_eq!(found, N - 1);
+    let status = net.node(last).net().status().await.expect("running");
+    assert!(
+        status.connected_peers >= N - 1,
+        "walks dialled the peers they found: {status:?}"
+    );
+    net.shutdown().await;
+}
