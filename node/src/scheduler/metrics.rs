@@ -14,7 +14,7 @@ pub const JOB_STATES: [&str; 5] = ["running", "merging", "done", "failed", "canc
 /// The `state` label of chunks of unfinished jobs.
 pub const CHUNK_STATES: [&str; 3] = ["pending", "verified", "failed"];
 /// The `verdict` label of results, as verification judged them.
-pub const VERDICTS: [&str; 3] = ["agreed", "disagreed", "error"];
+pub const VERDICTS: [&str; 4] = ["agreed", "disagreed", "caught", "error"];
 /// The `reason` label of reissued replicas.
 pub const REISSUE_REASONS: [&str; 2] = ["timed_out", "lost"];
 
