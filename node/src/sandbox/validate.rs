@@ -266,19 +266,7 @@ fn check_wasi(module: &Module) -> AbiReport {
             )),
         }
     }
-    match module.get_export("memory") {
-        Some(ExternType::Memory(m)) if m.is_64() => report
-            .problems
-            .push("`memory` is a 64-bit memory; wasi-v1 needs a 32-bit one".into()),
-        Some(ExternType::Memory(_)) => {}
-        Some(other) => report.problems.push(format!(
-            "`memory` is a {}, not a memory",
-            extern_desc(&other)
-        )),
-        None => report
-            .problems
-            .push("missing export `memory` (the module's linear memory)".into()),
-    }
+    check_memory(module, "wasi-v1", &mut report);
     match module.get_export("_start") {
         Some(ExternType::Func(f)) if func_sig(&f) == "() -> ()" => {}
         Some(other) => report.problems.push(format!(
@@ -295,6 +283,23 @@ fn check_wasi(module: &Module) -> AbiReport {
             .push("missing export `_start` (a WASI command's main)".into()),
     }
     report
+}
+
+/// The one linear memory both ABIs need, exported as `memory`, 32-bit.
+fn check_memory(module: &Module, abi: &str, report: &mut AbiReport) {
+    match module.get_export("memory") {
+        Some(ExternType::Memory(m)) if m.is_64() => report.problems.push(format!(
+            "`memory` is a 64-bit memory; {abi} needs a 32-bit one"
+        )),
+        Some(ExternType::Memory(_)) => {}
+        Some(other) => report.problems.push(format!(
+            "`memory` is a {}, not a memory",
+            extern_desc(&other)
+        )),
+        None => report
+            .problems
+            .push("missing export `memory` (the module's linear memory)".into()),
+    }
 }
 
 /// Checks a compiled module's imports and exports against ABI v1.
@@ -314,19 +319,7 @@ fn check_v1(module: &Module) -> AbiReport {
             ));
         }
     }
-    match module.get_export("memory") {
-        Some(ExternType::Memory(m)) if m.is_64() => report
-            .problems
-            .push("`memory` is a 64-bit memory; ABI v1 needs a 32-bit one".into()),
-        Some(ExternType::Memory(_)) => {}
-        Some(other) => report.problems.push(format!(
-            "`memory` is a {}, not a memory",
-            extern_desc(&other)
-        )),
-        None => report
-            .problems
-            .push("missing export `memory` (the module's linear memory)".into()),
-    }
+    check_memory(module, "ABI v1", &mut report);
     for (name, params, results, required) in ABI_FUNCS {
         let want = format!("({}) -> ({})", params.join(", "), results.join(", "));
         match module.get_export(name) {
