@@ -78,7 +78,7 @@ impl Cli {
     pub fn init_logging(&self) {
         let default = match self.global.verbose {
             0 if matches!(self.command, Command::Node(_)) => {
-                "info,libp2p_swarm=warn,libp2p_kad=error,libp2p_gossipsub=warn"
+                "info,libp2p_swarm=warn,libp2p_kad=error"
             }
             0 => "warn",
             1 => "peergrid_node=debug,info",
