@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::dial_opts::PeerCondition;
 use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns, ping, request_response};
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +31,8 @@ use super::metrics::NetMetrics;
 use super::peers::{NetStatus, PeerBook, PeerInfo};
 use super::protocol::*;
 use super::{NetConfig, NetEvent, RequestError};
+
+mod capacity;
 
 /// Offences a peer may commit before it is disconnected and banned.
 pub(crate) const OFFENCE_THRESHOLD: u32 = 5;
@@ -288,156 +289,6 @@ impl EventLoop {
         }
     }
 
-    /// Keeps this node's advert (the answer to queries) and pushes it to the
-    /// connected subscribers: at most `max_subscribers` messages, whatever the size
-    /// of the grid. A subscriber that is not connected is not dialled; its view
-    /// entry expires and it asks again when it needs candidates.
-    fn publish(&mut self, advert: CapacityAdvert) {
-        self.own_advert = Some(advert.clone());
-        for peer in self.discovery.subscribers(Instant::now()) {
-            if self.swarm.is_connected(&peer) {
-                self.swarm
-                    .behaviour_mut()
-                    .capacity
-                    .send_request(&peer, Ok(CapacityRequest::Update(advert.clone())));
-            }
-        }
-    }
-
-    /// One round of discovery: renew or start subscriptions to connected peers
-    /// (bounded by the query budget), and start a random walk when there is demand
-    /// and too few candidates.
-    fn discover(&mut self) {
-        let now = Instant::now();
-        let ttl = self.discovery.config().subscription_ttl;
-        let stale = self.config.advert_ttl / 2;
-        let room = self.view_has_room(now);
-        let due: Vec<PeerId> = self
-            .book
-            .connected_peers()
-            .filter(|p| self.book.query_due(p, now, ttl, stale, room))
-            .copied()
-            .collect();
-        for peer in due {
-            if !self.query_capacity(peer, now) {
-                break;
-            }
-        }
-        if self.discovery.should_walk(now, self.book.candidate_count()) {
-            self.discovery.walk_started(now);
-            if self.walks.is_empty() {
-                self.walk_new = self.book.len();
-            }
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .kad
-                .get_closest_peers(PeerId::random());
-            self.walks.insert(id);
-        }
-    }
-
-    /// Every `random_walk_interval`, two lookups keep the routing table fresh: one
-    /// towards this node's own id (its neighbourhood) and one towards a random key.
-    /// A fixed number, so the upkeep grows only as the length of a lookup (log N).
-    fn refresh_routing(&mut self) {
-        if !self.bootstrapped || self.last_refresh.elapsed() < self.config.random_walk_interval {
-            return;
-        }
-        self.last_refresh = Instant::now();
-        let local = *self.swarm.local_peer_id();
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        kad.get_closest_peers(local);
-        kad.get_closest_peers(PeerId::random());
-    }
-
-    /// A node connected to nobody dials its bootstrap peers again, at most every
-    /// [`BOOTSTRAP_RETRY`] (a bootstrap peer that was busy or not up yet at start).
-    fn redial_bootstrap(&mut self) {
-        if self.config.bootstrap.is_empty()
-            || self.swarm.connected_peers().next().is_some()
-            || self.last_bootstrap.elapsed() < BOOTSTRAP_RETRY
-        {
-            return;
-        }
-        self.last_bootstrap = Instant::now();
-        for addr in self.config.bootstrap.clone() {
-            self.dial_addr(addr, None);
-        }
-    }
-
-    /// Whether a peer the DHT just found should be dialled: below `dial_target`
-    /// connections always; with demand and too few candidates, up to the connection
-    /// limit, so candidates arrive while a walk runs, not only when it ends.
-    fn wants_dial(&self) -> bool {
-        let connected = self.swarm.connected_peers().count();
-        let config = self.discovery.config();
-        connected < config.dial_target
-            || (self.discovery.has_demand(Instant::now())
-                && self.book.candidate_count() < config.want
-                && connected + 8 < self.config.max_connections as usize)
-    }
-
-    /// Whether the view takes adverts from peers it has none of yet: up to
-    /// `idle_view` when idle (so an idle node's subscriptions, and the connections
-    /// they keep open, stay few), up to `max_view` while there is demand.
-    fn view_has_room(&self, now: Instant) -> bool {
-        let config = self.discovery.config();
-        let cap = if self.discovery.has_demand(now) {
-            config.max_view
-        } else {
-            config.idle_view
-        };
-        self.book.advert_count() < cap
-    }
-
-    /// Asks a connected peer for its advert and subscribes to its updates; false
-    /// when the query budget is spent.
-    fn query_capacity(&mut self, peer: PeerId, now: Instant) -> bool {
-        if !self.discovery.may_query() {
-            return false;
-        }
-        self.discovery.query_started();
-        self.book.queried(peer, now);
-        self.swarm
-            .behaviour_mut()
-            .capacity
-            .send_request(&peer, Ok(CapacityRequest::Query { subscribe: true }));
-        true
-    }
-
-    /// The peers a random walk found: query the connected ones, dial (a bounded
-    /// number of) the others; they are queried once identified.
-    fn on_walk(&mut self, peers: Vec<kad::PeerInfo>) {
-        let now = Instant::now();
-        let local = *self.swarm.local_peer_id();
-        let room = self.swarm.connected_peers().count() + 8 < self.config.max_connections as usize;
-        let mut dials = 0;
-        for info in peers {
-            let peer = info.peer_id;
-            if peer == local || self.bans.contains_key(&peer) {
-                continue;
-            }
-            if self.swarm.is_connected(&peer) {
-                let ttl = self.discovery.config().subscription_ttl;
-                if !self.book.subscribed_to(&peer, now, ttl) {
-                    self.query_capacity(peer, now);
-                }
-                continue;
-            }
-            if !room || dials >= self.discovery.config().dials_per_walk {
-                continue;
-            }
-            dials += 1;
-            self.book.discovered(peer, "dht");
-            let opts = DialOpts::peer_id(peer)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .addresses(info.addrs)
-                .build();
-            let _ = self.swarm.dial(opts);
-        }
-    }
-
     /// Counts an offence; past the threshold the peer is disconnected and banned.
     fn penalize(&mut self, peer: PeerId, reason: &str) {
         if peer == *self.swarm.local_peer_id() {
@@ -644,94 +495,6 @@ impl EventLoop {
             .query_due(&peer, now, ttl, self.config.advert_ttl / 2, room)
         {
             self.query_capacity(peer, now);
-        }
-    }
-
-    /// The capacity protocol: queries are answered here (with this node's advert;
-    /// the asker becomes a subscriber), updates and answers go into the view once
-    /// checked. An update from a peer this node did not subscribe to is ignored: what
-    /// a peer volunteers never steers placement.
-    fn on_capacity(
-        &mut self,
-        event: request_response::Event<Inbound<CapacityRequest>, CapacityReply>,
-    ) {
-        let now = Instant::now();
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    let reply = match request {
-                        Ok(CapacityRequest::Query { subscribe }) => {
-                            if subscribe && !self.bans.contains_key(&peer) {
-                                self.discovery.subscribe(peer, now);
-                            }
-                            CapacityReply::Advert(self.own_advert.clone())
-                        }
-                        Ok(CapacityRequest::Update(advert)) => {
-                            let ttl = self.discovery.config().subscription_ttl;
-                            if self.book.subscribed_to(&peer, now, ttl) {
-                                self.take_advert(peer, advert);
-                            }
-                            CapacityReply::Ack
-                        }
-                        // Dropping the channel closes the stream unanswered.
-                        Err(offence) => return self.on_offence(peer, &offence),
-                    };
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .capacity
-                        .send_response(channel, reply);
-                }
-                request_response::Message::Response { response, .. } => {
-                    self.metrics.request(CAPACITY_PROTOCOL, Ok(()));
-                    if let CapacityReply::Advert(advert) = response {
-                        self.discovery.query_done();
-                        self.book.subscribed(peer, now);
-                        if let Some(advert) = advert {
-                            self.take_advert(peer, advert);
-                        }
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure {
-                peer,
-                error,
-                request_id: _,
-                ..
-            } => {
-                // Queries and updates are not told apart here: the budget is a
-                // bound, and an update that failed releases nothing.
-                self.discovery.query_done();
-                if let request_response::OutboundFailure::Io(e) = &error {
-                    self.on_failure(peer, e);
-                }
-                let error = RequestError::from(error);
-                self.metrics.request(CAPACITY_PROTOCOL, Err(&error));
-            }
-            request_response::Event::InboundFailure {
-                peer,
-                error: request_response::InboundFailure::Io(e),
-                ..
-            } => self.on_failure(peer, &e),
-            _ => {}
-        }
-    }
-
-    /// Puts a peer's advert into the view when it is valid and newer; an advert that
-    /// breaks the rules is an offence.
-    fn take_advert(&mut self, peer: PeerId, advert: CapacityAdvert) {
-        match check_advert(advert) {
-            Ok(Some(advert)) if self.book.is_newer(&peer, advert.seq) => {
-                self.book.advert(peer, advert);
-                self.metrics.view_peers.set(self.book.advert_count() as i64);
-            }
-            Ok(_) => {}
-            Err((kind, offence)) => {
-                self.metrics.decode_error(CAPACITY_PROTOCOL, kind);
-                self.penalize(peer, &offence);
-            }
         }
     }
 

@@ -1,0 +1,146 @@
+//! The inbound dispatcher: every request a peer sends this node (a blob piece, a
+//! result batch, a task offer or cancel) arrives here as a [`NetEvent`] from the
+//! network's event loop and goes to the part that answers it: the blob store, the
+//! [`Scheduler`](crate::scheduler::Scheduler) or the
+//! [`Worker`](crate::worker::Worker). Started and stopped by [`Node`](super::Node).
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::api::state::NodeState;
+use crate::net::NetEvent;
+use crate::net::protocol::{BLOB_PIECE_BYTES, BlobReply, BlobRequest, TaskReply, TaskRequest};
+
+/// Concurrent blob pieces served.
+const BLOB_SERVERS: usize = 16;
+/// Result batches handled at once.
+const RESULT_HANDLERS: usize = 8;
+
+/// Blob requests waiting for a server or being served, at most; beyond it a request
+/// is refused (its channel dropped: the requester sees a failure and tries another
+/// holder or later). Bounds the memory a stream of requests can hold.
+const BLOB_BACKLOG: usize = 256;
+/// Result batches waiting or being handled, at most; beyond it a batch is refused
+/// the same way (its worker keeps it in its outbox and retries later).
+const RESULT_BACKLOG: usize = 64;
+
+/// Answers inbound requests. It never waits for a permit or for the disk itself:
+/// blob pieces and result batches are handled by tasks (at most [`BLOB_SERVERS`]
+/// and [`RESULT_HANDLERS`] at once, at most [`BLOB_BACKLOG`] and [`RESULT_BACKLOG`]
+/// tracked), and the worker answers offers and cancels at once, so a stream of blob
+/// requests delays neither task offers nor results.
+pub(super) async fn dispatch(
+    state: Arc<NodeState>,
+    mut events: tokio::sync::mpsc::Receiver<NetEvent>,
+    shutdown: CancellationToken,
+) {
+    let servers = Arc::new(Semaphore::new(BLOB_SERVERS));
+    let handlers = Arc::new(Semaphore::new(RESULT_HANDLERS));
+    let mut blob_tasks = JoinSet::new();
+    let mut result_tasks = JoinSet::new();
+    loop {
+        let event = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(_) = blob_tasks.join_next(), if !blob_tasks.is_empty() => continue,
+            Some(_) = result_tasks.join_next(), if !result_tasks.is_empty() => continue,
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+        };
+        match event {
+            NetEvent::Blob {
+                peer,
+                request,
+                channel,
+            } => {
+                if blob_tasks.len() >= BLOB_BACKLOG {
+                    tracing::debug!(%peer, "refusing a blob request: {BLOB_BACKLOG} waiting");
+                    drop(channel);
+                    continue;
+                }
+                blob_tasks.spawn(
+                    serve_blob(state.clone(), servers.clone(), request, channel).in_current_span(),
+                );
+            }
+            NetEvent::Task {
+                peer,
+                request,
+                channel,
+            } => {
+                let reply = match request {
+                    TaskRequest::Offer {
+                        job_id,
+                        assignments,
+                    } => state.worker.offer(peer, job_id, assignments),
+                    TaskRequest::Cancel { job_id, chunks } => {
+                        // Only the job's submitter can cancel it: the worker keys
+                        // every chunk by the peer that offered it.
+                        state.worker.cancel(peer, job_id, &chunks);
+                        TaskReply::Cancelled
+                    }
+                };
+                state.net.respond_task(channel, reply).await;
+            }
+            NetEvent::Results {
+                peer,
+                request,
+                channel,
+            } => {
+                if result_tasks.len() >= RESULT_BACKLOG {
+                    tracing::debug!(%peer, "refusing a result batch: {RESULT_BACKLOG} waiting");
+                    drop(channel);
+                    continue;
+                }
+                let (state, handlers) = (state.clone(), handlers.clone());
+                result_tasks.spawn(
+                    async move {
+                        let Ok(_permit) = handlers.acquire_owned().await else {
+                            return;
+                        };
+                        let ack = state.scheduler.results(peer, request).await;
+                        state.net.respond_results(channel, ack).await;
+                    }
+                    .in_current_span(),
+                );
+            }
+        }
+    }
+    blob_tasks.shutdown().await;
+    result_tasks.shutdown().await;
+}
+
+/// Serves one blob piece when a server is free, reading it on a blocking thread.
+async fn serve_blob(
+    state: Arc<NodeState>,
+    servers: Arc<Semaphore>,
+    request: BlobRequest,
+    channel: libp2p::request_response::ResponseChannel<BlobReply>,
+) {
+    let Ok(_permit) = servers.acquire_owned().await else {
+        return;
+    };
+    let blobs = state.blobs.clone();
+    let piece = tokio::task::spawn_blocking(move || {
+        blobs.read_piece(
+            &request.hash,
+            request.offset,
+            request.len.min(BLOB_PIECE_BYTES),
+        )
+    })
+    .await;
+    let reply = match piece {
+        Ok(Ok(Some((total, bytes)))) => BlobReply::Piece {
+            total,
+            offset: request.offset,
+            bytes,
+        },
+        _ => BlobReply::NotFound,
+    };
+    state.net.respond_blob(channel, reply).await;
+}
