@@ -302,6 +302,12 @@ impl Node {
                 ..config.volunteer.clone()
             },
             config.memory_per_chunk,
+            crate::worker::WorkerLimits {
+                max_fuel: config
+                    .max_fuel
+                    .unwrap_or_else(|| crate::worker::limits::default_max_fuel(fuel_per_sec)),
+                ..config.worker_limits
+            },
             Some(data_dir.volunteer_state()),
             shutdown.child_token(),
             metrics.worker.clone(),

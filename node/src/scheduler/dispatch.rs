@@ -158,11 +158,12 @@ pub(super) fn plan(
         {
             let why = (unplaced > 0).then(|| {
                 format!(
-                    "waiting for peers: {unplaced} replicas need a distinct peer (in another network than the chunk's other replicas) with free slots and {} MiB per chunk; {} peers advertise capacity, {} known, {} excluded by reputation",
+                    "waiting for peers: {unplaced} replicas need a distinct peer (in another network than the chunk's other replicas) with free slots and {} MiB per chunk; {} peers advertise capacity, {} known, {} excluded by reputation{}",
                     spec.limits.memory_bytes / (1024 * 1024),
                     candidates.len(),
                     inputs.known,
-                    inputs.excluded
+                    inputs.excluded,
+                    refusals(txn.base.refused.get(&id))
                 )
             });
             if why != head.why {
@@ -174,6 +175,23 @@ pub(super) fn plan(
     }
     trust_ops::place_plants(txn, candidates, &mut offers);
     Plan { offers, attention }
+}
+
+/// Why peers refused a job's limits, for its "waiting" message: how many, and the
+/// largest maxima one of them lends (empty when none refused).
+pub(super) fn refusals(refused: Option<&HashMap<PeerId, crate::types::Limits>>) -> String {
+    let Some(refused) = refused.filter(|r| !r.is_empty()) else {
+        return String::new();
+    };
+    let most = |f: fn(&crate::types::Limits) -> u64| refused.values().map(f).max().unwrap_or(0);
+    format!(
+        "; {} peers refuse this job's limits (the most any of them lends: fuel {}, {} MiB memory, timeout {} s, output {} MiB)",
+        refused.len(),
+        most(|l| l.fuel),
+        most(|l| l.memory_bytes) / (1024 * 1024),
+        most(|l| l.timeout.as_secs()),
+        most(|l| l.max_output_bytes) / (1024 * 1024),
+    )
 }
 
 /// What [`place_chunk`] did.
@@ -287,7 +305,11 @@ fn place_chunk(
         n,
         witness,
         memory: spec.limits.memory_bytes,
-        used: chunk.used_peers().copied().collect(),
+        used: chunk
+            .used_peers()
+            .chain(txn.base.refused.get(&id).into_iter().flat_map(|r| r.keys()))
+            .copied()
+            .collect(),
         want_trusted: adaptive && !chunk.has_trusted(&|p| txn.standing(p)),
         blocked: Some(&networks.blocked),
         ..Need::default()

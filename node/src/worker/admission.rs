@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use libp2p::PeerId;
 use tracing::Instrument;
 
-use super::{MAX_OUTBOX, QUEUE_FACTOR, Worker};
+use super::{QUEUE_FACTOR, Worker};
 use crate::net::protocol::{Assignment, JobId, RejectReason, TaskReply};
 use crate::sandbox::ChunkControl;
 use crate::store::db::Write;
@@ -38,16 +38,30 @@ impl Worker {
         } else {
             RejectReason::NoFreeSlots
         };
-        let outbox_full = self.inner.outbox_len.load(Ordering::Relaxed) >= MAX_OUTBOX;
+        let limits = self.inner.limits;
+        let memory = self.inner.memory_limit;
+        let outbox_full = self.inner.outbox_len.load(Ordering::Relaxed) >= limits.outbox_results;
         let mut taken = Vec::new();
+        let mut over_limits = false;
         {
             let mut active = self.active();
             for a in assignments {
                 let key = (submitter, job_id, a.chunk, a.attempt);
                 if active.contains_key(&key) {
                     accepted.push((a.chunk, a.attempt));
-                } else if a.limits.memory_bytes > self.inner.memory_limit {
-                    rejected.push((a.chunk, a.attempt, RejectReason::LimitsTooHigh));
+                } else if !limits.fits(&a.limits, memory) {
+                    let most = limits.maxima(memory);
+                    if !over_limits {
+                        over_limits = true;
+                        tracing::info!(
+                            %submitter,
+                            job = %job_id,
+                            asked = ?a.limits,
+                            most = ?most,
+                            "refusing chunks over this node's limits (--max-fuel, --max-timeout, --max-output, --memory)"
+                        );
+                    }
+                    rejected.push((a.chunk, a.attempt, RejectReason::LimitsTooHigh(most)));
                 } else if outbox_full {
                     rejected.push((a.chunk, a.attempt, RejectReason::NoFreeSlots));
                 } else if active.len() >= capacity {

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::politeness::clock::TestClock;
 use super::politeness::{Clock, VolunteerConfig};
 use super::pool::{CHUNK_NICE, thread_nice};
-use super::{Executor, LocalResults, Worker};
+use super::{Executor, LocalResults, Worker, WorkerLimits};
 use crate::net::protocol::{
     Assignment, BlobHash, ChunkResult, JobId, Payload, RejectReason, ResultAck, TaskReply,
     WireOutcome,
@@ -109,6 +109,17 @@ impl Fixture {
         key: &identity::Keypair,
         outbox: Vec<OutboxRow>,
     ) -> Self {
+        Self::with_limits(volunteer, clock, key, outbox, WorkerLimits::default())
+    }
+
+    /// [`new`](Self::new) with the worker's bounds given.
+    fn with_limits(
+        volunteer: VolunteerConfig,
+        clock: Arc<dyn Clock>,
+        key: &identity::Keypair,
+        outbox: Vec<OutboxRow>,
+        limits: WorkerLimits,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(&dir.path().join("db.sqlite")).unwrap());
         db.apply(&outbox.into_iter().map(Write::OutboxPut).collect::<Vec<_>>())
@@ -127,6 +138,7 @@ impl Fixture {
             probe.clone(),
             volunteer,
             Limits::CHUNK.memory_bytes,
+            limits,
             clock,
             shutdown.clone(),
         );
@@ -429,5 +441,84 @@ async fn only_the_jobs_submitter_can_cancel_its_chunks() {
     .await;
     f.probe.hold.store(false, Ordering::Relaxed);
     f.worker.cancel(stranger, JOB, &[]);
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn limits_over_the_workers_maxima_are_refused_with_the_maxima() {
+    let limits = WorkerLimits {
+        max_fuel: 1_000_000,
+        max_timeout: Duration::from_secs(60),
+        max_output_bytes: 1024,
+        ..WorkerLimits::default()
+    };
+    let mut f = Fixture::with_limits(
+        lend(2),
+        Arc::new(TestClock::default()),
+        &local_key(),
+        Vec::new(),
+        limits,
+    );
+    let submitter = PeerId::random();
+    let fits = Limits {
+        fuel: 1_000_000,
+        memory_bytes: Limits::CHUNK.memory_bytes,
+        timeout: Duration::from_secs(60),
+        max_output_bytes: 1024,
+    };
+    let most = TaskReply::Offer {
+        accepted: vec![],
+        rejected: (1..6)
+            .map(|c| (c, 0, RejectReason::LimitsTooHigh(fits)))
+            .collect(),
+    };
+    let with = |chunk: u32, limits: Limits| Assignment {
+        limits,
+        ..f.assignment(chunk)
+    };
+    let over = vec![
+        with(
+            1,
+            Limits {
+                fuel: u64::MAX,
+                ..fits
+            },
+        ),
+        with(
+            2,
+            Limits {
+                timeout: Duration::from_secs(61),
+                ..fits
+            },
+        ),
+        with(
+            3,
+            Limits {
+                max_output_bytes: 1025,
+                ..fits
+            },
+        ),
+        with(
+            4,
+            Limits {
+                memory_bytes: Limits::CHUNK.memory_bytes + 1,
+                ..fits
+            },
+        ),
+        with(5, Limits::CHUNK),
+    ];
+    assert_eq!(f.worker.offer(submitter, JOB, over), most);
+    assert_eq!(
+        f.worker.status().active,
+        0,
+        "nothing over a maximum was taken"
+    );
+    // Exactly the maxima are taken.
+    let TaskReply::Offer { accepted, rejected } = f.worker.offer(f.local, JOB, vec![with(0, fits)])
+    else {
+        panic!("an offer gets an offer reply");
+    };
+    assert_eq!((accepted, rejected), (vec![(0, 0)], vec![]));
+    assert_eq!(f.delivered(1).await[0].outcome, WireOutcome::Ok);
     f.stop().await;
 }

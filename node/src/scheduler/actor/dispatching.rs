@@ -62,9 +62,20 @@ impl Actor {
         }
         let accepted: HashSet<(u32, u32)> = match reply {
             Ok(TaskReply::Offer { accepted, rejected }) => {
-                if rejected.iter().any(|r| r.2 == RejectReason::NoFreeSlots) {
+                if rejected.iter().any(|r| {
+                    matches!(
+                        r.2,
+                        RejectReason::NoFreeSlots | RejectReason::OutboxFull { .. }
+                    )
+                }) {
                     self.backoff
                         .insert(peer, self.now() + PEER_BACKOFF.as_millis() as u64);
+                }
+                if let Some(most) = rejected.iter().find_map(|r| match &r.2 {
+                    RejectReason::LimitsTooHigh(most) => Some(*most),
+                    _ => None,
+                }) {
+                    self.refused_limits(id, peer, most);
                 }
                 accepted.into_iter().collect()
             }
@@ -87,6 +98,33 @@ impl Actor {
             let mut txn = Txn::new(&self.state);
             dispatch::offer_reply(&mut txn, id, peer, &refused, &HashSet::new(), self.now());
             self.apply(txn.finish());
+        }
+    }
+
+    /// `peer` refused `id`'s limits: it lends at most `most`. The job is never offered
+    /// to it again (placement skips it), and its status says why.
+    fn refused_limits(&mut self, id: JobId, peer: PeerId, most: crate::types::Limits) {
+        let Some(job) = self.state.jobs.get(&id) else {
+            return;
+        };
+        let asked = job.spec.limits;
+        let refused = self.state.refused.entry(id).or_default();
+        // Bounded by the peers that can be offered anything (the peer book's size).
+        if refused.len() < 2 * crate::net::peers::MAX_PEERS && refused.insert(peer, most).is_none()
+        {
+            tracing::info!(
+                job = %id,
+                %peer,
+                asked_fuel = asked.fuel,
+                max_fuel = most.fuel,
+                asked_timeout_s = asked.timeout.as_secs(),
+                max_timeout_s = most.timeout.as_secs(),
+                asked_output = asked.max_output_bytes,
+                max_output = most.max_output_bytes,
+                asked_memory = asked.memory_bytes,
+                max_memory = most.memory_bytes,
+                "a worker refuses this job's limits; not offering it this job again"
+            );
         }
     }
 
@@ -190,6 +228,8 @@ impl Actor {
         }
         let now = self.now();
         self.backoff.retain(|_, until| *until > now);
+        let jobs = &self.state.jobs;
+        self.state.refused.retain(|id, _| jobs.contains_key(id));
         if full {
             // Spot checks of verified chunks are not reaped with the pending ones.
             let jobs = &self.state.jobs;
