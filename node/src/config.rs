@@ -149,6 +149,10 @@ pub struct NodeOptions {
     /// node's own jobs or results not yet delivered. [default: off]
     #[arg(long, value_name = "SIZE")]
     pub blob_cache: Option<String>,
+    /// Most disk space compiled modules may use (DATA_DIR/modules), e.g. 512MiB;
+    /// least recently used go first. [default: 512MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub compile_cache: Option<String>,
     /// Most fuel one chunk of another peer's job may ask for (e.g. 500G), or "auto":
     /// five minutes' worth at this machine's measured speed, at least the 100G a
     /// default job asks for. An offer over it is refused with this maximum.
@@ -303,6 +307,7 @@ impl NodeOptions {
             memory: self.memory.or(file.memory),
             memory_total: self.memory_total.or(file.memory_total),
             blob_cache: self.blob_cache.or(file.blob_cache),
+            compile_cache: self.compile_cache.or(file.compile_cache),
             max_fuel: self.max_fuel.or(file.max_fuel),
             max_timeout: self.max_timeout.or(file.max_timeout),
             max_output: self.max_output.or(file.max_output),

@@ -256,6 +256,7 @@ impl Node {
         let sandbox = Sandbox::with_metrics(
             SandboxConfig {
                 cache_dir: Some(data_dir.module_cache()),
+                cache_bytes: config.compile_cache,
                 ..SandboxConfig::default()
             },
             metrics.sandbox.clone(),

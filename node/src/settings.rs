@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub memory_per_chunk: u64,
     /// Disk limit of the blob cache, in bytes; `None`: no limit.
     pub blob_cache: Option<u64>,
+    /// Disk limit of the compile cache, in bytes.
+    pub compile_cache: u64,
     /// What the worker lends at most (per chunk, per submitter, in the outbox).
     /// Its `max_fuel` is replaced at start when [`max_fuel`](Self::max_fuel) is
     /// `None` (auto).
@@ -101,6 +103,12 @@ impl Resolve for NodeOptions {
                 Some(s) => {
                     Some(parse_size(s).map_err(|e| ConfigError(format!("--blob-cache: {e}")))?)
                 }
+            },
+            compile_cache: match &self.compile_cache {
+                Some(s) => {
+                    parse_size(s).map_err(|e| ConfigError(format!("--compile-cache: {e}")))?
+                }
+                None => crate::sandbox::cache::DEFAULT_COMPILE_CACHE_BYTES,
             },
             worker_limits,
             max_fuel,

@@ -27,6 +27,17 @@ pub enum FetchError {
         /// Each holder tried and what went wrong.
         tried: Vec<(PeerId, String)>,
     },
+    /// The blob is larger than the caller accepts (a holder said so in its first
+    /// piece; nothing more was fetched).
+    #[error("blob {hash} is {size} bytes, more than the {max} accepted here")]
+    TooLarge {
+        /// The blob.
+        hash: BlobHash,
+        /// Its size, as the holder announced it.
+        size: u64,
+        /// The most accepted.
+        max: u64,
+    },
     /// Our own store failed (full disk, permissions).
     #[error("storing blob {hash}: {source}")]
     Store {
@@ -56,6 +67,8 @@ enum HolderError {
     Lied(String),
     /// Our side failed: stop.
     Local(std::io::Error),
+    /// Larger than the caller accepts: stop.
+    TooLarge(u64),
 }
 
 /// Fetches `hash` into `store` from the first of `holders` that provides it whole and
@@ -66,12 +79,24 @@ pub async fn fetch_blob(
     hash: BlobHash,
     holders: &[PeerId],
 ) -> Result<(), FetchError> {
+    fetch_blob_max(client, store, hash, holders, MAX_BLOB_BYTES).await
+}
+
+/// [`fetch_blob`] of a blob of at most `max` bytes: a larger one is refused after
+/// its first piece (which announces the size).
+pub async fn fetch_blob_max(
+    client: &NetClient,
+    store: &BlobStore,
+    hash: BlobHash,
+    holders: &[PeerId],
+    max: u64,
+) -> Result<(), FetchError> {
     if store.contains(&hash) {
         return Ok(());
     }
     let mut tried = Vec::new();
     for &peer in holders {
-        match fetch_from(client, store, hash, peer).await {
+        match fetch_from(client, store, hash, peer, max).await {
             Ok(()) => return Ok(()),
             Err(HolderError::Missing(why)) => tried.push((peer, why)),
             Err(HolderError::Lied(why)) => {
@@ -81,6 +106,9 @@ pub async fn fetch_blob(
                 tried.push((peer, why));
             }
             Err(HolderError::Local(source)) => return Err(FetchError::Store { hash, source }),
+            Err(HolderError::TooLarge(size)) => {
+                return Err(FetchError::TooLarge { hash, size, max });
+            }
         }
     }
     Err(FetchError::Unavailable { hash, tried })
@@ -150,8 +178,12 @@ async fn fetch_from(
     store: &BlobStore,
     hash: BlobHash,
     peer: PeerId,
+    max: u64,
 ) -> Result<(), HolderError> {
     let (total, first) = piece(client, peer, hash, 0).await?;
+    if total > max {
+        return Err(HolderError::TooLarge(total));
+    }
     let mut writer = store.writer(hash, total).map_err(HolderError::Local)?;
     let mut next = first.len() as u64;
     writer = write(writer, first).await?;

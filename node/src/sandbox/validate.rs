@@ -25,6 +25,14 @@ pub enum ModuleError {
     /// The bytes are neither a WebAssembly binary nor WAT text.
     #[error("not a WebAssembly module: {0}")]
     NotWasm(String),
+    /// It is over a size or shape cap (checked before compiling; see `shape.rs`).
+    #[error("the module is too large to run here: {0}")]
+    TooLarge(String),
+    /// WAT text from a peer: only the local CLI may hand over text.
+    #[error(
+        "WAT text is accepted only from the local command line; peers must send a binary module"
+    )]
+    TextFromPeer,
     /// wasmtime could not validate or compile it.
     #[error("the module is not valid WebAssembly for peergrid: {0}")]
     Compile(String),

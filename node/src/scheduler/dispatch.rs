@@ -177,21 +177,50 @@ pub(super) fn plan(
     Plan { offers, attention }
 }
 
-/// Why peers refused a job's limits, for its "waiting" message: how many, and the
-/// largest maxima one of them lends (empty when none refused).
-pub(super) fn refusals(refused: Option<&HashMap<PeerId, crate::types::Limits>>) -> String {
-    let Some(refused) = refused.filter(|r| !r.is_empty()) else {
+/// Why peers refused a job for good, for its "waiting" message: how many refuse its
+/// limits (and the largest maxima one of them lends) and how many its module (and
+/// one reason); empty when none refused.
+pub(super) fn refusals(
+    refused: Option<&HashMap<PeerId, crate::net::protocol::RejectReason>>,
+) -> String {
+    use crate::net::protocol::RejectReason;
+    let Some(refused) = refused else {
         return String::new();
     };
-    let most = |f: fn(&crate::types::Limits) -> u64| refused.values().map(f).max().unwrap_or(0);
-    format!(
-        "; {} peers refuse this job's limits (the most any of them lends: fuel {}, {} MiB memory, timeout {} s, output {} MiB)",
-        refused.len(),
-        most(|l| l.fuel),
-        most(|l| l.memory_bytes) / (1024 * 1024),
-        most(|l| l.timeout.as_secs()),
-        most(|l| l.max_output_bytes) / (1024 * 1024),
-    )
+    let limits: Vec<&crate::types::Limits> = refused
+        .values()
+        .filter_map(|r| match r {
+            RejectReason::LimitsTooHigh(most) => Some(most),
+            _ => None,
+        })
+        .collect();
+    let module = refused.values().find_map(|r| match r {
+        RejectReason::BadModule(why) => Some(why),
+        _ => None,
+    });
+    let mut out = String::new();
+    if !limits.is_empty() {
+        let most =
+            |f: fn(&crate::types::Limits) -> u64| limits.iter().map(|l| f(l)).max().unwrap_or(0);
+        out.push_str(&format!(
+            "; {} peers refuse this job's limits (the most any of them lends: fuel {}, {} MiB memory, timeout {} s, output {} MiB)",
+            limits.len(),
+            most(|l| l.fuel),
+            most(|l| l.memory_bytes) / (1024 * 1024),
+            most(|l| l.timeout.as_secs()),
+            most(|l| l.max_output_bytes) / (1024 * 1024),
+        ));
+    }
+    if let Some(why) = module {
+        let n = refused
+            .values()
+            .filter(|r| matches!(r, RejectReason::BadModule(_)))
+            .count();
+        // The reason comes from a peer: capped, and escaped by `{:?}`.
+        let why: String = why.chars().take(200).collect();
+        out.push_str(&format!("; {n} peers refuse this job's module: {why:?}"));
+    }
+    out
 }
 
 /// What [`place_chunk`] did.

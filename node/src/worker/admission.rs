@@ -62,6 +62,8 @@ impl Worker {
                         );
                     }
                     rejected.push((a.chunk, a.attempt, RejectReason::LimitsTooHigh(most)));
+                } else if let Some(why) = self.refused_module(&a.module) {
+                    rejected.push((a.chunk, a.attempt, RejectReason::BadModule(why)));
                 } else if outbox_full {
                     rejected.push((a.chunk, a.attempt, RejectReason::NoFreeSlots));
                 } else if active.len() >= capacity {

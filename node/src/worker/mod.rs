@@ -120,6 +120,8 @@ struct Inner {
     local_scheduler: OnceLock<LocalResults>,
     /// Modules loaded by blob hash, so a chunk costs no disk read or hashing.
     modules: Mutex<HashMap<BlobHash, JobModule>>,
+    /// Modules refused here (over a cap, WAT, invalid), by blob hash.
+    refused_modules: Mutex<run::RefusedModules>,
     /// Results in the outbox, as last counted (plus those written since).
     outbox_len: AtomicU64,
     /// Tests only: take every offer and advertise the most slots a peer may claim
@@ -247,6 +249,7 @@ impl Worker {
                 politeness_changed: Notify::new(),
                 active: Mutex::new(HashMap::new()),
                 modules: Mutex::new(HashMap::new()),
+                refused_modules: Mutex::default(),
                 local_scheduler: OnceLock::new(),
                 // Counted by the delivery task as it starts (off the async threads).
                 outbox_len: 0.into(),

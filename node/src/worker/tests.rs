@@ -125,7 +125,8 @@ impl Fixture {
         db.apply(&outbox.into_iter().map(Write::OutboxPut).collect::<Vec<_>>())
             .unwrap();
         let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
-        let module = blobs.put(WAT.as_bytes()).unwrap();
+        // Peers send binaries (WAT text is refused from the network).
+        let module = blobs.put(&wat::parse_str(WAT).unwrap()).unwrap();
         let net = NetClient::simulated(key, Nobody);
         let local = net.local_peer_id();
         let probe = Arc::new(Probe::default());
@@ -520,5 +521,53 @@ async fn limits_over_the_workers_maxima_are_refused_with_the_maxima() {
     };
     assert_eq!((accepted, rejected), (vec![(0, 0)], vec![]));
     assert_eq!(f.delivered(1).await[0].outcome, WireOutcome::Ok);
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_module_over_a_cap_or_in_text_is_refused_once_and_then_at_admission() {
+    let mut f = Fixture::new(
+        lend(2),
+        Arc::new(TestClock::default()),
+        &local_key(),
+        Vec::new(),
+    );
+    let blobs = BlobStore::open(f._dir.path().join("blobs")).unwrap();
+    let huge = format!("(module {})", "(func)".repeat(100_001));
+    let bad = [
+        (
+            blobs.put(&wat::parse_str(&huge).unwrap()).unwrap(),
+            "functions: 100001",
+        ),
+        (blobs.put(WAT.as_bytes()).unwrap(), "WAT text"),
+    ];
+    for (chunk, (module, why)) in (0u32..).zip(bad) {
+        let a = Assignment {
+            module,
+            ..f.assignment(chunk)
+        };
+        let TaskReply::Offer { accepted, .. } = f.worker.offer(f.local, JOB, vec![a.clone()])
+        else {
+            panic!("an offer gets an offer reply");
+        };
+        assert_eq!(accepted, [(chunk, 0)]);
+        let result = f.delivered(1).await.remove(0);
+        match &result.outcome {
+            WireOutcome::Invalid(reason) => assert!(reason.contains(why), "{reason}"),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        // Remembered: the next offer of that module is refused at once.
+        let again = Assignment { attempt: 1, ..a };
+        let TaskReply::Offer { accepted, rejected } = f.worker.offer(f.local, JOB, vec![again])
+        else {
+            panic!("an offer gets an offer reply");
+        };
+        assert!(accepted.is_empty());
+        assert!(
+            matches!(&rejected[..], [(c, 1, RejectReason::BadModule(r))] if *c == chunk && r.contains(why)),
+            "{rejected:?}"
+        );
+    }
+    assert!(f.probe.threads.lock().unwrap().is_empty(), "nothing ran");
     f.stop().await;
 }

@@ -71,11 +71,13 @@ impl Actor {
                     self.backoff
                         .insert(peer, self.now() + PEER_BACKOFF.as_millis() as u64);
                 }
-                if let Some(most) = rejected.iter().find_map(|r| match &r.2 {
-                    RejectReason::LimitsTooHigh(most) => Some(*most),
+                if let Some(reason) = rejected.iter().find_map(|r| match &r.2 {
+                    RejectReason::LimitsTooHigh(_) | RejectReason::BadModule(_) => {
+                        Some(r.2.clone())
+                    }
                     _ => None,
                 }) {
-                    self.refused_limits(id, peer, most);
+                    self.refused_for_good(id, peer, reason);
                 }
                 accepted.into_iter().collect()
             }
@@ -101,31 +103,34 @@ impl Actor {
         }
     }
 
-    /// `peer` refused `id`'s limits: it lends at most `most`. The job is never offered
-    /// to it again (placement skips it), and its status says why.
-    fn refused_limits(&mut self, id: JobId, peer: PeerId, most: crate::types::Limits) {
+    /// `peer` refused `id` for good (its limits, or its module). The job is never
+    /// offered to it again (placement skips it), and its status says why.
+    fn refused_for_good(&mut self, id: JobId, peer: PeerId, reason: RejectReason) {
         let Some(job) = self.state.jobs.get(&id) else {
             return;
         };
         let asked = job.spec.limits;
         let refused = self.state.refused.entry(id).or_default();
         // Bounded by the peers that can be offered anything (the peer book's size).
-        if refused.len() < 2 * crate::net::peers::MAX_PEERS && refused.insert(peer, most).is_none()
-        {
-            tracing::info!(
+        if refused.len() >= 2 * crate::net::peers::MAX_PEERS || refused.contains_key(&peer) {
+            return;
+        }
+        match &reason {
+            RejectReason::LimitsTooHigh(most) => tracing::info!(
                 job = %id,
                 %peer,
-                asked_fuel = asked.fuel,
-                max_fuel = most.fuel,
-                asked_timeout_s = asked.timeout.as_secs(),
-                max_timeout_s = most.timeout.as_secs(),
-                asked_output = asked.max_output_bytes,
-                max_output = most.max_output_bytes,
-                asked_memory = asked.memory_bytes,
-                max_memory = most.memory_bytes,
+                ?asked,
+                ?most,
                 "a worker refuses this job's limits; not offering it this job again"
-            );
+            ),
+            other => tracing::info!(
+                job = %id,
+                %peer,
+                reason = ?other,
+                "a worker refuses this job's module; not offering it this job again"
+            ),
         }
+        refused.insert(peer, reason);
     }
 
     /// Reads the capacity view (on a full dispatch) and builds the candidates.
