@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::RequestError;
 use super::event_loop::Command;
 use super::peers::{NetStatus, PeerInfo};
-use super::protocol::{TaskReply, TaskRequest};
+use super::protocol::{ResultAck, ResultBatch, TaskReply, TaskRequest};
 
 /// The peers a simulated network pretends to reach.
 pub trait SimulatedPeers: Send + 'static {
@@ -18,6 +18,11 @@ pub trait SimulatedPeers: Send + 'static {
     fn peers(&mut self) -> Vec<PeerInfo>;
     /// A task request to one peer, answered at once.
     fn task(&mut self, peer: PeerId, request: TaskRequest) -> Result<TaskReply, RequestError>;
+    /// A batch of results to one peer (a worker's delivery), answered at once; by
+    /// default nobody is reachable.
+    fn results(&mut self, _peer: PeerId, _batch: ResultBatch) -> Result<ResultAck, RequestError> {
+        Err(RequestError::Unreachable)
+    }
 }
 
 /// Answers commands until every client is dropped.
@@ -47,8 +52,8 @@ pub(super) async fn serve(mut commands: mpsc::Receiver<Command>, mut peers: impl
             Command::Dial(_, reply) => {
                 let _ = reply.send(Err("a simulated network does not dial".into()));
             }
-            Command::SendResults(_, _, reply) => {
-                let _ = reply.send(Err(RequestError::Unreachable));
+            Command::SendResults(peer, batch, reply) => {
+                let _ = reply.send(peers.results(peer, batch));
             }
             Command::GetBlobPiece(_, _, reply) => {
                 let _ = reply.send(Err(RequestError::Unreachable));

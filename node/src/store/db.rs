@@ -77,6 +77,9 @@ impl Db {
             tx.pragma_update(None, "user_version", i + 1)?;
             tx.commit()?;
         }
+        if version < 4 {
+            super::outbox::backfill(&conn)?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
             metrics: super::metrics::StoreMetrics::default(),
@@ -418,6 +421,7 @@ impl Db {
             "SELECT input FROM chunks",
             "SELECT output FROM chunks WHERE output IS NOT NULL",
             "SELECT output FROM replicas WHERE output IS NOT NULL",
+            "SELECT output_blob FROM outbox WHERE output_blob IS NOT NULL",
         ] {
             let mut stmt = conn.prepare(query)?;
             let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
@@ -427,55 +431,7 @@ impl Db {
                 }
             }
         }
-        let mut stmt = conn.prepare("SELECT result FROM outbox")?;
-        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-        for row in rows {
-            if let Ok(crate::types::ChunkResult {
-                output: Some(crate::types::Payload::Blob { hash, .. }),
-                ..
-            }) = postcard::from_bytes(&row?)
-            {
-                pinned.insert(hash);
-            }
-        }
         Ok(pinned)
-    }
-
-    /// The whole outbox, oldest first.
-    pub fn outbox(&self) -> Result<Vec<OutboxRow>, DbError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT job_id, chunk, attempt, submitter, result FROM outbox ORDER BY created_ms",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, u32>(1)?,
-                r.get::<_, u32>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Vec<u8>>(4)?,
-            ))
-        })?;
-        rows.map(|row| {
-            let (job, chunk, attempt, submitter, result) = row?;
-            Ok(OutboxRow {
-                job_id: job_id(job)?,
-                chunk,
-                attempt,
-                submitter,
-                result,
-            })
-        })
-        .collect()
-    }
-
-    /// Entries in the outbox.
-    pub fn outbox_len(&self) -> Result<u64, DbError> {
-        Ok(self
-            .conn()
-            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0))
     }
 }
 
@@ -650,20 +606,7 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbErro
                 r.withdrawn
             ])?;
         }
-        Write::OutboxPut(o) => {
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO outbox (job_id, chunk, attempt, submitter, result, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                o.job_id.0.as_slice(),
-                o.chunk,
-                o.attempt,
-                o.submitter,
-                o.result,
-                now_ms()
-            ])?;
-        }
+        Write::OutboxPut(o) => super::outbox::put(tx, o)?,
         Write::OutboxDelete(submitter, job, chunk, attempt) => {
             tx.prepare_cached(
                 "DELETE FROM outbox WHERE submitter = ?1 AND job_id = ?2 AND chunk = ?3 AND attempt = ?4",

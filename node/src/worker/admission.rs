@@ -7,7 +7,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use libp2p::PeerId;
 use tracing::Instrument;
@@ -40,7 +39,15 @@ impl Worker {
         };
         let limits = self.inner.limits;
         let memory = self.inner.memory_limit;
-        let outbox_full = self.inner.outbox_len.load(Ordering::Relaxed) >= limits.outbox_results;
+        // The outbox: full in all refuses everyone; a submitter over its quota (its
+        // results not taken) is refused alone.
+        let ((rows, bytes), (mine, my_bytes)) = self.outbox_counts().usage(&submitter.to_string());
+        let outbox_full = rows >= limits.outbox_results || bytes >= limits.outbox_bytes;
+        let quota_full = mine >= limits.outbox_results_per_submitter
+            || my_bytes >= limits.outbox_bytes_per_submitter;
+        if quota_full {
+            tracing::debug!(%submitter, results = mine, bytes = my_bytes, "refusing offers: this submitter's undelivered results fill its outbox quota");
+        }
         let mut taken = Vec::new();
         let mut over_limits = false;
         {
@@ -64,6 +71,15 @@ impl Worker {
                     rejected.push((a.chunk, a.attempt, RejectReason::LimitsTooHigh(most)));
                 } else if let Some(why) = self.refused_module(&a.module) {
                     rejected.push((a.chunk, a.attempt, RejectReason::BadModule(why)));
+                } else if quota_full {
+                    rejected.push((
+                        a.chunk,
+                        a.attempt,
+                        RejectReason::OutboxFull {
+                            rows: mine,
+                            bytes: my_bytes,
+                        },
+                    ));
                 } else if outbox_full {
                     rejected.push((a.chunk, a.attempt, RejectReason::NoFreeSlots));
                 } else if active.len() >= capacity {

@@ -2,37 +2,50 @@
 //! then delivered to their submitters by the delivery task until acknowledged.
 //!
 //! The run task ([`run`](super::run)) writes results; the delivery loop wakes when
-//! one is written, and every [`RETRY_EVERY`] while the outbox is not empty. A round
-//! reads the outbox in pages (keyset order, bounded by rows and bytes, see
-//! `Db::outbox_page`), skipping submitters it is backing off from, and sends each
-//! submitter's results in batches that fit a message. This node's own results go
-//! to its scheduler directly ([`LocalResults`](super::LocalResults)). Every database
-//! call runs through [`Db::run`](crate::store::Db::run), off the async threads.
+//! one is written, when a delivery ends, and every [`RETRY_EVERY`] while the outbox
+//! is not empty. It starts one delivery task per submitter with results waiting, at
+//! most [`DELIVERY_CONCURRENCY`] at once, skipping submitters it is backing off from:
+//! a slow or silent submitter holds one task, never the others' deliveries. Each
+//! task reads only its submitter's results, in keyset pages bounded by rows and
+//! bytes (`Db::outbox_page_of`), and sends them in batches that fit a message; only
+//! an acknowledgement removes a result. Every [`EXPIRE_EVERY`] the loop drops
+//! results older than the worker's `outbox_expiry`. The counts admission reads
+//! (rows and bytes per submitter, [`OutboxCounts`]) are recounted from the database
+//! after each delivery, expiry and cancel, and grow with each result written.
+//! This node's own results go to its scheduler directly
+//! ([`LocalResults`](super::LocalResults)). Every database call runs through
+//! [`Db::run`](crate::store::Db::run), off the async threads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use libp2p::PeerId;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::Worker;
-use crate::net::protocol::{ChunkResult, MAX_RESULT_BYTES, ResultBatch};
-use crate::store::OutboxKey;
+use crate::net::protocol::{ChunkResult, MAX_RESULT_BYTES, Payload, ResultBatch};
 use crate::store::db::{OutboxRow, Write};
-use crate::types::JobId;
+use crate::types::{JobId, now_ms};
 
 /// Results per delivery batch, at most.
 const DELIVERY_BATCH: usize = 64;
 /// Bytes of encoded results per batch, at most: a message's limit less room for the
-/// envelope. A result larger than this goes alone.
-const BATCH_BYTES: usize = MAX_RESULT_BYTES - 64 * 1024;
+/// envelope (the batch's length prefix and the request framing: a few bytes). A
+/// result larger than this goes alone; none is, since inline outputs are at most
+/// [`INLINE_OUTPUT`](super::INLINE_OUTPUT) (4 MiB) and larger ones travel as blobs.
+pub(super) const BATCH_BYTES: usize = MAX_RESULT_BYTES - 64 * 1024;
 /// Outbox entries read at a time.
 const PAGE_ROWS: usize = 256;
 /// Bytes of results read at a time (a page stops once it holds this much).
 const PAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Submitters delivered to at once.
+pub(super) const DELIVERY_CONCURRENCY: usize = 8;
 /// While results wait, a delivery round starts at least this often.
 pub(super) const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often results older than the expiry are dropped.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 /// After a failed delivery, wait this long before trying that submitter again; the
 /// wait doubles with each failure in a row, up to [`MAX_BACKOFF`].
 const DELIVERY_BACKOFF: Duration = Duration::from_secs(2);
@@ -42,6 +55,34 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Submitters not tried until a time, with the wait that got them there.
 type Backoff = HashMap<String, (Instant, Duration)>;
 
+/// What the outbox holds, as last counted plus what was written since: per
+/// submitter (rows, bytes), and in all. Bounded by the outbox's own rows.
+#[derive(Debug, Default)]
+pub(super) struct OutboxCounts {
+    per: HashMap<String, (u64, u64)>,
+    rows: u64,
+    bytes: u64,
+}
+
+impl OutboxCounts {
+    /// (rows, bytes) in all, and (rows, bytes) of `submitter`.
+    pub(super) fn usage(&self, submitter: &str) -> ((u64, u64), (u64, u64)) {
+        (
+            (self.rows, self.bytes),
+            self.per.get(submitter).copied().unwrap_or_default(),
+        )
+    }
+}
+
+/// A result's size as the outbox counts it: encoded, plus a large output's blob.
+fn counted_bytes(encoded: usize, result: &ChunkResult) -> u64 {
+    let blob = match &result.output {
+        Some(Payload::Blob { size, .. }) => *size,
+        _ => 0,
+    };
+    (encoded as u64).saturating_add(blob)
+}
+
 impl Worker {
     /// Writes a result to the outbox and wakes the delivery task. A result that
     /// cannot be written is lost (and said so): its submitter reissues the chunk.
@@ -49,6 +90,7 @@ impl Worker {
         let Ok(bytes) = postcard::to_allocvec(&result) else {
             return;
         };
+        let size = counted_bytes(bytes.len(), &result);
         let row = OutboxRow {
             job_id: result.job_id,
             chunk: result.chunk,
@@ -56,6 +98,7 @@ impl Worker {
             submitter: submitter.to_string(),
             result: bytes,
         };
+        let who = row.submitter.clone();
         match self
             .inner
             .db
@@ -63,6 +106,14 @@ impl Worker {
             .await
         {
             Ok(()) => {
+                {
+                    let mut counts = self.outbox_counts();
+                    let mine = counts.per.entry(who).or_default();
+                    mine.0 += 1;
+                    mine.1 = mine.1.saturating_add(size);
+                    counts.rows += 1;
+                    counts.bytes = counts.bytes.saturating_add(size);
+                }
                 self.inner.outbox_len.fetch_add(1, Ordering::Relaxed);
                 self.inner.deliver.notify_one();
             }
@@ -72,81 +123,139 @@ impl Worker {
         }
     }
 
-    /// Counts the outbox again (after deliveries and cancels).
+    pub(super) fn outbox_counts(&self) -> std::sync::MutexGuard<'_, OutboxCounts> {
+        self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts the outbox again, per submitter (after deliveries, expiry and cancels).
     pub(super) async fn refresh_outbox_len(&self) {
-        match self.inner.db.run(|db| db.outbox_len()).await {
-            Ok(n) => self.inner.outbox_len.store(n, Ordering::Relaxed),
+        match self.inner.db.run(|db| db.outbox_usage()).await {
+            Ok(usage) => {
+                let mut counts = OutboxCounts::default();
+                for u in usage {
+                    counts.rows += u.rows;
+                    counts.bytes = counts.bytes.saturating_add(u.bytes);
+                    counts.per.insert(u.submitter, (u.rows, u.bytes));
+                }
+                self.inner.outbox_len.store(counts.rows, Ordering::Relaxed);
+                *self.outbox_counts() = counts;
+            }
             Err(e) => tracing::warn!(error = %e, "cannot count the outbox"),
         }
     }
 
     /// Sends outbox entries to their submitters until shutdown; an entry leaves the
-    /// outbox only when acknowledged.
+    /// outbox only when acknowledged (or expired).
     pub(super) async fn deliver_loop(&self) {
         self.refresh_outbox_len().await;
         let mut backoff = Backoff::new();
+        let mut running: JoinSet<(String, Result<(), String>)> = JoinSet::new();
+        let mut busy: HashSet<String> = HashSet::new();
+        let mut expired_at: Option<Instant> = None;
         loop {
             let waiting = self.inner.outbox_len.load(Ordering::Relaxed) > 0;
             tokio::select! {
+                biased;
                 _ = self.inner.shutdown.cancelled() => break,
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok((submitter, outcome)) = done {
+                        busy.remove(&submitter);
+                        match outcome {
+                            Ok(()) => {
+                                backoff.remove(&submitter);
+                            }
+                            Err(e) => {
+                                tracing::debug!(%submitter, error = %e, "result delivery failed; will retry");
+                                let wait = backoff
+                                    .get(&submitter)
+                                    .map_or(DELIVERY_BACKOFF, |(_, w)| (*w * 2).min(MAX_BACKOFF));
+                                backoff.insert(submitter, (Instant::now() + wait, wait));
+                            }
+                        }
+                    }
+                    self.refresh_outbox_len().await;
+                }
                 _ = self.inner.deliver.notified() => {}
                 _ = tokio::time::sleep(RETRY_EVERY), if waiting => {}
             }
-            if self.inner.outbox_len.load(Ordering::Relaxed) == 0 {
-                continue;
+            if expired_at.is_none_or(|at| at.elapsed() >= EXPIRE_EVERY) {
+                expired_at = Some(Instant::now());
+                self.expire().await;
             }
             let now = Instant::now();
             backoff.retain(|_, (until, _)| *until > now);
-            self.deliver_round(&mut backoff).await;
-            self.refresh_outbox_len().await;
+            self.start_deliveries(&mut running, &mut busy, &backoff);
+        }
+        // Results stay in the outbox until acknowledged: an interrupted delivery is
+        // sent again after a restart (the submitter takes a result once).
+        running.abort_all();
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Starts a delivery task for each submitter with results waiting that is not
+    /// being delivered to or backed off from, up to [`DELIVERY_CONCURRENCY`].
+    fn start_deliveries(
+        &self,
+        running: &mut JoinSet<(String, Result<(), String>)>,
+        busy: &mut HashSet<String>,
+        backoff: &Backoff,
+    ) {
+        if running.len() >= DELIVERY_CONCURRENCY {
+            return;
+        }
+        let waiting: Vec<String> = self
+            .outbox_counts()
+            .per
+            .iter()
+            .filter(|(s, (rows, _))| *rows > 0 && !busy.contains(*s) && !backoff.contains_key(*s))
+            .map(|(s, _)| s.clone())
+            .take(DELIVERY_CONCURRENCY - running.len())
+            .collect();
+        for submitter in waiting {
+            busy.insert(submitter.clone());
+            let worker = self.clone();
+            running.spawn(tracing::Instrument::in_current_span(async move {
+                let outcome = worker.deliver_submitter(&submitter).await;
+                (submitter, outcome)
+            }));
         }
     }
 
-    /// One pass over the outbox, a page at a time.
-    async fn deliver_round(&self, backoff: &mut Backoff) {
-        let mut after: Option<OutboxKey> = None;
+    /// Drops results older than the expiry.
+    async fn expire(&self) {
+        let expiry = self.inner.limits.outbox_expiry;
+        let before = now_ms().saturating_sub(expiry.as_millis() as u64);
+        match self.inner.db.run(move |db| db.outbox_expire(before)).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(
+                    expired = n,
+                    after = %humantime::format_duration(expiry),
+                    "dropped results their submitters never took"
+                );
+                self.refresh_outbox_len().await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot expire old results"),
+        }
+    }
+
+    /// Delivers `submitter`'s results, a page at a time, until none is left or a
+    /// send fails.
+    async fn deliver_submitter(&self, submitter: &str) -> Result<(), String> {
+        let mut after: Option<(JobId, u32, u32)> = None;
         loop {
-            let skip: Vec<String> = backoff.keys().cloned().collect();
-            let page = match self
+            let who = submitter.to_string();
+            let page = self
                 .inner
                 .db
-                .run(move |db| db.outbox_page(after, &skip, PAGE_ROWS, PAGE_BYTES))
+                .run(move |db| db.outbox_page_of(&who, after, PAGE_ROWS, PAGE_BYTES))
                 .await
-            {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the outbox");
-                    return;
-                }
-            };
+                .map_err(|e| format!("cannot read the outbox: {e}"))?;
             let Some(last) = page.last() else {
-                return;
+                return Ok(());
             };
-            after = Some((
-                last.submitter.clone(),
-                last.job_id,
-                last.chunk,
-                last.attempt,
-            ));
-            let mut by_submitter: Vec<(String, Vec<OutboxRow>)> = Vec::new();
-            for row in page {
-                if backoff.contains_key(&row.submitter) {
-                    continue;
-                }
-                match by_submitter.iter_mut().find(|(s, _)| *s == row.submitter) {
-                    Some((_, rows)) => rows.push(row),
-                    None => by_submitter.push((row.submitter.clone(), vec![row])),
-                }
-            }
-            for (submitter, rows) in by_submitter {
-                if let Err(e) = self.deliver_to(&submitter, rows).await {
-                    tracing::debug!(%submitter, error = %e, "result delivery failed; will retry");
-                    let wait = backoff
-                        .get(&submitter)
-                        .map_or(DELIVERY_BACKOFF, |(_, w)| (*w * 2).min(MAX_BACKOFF));
-                    backoff.insert(submitter, (Instant::now() + wait, wait));
-                }
-            }
+            after = Some((last.job_id, last.chunk, last.attempt));
+            self.deliver_to(submitter, page).await?;
         }
     }
 
@@ -165,27 +274,36 @@ impl Worker {
             .await;
             return Ok(());
         };
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        let mut rows = rows.into_iter().peekable();
-        while let Some(row) = rows.next() {
-            match postcard::from_bytes::<ChunkResult>(&row.result) {
-                Ok(result) => {
-                    bytes += row.result.len();
-                    batch.push(result);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "dropping an outbox entry that does not decode");
-                    self.delete(submitter, vec![(row.job_id, row.chunk, row.attempt)])
-                        .await;
+        let (rows, oversized): (Vec<OutboxRow>, Vec<OutboxRow>) = rows
+            .into_iter()
+            .partition(|r| r.result.len() <= BATCH_BYTES);
+        if !oversized.is_empty() {
+            // Cannot happen (outputs over 4 MiB travel as blobs; messages are capped),
+            // but such a row could never be sent: it must not wedge the rest.
+            tracing::warn!(%submitter, n = oversized.len(), "dropping results too large for any message");
+            self.delete(
+                submitter,
+                oversized
+                    .iter()
+                    .map(|r| (r.job_id, r.chunk, r.attempt))
+                    .collect(),
+            )
+            .await;
+        }
+        for batch in batches(rows) {
+            let mut results = Vec::with_capacity(batch.len());
+            for row in batch {
+                match postcard::from_bytes::<ChunkResult>(&row.result) {
+                    Ok(result) => results.push(result),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dropping an outbox entry that does not decode");
+                        self.delete(submitter, vec![(row.job_id, row.chunk, row.attempt)])
+                            .await;
+                    }
                 }
             }
-            let full = rows.peek().is_none_or(|next| {
-                batch.len() >= DELIVERY_BATCH || bytes + next.result.len() > BATCH_BYTES
-            });
-            if full && !batch.is_empty() {
-                self.send(peer, std::mem::take(&mut batch)).await?;
-                bytes = 0;
+            if !results.is_empty() {
+                self.send(peer, results).await?;
             }
         }
         Ok(())
@@ -220,4 +338,26 @@ impl Worker {
             tracing::warn!(error = %e, "cannot clear acknowledged results");
         }
     }
+}
+
+/// Splits rows into batches of at most [`DELIVERY_BATCH`] results and
+/// [`BATCH_BYTES`] encoded bytes; a row larger than that alone goes in a batch of
+/// its own.
+pub(super) fn batches(rows: Vec<OutboxRow>) -> Vec<Vec<OutboxRow>> {
+    let mut out: Vec<Vec<OutboxRow>> = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let size = row.result.len();
+        match out.last_mut() {
+            Some(batch) if batch.len() < DELIVERY_BATCH && bytes + size <= BATCH_BYTES => {
+                bytes += size;
+                batch.push(row);
+            }
+            _ => {
+                bytes = size;
+                out.push(vec![row]);
+            }
+        }
+    }
+    out
 }

@@ -124,6 +124,8 @@ struct Inner {
     refused_modules: Mutex<run::RefusedModules>,
     /// Results in the outbox, as last counted (plus those written since).
     outbox_len: AtomicU64,
+    /// The same per submitter, with bytes (for the quotas).
+    outbox: Mutex<delivery::OutboxCounts>,
     /// Tests only: take every offer and advertise the most slots a peer may claim
     /// (an inflating peer; see `Seams::inflater`).
     #[cfg(feature = "test-utils")]
@@ -253,6 +255,7 @@ impl Worker {
                 local_scheduler: OnceLock::new(),
                 // Counted by the delivery task as it starts (off the async threads).
                 outbox_len: 0.into(),
+                outbox: Mutex::default(),
                 #[cfg(feature = "test-utils")]
                 greedy: false.into(),
                 deliver: Notify::new(),

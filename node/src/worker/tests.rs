@@ -16,6 +16,7 @@ use super::politeness::clock::TestClock;
 use super::politeness::{Clock, VolunteerConfig};
 use super::pool::{CHUNK_NICE, thread_nice};
 use super::{Executor, LocalResults, Worker, WorkerLimits};
+use crate::net::protocol::ResultBatch;
 use crate::net::protocol::{
     Assignment, BlobHash, ChunkResult, JobId, Payload, RejectReason, ResultAck, TaskReply,
     WireOutcome,
@@ -84,6 +85,8 @@ impl Executor for Probe {
 struct Fixture {
     worker: Worker,
     probe: Arc<Probe>,
+    /// While set, this node's own scheduler takes results only very slowly.
+    stall: Arc<AtomicBool>,
     db: Arc<Db>,
     module: BlobHash,
     /// This node's peer id: chunks offered by it are "own" jobs.
@@ -120,6 +123,18 @@ impl Fixture {
         outbox: Vec<OutboxRow>,
         limits: WorkerLimits,
     ) -> Self {
+        Self::build(volunteer, clock, key, outbox, limits, Nobody)
+    }
+
+    /// [`with_limits`](Self::with_limits) with the peers the network reaches.
+    fn build(
+        volunteer: VolunteerConfig,
+        clock: Arc<dyn Clock>,
+        key: &identity::Keypair,
+        outbox: Vec<OutboxRow>,
+        limits: WorkerLimits,
+        peers: impl SimulatedPeers,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(&dir.path().join("db.sqlite")).unwrap());
         db.apply(&outbox.into_iter().map(Write::OutboxPut).collect::<Vec<_>>())
@@ -127,7 +142,7 @@ impl Fixture {
         let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
         // Peers send binaries (WAT text is refused from the network).
         let module = blobs.put(&wat::parse_str(WAT).unwrap()).unwrap();
-        let net = NetClient::simulated(key, Nobody);
+        let net = NetClient::simulated(key, peers);
         let local = net.local_peer_id();
         let probe = Arc::new(Probe::default());
         let shutdown = CancellationToken::new();
@@ -144,18 +159,28 @@ impl Fixture {
             shutdown.clone(),
         );
         let (tx, batches) = mpsc::unbounded_channel();
+        let stall = Arc::new(AtomicBool::new(false));
+        let stalled = stall.clone();
         worker.set_local_scheduler(LocalResults(Arc::new(move |_peer, batch| {
             let stored = batch
                 .results
                 .iter()
                 .map(|r| (r.job_id, r.chunk, r.attempt))
                 .collect();
-            let _ = tx.send(batch.results);
-            Box::pin(async move { ResultAck { stored } })
+            let (tx, stalled) = (tx.clone(), stalled.clone());
+            Box::pin(async move {
+                // A slow submitter: answers only once the test lets it.
+                while stalled.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let _ = tx.send(batch.results);
+                ResultAck { stored }
+            })
         })));
         Self {
             worker,
             probe,
+            stall,
             db,
             module,
             local,
@@ -569,5 +594,130 @@ async fn a_module_over_a_cap_or_in_text_is_refused_once_and_then_at_admission() 
         );
     }
     assert!(f.probe.threads.lock().unwrap().is_empty(), "nothing ran");
+    f.stop().await;
+}
+
+/// Takes every result batch sent to it, and records which peer got what.
+#[derive(Clone, Default)]
+struct Takers(Arc<Mutex<Vec<(PeerId, u32)>>>);
+
+impl SimulatedPeers for Takers {
+    fn peers(&mut self) -> Vec<PeerInfo> {
+        Vec::new()
+    }
+
+    fn task(
+        &mut self,
+        _peer: PeerId,
+        _request: crate::net::protocol::TaskRequest,
+    ) -> Result<TaskReply, RequestError> {
+        Err(RequestError::Unreachable)
+    }
+
+    fn results(&mut self, peer: PeerId, batch: ResultBatch) -> Result<ResultAck, RequestError> {
+        let mut got = self.0.lock().unwrap();
+        got.extend(batch.results.iter().map(|r| (peer, r.chunk)));
+        Ok(ResultAck {
+            stored: batch
+                .results
+                .iter()
+                .map(|r| (r.job_id, r.chunk, r.attempt))
+                .collect(),
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_submitter_does_not_hold_up_delivery_to_the_others() {
+    let key = local_key();
+    let own = key.public().to_peer_id();
+    let others: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+    let mut rows: Vec<OutboxRow> = (0..3).map(|c| outbox_row(own, c, vec![1])).collect();
+    for (i, peer) in others.iter().enumerate() {
+        rows.extend((0..3).map(|c| outbox_row(*peer, 100 * (i as u32 + 1) + c, vec![2])));
+    }
+    let takers = Takers::default();
+    let mut f = Fixture::build(
+        lend(1),
+        Arc::new(TestClock::default()),
+        &key,
+        rows,
+        WorkerLimits::default(),
+        takers.clone(),
+    );
+    // This node's own scheduler stalls on the first batch it is sent.
+    f.stall.store(true, Ordering::Relaxed);
+    until("the other submitters to take their results", || {
+        takers.0.lock().unwrap().len() == 9
+    })
+    .await;
+    until("their results to leave the outbox", || {
+        f.worker.status().outbox == 3
+    })
+    .await;
+    assert!(
+        f.batches.try_recv().is_err(),
+        "the slow submitter took nothing yet"
+    );
+    f.stall.store(false, Ordering::Relaxed);
+    assert_eq!(f.delivered(3).await.len(), 3);
+    until("the outbox to empty", || f.worker.status().outbox == 0).await;
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_submitter_over_its_outbox_quota_is_refused_alone_and_old_results_expire() {
+    let key = local_key();
+    let hoarder = PeerId::random();
+    // Five results the hoarder never takes (it cannot be reached).
+    let rows: Vec<OutboxRow> = (0..5)
+        .map(|c| outbox_row(hoarder, c, vec![7; 100]))
+        .collect();
+    let limits = WorkerLimits {
+        outbox_results_per_submitter: 5,
+        ..WorkerLimits::default()
+    };
+    let f = Fixture::with_limits(
+        lend(2),
+        Arc::new(TestClock::default()),
+        &key,
+        rows.clone(),
+        limits,
+    );
+    until("the outbox to be counted", || f.worker.status().outbox == 5).await;
+    let TaskReply::Offer { accepted, rejected } =
+        f.worker.offer(hoarder, JOB, vec![f.assignment(10)])
+    else {
+        panic!("an offer gets an offer reply");
+    };
+    assert!(accepted.is_empty());
+    assert!(
+        matches!(&rejected[..], [(10, 0, RejectReason::OutboxFull { rows: 5, bytes })] if *bytes > 500),
+        "{rejected:?}"
+    );
+    // Anyone else is still served.
+    let TaskReply::Offer { accepted, .. } = f.offer(0..1) else {
+        panic!("an offer gets an offer reply");
+    };
+    assert_eq!(accepted, [(0, 0)]);
+    f.stop().await;
+
+    // Results older than the expiry are dropped.
+    let limits = WorkerLimits {
+        outbox_expiry: Duration::from_millis(1),
+        ..WorkerLimits::default()
+    };
+    let f = Fixture::with_limits(lend(2), Arc::new(TestClock::default()), &key, rows, limits);
+    // Real time (the rows' age is wall-clock); the worker's tasks have not run yet.
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(f.db.outbox_len().unwrap(), 5);
+    until("the old results to expire", || {
+        f.db.outbox_len().unwrap() == 0
+    })
+    .await;
+    until("the outbox to be counted again", || {
+        f.worker.status().outbox == 0
+    })
+    .await;
     f.stop().await;
 }
