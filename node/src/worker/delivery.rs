@@ -11,7 +11,7 @@
 //! an acknowledgement removes a result. Every [`EXPIRE_EVERY`] the loop drops
 //! results older than the worker's `outbox_expiry`. The counts admission reads
 //! (rows and bytes per submitter, [`OutboxCounts`]) are recounted from the database
-//! after each delivery, expiry and cancel, and grow with each result written.
+//! at every wake of the loop and after a cancel, and grow with each result written.
 //! This node's own results go to its scheduler directly
 //! ([`LocalResults`](super::LocalResults)). Every database call runs through
 //! [`Db::run`](crate::store::Db::run), off the async threads.
@@ -115,6 +115,7 @@ impl Worker {
                     counts.bytes = counts.bytes.saturating_add(size);
                 }
                 self.inner.outbox_len.fetch_add(1, Ordering::Relaxed);
+                self.inner.outbox_writes.fetch_add(1, Ordering::Release);
                 self.inner.deliver.notify_one();
             }
             Err(e) => {
@@ -128,9 +129,15 @@ impl Worker {
     }
 
     /// Counts the outbox again, per submitter (after deliveries, expiry and cancels).
+    /// A result written while the count is read wakes the delivery loop, which
+    /// counts again: the counts never stay behind a write.
     pub(super) async fn refresh_outbox_len(&self) {
+        let written = self.inner.outbox_writes.load(Ordering::Acquire);
         match self.inner.db.run(|db| db.outbox_usage()).await {
             Ok(usage) => {
+                if self.inner.outbox_writes.load(Ordering::Acquire) != written {
+                    self.inner.deliver.notify_one();
+                }
                 let mut counts = OutboxCounts::default();
                 for u in usage {
                     counts.rows += u.rows;
@@ -173,7 +180,6 @@ impl Worker {
                             }
                         }
                     }
-                    self.refresh_outbox_len().await;
                 }
                 _ = self.inner.deliver.notified() => {}
                 _ = tokio::time::sleep(RETRY_EVERY), if waiting => {}
@@ -182,6 +188,9 @@ impl Worker {
                 expired_at = Some(Instant::now());
                 self.expire().await;
             }
+            // From the database (a covering index), not only from the counts kept
+            // in between: what to deliver never depends on them.
+            self.refresh_outbox_len().await;
             let now = Instant::now();
             backoff.retain(|_, (until, _)| *until > now);
             self.start_deliveries(&mut running, &mut busy, &backoff);
@@ -233,7 +242,6 @@ impl Worker {
                     after = %humantime::format_duration(expiry),
                     "dropped results their submitters never took"
                 );
-                self.refresh_outbox_len().await;
             }
             Err(e) => tracing::warn!(error = %e, "cannot expire old results"),
         }

@@ -126,6 +126,9 @@ struct Inner {
     outbox_len: AtomicU64,
     /// The same per submitter, with bytes (for the quotas).
     outbox: Mutex<delivery::OutboxCounts>,
+    /// Results written to the outbox since start (a recount that overlaps one
+    /// counts again).
+    outbox_writes: AtomicU64,
     /// Tests only: take every offer and advertise the most slots a peer may claim
     /// (an inflating peer; see `Seams::inflater`).
     #[cfg(feature = "test-utils")]
@@ -256,6 +259,7 @@ impl Worker {
                 // Counted by the delivery task as it starts (off the async threads).
                 outbox_len: 0.into(),
                 outbox: Mutex::default(),
+                outbox_writes: 0.into(),
                 #[cfg(feature = "test-utils")]
                 greedy: false.into(),
                 deliver: Notify::new(),
