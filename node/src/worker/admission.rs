@@ -9,12 +9,18 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use libp2p::PeerId;
+use tokio::time::{Duration, Instant};
 use tracing::Instrument;
 
 use super::{QUEUE_FACTOR, Worker};
 use crate::net::protocol::{Assignment, JobId, RejectReason, TaskReply};
 use crate::sandbox::ChunkControl;
 use crate::store::db::Write;
+
+/// How long a submitter refused for want of room counts as waiting.
+pub(super) const WAITING: Duration = Duration::from_secs(30);
+/// Most submitters remembered as waiting (the oldest are forgotten first by age).
+const MAX_WAITING: usize = 256;
 
 impl Worker {
     /// Takes what it can of an offer from `submitter`, refusing the rest with a reason.
@@ -50,8 +56,18 @@ impl Worker {
         }
         let mut taken = Vec::new();
         let mut over_limits = false;
+        let mut refused_for_room = false;
         {
             let mut active = self.active();
+            // The fair share: while another submitter holds or waits for a slot,
+            // this one may hold at most its share of what the worker takes.
+            let mut held = active.keys().filter(|k| k.0 == submitter).count();
+            let others = active.keys().any(|k| k.0 != submitter) || self.others_wait(submitter);
+            let share = if self.inflates() {
+                usize::MAX
+            } else {
+                limits.share(capacity, others)
+            };
             for a in assignments {
                 let key = (submitter, job_id, a.chunk, a.attempt);
                 if active.contains_key(&key) {
@@ -82,15 +98,20 @@ impl Worker {
                     ));
                 } else if outbox_full {
                     rejected.push((a.chunk, a.attempt, RejectReason::NoFreeSlots));
-                } else if active.len() >= capacity {
+                } else if active.len() >= capacity || held >= share {
+                    refused_for_room = true;
                     rejected.push((a.chunk, a.attempt, busy.clone()));
                 } else {
                     let control = Arc::new(ChunkControl::gated(self.inner.gate.clone()));
                     active.insert(key, control.clone());
+                    held += 1;
                     accepted.push((a.chunk, a.attempt));
                     taken.push((a, control));
                 }
             }
+        }
+        if refused_for_room {
+            self.waits(submitter);
         }
         for (assignment, control) in taken {
             let worker = self.clone();
@@ -108,6 +129,26 @@ impl Worker {
             );
         }
         TaskReply::Offer { accepted, rejected }
+    }
+
+    /// `submitter` was refused for want of room: it waits, and the others hold only
+    /// their share for [`WAITING`] (it retries sooner, and is remembered again).
+    fn waits(&self, submitter: PeerId) {
+        let now = Instant::now();
+        let mut waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.retain(|_, at| now.duration_since(*at) < WAITING);
+        if waiting.len() < MAX_WAITING || waiting.contains_key(&submitter) {
+            waiting.insert(submitter, now);
+        }
+    }
+
+    /// Whether a submitter other than `submitter` waited for room recently.
+    fn others_wait(&self, submitter: PeerId) -> bool {
+        let now = Instant::now();
+        let waiting = self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting
+            .iter()
+            .any(|(peer, at)| *peer != submitter && now.duration_since(*at) < WAITING)
     }
 
     /// Stops the given chunks of `submitter`'s job (all of them when `chunks` is

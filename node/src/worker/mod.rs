@@ -116,6 +116,8 @@ struct Inner {
     /// Wakes the politeness loop after a pause, resume or change of preferences.
     politeness_changed: Notify,
     active: Mutex<HashMap<Key, Arc<ChunkControl>>>,
+    /// Submitters refused for want of room, and when (the fair share's "waiting").
+    waiting: Mutex<HashMap<PeerId, tokio::time::Instant>>,
     /// This node's scheduler: results of its own jobs are delivered to it directly.
     local_scheduler: OnceLock<LocalResults>,
     /// Modules loaded by blob hash, so a chunk costs no disk read or hashing.
@@ -253,6 +255,7 @@ impl Worker {
                 politeness,
                 politeness_changed: Notify::new(),
                 active: Mutex::new(HashMap::new()),
+                waiting: Mutex::new(HashMap::new()),
                 modules: Mutex::new(HashMap::new()),
                 refused_modules: Mutex::default(),
                 local_scheduler: OnceLock::new(),

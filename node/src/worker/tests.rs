@@ -721,3 +721,47 @@ async fn a_submitter_over_its_outbox_quota_is_refused_alone_and_old_results_expi
     .await;
     f.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_submitter_holds_at_most_half_the_slots_while_another_waits() {
+    // 2 slots: the worker takes 8 assignments at once.
+    let f = Fixture::new(
+        lend(2),
+        Arc::new(TestClock::default()),
+        &local_key(),
+        Vec::new(),
+    );
+    f.probe.hold.store(true, Ordering::Relaxed);
+    let (a, b) = (PeerId::random(), PeerId::random());
+    let offer = |peer: PeerId, chunks: std::ops::Range<u32>| {
+        let TaskReply::Offer { accepted, rejected } =
+            f.worker
+                .offer(peer, JOB, chunks.map(|c| f.assignment(c)).collect())
+        else {
+            panic!("an offer gets an offer reply");
+        };
+        assert!(
+            rejected.iter().all(|r| r.2 == RejectReason::NoFreeSlots),
+            "{rejected:?}"
+        );
+        accepted.len()
+    };
+    assert_eq!(offer(a, 0..10), 8, "alone, a submitter may take everything");
+    assert_eq!(offer(b, 0..4), 0, "full: the other waits");
+    // `a` gives back five; while `b` waits, `a` holds at most half (4).
+    f.worker.cancel(a, JOB, &[0, 1, 2, 3, 4]);
+    until("a's cancelled chunks to stop", || {
+        f.worker.status().active == 3
+    })
+    .await;
+    assert_eq!(offer(a, 20..23), 1, "a is capped at its share");
+    assert_eq!(offer(b, 0..10), 4, "b gets its share");
+    assert_eq!(f.worker.status().active, 8);
+    // Once nobody else waits (30 s without a refusal), `a` may take it all again.
+    f.worker.cancel(b, JOB, &[]);
+    until("b's chunks to stop", || f.worker.status().active == 4).await;
+    tokio::time::sleep(super::admission::WAITING).await;
+    assert_eq!(offer(a, 30..40), 4);
+    f.probe.hold.store(false, Ordering::Relaxed);
+    f.stop().await;
+}
