@@ -145,10 +145,15 @@ pub struct NodeOptions {
     #[arg(long, value_name = "SIZE")]
     pub memory_total: Option<String>,
     /// Most disk space the blob cache (modules, inputs, outputs) may use, e.g.
-    /// 10GiB, or "off"; least recently used blobs are evicted, never those of this
-    /// node's own jobs or results not yet delivered. [default: off]
+    /// 10GiB, "auto" (10 % of the free disk at start, at most 4GiB) or "off"; least
+    /// recently used blobs are evicted, never those of this node's own jobs or
+    /// results not yet delivered. [default: auto]
     #[arg(long, value_name = "SIZE")]
     pub blob_cache: Option<String>,
+    /// Free disk space never used by fetching blobs, e.g. 1GiB: a blob that would
+    /// leave less is not fetched (and the log says so). [default: 1GiB]
+    #[arg(long, value_name = "SIZE")]
+    pub min_free_disk: Option<String>,
     /// Most disk space compiled modules may use (DATA_DIR/modules), e.g. 512MiB;
     /// least recently used go first. [default: 512MiB]
     #[arg(long, value_name = "SIZE")]
@@ -307,6 +312,7 @@ impl NodeOptions {
             memory: self.memory.or(file.memory),
             memory_total: self.memory_total.or(file.memory_total),
             blob_cache: self.blob_cache.or(file.blob_cache),
+            min_free_disk: self.min_free_disk.or(file.min_free_disk),
             compile_cache: self.compile_cache.or(file.compile_cache),
             max_fuel: self.max_fuel.or(file.max_fuel),
             max_timeout: self.max_timeout.or(file.max_timeout),

@@ -31,8 +31,10 @@ pub struct NodeConfig {
     pub volunteer: VolunteerConfig,
     /// Most memory per chunk, in bytes.
     pub memory_per_chunk: u64,
-    /// Disk limit of the blob cache, in bytes; `None`: no limit.
-    pub blob_cache: Option<u64>,
+    /// Disk limit of the blob cache.
+    pub blob_cache: BlobCacheLimit,
+    /// Free disk that fetching blobs never goes below, in bytes.
+    pub min_free_disk: u64,
     /// Disk limit of the compile cache, in bytes.
     pub compile_cache: u64,
     /// What the worker lends at most (per chunk, per submitter, in the outbox).
@@ -52,6 +54,18 @@ pub struct NodeConfig {
     pub placement: PlacementPolicy,
     /// Adaptive replication's numbers (the defaults; tests change them).
     pub trust: TrustPolicy,
+}
+
+/// The blob cache's disk limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobCacheLimit {
+    /// No limit.
+    Off,
+    /// A share of the free disk, measured when the node starts
+    /// ([`auto_cache_limit`](crate::store::blobs::auto_cache_limit)).
+    Auto,
+    /// This many bytes.
+    Bytes(u64),
 }
 
 /// Resolution: flags and file merged, every default derived.
@@ -99,10 +113,17 @@ impl Resolve for NodeOptions {
             volunteer,
             memory_per_chunk,
             blob_cache: match self.blob_cache.as_deref().map(str::trim) {
-                None | Some("off") => None,
+                None | Some("auto") => BlobCacheLimit::Auto,
+                Some("off") => BlobCacheLimit::Off,
+                Some(s) => BlobCacheLimit::Bytes(
+                    parse_size(s).map_err(|e| ConfigError(format!("--blob-cache: {e}")))?,
+                ),
+            },
+            min_free_disk: match &self.min_free_disk {
                 Some(s) => {
-                    Some(parse_size(s).map_err(|e| ConfigError(format!("--blob-cache: {e}")))?)
+                    parse_size(s).map_err(|e| ConfigError(format!("--min-free-disk: {e}")))?
                 }
+                None => crate::store::blobs::DEFAULT_MIN_FREE,
             },
             compile_cache: match &self.compile_cache {
                 Some(s) => {

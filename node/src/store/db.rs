@@ -409,9 +409,10 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every blob this node's state refers to: the modules, inputs, verified and
-    /// returned outputs and merged results of its own jobs (finished ones too), and
-    /// the large outputs waiting in the outbox. The blob cache never evicts these.
+    /// Every blob this node's state refers to: the modules, inputs, verified outputs
+    /// and merged results of its own jobs (finished ones too), the outputs returned
+    /// for chunks not yet decided, and the large outputs waiting in the outbox. The
+    /// blob cache never evicts these; a losing replica's output is not among them.
     pub fn referenced_blobs(&self) -> Result<std::collections::HashSet<BlobHash>, DbError> {
         let conn = self.conn();
         let mut pinned = std::collections::HashSet::new();
@@ -420,7 +421,10 @@ impl Db {
             "SELECT result FROM jobs WHERE result IS NOT NULL",
             "SELECT input FROM chunks",
             "SELECT output FROM chunks WHERE output IS NOT NULL",
-            "SELECT output FROM replicas WHERE output IS NOT NULL",
+            // Replicas' outputs only while their chunk is open: once it is decided,
+            // the chunk's own output is pinned, and the losers' can go.
+            "SELECT r.output FROM replicas r JOIN chunks c ON c.job_id = r.job_id AND c.idx = r.chunk
+             WHERE r.output IS NOT NULL AND c.state = 'pending'",
             "SELECT output_blob FROM outbox WHERE output_blob IS NOT NULL",
         ] {
             let mut stmt = conn.prepare(query)?;
@@ -695,6 +699,42 @@ mod tests {
             }),
         ])
         .unwrap();
+        // Chunk 0 is open: both answers count. Chunk 1 was verified on "right":
+        // the loser's "wrong" output may go.
+        let answer = |idx: u32, attempt: u32, output: &[u8]| {
+            Write::Replica(
+                JobId([1; 16]),
+                ReplicaRow {
+                    chunk: idx,
+                    attempt,
+                    peer: format!("p{attempt}"),
+                    state: ReplicaStatus::Returned,
+                    issued_ms: 1,
+                    outcome: Some(vec![0]),
+                    output: Some(BlobHash::of(output)),
+                    output_data: None,
+                    fuel: Some(1),
+                    signature: None,
+                },
+            )
+        };
+        db.apply(&[
+            answer(0, 0, b"open a"),
+            answer(0, 1, b"open b"),
+            answer(1, 0, b"right"),
+            answer(1, 1, b"wrong"),
+            answer(1, 2, b"right"),
+            Write::ChunkState {
+                job: JobId([1; 16]),
+                idx: 1,
+                state: ChunkStatus::Verified,
+                outcome: Some(vec![0]),
+                output: Some(BlobHash::of(b"right")),
+                output_data: None,
+                solo: None,
+            },
+        ])
+        .unwrap();
         let pinned = db.referenced_blobs().unwrap();
         for hash in [
             BlobHash::of(b"m"),
@@ -702,10 +742,17 @@ mod tests {
             chunk(0).input,
             chunk(1).input,
             large,
+            BlobHash::of(b"open a"),
+            BlobHash::of(b"open b"),
+            BlobHash::of(b"right"),
         ] {
             assert!(pinned.contains(&hash), "{hash:?} is not pinned");
         }
         assert!(!pinned.contains(&BlobHash::of(b"someone else's module")));
+        assert!(
+            !pinned.contains(&BlobHash::of(b"wrong")),
+            "a losing replica's output is not pinned"
+        );
     }
 
     #[test]
