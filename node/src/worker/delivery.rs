@@ -369,3 +369,76 @@ pub(super) fn batches(rows: Vec<OutboxRow>) -> Vec<Vec<OutboxRow>> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::protocol::{BlobHash, WireOutcome};
+
+    fn row(chunk: u32, output: usize) -> (OutboxRow, ChunkResult) {
+        let result = ChunkResult {
+            job_id: JobId([0xff; 16]),
+            chunk,
+            attempt: u32::MAX,
+            outcome: WireOutcome::Ok,
+            output_hash: BlobHash::of(b""),
+            output: Some(Payload::Inline(vec![0xff; output])),
+            fuel_used: u64::MAX,
+            exec_micros: u64::MAX,
+            signature: vec![0xff; crate::types::MAX_SIGNATURE_BYTES],
+        };
+        let row = OutboxRow {
+            job_id: result.job_id,
+            chunk,
+            attempt: result.attempt,
+            submitter: "s".into(),
+            result: postcard::to_allocvec(&result).unwrap(),
+        };
+        (row, result)
+    }
+
+    #[test]
+    fn result_batches_fit_a_message_with_outputs_near_the_limits() {
+        let inline = super::super::INLINE_OUTPUT;
+        // The largest inline outputs (each alone or in pairs at most), outputs just
+        // over a third of a batch, and many small ones.
+        let sizes = [
+            inline,
+            inline,
+            inline - 1,
+            BATCH_BYTES / 3 + 1,
+            BATCH_BYTES / 3 + 1,
+        ]
+        .into_iter()
+        .chain(std::iter::repeat_n(BATCH_BYTES / 3 - 300, 3))
+        .chain(std::iter::repeat_n(10, 200));
+        let (rows, results): (Vec<OutboxRow>, Vec<ChunkResult>) =
+            sizes.enumerate().map(|(i, n)| row(i as u32, n)).unzip();
+        let batches = batches(rows);
+        let mut next = 0;
+        for batch in &batches {
+            assert!(!batch.is_empty() && batch.len() <= DELIVERY_BATCH);
+            let sent: Vec<ChunkResult> = results[next..next + batch.len()].to_vec();
+            next += batch.len();
+            assert_eq!(
+                batch.iter().map(|r| r.chunk).collect::<Vec<_>>(),
+                sent.iter().map(|r| r.chunk).collect::<Vec<_>>(),
+                "in order, every result once"
+            );
+            let bytes = postcard::to_allocvec(&ResultBatch { results: sent }).unwrap();
+            assert!(bytes.len() <= MAX_RESULT_BYTES, "{} bytes", bytes.len());
+        }
+        assert_eq!(next, results.len());
+        // Two largest inline outputs fit one message; a third does not.
+        assert_eq!(batches[0].len(), 1, "4 MiB + 4 MiB is over a batch");
+        // No batch is cut short: the next result would not have fitted.
+        for pair in batches.windows(2) {
+            let bytes: usize = pair[0].iter().map(|r| r.result.len()).sum();
+            assert!(
+                pair[0].len() == DELIVERY_BATCH || bytes + pair[1][0].result.len() > BATCH_BYTES,
+                "a batch of {} ({bytes} bytes) could have taken the next",
+                pair[0].len()
+            );
+        }
+    }
+}
