@@ -339,7 +339,7 @@ async fn a_worker_paused_longer_than_withdraw_after_hands_its_chunks_back() {
         panic!("an offer gets an offer reply");
     };
     assert_eq!(accepted.len(), 3, "two run and one waits for a slot");
-    f.worker.pause(None).unwrap();
+    f.worker.pause(None).await.unwrap();
     assert_eq!(f.worker.capacity().0, 0, "a paused worker lends nothing");
     let TaskReply::Offer { rejected, .. } = f.offer(10..11) else {
         panic!("an offer gets an offer reply");
