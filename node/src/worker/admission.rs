@@ -12,6 +12,7 @@ use libp2p::PeerId;
 use tokio::time::{Duration, Instant};
 use tracing::Instrument;
 
+use super::metrics::REFUSE_REASONS;
 use super::{QUEUE_FACTOR, Worker};
 use crate::net::protocol::{Assignment, JobId, RejectReason, TaskReply};
 use crate::sandbox::ChunkControl;
@@ -57,6 +58,7 @@ impl Worker {
         let mut taken = Vec::new();
         let mut over_limits = false;
         let mut refused_for_room = false;
+        let mut over_share = 0u64;
         {
             let mut active = self.active();
             // The fair share: while another submitter holds or waits for a slot,
@@ -100,6 +102,9 @@ impl Worker {
                     rejected.push((a.chunk, a.attempt, RejectReason::NoFreeSlots));
                 } else if active.len() >= capacity || held >= share {
                     refused_for_room = true;
+                    if active.len() < capacity {
+                        over_share += 1;
+                    }
                     rejected.push((a.chunk, a.attempt, busy.clone()));
                 } else {
                     let control = Arc::new(ChunkControl::gated(self.inner.gate.clone()));
@@ -113,6 +118,7 @@ impl Worker {
         if refused_for_room {
             self.waits(submitter);
         }
+        self.count_refusals(&rejected, over_share);
         for (assignment, control) in taken {
             let worker = self.clone();
             let span = tracing::info_span!(
@@ -129,6 +135,34 @@ impl Worker {
             );
         }
         TaskReply::Offer { accepted, rejected }
+    }
+
+    /// Records refusals by reason (`over_share` of the `NoFreeSlots` ones were for
+    /// the fair share).
+    fn count_refusals(&self, rejected: &[(u32, u32, RejectReason)], over_share: u64) {
+        let mut counts = [0u64; REFUSE_REASONS.len()];
+        for (_, _, reason) in rejected {
+            let label = match reason {
+                RejectReason::NoFreeSlots | RejectReason::NotAccepting => 0,
+                RejectReason::Suspended => 2,
+                RejectReason::LimitsTooHigh(_) => 3,
+                RejectReason::BadModule(_) => 4,
+                RejectReason::OutboxFull { .. } => 5,
+            };
+            counts[label] += 1;
+        }
+        let share = over_share.min(counts[0]);
+        counts[0] -= share;
+        counts[1] += share;
+        for (label, n) in REFUSE_REASONS.iter().zip(counts) {
+            if n > 0 {
+                self.inner
+                    .metrics
+                    .refused
+                    .with_label_values(&[label])
+                    .inc_by(n);
+            }
+        }
     }
 
     /// `submitter` was refused for want of room: it waits, and the others hold only

@@ -237,6 +237,7 @@ impl Worker {
         match self.inner.db.run(move |db| db.outbox_expire(before)).await {
             Ok(0) => {}
             Ok(n) => {
+                self.inner.metrics.expired.inc_by(n as u64);
                 tracing::info!(
                     expired = n,
                     after = %humantime::format_duration(expiry),

@@ -534,6 +534,8 @@ async fn limits_over_the_workers_maxima_are_refused_with_the_maxima() {
         with(5, Limits::CHUNK),
     ];
     assert_eq!(f.worker.offer(submitter, JOB, over), most);
+    let metrics = &f.worker.inner.metrics.refused;
+    assert_eq!(metrics.with_label_values(&["limits_too_high"]).get(), 5);
     assert_eq!(
         f.worker.status().active,
         0,
@@ -755,6 +757,20 @@ async fn one_submitter_holds_at_most_half_the_slots_while_another_waits() {
     })
     .await;
     assert_eq!(offer(a, 20..23), 1, "a is capped at its share");
+    let refused = |reason: &str| {
+        f.worker
+            .inner
+            .metrics
+            .refused
+            .with_label_values(&[reason])
+            .get()
+    };
+    assert_eq!(refused("fair_share"), 2);
+    assert_eq!(
+        refused("no_free_slots"),
+        2 + 4,
+        "a's 2 over capacity, then b's 4"
+    );
     assert_eq!(offer(b, 0..10), 4, "b gets its share");
     assert_eq!(f.worker.status().active, 8);
     // Once nobody else waits (30 s without a refusal), `a` may take it all again.
