@@ -54,3 +54,25 @@ async fn a_worker_refuses_limits_over_its_maxima_and_the_job_goes_elsewhere() {
     assert_eq!(net.node(2).state().worker().status().executed, 0);
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_in_wat_text_is_refused_at_submit_since_workers_take_binaries_only() {
+    let net = TestNet::spawn(1).await;
+    let text = br#"(module
+      (import "peergrid" "log" (func (param i32 i32 i32)))
+      (memory (export "memory") 1)
+      (func (export "peergrid_abi_v1"))
+      (func (export "peergrid_alloc") (param i32) (result i32) (i32.const 1024))
+      (func (export "peergrid_run") (param i32 i32) (result i32) (i32.const 0)))"#;
+    let spec = JobSpec::default();
+    let err = net
+        .submit_module(0, "text", text, None, Some(vec![vec![1]]), spec.clone())
+        .await
+        .expect_err("text is refused");
+    assert!(err.to_string().contains("WAT text"), "{err}");
+    let binary = wat::parse_bytes(text).expect("valid WAT").into_owned();
+    net.submit_module(0, "binary", &binary, None, Some(vec![vec![1]]), spec)
+        .await
+        .expect("the same module as a binary is taken");
+    net.shutdown().await;
+}

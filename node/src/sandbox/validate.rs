@@ -30,7 +30,8 @@ pub enum ModuleError {
     TooLarge(String),
     /// WAT text from a peer: only the local CLI may hand over text.
     #[error(
-        "WAT text is accepted only from the local command line; peers must send a binary module"
+        "the module is WAT text: peers take binary modules only (peergrid submit and peergrid run \
+         compile a .wat file themselves; elsewhere, compile it with wat2wasm)"
     )]
     TextFromPeer,
     /// wasmtime could not validate or compile it.
