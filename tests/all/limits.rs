@@ -66,7 +66,7 @@ async fn a_job_in_wat_text_is_refused_at_submit_since_workers_take_binaries_only
       (func (export "peergrid_run") (param i32 i32) (result i32) (i32.const 0)))"#;
     let spec = JobSpec::default();
     let err = net
-        .submit_module(0, "text", text, None, Some(vec![vec![1]]), spec.clone())
+        .submit_module(0, "text", text, None, Some(vec![vec![1]]), spec)
         .await
         .expect_err("text is refused");
     assert!(err.to_string().contains("WAT text"), "{err}");
