@@ -153,6 +153,11 @@ impl Worker {
 
     /// Sends outbox entries to their submitters until shutdown; an entry leaves the
     /// outbox only when acknowledged (or expired).
+    ///
+    /// Every wake recounts the outbox from the database before choosing whom to
+    /// deliver to, so a stale count (a recount that read the table just before a new
+    /// row was written) can never leave a result undelivered until the next one
+    /// arrives (a one-chunk job once waited its 120 s soft timeout that way).
     pub(super) async fn deliver_loop(&self) {
         self.refresh_outbox_len().await;
         let mut backoff = Backoff::new();
