@@ -23,6 +23,8 @@ pub trait SimulatedPeers: Send + 'static {
     fn results(&mut self, _peer: PeerId, _batch: ResultBatch) -> Result<ResultAck, RequestError> {
         Err(RequestError::Unreachable)
     }
+    /// An offence counted against a peer; by default forgotten.
+    fn penalize(&mut self, _peer: PeerId, _reason: String) {}
 }
 
 /// Answers commands until every client is dropped.
@@ -58,11 +60,11 @@ pub(super) async fn serve(mut commands: mpsc::Receiver<Command>, mut peers: impl
             Command::GetBlobPiece(_, _, reply) => {
                 let _ = reply.send(Err(RequestError::Unreachable));
             }
+            Command::Penalize(peer, reason) => peers.penalize(peer, reason),
             Command::PublishAdvert(_)
             | Command::RespondTask(..)
             | Command::RespondResults(..)
-            | Command::RespondBlob(..)
-            | Command::Penalize(..) => {}
+            | Command::RespondBlob(..) => {}
         }
     }
 }

@@ -59,6 +59,8 @@ impl Worker {
         let mut over_limits = false;
         let mut refused_for_room = false;
         let mut over_share = 0u64;
+        // One offence per offer at most (a module no honest submitter sends).
+        let mut offence: Option<String> = None;
         {
             let mut active = self.active();
             // The fair share: while another submitter holds or waits for a slot,
@@ -87,7 +89,10 @@ impl Worker {
                         );
                     }
                     rejected.push((a.chunk, a.attempt, RejectReason::LimitsTooHigh(most)));
-                } else if let Some(why) = self.refused_module(&a.module) {
+                } else if let Some((why, hostile)) = self.refused_module(&a.module) {
+                    if hostile && offence.is_none() {
+                        offence = Some(format!("offered module {} again: {why}", a.module));
+                    }
                     rejected.push((a.chunk, a.attempt, RejectReason::BadModule(why)));
                 } else if quota_full {
                     rejected.push((
@@ -119,6 +124,12 @@ impl Worker {
             self.waits(submitter);
         }
         self.count_refusals(&rejected, over_share);
+        if let Some(reason) = offence.filter(|_| submitter != self.inner.net.local_peer_id()) {
+            let net = self.inner.net.clone();
+            self.inner
+                .tasks
+                .spawn(async move { net.penalize(submitter, reason).await }.in_current_span());
+        }
         for (assignment, control) in taken {
             let worker = self.clone();
             let span = tracing::info_span!(

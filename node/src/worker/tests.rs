@@ -623,9 +623,13 @@ async fn a_module_over_a_cap_or_in_text_is_refused_once_and_then_at_admission() 
     f.stop().await;
 }
 
-/// Takes every result batch sent to it, and records which peer got what.
+/// Takes every result batch sent to it, and records which peer got what, and the
+/// offences counted against peers.
 #[derive(Clone, Default)]
-struct Takers(Arc<Mutex<Vec<(PeerId, u32)>>>);
+struct Takers(
+    Arc<Mutex<Vec<(PeerId, u32)>>>,
+    Arc<Mutex<Vec<(PeerId, String)>>>,
+);
 
 impl SimulatedPeers for Takers {
     fn peers(&mut self) -> Vec<PeerInfo> {
@@ -638,6 +642,10 @@ impl SimulatedPeers for Takers {
         _request: crate::net::protocol::TaskRequest,
     ) -> Result<TaskReply, RequestError> {
         Err(RequestError::Unreachable)
+    }
+
+    fn penalize(&mut self, peer: PeerId, reason: String) {
+        self.1.lock().unwrap().push((peer, reason));
     }
 
     fn results(&mut self, peer: PeerId, batch: ResultBatch) -> Result<ResultAck, RequestError> {
@@ -803,5 +811,49 @@ async fn one_submitter_holds_at_most_half_the_slots_while_another_waits() {
     tokio::time::sleep(super::admission::WAITING).await;
     assert_eq!(offer(a, 30..40), 4);
     f.probe.hold.store(false, Ordering::Relaxed);
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_module_no_honest_peer_sends_is_an_offence_and_a_merely_invalid_one_is_not() {
+    let takers = Takers::default();
+    let f = Fixture::build(
+        lend(2),
+        Arc::new(TestClock::default()),
+        &local_key(),
+        Vec::new(),
+        WorkerLimits::default(),
+        takers.clone(),
+    );
+    let blobs = BlobStore::open(f._dir.path().join("blobs")).unwrap();
+    let huge = format!("(module {})", "(func)".repeat(100_001));
+    let bomb = blobs.put(&wat::parse_str(&huge).unwrap()).unwrap();
+    let no_abi = blobs.put(&wat::parse_str("(module)").unwrap()).unwrap();
+    let stranger = PeerId::random();
+    let offer = |chunk: u32, module: BlobHash| {
+        let a = Assignment {
+            module,
+            ..f.assignment(chunk)
+        };
+        f.worker.offer(stranger, JOB, vec![a])
+    };
+    let penalties = || takers.1.lock().unwrap().len();
+    let results = || takers.0.lock().unwrap().len();
+    assert!(matches!(offer(0, bomb), TaskReply::Offer { accepted, .. } if accepted.len() == 1));
+    until("the bomb's Invalid result to be delivered", || {
+        results() == 1
+    })
+    .await;
+    assert_eq!(penalties(), 1);
+    assert!(takers.1.lock().unwrap()[0].1.contains("functions: 100001"));
+    // Offered again: refused at once, and counted again.
+    assert!(matches!(offer(1, bomb), TaskReply::Offer { rejected, .. } if rejected.len() == 1));
+    until("the second offence", || penalties() == 2).await;
+    // A module that fails the ABI is refused too, but is no offence.
+    assert!(matches!(offer(2, no_abi), TaskReply::Offer { accepted, .. } if accepted.len() == 1));
+    until("the invalid module's result", || results() == 2).await;
+    assert!(matches!(offer(3, no_abi), TaskReply::Offer { rejected, .. } if rejected.len() == 1));
+    assert_eq!(penalties(), 2);
+    assert!(takers.1.lock().unwrap().iter().all(|(p, _)| *p == stranger));
     f.stop().await;
 }
