@@ -40,6 +40,8 @@ pub(super) const BATCH_BYTES: usize = MAX_RESULT_BYTES - 64 * 1024;
 const PAGE_ROWS: usize = 256;
 /// Bytes of results read at a time (a page stops once it holds this much).
 const PAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Recounts of the outbox asked for by notifications are at least this far apart.
+const RECOUNT_GAP: Duration = Duration::from_millis(100);
 /// Submitters delivered to at once.
 pub(super) const DELIVERY_CONCURRENCY: usize = 8;
 /// While results wait, a delivery round starts at least this often.
@@ -72,6 +74,16 @@ impl OutboxCounts {
             self.per.get(submitter).copied().unwrap_or_default(),
         )
     }
+}
+
+/// What one delivery removed from the outbox: results and bytes sent and
+/// acknowledged, and whether it dropped others (undeliverable) so that only a
+/// recount knows the counts.
+#[derive(Debug, Default)]
+pub(super) struct Removed {
+    rows: u64,
+    bytes: u64,
+    recount: bool,
 }
 
 /// A result's size as the outbox counts it: encoded, plus a large output's blob.
@@ -136,6 +148,7 @@ impl Worker {
         match self.inner.db.run(|db| db.outbox_usage()).await {
             Ok(usage) => {
                 if self.inner.outbox_writes.load(Ordering::Acquire) != written {
+                    self.inner.outbox_stale.store(true, Ordering::Release);
                     self.inner.deliver.notify_one();
                 }
                 let mut counts = OutboxCounts::default();
@@ -154,27 +167,46 @@ impl Worker {
     /// Sends outbox entries to their submitters until shutdown; an entry leaves the
     /// outbox only when acknowledged (or expired).
     ///
-    /// Every wake recounts the outbox from the database before choosing whom to
-    /// deliver to, so a stale count (a recount that read the table just before a new
-    /// row was written) can never leave a result undelivered until the next one
-    /// arrives (a one-chunk job once waited its 120 s soft timeout that way).
+    /// Whom to deliver to comes from the counts per submitter: grown by each result
+    /// written (before its notification), shrunk by what each delivery removed, and
+    /// recounted from the database at start, every [`RETRY_EVERY`] while results
+    /// wait, after an expiry or a cancel, when a recount overlapped a write, and when
+    /// a notification finds nobody to deliver to (at most every [`RECOUNT_GAP`]). So a
+    /// stale count (a recount that read the table just before a new row was written)
+    /// never leaves a result undelivered until the next one arrives (a one-chunk job
+    /// once waited its 120 s soft timeout that way), and a busy worker does not
+    /// recount once per result.
     pub(super) async fn deliver_loop(&self) {
         self.refresh_outbox_len().await;
+        let mut last_recount = Instant::now();
+        let mut recount_at: Option<Instant> = None;
         let mut backoff = Backoff::new();
-        let mut running: JoinSet<(String, Result<(), String>)> = JoinSet::new();
+        let mut running: JoinSet<(String, Removed, Result<(), String>)> = JoinSet::new();
         let mut busy: HashSet<String> = HashSet::new();
+        // Submitters whose last delivery found nothing although counted: not tried
+        // again before the next recount.
+        let mut idle: HashSet<String> = HashSet::new();
         let mut expired_at: Option<Instant> = None;
         loop {
             let waiting = self.inner.outbox_len.load(Ordering::Relaxed) > 0;
+            let mut notified = false;
             tokio::select! {
                 biased;
                 _ = self.inner.shutdown.cancelled() => break,
                 Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok((submitter, outcome)) = done {
+                    if let Ok((submitter, removed, outcome)) = done {
                         busy.remove(&submitter);
+                        if removed.recount {
+                            recount_at.get_or_insert_with(Instant::now);
+                        }
+                        self.uncount(&submitter, &removed);
                         match outcome {
                             Ok(()) => {
                                 backoff.remove(&submitter);
+                                if removed.rows == 0 && !removed.recount {
+                                    recount_at.get_or_insert(last_recount + RECOUNT_GAP);
+                                    idle.insert(submitter);
+                                }
                             }
                             Err(e) => {
                                 tracing::debug!(%submitter, error = %e, "result delivery failed; will retry");
@@ -186,19 +218,34 @@ impl Worker {
                         }
                     }
                 }
-                _ = self.inner.deliver.notified() => {}
-                _ = tokio::time::sleep(RETRY_EVERY), if waiting => {}
+                _ = self.inner.deliver.notified() => notified = true,
+                _ = tokio::time::sleep(RETRY_EVERY), if waiting => {
+                    recount_at = Some(Instant::now());
+                }
+                _ = tokio::time::sleep_until(recount_at.unwrap_or_else(Instant::now)), if recount_at.is_some() => {}
             }
             if expired_at.is_none_or(|at| at.elapsed() >= EXPIRE_EVERY) {
                 expired_at = Some(Instant::now());
-                self.expire().await;
+                if self.expire().await {
+                    recount_at = Some(Instant::now());
+                }
             }
-            // From the database (a covering index), not only from the counts kept
-            // in between: what to deliver never depends on them.
-            self.refresh_outbox_len().await;
+            if self.inner.outbox_stale.swap(false, Ordering::AcqRel) {
+                recount_at.get_or_insert(last_recount + RECOUNT_GAP);
+            }
+            if recount_at.is_some_and(|at| at <= Instant::now()) {
+                self.refresh_outbox_len().await;
+                last_recount = Instant::now();
+                recount_at = None;
+                idle.clear();
+            }
             let now = Instant::now();
             backoff.retain(|_, (until, _)| *until > now);
-            self.start_deliveries(&mut running, &mut busy, &backoff);
+            let started = self.start_deliveries(&mut running, &mut busy, &idle, &backoff);
+            if notified && started == 0 && recount_at.is_none() {
+                // Nothing to do for a new result: the counts may be stale.
+                recount_at = Some((last_recount + RECOUNT_GAP).max(now));
+            }
         }
         // Results stay in the outbox until acknowledged: an interrupted delivery is
         // sent again after a restart (the submitter takes a result once).
@@ -206,41 +253,68 @@ impl Worker {
         while running.join_next().await.is_some() {}
     }
 
+    /// Takes what a delivery removed off the counts.
+    fn uncount(&self, submitter: &str, removed: &Removed) {
+        if removed.rows == 0 {
+            return;
+        }
+        let mut counts = self.outbox_counts();
+        let mut gone = false;
+        if let Some(mine) = counts.per.get_mut(submitter) {
+            mine.0 = mine.0.saturating_sub(removed.rows);
+            mine.1 = mine.1.saturating_sub(removed.bytes);
+            gone = mine.0 == 0;
+        }
+        if gone {
+            counts.per.remove(submitter);
+        }
+        counts.rows = counts.rows.saturating_sub(removed.rows);
+        counts.bytes = counts.bytes.saturating_sub(removed.bytes);
+        self.inner.outbox_len.store(counts.rows, Ordering::Relaxed);
+    }
+
     /// Starts a delivery task for each submitter with results waiting that is not
     /// being delivered to or backed off from, up to [`DELIVERY_CONCURRENCY`].
+    /// Returns how many it started.
     fn start_deliveries(
         &self,
-        running: &mut JoinSet<(String, Result<(), String>)>,
+        running: &mut JoinSet<(String, Removed, Result<(), String>)>,
         busy: &mut HashSet<String>,
+        idle: &HashSet<String>,
         backoff: &Backoff,
-    ) {
+    ) -> usize {
         if running.len() >= DELIVERY_CONCURRENCY {
-            return;
+            return 0;
         }
         let waiting: Vec<String> = self
             .outbox_counts()
             .per
             .iter()
-            .filter(|(s, (rows, _))| *rows > 0 && !busy.contains(*s) && !backoff.contains_key(*s))
+            .filter(|(s, (rows, _))| {
+                *rows > 0 && !busy.contains(*s) && !idle.contains(*s) && !backoff.contains_key(*s)
+            })
             .map(|(s, _)| s.clone())
             .take(DELIVERY_CONCURRENCY - running.len())
             .collect();
+        let started = waiting.len();
         for submitter in waiting {
             busy.insert(submitter.clone());
             let worker = self.clone();
             running.spawn(tracing::Instrument::in_current_span(async move {
-                let outcome = worker.deliver_submitter(&submitter).await;
-                (submitter, outcome)
+                let mut removed = Removed::default();
+                let outcome = worker.deliver_submitter(&submitter, &mut removed).await;
+                (submitter, removed, outcome)
             }));
         }
+        started
     }
 
-    /// Drops results older than the expiry.
-    async fn expire(&self) {
+    /// Drops results older than the expiry; whether it dropped any.
+    async fn expire(&self) -> bool {
         let expiry = self.inner.limits.outbox_expiry;
         let before = now_ms().saturating_sub(expiry.as_millis() as u64);
         match self.inner.db.run(move |db| db.outbox_expire(before)).await {
-            Ok(0) => {}
+            Ok(0) => false,
             Ok(n) => {
                 self.inner.metrics.expired.inc_by(n as u64);
                 tracing::info!(
@@ -248,14 +322,22 @@ impl Worker {
                     after = %humantime::format_duration(expiry),
                     "dropped results their submitters never took"
                 );
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "cannot expire old results"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot expire old results");
+                false
+            }
         }
     }
 
     /// Delivers `submitter`'s results, a page at a time, until none is left or a
     /// send fails.
-    async fn deliver_submitter(&self, submitter: &str) -> Result<(), String> {
+    async fn deliver_submitter(
+        &self,
+        submitter: &str,
+        removed: &mut Removed,
+    ) -> Result<(), String> {
         let mut after: Option<(JobId, u32, u32)> = None;
         loop {
             let who = submitter.to_string();
@@ -269,15 +351,21 @@ impl Worker {
                 return Ok(());
             };
             after = Some((last.job_id, last.chunk, last.attempt));
-            self.deliver_to(submitter, page).await?;
+            self.deliver_to(submitter, page, removed).await?;
         }
     }
 
     /// Sends `rows` to `submitter` in batches that fit a message, and drops what it
     /// acknowledges from the outbox. Rows that can never be delivered (a malformed
     /// submitter or result) are dropped with a warning.
-    async fn deliver_to(&self, submitter: &str, rows: Vec<OutboxRow>) -> Result<(), String> {
+    async fn deliver_to(
+        &self,
+        submitter: &str,
+        rows: Vec<OutboxRow>,
+        removed: &mut Removed,
+    ) -> Result<(), String> {
         let Ok(peer) = submitter.parse::<PeerId>() else {
+            removed.recount = true;
             tracing::warn!(%submitter, "dropping results for a malformed submitter id");
             self.delete(
                 submitter,
@@ -295,6 +383,7 @@ impl Worker {
             // Cannot happen (outputs over 4 MiB travel as blobs; messages are capped),
             // but such a row could never be sent: it must not wedge the rest.
             tracing::warn!(%submitter, n = oversized.len(), "dropping results too large for any message");
+            removed.recount = true;
             self.delete(
                 submitter,
                 oversized
@@ -306,25 +395,42 @@ impl Worker {
         }
         for batch in batches(rows) {
             let mut results = Vec::with_capacity(batch.len());
+            let mut sizes = HashMap::with_capacity(batch.len());
             for row in batch {
                 match postcard::from_bytes::<ChunkResult>(&row.result) {
-                    Ok(result) => results.push(result),
+                    Ok(result) => {
+                        let key = (result.job_id, result.chunk, result.attempt);
+                        sizes.insert(key, counted_bytes(row.result.len(), &result));
+                        results.push(result);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "dropping an outbox entry that does not decode");
+                        removed.recount = true;
                         self.delete(submitter, vec![(row.job_id, row.chunk, row.attempt)])
                             .await;
                     }
                 }
             }
             if !results.is_empty() {
-                self.send(peer, results).await?;
+                let stored = self.send(peer, results).await?;
+                // Only what was sent and acknowledged leaves the counts.
+                for key in stored {
+                    if let Some(bytes) = sizes.remove(&key) {
+                        removed.rows += 1;
+                        removed.bytes = removed.bytes.saturating_add(bytes);
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    /// Sends one batch and drops what the submitter acknowledged.
-    async fn send(&self, peer: PeerId, results: Vec<ChunkResult>) -> Result<(), String> {
+    /// Sends one batch and drops what the submitter acknowledged; returns that.
+    async fn send(
+        &self,
+        peer: PeerId,
+        results: Vec<ChunkResult>,
+    ) -> Result<Vec<(JobId, u32, u32)>, String> {
         let batch = ResultBatch { results };
         let ack = match self.inner.local_scheduler.get() {
             Some(local) if peer == self.inner.net.local_peer_id() => (local.0)(peer, batch).await,
@@ -335,8 +441,8 @@ impl Worker {
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        self.delete(&peer.to_string(), ack.stored).await;
-        Ok(())
+        self.delete(&peer.to_string(), ack.stored.clone()).await;
+        Ok(ack.stored)
     }
 
     /// Drops `submitter`'s acknowledged (or undeliverable) results.

@@ -131,6 +131,8 @@ struct Inner {
     /// Results written to the outbox since start (a recount that overlaps one
     /// counts again).
     outbox_writes: AtomicU64,
+    /// Set when a recount overlapped a write: the delivery loop counts again.
+    outbox_stale: std::sync::atomic::AtomicBool,
     /// Tests only: take every offer and advertise the most slots a peer may claim
     /// (an inflating peer; see `Seams::inflater`).
     #[cfg(feature = "test-utils")]
@@ -263,6 +265,7 @@ impl Worker {
                 outbox_len: 0.into(),
                 outbox: Mutex::default(),
                 outbox_writes: 0.into(),
+                outbox_stale: false.into(),
                 #[cfg(feature = "test-utils")]
                 greedy: false.into(),
                 deliver: Notify::new(),
