@@ -9,9 +9,10 @@
 //! task reads only its submitter's results, in keyset pages bounded by rows and
 //! bytes (`Db::outbox_page_of`), and sends them in batches that fit a message; only
 //! an acknowledgement removes a result. Every [`EXPIRE_EVERY`] the loop drops
-//! results older than the worker's `outbox_expiry`. The counts admission reads
-//! (rows and bytes per submitter, [`OutboxCounts`]) are recounted from the database
-//! at every wake of the loop and after a cancel, and grow with each result written.
+//! results older than the worker's `outbox_expiry`. The counts admission and the
+//! loop read (rows and bytes per submitter, [`OutboxCounts`]) grow with each result
+//! written, shrink by what each delivery removed, and are recounted from the
+//! database now and then (see [`Worker::deliver_loop`]).
 //! This node's own results go to its scheduler directly
 //! ([`LocalResults`](super::LocalResults)). Every database call runs through
 //! [`Db::run`](crate::store::Db::run), off the async threads.
