@@ -145,10 +145,46 @@ pub struct NodeOptions {
     #[arg(long, value_name = "SIZE")]
     pub memory_total: Option<String>,
     /// Most disk space the blob cache (modules, inputs, outputs) may use, e.g.
-    /// 10GiB, or "off"; least recently used blobs are evicted, never those of this
-    /// node's own jobs or results not yet delivered. [default: off]
+    /// 10GiB, "auto" (10 % of the free disk at start, at most 4GiB) or "off"; least
+    /// recently used blobs are evicted, never those of this node's own jobs or
+    /// results not yet delivered. [default: auto]
     #[arg(long, value_name = "SIZE")]
     pub blob_cache: Option<String>,
+    /// Free disk space never used by fetching blobs, e.g. 1GiB: a blob that would
+    /// leave less is not fetched (and the log says so). [default: 1GiB]
+    #[arg(long, value_name = "SIZE")]
+    pub min_free_disk: Option<String>,
+    /// Most disk space compiled modules may use (DATA_DIR/modules), e.g. 512MiB;
+    /// least recently used go first. [default: 512MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub compile_cache: Option<String>,
+    /// Most fuel one chunk of another peer's job may ask for (e.g. 500G), or "auto":
+    /// five minutes' worth at this machine's measured speed, at least the 100G a
+    /// default job asks for. An offer over it is refused with this maximum.
+    /// [default: auto]
+    #[arg(long, value_name = "FUEL")]
+    pub max_fuel: Option<String>,
+    /// Longest wall-clock timeout one chunk may ask for, e.g. 10m. [default: 10m]
+    #[arg(long, value_name = "DURATION")]
+    pub max_timeout: Option<String>,
+    /// Largest output one chunk may ask to return, e.g. 16MiB. [default: 16MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub max_output: Option<String>,
+    /// Most undelivered results kept for one submitter; beyond it that submitter's
+    /// offers are refused until it takes them. [default: 2000]
+    #[arg(long, value_name = "N")]
+    pub outbox_results_per_submitter: Option<u64>,
+    /// Most bytes of undelivered results (large outputs included) kept for one
+    /// submitter, e.g. 512MiB. [default: 512MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub outbox_bytes_per_submitter: Option<String>,
+    /// Undelivered results older than this are dropped, e.g. 1d. [default: 1d]
+    #[arg(long, value_name = "DURATION")]
+    pub outbox_expiry: Option<String>,
+    /// While another submitter waits for a slot, one submitter may hold at most this
+    /// share of the chunks this node takes, in percent (1-100). [default: 50]
+    #[arg(long, value_name = "PERCENT")]
+    pub submitter_share: Option<u32>,
     /// Control API address (127.0.0.1 only), or "off". [default: 127.0.0.1:7947]
     #[arg(long, value_name = "ADDR")]
     pub api: Option<String>,
@@ -276,6 +312,19 @@ impl NodeOptions {
             memory: self.memory.or(file.memory),
             memory_total: self.memory_total.or(file.memory_total),
             blob_cache: self.blob_cache.or(file.blob_cache),
+            min_free_disk: self.min_free_disk.or(file.min_free_disk),
+            compile_cache: self.compile_cache.or(file.compile_cache),
+            max_fuel: self.max_fuel.or(file.max_fuel),
+            max_timeout: self.max_timeout.or(file.max_timeout),
+            max_output: self.max_output.or(file.max_output),
+            outbox_results_per_submitter: self
+                .outbox_results_per_submitter
+                .or(file.outbox_results_per_submitter),
+            outbox_bytes_per_submitter: self
+                .outbox_bytes_per_submitter
+                .or(file.outbox_bytes_per_submitter),
+            outbox_expiry: self.outbox_expiry.or(file.outbox_expiry),
+            submitter_share: self.submitter_share.or(file.submitter_share),
             api: self.api.or(file.api),
             metrics: self.metrics.or(file.metrics),
             advert_interval: self.advert_interval.or(file.advert_interval),

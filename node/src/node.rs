@@ -40,7 +40,7 @@ use crate::net::protocol::CapacityAdvert;
 use crate::net::{self, NetClient};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::scheduler::{Scheduler, SchedulerContext};
-use crate::settings::NodeConfig;
+use crate::settings::{BlobCacheLimit, NodeConfig};
 use crate::store::{BlobStore, Db};
 use crate::worker::{Executor, SandboxExecutor, Worker};
 
@@ -251,11 +251,13 @@ impl Node {
         let data_dir = config.data_dir.clone();
         let metrics = AllMetrics::new();
         let blobs = BlobStore::open(data_dir.blobs())
-            .map_err(data_dir_error("opening the blob store", &data_dir.blobs()))?;
+            .map_err(data_dir_error("opening the blob store", &data_dir.blobs()))?
+            .with_min_free(config.min_free_disk);
         let db = Arc::new(Db::open(&data_dir.database())?.with_metrics(metrics.store.clone()));
         let sandbox = Sandbox::with_metrics(
             SandboxConfig {
                 cache_dir: Some(data_dir.module_cache()),
+                cache_bytes: config.compile_cache,
                 ..SandboxConfig::default()
             },
             metrics.sandbox.clone(),
@@ -302,6 +304,12 @@ impl Node {
                 ..config.volunteer.clone()
             },
             config.memory_per_chunk,
+            crate::worker::WorkerLimits {
+                max_fuel: config
+                    .max_fuel
+                    .unwrap_or_else(|| crate::worker::limits::default_max_fuel(fuel_per_sec)),
+                ..config.worker_limits
+            },
             Some(data_dir.volunteer_state()),
             shutdown.child_token(),
             metrics.worker.clone(),
@@ -372,7 +380,30 @@ impl Node {
 
         let mut tasks = JoinSet::new();
         tasks.spawn(advertise(state.clone(), shutdown.child_token()).in_current_span());
-        if let Some(limit) = state.config.blob_cache {
+        let cache_limit = match state.config.blob_cache {
+            BlobCacheLimit::Off => None,
+            BlobCacheLimit::Bytes(limit) => Some(limit),
+            BlobCacheLimit::Auto => {
+                let blobs = state.blobs.clone();
+                let measured = tokio::task::spawn_blocking(move || {
+                    let held = blobs.held().unwrap_or(0);
+                    blobs
+                        .free_space()
+                        .map(|free| crate::store::blobs::auto_cache_limit(free, held))
+                })
+                .await
+                .ok()
+                .flatten();
+                if let Some(limit) = measured {
+                    tracing::info!(
+                        limit_bytes = limit,
+                        "blob cache limit (auto: 10 % of the free disk, at most 4 GiB)"
+                    );
+                }
+                measured
+            }
+        };
+        if let Some(limit) = cache_limit {
             tasks.spawn(
                 keep_blob_cache(state.clone(), limit, shutdown.child_token()).in_current_span(),
             );

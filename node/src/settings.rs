@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use crate::config::{
     ConfigError, DEFAULT_API, DEFAULT_METRICS, DataDir, NodeOptions, parse_addr, parse_duration,
-    parse_multiaddrs, parse_size,
+    parse_fuel, parse_multiaddrs, parse_size,
 };
 use crate::net::NetConfig;
 use crate::scheduler::{PlacementPolicy, TrustPolicy};
+use crate::worker::WorkerLimits;
 use crate::worker::politeness::{
     Preferences, VolunteerConfig, parse_active_hours, parse_memory_total,
 };
@@ -30,8 +31,19 @@ pub struct NodeConfig {
     pub volunteer: VolunteerConfig,
     /// Most memory per chunk, in bytes.
     pub memory_per_chunk: u64,
-    /// Disk limit of the blob cache, in bytes; `None`: no limit.
-    pub blob_cache: Option<u64>,
+    /// Disk limit of the blob cache.
+    pub blob_cache: BlobCacheLimit,
+    /// Free disk that fetching blobs never goes below, in bytes.
+    pub min_free_disk: u64,
+    /// Disk limit of the compile cache, in bytes.
+    pub compile_cache: u64,
+    /// What the worker lends at most (per chunk, per submitter, in the outbox).
+    /// Its `max_fuel` is replaced at start when [`max_fuel`](Self::max_fuel) is
+    /// `None` (auto).
+    pub worker_limits: WorkerLimits,
+    /// Most fuel per chunk; `None`: from the calibrated speed
+    /// ([`default_max_fuel`](crate::worker::limits::default_max_fuel)).
+    pub max_fuel: Option<u64>,
     /// Control API address; `None` when off.
     pub api: Option<SocketAddr>,
     /// Metrics address; `None` when off.
@@ -42,6 +54,18 @@ pub struct NodeConfig {
     pub placement: PlacementPolicy,
     /// Adaptive replication's numbers (the defaults; tests change them).
     pub trust: TrustPolicy,
+}
+
+/// The blob cache's disk limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobCacheLimit {
+    /// No limit.
+    Off,
+    /// A share of the free disk, measured when the node starts
+    /// ([`auto_cache_limit`](crate::store::blobs::auto_cache_limit)).
+    Auto,
+    /// This many bytes.
+    Bytes(u64),
 }
 
 /// Resolution: flags and file merged, every default derived.
@@ -81,6 +105,7 @@ impl Resolve for NodeOptions {
             None => 512 * 1024 * 1024,
         };
         let volunteer = volunteer_of(&self, cpus)?;
+        let (worker_limits, max_fuel) = worker_limits_of(&self)?;
         Ok(NodeConfig {
             data_dir,
             net,
@@ -88,11 +113,26 @@ impl Resolve for NodeOptions {
             volunteer,
             memory_per_chunk,
             blob_cache: match self.blob_cache.as_deref().map(str::trim) {
-                None | Some("off") => None,
-                Some(s) => {
-                    Some(parse_size(s).map_err(|e| ConfigError(format!("--blob-cache: {e}")))?)
-                }
+                None | Some("auto") => BlobCacheLimit::Auto,
+                Some("off") => BlobCacheLimit::Off,
+                Some(s) => BlobCacheLimit::Bytes(
+                    parse_size(s).map_err(|e| ConfigError(format!("--blob-cache: {e}")))?,
+                ),
             },
+            min_free_disk: match &self.min_free_disk {
+                Some(s) => {
+                    parse_size(s).map_err(|e| ConfigError(format!("--min-free-disk: {e}")))?
+                }
+                None => crate::store::blobs::DEFAULT_MIN_FREE,
+            },
+            compile_cache: match &self.compile_cache {
+                Some(s) => {
+                    parse_size(s).map_err(|e| ConfigError(format!("--compile-cache: {e}")))?
+                }
+                None => crate::sandbox::cache::DEFAULT_COMPILE_CACHE_BYTES,
+            },
+            worker_limits,
+            max_fuel,
             api: parse_addr("api", self.api.as_deref().unwrap_or(DEFAULT_API), true)?,
             metrics: parse_addr(
                 "metrics",
@@ -118,6 +158,46 @@ impl Resolve for NodeOptions {
             trust: TrustPolicy::default(),
         })
     }
+}
+
+fn worker_limits_of(options: &NodeOptions) -> Result<(WorkerLimits, Option<u64>), ConfigError> {
+    let d = WorkerLimits::default();
+    let size = |v: &Option<String>, default: u64, what: &str| match v {
+        Some(s) => parse_size(s).map_err(|e| ConfigError(format!("--{what}: {e}"))),
+        None => Ok(default),
+    };
+    let duration = |v: &Option<String>, default: Duration, what: &str| match v {
+        Some(s) => parse_duration(s).map_err(|e| ConfigError(format!("--{what}: {e}"))),
+        None => Ok(default),
+    };
+    let max_fuel = match options.max_fuel.as_deref().map(str::trim) {
+        None | Some("auto") => None,
+        Some(s) => Some(parse_fuel(s).map_err(|e| ConfigError(format!("--max-fuel: {e}")))?),
+    };
+    let share = options.submitter_share.unwrap_or(d.submitter_share_percent);
+    if !(1..=100).contains(&share) {
+        return Err(ConfigError(format!(
+            "--submitter-share must be 1-100 (percent), got {share}"
+        )));
+    }
+    let limits = WorkerLimits {
+        max_fuel: max_fuel.unwrap_or(d.max_fuel),
+        max_timeout: duration(&options.max_timeout, d.max_timeout, "max-timeout")?,
+        max_output_bytes: size(&options.max_output, d.max_output_bytes, "max-output")?,
+        outbox_results_per_submitter: options
+            .outbox_results_per_submitter
+            .unwrap_or(d.outbox_results_per_submitter)
+            .max(1),
+        outbox_bytes_per_submitter: size(
+            &options.outbox_bytes_per_submitter,
+            d.outbox_bytes_per_submitter,
+            "outbox-bytes-per-submitter",
+        )?,
+        outbox_expiry: duration(&options.outbox_expiry, d.outbox_expiry, "outbox-expiry")?,
+        submitter_share_percent: share,
+        ..d
+    };
+    Ok((limits, max_fuel))
 }
 
 fn volunteer_of(options: &NodeOptions, cpus: u32) -> Result<VolunteerConfig, ConfigError> {

@@ -180,10 +180,11 @@ fn task_request() -> impl Strategy<Value = TaskRequest> {
 fn reject_reason() -> impl Strategy<Value = RejectReason> {
     prop_oneof![
         Just(RejectReason::NoFreeSlots),
-        Just(RejectReason::LimitsTooHigh),
+        limits().prop_map(RejectReason::LimitsTooHigh),
         Just(RejectReason::Suspended),
         Just(RejectReason::NotAccepting),
         ".{0,32}".prop_map(RejectReason::BadModule),
+        any::<(u64, u64)>().prop_map(|(rows, bytes)| RejectReason::OutboxFull { rows, bytes }),
     ]
 }
 

@@ -195,7 +195,9 @@ async fn a_job_whose_chunk_always_traps_ends_as_a_verified_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_the_workers_and_stays_cancelled_across_a_restart() {
     // The submitter lends nothing here, so the chunks run on the two workers.
+    // The workers lend all the fuel a chunk may ask for (it loops until cancelled).
     let mut net = TestNet::spawn_with(3, |i, c| {
+        c.max_fuel = Some(u64::MAX);
         if i == 0 {
             c.cpus = 0
         }

@@ -2,6 +2,7 @@
 
 mod examples;
 mod grid;
+mod limits;
 mod monitoring;
 mod network;
 mod scale;

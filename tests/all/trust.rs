@@ -317,7 +317,7 @@ async fn a_forged_cancel_from_another_peer_changes_nothing() {
     let worker = net.node(1).state().worker().clone();
     until_true("node 1 to hold chunks", || worker.status().active > 0).await;
     // Its chunks wait at the gate while it is paused: nothing ends by itself.
-    worker.pause(None).expect("pauses");
+    worker.pause(None).await.expect("pauses");
     let held = worker.status().active;
     let reply = net
         .node(2)
@@ -338,7 +338,7 @@ async fn a_forged_cancel_from_another_peer_changes_nothing() {
         held,
         "a forged cancel stopped chunks"
     );
-    worker.resume().expect("resumes");
+    worker.resume().await.expect("resumes");
     let status = net.wait_job(0, id, Duration::from_secs(240)).await;
     assert_eq!(status.state, JobState::Done, "{status:?}");
     assert_eq!(net.result(0, &status), local_result("mandelbrot", params));
@@ -379,7 +379,7 @@ async fn a_late_lie_for_a_withdrawn_replica_is_not_counted() {
         .expect("submitted");
     let withdrawer = net.node(3).state().worker().clone();
     until_true("node 3 to hold chunks", || withdrawer.status().active > 0).await;
-    withdrawer.pause(None).expect("pauses");
+    withdrawer.pause(None).await.expect("pauses");
     let node3 = net.node(3).peer_id();
     let db = net.node(0).state().db().clone();
     let withdrawn = peergrid_tests::wait_for(

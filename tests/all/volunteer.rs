@@ -33,7 +33,7 @@ async fn a_worker_paused_too_long_withdraws_its_chunks_and_the_job_completes_els
         (worker.status().active > 0).then_some(())
     })
     .await;
-    worker.pause(None).expect("paused");
+    worker.pause(None).await.expect("paused");
     assert_eq!(
         worker.status().slots_total,
         0,

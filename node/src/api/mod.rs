@@ -444,6 +444,7 @@ async fn put_preferences(
     state
         .worker
         .set_preferences(&changes, query.reset)
+        .await
         .map(Json)
         .map_err(|e| match e {
             PreferenceError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
@@ -463,7 +464,7 @@ async fn pause(
         .map(crate::config::parse_duration)
         .transpose()
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    state.worker.pause(duration).map_err(|e| {
+    state.worker.pause(duration).await.map_err(|e| {
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("could not keep the pause in the data dir: {e}"),
@@ -473,7 +474,7 @@ async fn pause(
 }
 
 async fn resume(State(state): State<Arc<NodeState>>) -> Result<Json<VolunteerStatus>, ApiError> {
-    state.worker.resume().map_err(|e| {
+    state.worker.resume().await.map_err(|e| {
         ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("could not keep the resume in the data dir: {e}"),

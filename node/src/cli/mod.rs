@@ -54,7 +54,8 @@ pub struct GlobalOpts {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    Node(node::NodeCmd),
+    // Boxed: its options are by far the largest variant.
+    Node(Box<node::NodeCmd>),
     Peers(peers::PeersCmd),
     Status(status::StatusCmd),
     Submit(submit::SubmitCmd),

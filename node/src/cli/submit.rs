@@ -123,7 +123,9 @@ impl SubmitCmd {
         struct Hash {
             hash: String,
         }
-        let module: Hash = client.post_bytes("/v1/blobs", &source.bytes)?;
+        // Peers take binary modules only: WAT text is compiled here, on this machine.
+        let binary = crate::sandbox::validate::to_binary(&source.bytes)?;
+        let module: Hash = client.post_bytes("/v1/blobs", &binary)?;
         let inputs = inputs
             .map(|list| {
                 list.iter()

@@ -5,6 +5,11 @@
 //! which hashes as it goes and admits the blob into the store only when the BLAKE3
 //! hash matches. A holder that answers with inconsistent pieces or bytes that do not
 //! match the hash is penalised, and the next holder is tried.
+//!
+//! Bounded: at most [`FETCH_CONCURRENCY`](crate::store::blobs::FETCH_CONCURRENCY)
+//! fetches into one store at once; nothing is fetched while the disk has less free
+//! than the store's floor (`--min-free-disk`), nor a blob that would take it below;
+//! a caller may cap the size ([`fetch_blob_max`]: modules).
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use libp2p::PeerId;
@@ -26,6 +31,25 @@ pub enum FetchError {
         hash: BlobHash,
         /// Each holder tried and what went wrong.
         tried: Vec<(PeerId, String)>,
+    },
+    /// The blob is larger than the caller accepts (a holder said so in its first
+    /// piece; nothing more was fetched).
+    #[error("blob {hash} is {size} bytes, more than the {max} accepted here")]
+    TooLarge {
+        /// The blob.
+        hash: BlobHash,
+        /// Its size, as the holder announced it.
+        size: u64,
+        /// The most accepted.
+        max: u64,
+    },
+    /// The disk is nearly full: nothing is fetched (the reason says how full).
+    #[error("not fetching blob {hash}: {why}")]
+    DiskFull {
+        /// The blob.
+        hash: BlobHash,
+        /// How much is free and what is kept free.
+        why: String,
     },
     /// Our own store failed (full disk, permissions).
     #[error("storing blob {hash}: {source}")]
@@ -56,6 +80,10 @@ enum HolderError {
     Lied(String),
     /// Our side failed: stop.
     Local(std::io::Error),
+    /// Larger than the caller accepts: stop.
+    TooLarge(u64),
+    /// The disk has no room for it: stop.
+    DiskFull(String),
 }
 
 /// Fetches `hash` into `store` from the first of `holders` that provides it whole and
@@ -66,12 +94,32 @@ pub async fn fetch_blob(
     hash: BlobHash,
     holders: &[PeerId],
 ) -> Result<(), FetchError> {
+    fetch_blob_max(client, store, hash, holders, MAX_BLOB_BYTES).await
+}
+
+/// [`fetch_blob`] of a blob of at most `max` bytes: a larger one is refused after
+/// its first piece (which announces the size).
+pub async fn fetch_blob_max(
+    client: &NetClient,
+    store: &BlobStore,
+    hash: BlobHash,
+    holders: &[PeerId],
+    max: u64,
+) -> Result<(), FetchError> {
     if store.contains(&hash) {
         return Ok(());
     }
+    // At most a few fetches at once into one store (each holds a window of pieces).
+    let _slot = store.fetch_slot().await;
+    if store.contains(&hash) {
+        return Ok(());
+    }
+    // Nothing at all while the disk is nearly full; the size is checked again
+    // once the first piece tells it.
+    room(store, hash, 0).await?;
     let mut tried = Vec::new();
     for &peer in holders {
-        match fetch_from(client, store, hash, peer).await {
+        match fetch_from(client, store, hash, peer, max).await {
             Ok(()) => return Ok(()),
             Err(HolderError::Missing(why)) => tried.push((peer, why)),
             Err(HolderError::Lied(why)) => {
@@ -81,9 +129,26 @@ pub async fn fetch_blob(
                 tried.push((peer, why));
             }
             Err(HolderError::Local(source)) => return Err(FetchError::Store { hash, source }),
+            Err(HolderError::TooLarge(size)) => {
+                return Err(FetchError::TooLarge { hash, size, max });
+            }
+            Err(HolderError::DiskFull(why)) => return Err(FetchError::DiskFull { hash, why }),
         }
     }
     Err(FetchError::Unavailable { hash, tried })
+}
+
+/// Whether `bytes` more fit on the store's disk (off the async threads); logs a
+/// warning when not.
+async fn room(store: &BlobStore, hash: BlobHash, bytes: u64) -> Result<(), FetchError> {
+    let probe = store.clone();
+    match tokio::task::spawn_blocking(move || probe.room_for(bytes)).await {
+        Ok(Err(why)) => {
+            tracing::warn!(blob = %hash, "{why}");
+            Err(FetchError::DiskFull { hash, why })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn request(hash: BlobHash, offset: u64) -> BlobRequest {
@@ -150,8 +215,15 @@ async fn fetch_from(
     store: &BlobStore,
     hash: BlobHash,
     peer: PeerId,
+    max: u64,
 ) -> Result<(), HolderError> {
     let (total, first) = piece(client, peer, hash, 0).await?;
+    if total > max {
+        return Err(HolderError::TooLarge(total));
+    }
+    if let Err(FetchError::DiskFull { why, .. }) = room(store, hash, total).await {
+        return Err(HolderError::DiskFull(why));
+    }
     let mut writer = store.writer(hash, total).map_err(HolderError::Local)?;
     let mut next = first.len() as u64;
     writer = write(writer, first).await?;
@@ -185,4 +257,47 @@ async fn fetch_from(
         .await
         .map_err(|e| HolderError::Local(std::io::Error::other(e)))?
         .map_err(store_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nobody is reachable (and nobody is asked: the disk check comes first).
+    struct Nobody;
+
+    impl crate::net::sim::SimulatedPeers for Nobody {
+        fn peers(&mut self) -> Vec<crate::net::PeerInfo> {
+            Vec::new()
+        }
+
+        fn task(
+            &mut self,
+            _peer: PeerId,
+            _request: super::super::protocol::TaskRequest,
+        ) -> Result<super::super::protocol::TaskReply, crate::net::RequestError> {
+            Err(crate::net::RequestError::Unreachable)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_nearly_full_disk_refuses_a_fetch_before_asking_anyone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap().with_min_free(u64::MAX);
+        let client = NetClient::simulated(&libp2p::identity::Keypair::generate_ed25519(), Nobody);
+        let hash = BlobHash::of(b"wanted");
+        let err = fetch_blob(&client, &store, hash, &[PeerId::random()])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, FetchError::DiskFull { why, .. } if why.contains("nearly full")),
+            "{err}"
+        );
+        // With room, the same fetch asks the holder (who cannot be reached).
+        let store = BlobStore::open(dir.path()).unwrap().with_min_free(0);
+        let err = fetch_blob(&client, &store, hash, &[PeerId::random()])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Unavailable { .. }), "{err}");
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! # Who talks to whom
 //! - [`start`] builds the `Swarm` (TCP + Noise + Yamux, and QUIC; identify, ping,
-//!   Kademlia on `/peergrid/kad/3.0.0`, mDNS, connection limits, a ban list and four
+//!   Kademlia on `/peergrid/kad/4.0.0`, mDNS, connection limits, a ban list and four
 //!   request-response protocols with a size-capped postcard codec), starts listening
 //!   and spawns the [`event_loop`], the only task that touches the Swarm.
 //! - Everything else holds a cloneable [`NetClient`]: each call sends a `Command` with

@@ -17,28 +17,31 @@ pub use crate::types::{
 /// covers the submitter, the module and the input too ([`ResultContext`]), a
 /// `Cancel` is obeyed only from the job's submitter, and capacity travels on request
 /// and to subscribers instead of gossip to everyone (see `docs/PROTOCOL.md`).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 4: a worker refuses limits over its own maxima with
+/// [`RejectReason::LimitsTooHigh`] carrying them, and a submitter whose undelivered
+/// results fill its share of the outbox with [`RejectReason::OutboxFull`].
+pub const PROTOCOL_VERSION: u16 = 4;
 /// identify's protocol version string; peers with another one are not added to the DHT.
-pub const IDENTIFY_PROTOCOL: &str = "/peergrid/3.0.0";
+pub const IDENTIFY_PROTOCOL: &str = "/peergrid/4.0.0";
 /// The Kademlia protocol: peergrid's own DHT, never the public IPFS one.
-pub const KAD_PROTOCOL: &str = "/peergrid/kad/3.0.0";
+pub const KAD_PROTOCOL: &str = "/peergrid/kad/4.0.0";
 /// Submitter <-> worker: capacity queries, subscriptions and pushed updates.
-pub const CAPACITY_PROTOCOL: &str = "/peergrid/capacity/3";
+pub const CAPACITY_PROTOCOL: &str = "/peergrid/capacity/4";
 /// The name capacity messages are counted under in metrics (the protocol itself;
 /// adverts no longer travel on a gossip topic).
 pub const CAPACITY_TOPIC: &str = CAPACITY_PROTOCOL;
 /// Submitter -> worker: offers of chunks, cancels.
-pub const TASK_PROTOCOL: &str = "/peergrid/task/3";
+pub const TASK_PROTOCOL: &str = "/peergrid/task/4";
 /// Worker -> submitter: chunk results.
-pub const RESULT_PROTOCOL: &str = "/peergrid/result/3";
+pub const RESULT_PROTOCOL: &str = "/peergrid/result/4";
 /// Anyone -> holder: blob pieces by BLAKE3 hash.
-pub const BLOB_PROTOCOL: &str = "/peergrid/blob/3";
+pub const BLOB_PROTOCOL: &str = "/peergrid/blob/4";
 
 /// Why a peer of another protocol version is refused, for logs and `peergrid peers`.
 pub fn foreign_version_reason(theirs: &str) -> String {
     format!(
-        "speaks {theirs}, this node speaks {IDENTIFY_PROTOCOL}: refused (results of protocol 2 \
-         are signed without their submitter, module and input; upgrade that node)"
+        "speaks {theirs}, this node speaks {IDENTIFY_PROTOCOL}: refused (its offers and refusals \
+         are encoded differently; upgrade that node)"
     )
 }
 
@@ -174,14 +177,23 @@ pub enum TaskRequest {
 pub enum RejectReason {
     /// No free slot.
     NoFreeSlots,
-    /// Asked for more memory or fuel than the worker lends.
-    LimitsTooHigh,
+    /// Asked for more fuel, memory, time or output than the worker lends: carries the
+    /// worker's maxima, so the submitter can say why and place the job elsewhere.
+    LimitsTooHigh(Limits),
     /// The worker is paused or outside its active hours.
     Suspended,
     /// The worker is not accepting work at all.
     NotAccepting,
     /// The module could not be fetched or is invalid.
     BadModule(String),
+    /// The worker holds as many undelivered results for this submitter as it keeps
+    /// (its outbox quota per submitter): the submitter should take them first.
+    OutboxFull {
+        /// The submitter's results waiting in the outbox.
+        rows: u64,
+        /// Their size in bytes (large outputs included).
+        bytes: u64,
+    },
 }
 
 /// Worker -> submitter reply to a [`TaskRequest`].
@@ -302,7 +314,7 @@ mod tests {
                 "{other:?}"
             );
         }
-        assert!(foreign_version_reason("/peergrid/2.0.0").contains("/peergrid/3.0.0"));
+        assert!(foreign_version_reason("/peergrid/3.0.0").contains("/peergrid/4.0.0"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::RequestError;
 use super::event_loop::Command;
 use super::peers::{NetStatus, PeerInfo};
-use super::protocol::{TaskReply, TaskRequest};
+use super::protocol::{ResultAck, ResultBatch, TaskReply, TaskRequest};
 
 /// The peers a simulated network pretends to reach.
 pub trait SimulatedPeers: Send + 'static {
@@ -18,6 +18,13 @@ pub trait SimulatedPeers: Send + 'static {
     fn peers(&mut self) -> Vec<PeerInfo>;
     /// A task request to one peer, answered at once.
     fn task(&mut self, peer: PeerId, request: TaskRequest) -> Result<TaskReply, RequestError>;
+    /// A batch of results to one peer (a worker's delivery), answered at once; by
+    /// default nobody is reachable.
+    fn results(&mut self, _peer: PeerId, _batch: ResultBatch) -> Result<ResultAck, RequestError> {
+        Err(RequestError::Unreachable)
+    }
+    /// An offence counted against a peer; by default forgotten.
+    fn penalize(&mut self, _peer: PeerId, _reason: String) {}
 }
 
 /// Answers commands until every client is dropped.
@@ -47,17 +54,17 @@ pub(super) async fn serve(mut commands: mpsc::Receiver<Command>, mut peers: impl
             Command::Dial(_, reply) => {
                 let _ = reply.send(Err("a simulated network does not dial".into()));
             }
-            Command::SendResults(_, _, reply) => {
-                let _ = reply.send(Err(RequestError::Unreachable));
+            Command::SendResults(peer, batch, reply) => {
+                let _ = reply.send(peers.results(peer, batch));
             }
             Command::GetBlobPiece(_, _, reply) => {
                 let _ = reply.send(Err(RequestError::Unreachable));
             }
+            Command::Penalize(peer, reason) => peers.penalize(peer, reason),
             Command::PublishAdvert(_)
             | Command::RespondTask(..)
             | Command::RespondResults(..)
-            | Command::RespondBlob(..)
-            | Command::Penalize(..) => {}
+            | Command::RespondBlob(..) => {}
         }
     }
 }

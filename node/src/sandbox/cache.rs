@@ -28,12 +28,18 @@ pub fn engine_fingerprint(engine: &Engine) -> String {
     format!("{:016x}", hasher.finish())
 }
 
-/// The on-disk cache of compiled modules.
+/// The on-disk cache of compiled modules, kept under a size: least recently used
+/// artifacts go first (a hit refreshes a file's time), and artifacts of another
+/// engine fingerprint (an older wasmtime or configuration) go when it opens.
 pub struct CompileCache {
     dir: PathBuf,
     key: [u8; 32],
     fingerprint: String,
+    max_bytes: u64,
 }
+
+/// The compile cache's default size on disk.
+pub const DEFAULT_COMPILE_CACHE_BYTES: u64 = 512 * 1024 * 1024;
 
 impl std::fmt::Debug for CompileCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,19 +51,58 @@ impl std::fmt::Debug for CompileCache {
 }
 
 impl CompileCache {
-    /// Opens (creating if needed) the cache in `dir`, with its MAC key.
-    pub fn open(dir: PathBuf, engine: &Engine) -> Result<Self, SandboxError> {
+    /// Opens (creating if needed) the cache in `dir`, with its MAC key, holding at
+    /// most `max_bytes` of artifacts.
+    pub fn open(dir: PathBuf, engine: &Engine, max_bytes: u64) -> Result<Self, SandboxError> {
         let err = |source| SandboxError::Cache {
             dir: dir.clone(),
             source,
         };
         std::fs::create_dir_all(&dir).map_err(err)?;
         let key = load_or_create_key(&dir.join("key")).map_err(err)?;
-        Ok(Self {
+        let cache = Self {
             fingerprint: engine_fingerprint(engine),
             dir,
             key,
-        })
+            max_bytes,
+        };
+        cache.trim();
+        Ok(cache)
+    }
+
+    /// Deletes stale artifacts (another engine's), then the least recently used
+    /// ones until the rest hold at most `max_bytes`. Returns the bytes kept.
+    pub fn trim(&self) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let suffix = format!("-{}.cwasm", self.fingerprint);
+        let mut files = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(".cwasm") {
+                continue;
+            }
+            if !name.ends_with(&suffix) {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            if let Ok(meta) = entry.metadata() {
+                let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                files.push((used, meta.len(), entry.path()));
+            }
+        }
+        let mut held: u64 = files.iter().map(|f| f.1).sum();
+        files.sort();
+        for (_, len, path) in files {
+            if held <= self.max_bytes {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                held -= len;
+            }
+        }
+        held
     }
 
     fn path(&self, hash: &str) -> PathBuf {
@@ -78,6 +123,9 @@ impl CompileCache {
             tracing::warn!(path = %path.display(), "compiled module failed its integrity check; recompiling");
             let _ = std::fs::remove_file(&path);
             return None;
+        }
+        if let Ok(file) = std::fs::File::options().write(true).open(&path) {
+            let _ = file.set_modified(std::time::SystemTime::now());
         }
         // SAFETY: the artifact was written by this node (the keyed MAC proves it) from
         // wasmtime's own `Module::serialize`, for an engine with this fingerprint.
@@ -106,6 +154,7 @@ impl CompileCache {
         if let Err(e) = result {
             tracing::warn!(dir = %self.dir.display(), error = %e, "could not cache a compiled module");
         }
+        self.trim();
     }
 }
 
@@ -149,5 +198,49 @@ impl ModuleMemo {
                 map.remove(&old);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_disk_cache_keeps_the_most_recently_used_under_its_size_and_drops_stale_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let module = |n: usize| {
+            let text = format!("(module {})", "(func)".repeat(n));
+            Module::new(&engine, text).unwrap()
+        };
+        let (a, b, c) = (module(10), module(20), module(30));
+        let size = |m: &Module| (m.serialize().unwrap().len() + MAC_LEN) as u64;
+        // Room for any two of them, not three.
+        let max = size(&a) + size(&b) + size(&c) - size(&a).min(size(&b)).min(size(&c)) + 1;
+        let stale = dir
+            .path()
+            .join(format!("{}-0000000000000000.cwasm", "0".repeat(64)));
+        std::fs::write(&stale, b"old engine").unwrap();
+        let cache = CompileCache::open(dir.path().into(), &engine, max).unwrap();
+        assert!(!stale.exists(), "another engine's artifact is dropped");
+        let set_age = |hash: &str, secs: u64| {
+            let file = std::fs::File::options()
+                .write(true)
+                .open(cache.path(hash))
+                .unwrap();
+            file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                .unwrap();
+        };
+        cache.store("a", &a);
+        set_age("a", 1_000);
+        cache.store("b", &b);
+        set_age("b", 2_000);
+        // `a` is used: it becomes the most recent.
+        assert!(cache.load(&engine, "a").is_some());
+        cache.store("c", &c);
+        assert!(cache.path("a").exists(), "used most recently: kept");
+        assert!(!cache.path("b").exists(), "least recently used: evicted");
+        assert!(cache.path("c").exists(), "just stored: kept");
+        assert!(cache.trim() <= max);
     }
 }

@@ -33,6 +33,7 @@ pub mod gate;
 mod limits;
 pub mod metrics;
 mod outcome;
+pub mod shape;
 pub mod validate;
 mod wasi;
 
@@ -48,6 +49,7 @@ pub use abi_v1::Entry;
 pub use gate::Gate;
 pub use limits::{ChunkControl, Limits};
 pub use outcome::{Execution, Outcome, TrapKind};
+pub use shape::{ModuleCaps, Shape};
 pub use validate::{Abi, AbiReport, ModuleError, ModuleInfo};
 pub use wasi::WALL_CLOCK_START;
 
@@ -97,6 +99,10 @@ pub struct SandboxConfig {
     /// every access's bounds explicitly. Off for real work; `bench sandbox` turns it
     /// on (with `pooling` off) to measure what the guard regions save.
     pub explicit_bounds_checks: bool,
+    /// Size and shape caps checked before a module is compiled.
+    pub caps: ModuleCaps,
+    /// Most bytes of compiled modules kept in `cache_dir`.
+    pub cache_bytes: u64,
 }
 
 /// Fuel per slice by default: ≈ 1–5 ms of guest work on current CPUs, so pause,
@@ -114,6 +120,8 @@ impl Default for SandboxConfig {
             nan_canonicalization: true,
             pooling: true,
             explicit_bounds_checks: false,
+            caps: ModuleCaps::default(),
+            cache_bytes: cache::DEFAULT_COMPILE_CACHE_BYTES,
         }
     }
 }
@@ -182,6 +190,7 @@ struct Inner {
     fuel: bool,
     guard: Guard,
     fuel_slice: u64,
+    caps: ModuleCaps,
     metrics: SandboxMetrics,
 }
 
@@ -285,7 +294,7 @@ impl Sandbox {
             .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         let linker = exec::linker(&engine).map_err(|e| SandboxError::Engine(e.to_string()))?;
         let disk = match config.cache_dir {
-            Some(dir) => Some(CompileCache::open(dir, &engine)?),
+            Some(dir) => Some(CompileCache::open(dir, &engine, config.cache_bytes)?),
             None => None,
         };
         let ticker = (config.guard == Guard::Epochs).then(|| Ticker::start(engine.clone()));
@@ -305,6 +314,7 @@ impl Sandbox {
                 fuel: config.fuel,
                 guard: config.guard,
                 fuel_slice: config.fuel_slice.max(1),
+                caps: config.caps,
                 metrics,
             }),
         })
@@ -342,6 +352,20 @@ impl Sandbox {
         Ok(job)
     }
 
+    /// The size and shape caps modules are checked against.
+    pub fn caps(&self) -> &ModuleCaps {
+        &self.inner.caps
+    }
+
+    /// [`load`](Self::load) for a module from the network: a binary only (WAT text
+    /// is for the local command line), checked against the caps before compiling.
+    pub fn load_from_peer(&self, bytes: &[u8]) -> Result<JobModule, ModuleError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(ModuleError::TextFromPeer);
+        }
+        self.load(bytes)
+    }
+
     /// Describes a module (hash, size, imports, exports, which ABI it speaks, or why
     /// neither) without requiring it to be valid. A valid wasi-v1 module is loaded
     /// to learn its entries (`split`, `merge`).
@@ -359,6 +383,8 @@ impl Sandbox {
     }
 
     fn compile(&self, hash: &str, binary: &[u8]) -> Result<wasmtime::Module, ModuleError> {
+        // Before the disk cache too: a cap lowered since still applies.
+        shape::check(binary, &self.inner.caps)?;
         if let Some(disk) = &self.inner.disk
             && let Some(module) = disk.load(&self.inner.engine, hash)
         {

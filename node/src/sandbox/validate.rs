@@ -25,6 +25,15 @@ pub enum ModuleError {
     /// The bytes are neither a WebAssembly binary nor WAT text.
     #[error("not a WebAssembly module: {0}")]
     NotWasm(String),
+    /// It is over a size or shape cap (checked before compiling; see `shape.rs`).
+    #[error("the module is too large to run here: {0}")]
+    TooLarge(String),
+    /// WAT text from a peer: only the local CLI may hand over text.
+    #[error(
+        "the module is WAT text: peers take binary modules only (peergrid submit and peergrid run \
+         compile a .wat file themselves; elsewhere, compile it with wat2wasm)"
+    )]
+    TextFromPeer,
     /// wasmtime could not validate or compile it.
     #[error("the module is not valid WebAssembly for peergrid: {0}")]
     Compile(String),

@@ -158,11 +158,12 @@ pub(super) fn plan(
         {
             let why = (unplaced > 0).then(|| {
                 format!(
-                    "waiting for peers: {unplaced} replicas need a distinct peer (in another network than the chunk's other replicas) with free slots and {} MiB per chunk; {} peers advertise capacity, {} known, {} excluded by reputation",
+                    "waiting for peers: {unplaced} replicas need a distinct peer (in another network than the chunk's other replicas) with free slots and {} MiB per chunk; {} peers advertise capacity, {} known, {} excluded by reputation{}",
                     spec.limits.memory_bytes / (1024 * 1024),
                     candidates.len(),
                     inputs.known,
-                    inputs.excluded
+                    inputs.excluded,
+                    refusals(txn.base.refused.get(&id))
                 )
             });
             if why != head.why {
@@ -174,6 +175,52 @@ pub(super) fn plan(
     }
     trust_ops::place_plants(txn, candidates, &mut offers);
     Plan { offers, attention }
+}
+
+/// Why peers refused a job for good, for its "waiting" message: how many refuse its
+/// limits (and the largest maxima one of them lends) and how many its module (and
+/// one reason); empty when none refused.
+pub(super) fn refusals(
+    refused: Option<&HashMap<PeerId, crate::net::protocol::RejectReason>>,
+) -> String {
+    use crate::net::protocol::RejectReason;
+    let Some(refused) = refused else {
+        return String::new();
+    };
+    let limits: Vec<&crate::types::Limits> = refused
+        .values()
+        .filter_map(|r| match r {
+            RejectReason::LimitsTooHigh(most) => Some(most),
+            _ => None,
+        })
+        .collect();
+    let module = refused.values().find_map(|r| match r {
+        RejectReason::BadModule(why) => Some(why),
+        _ => None,
+    });
+    let mut out = String::new();
+    if !limits.is_empty() {
+        let most =
+            |f: fn(&crate::types::Limits) -> u64| limits.iter().map(|l| f(l)).max().unwrap_or(0);
+        out.push_str(&format!(
+            "; {} peers refuse this job's limits (the most any of them lends: fuel {}, {} MiB memory, timeout {} s, output {} MiB)",
+            limits.len(),
+            most(|l| l.fuel),
+            most(|l| l.memory_bytes) / (1024 * 1024),
+            most(|l| l.timeout.as_secs()),
+            most(|l| l.max_output_bytes) / (1024 * 1024),
+        ));
+    }
+    if let Some(why) = module {
+        let n = refused
+            .values()
+            .filter(|r| matches!(r, RejectReason::BadModule(_)))
+            .count();
+        // The reason comes from a peer: capped, and escaped by `{:?}`.
+        let why: String = why.chars().take(200).collect();
+        out.push_str(&format!("; {n} peers refuse this job's module: {why:?}"));
+    }
+    out
 }
 
 /// What [`place_chunk`] did.
@@ -287,7 +334,11 @@ fn place_chunk(
         n,
         witness,
         memory: spec.limits.memory_bytes,
-        used: chunk.used_peers().copied().collect(),
+        used: chunk
+            .used_peers()
+            .chain(txn.base.refused.get(&id).into_iter().flat_map(|r| r.keys()))
+            .copied()
+            .collect(),
         want_trusted: adaptive && !chunk.has_trusted(&|p| txn.standing(p)),
         blocked: Some(&networks.blocked),
         ..Need::default()

@@ -497,6 +497,12 @@ pub fn plan(
         .map_err(|e| SubmitError::Store(e.to_string()))?
         .ok_or_else(|| SubmitError::NoModule(module_hash.to_hex()))?;
     let module = sandbox.load(&bytes)?;
+    // Workers take binaries only (the CLI compiles WAT before uploading).
+    if !bytes.starts_with(b"\0asm") {
+        return Err(SubmitError::Module(
+            crate::sandbox::ModuleError::TextFromPeer,
+        ));
+    }
     let raw: Vec<Vec<u8>> = match inputs {
         Some(list) => {
             if list.is_empty() {

@@ -47,6 +47,10 @@ pub(super) struct State {
     /// the job's soft timeout stops counting, so a stuck run cannot block the rest.
     /// (When each started, unix ms.)
     pub local_runs: HashMap<(JobId, u32, u32), u64>,
+    /// Per job, the peers that refused it for good (its limits over their maxima, or
+    /// its module), with their reason: never offered that job again (memory only; a
+    /// restarted submitter asks once more).
+    pub refused: HashMap<JobId, HashMap<PeerId, crate::net::protocol::RejectReason>>,
 }
 
 /// A peer's standing, this node being always trusted.
@@ -75,6 +79,7 @@ impl State {
             plants: VecDeque::new(),
             inflight: HashMap::new(),
             local_runs: HashMap::new(),
+            refused: HashMap::new(),
         }
     }
 

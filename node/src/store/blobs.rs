@@ -21,6 +21,32 @@ use crate::types::BlobHash;
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     dir: PathBuf,
+    /// Fetches refuse to leave less free disk than this.
+    min_free: u64,
+    /// Fetches into this store at once (`net::fetch` holds one per fetch).
+    fetches: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Blob fetches into one store at once, by default.
+pub const FETCH_CONCURRENCY: usize = 8;
+/// Free disk a fetch never goes below, by default.
+pub const DEFAULT_MIN_FREE: u64 = 1024 * 1024 * 1024;
+/// The share of free disk the blob cache may use by default, in percent...
+pub const AUTO_CACHE_PERCENT: u64 = 10;
+/// ...and never more than this.
+pub const AUTO_CACHE_MAX: u64 = 4 * 1024 * 1024 * 1024;
+
+fn human(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
+}
+
+/// The blob cache's default limit: [`AUTO_CACHE_PERCENT`] of the disk it could use
+/// (what is free plus what it already holds), at most [`AUTO_CACHE_MAX`].
+pub fn auto_cache_limit(free: u64, held: u64) -> u64 {
+    let usable = u128::from(free.saturating_add(held));
+    u64::try_from(usable * u128::from(AUTO_CACHE_PERCENT) / 100)
+        .unwrap_or(u64::MAX)
+        .min(AUTO_CACHE_MAX)
 }
 
 /// Why a blob could not be stored.
@@ -58,7 +84,74 @@ impl BlobStore {
             fs::remove_dir_all(&tmp)?;
         }
         fs::create_dir_all(&tmp)?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            min_free: DEFAULT_MIN_FREE,
+            fetches: std::sync::Arc::new(tokio::sync::Semaphore::new(FETCH_CONCURRENCY)),
+        })
+    }
+
+    /// Fetches into this store leave at least `bytes` of disk free.
+    pub fn with_min_free(mut self, bytes: u64) -> Self {
+        self.min_free = bytes;
+        self
+    }
+
+    /// Waits for one of the store's fetch slots (held for the whole fetch).
+    pub async fn fetch_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.fetches.clone().acquire_owned().await.ok()
+    }
+
+    /// Free disk where the blobs live, in bytes (`None` where it cannot be told).
+    pub fn free_space(&self) -> Option<u64> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let path = std::ffi::CString::new(self.dir.as_os_str().as_bytes()).ok()?;
+            // SAFETY: a zeroed statvfs is a valid value of a plain C struct, and
+            // `statvfs` only writes into it; `path` is a NUL-terminated string that
+            // outlives the call.
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            // SAFETY: see above.
+            if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+                return None;
+            }
+            #[allow(clippy::unnecessary_cast)]
+            Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+        }
+        #[cfg(not(unix))]
+        {
+            None
+        }
+    }
+
+    /// Whether `bytes` more fit on the disk above the free-space floor; the error
+    /// says how much is free, for the log. Blocks (a `statvfs`).
+    pub fn room_for(&self, bytes: u64) -> Result<(), String> {
+        let Some(free) = self.free_space() else {
+            return Ok(());
+        };
+        if free < bytes.saturating_add(self.min_free) {
+            return Err(format!(
+                "the disk is nearly full: {} free in {}, and {} more would leave less than \
+                 the {} kept free (--min-free-disk); free some space or lower --blob-cache",
+                human(free),
+                self.dir.display(),
+                human(bytes),
+                human(self.min_free),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes the blobs hold now.
+    pub fn held(&self) -> io::Result<u64> {
+        self.evict(
+            u64::MAX,
+            &std::collections::HashSet::new(),
+            std::time::Duration::ZERO,
+        )
+        .map(|(held, _)| held)
     }
 
     /// Where a blob lives (whether or not it is there).
@@ -348,5 +441,44 @@ mod tests {
         ));
         drop(w);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_default_cache_is_a_tenth_of_the_usable_disk_at_most_4_gib() {
+        const GIB: u64 = 1 << 30;
+        let table = [
+            // (free, held by the cache, limit)
+            (0, 0, 0),
+            (10 * GIB, 0, GIB),
+            (9 * GIB, GIB, GIB),
+            (1000 * GIB, 0, 4 * GIB),
+            (u64::MAX, u64::MAX, 4 * GIB),
+        ];
+        for (free, held, limit) in table {
+            assert_eq!(auto_cache_limit(free, held), limit, "{free} {held}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_fetched_below_the_free_space_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let free = store.free_space().expect("statvfs works here");
+        assert!(free > 0);
+        assert!(store.room_for(0).is_ok() || free < DEFAULT_MIN_FREE);
+        let floor = BlobStore::open(dir.path())
+            .unwrap()
+            .with_min_free(free.saturating_add(1 << 40));
+        let why = floor.room_for(0).unwrap_err();
+        assert!(
+            why.contains("nearly full") && why.contains("--min-free-disk"),
+            "{why}"
+        );
+        let none = BlobStore::open(dir.path()).unwrap().with_min_free(0);
+        assert!(none.room_for(1).is_ok());
+        assert!(
+            none.room_for(u64::MAX).is_err(),
+            "a blob larger than the disk"
+        );
     }
 }

@@ -77,6 +77,9 @@ impl Db {
             tx.pragma_update(None, "user_version", i + 1)?;
             tx.commit()?;
         }
+        if version < 4 {
+            super::outbox::backfill(&conn)?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
             metrics: super::metrics::StoreMetrics::default(),
@@ -406,9 +409,10 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Every blob this node's state refers to: the modules, inputs, verified and
-    /// returned outputs and merged results of its own jobs (finished ones too), and
-    /// the large outputs waiting in the outbox. The blob cache never evicts these.
+    /// Every blob this node's state refers to: the modules, inputs, verified outputs
+    /// and merged results of its own jobs (finished ones too), the outputs returned
+    /// for chunks not yet decided, and the large outputs waiting in the outbox. The
+    /// blob cache never evicts these; a losing replica's output is not among them.
     pub fn referenced_blobs(&self) -> Result<std::collections::HashSet<BlobHash>, DbError> {
         let conn = self.conn();
         let mut pinned = std::collections::HashSet::new();
@@ -417,7 +421,11 @@ impl Db {
             "SELECT result FROM jobs WHERE result IS NOT NULL",
             "SELECT input FROM chunks",
             "SELECT output FROM chunks WHERE output IS NOT NULL",
-            "SELECT output FROM replicas WHERE output IS NOT NULL",
+            // Replicas' outputs only while their chunk is open: once it is decided,
+            // the chunk's own output is pinned, and the losers' can go.
+            "SELECT r.output FROM replicas r JOIN chunks c ON c.job_id = r.job_id AND c.idx = r.chunk
+             WHERE r.output IS NOT NULL AND c.state = 'pending'",
+            "SELECT output_blob FROM outbox WHERE output_blob IS NOT NULL",
         ] {
             let mut stmt = conn.prepare(query)?;
             let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
@@ -427,55 +435,7 @@ impl Db {
                 }
             }
         }
-        let mut stmt = conn.prepare("SELECT result FROM outbox")?;
-        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-        for row in rows {
-            if let Ok(crate::types::ChunkResult {
-                output: Some(crate::types::Payload::Blob { hash, .. }),
-                ..
-            }) = postcard::from_bytes(&row?)
-            {
-                pinned.insert(hash);
-            }
-        }
         Ok(pinned)
-    }
-
-    /// The whole outbox, oldest first.
-    pub fn outbox(&self) -> Result<Vec<OutboxRow>, DbError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT job_id, chunk, attempt, submitter, result FROM outbox ORDER BY created_ms",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, u32>(1)?,
-                r.get::<_, u32>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Vec<u8>>(4)?,
-            ))
-        })?;
-        rows.map(|row| {
-            let (job, chunk, attempt, submitter, result) = row?;
-            Ok(OutboxRow {
-                job_id: job_id(job)?,
-                chunk,
-                attempt,
-                submitter,
-                result,
-            })
-        })
-        .collect()
-    }
-
-    /// Entries in the outbox.
-    pub fn outbox_len(&self) -> Result<u64, DbError> {
-        Ok(self
-            .conn()
-            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0))
     }
 }
 
@@ -650,20 +610,7 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, write: &Write) -> Result<(), DbErro
                 r.withdrawn
             ])?;
         }
-        Write::OutboxPut(o) => {
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO outbox (job_id, chunk, attempt, submitter, result, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                o.job_id.0.as_slice(),
-                o.chunk,
-                o.attempt,
-                o.submitter,
-                o.result,
-                now_ms()
-            ])?;
-        }
+        Write::OutboxPut(o) => super::outbox::put(tx, o)?,
         Write::OutboxDelete(submitter, job, chunk, attempt) => {
             tx.prepare_cached(
                 "DELETE FROM outbox WHERE submitter = ?1 AND job_id = ?2 AND chunk = ?3 AND attempt = ?4",
@@ -752,6 +699,42 @@ mod tests {
             }),
         ])
         .unwrap();
+        // Chunk 0 is open: both answers count. Chunk 1 was verified on "right":
+        // the loser's "wrong" output may go.
+        let answer = |idx: u32, attempt: u32, output: &[u8]| {
+            Write::Replica(
+                JobId([1; 16]),
+                ReplicaRow {
+                    chunk: idx,
+                    attempt,
+                    peer: format!("p{attempt}"),
+                    state: ReplicaStatus::Returned,
+                    issued_ms: 1,
+                    outcome: Some(vec![0]),
+                    output: Some(BlobHash::of(output)),
+                    output_data: None,
+                    fuel: Some(1),
+                    signature: None,
+                },
+            )
+        };
+        db.apply(&[
+            answer(0, 0, b"open a"),
+            answer(0, 1, b"open b"),
+            answer(1, 0, b"right"),
+            answer(1, 1, b"wrong"),
+            answer(1, 2, b"right"),
+            Write::ChunkState {
+                job: JobId([1; 16]),
+                idx: 1,
+                state: ChunkStatus::Verified,
+                outcome: Some(vec![0]),
+                output: Some(BlobHash::of(b"right")),
+                output_data: None,
+                solo: None,
+            },
+        ])
+        .unwrap();
         let pinned = db.referenced_blobs().unwrap();
         for hash in [
             BlobHash::of(b"m"),
@@ -759,10 +742,17 @@ mod tests {
             chunk(0).input,
             chunk(1).input,
             large,
+            BlobHash::of(b"open a"),
+            BlobHash::of(b"open b"),
+            BlobHash::of(b"right"),
         ] {
             assert!(pinned.contains(&hash), "{hash:?} is not pinned");
         }
         assert!(!pinned.contains(&BlobHash::of(b"someone else's module")));
+        assert!(
+            !pinned.contains(&BlobHash::of(b"wrong")),
+            "a losing replica's output is not pinned"
+        );
     }
 
     #[test]

@@ -5,15 +5,16 @@
 //! - [`db`]: SQLite (WAL) with migrations (`schema`): jobs, chunks, replicas and
 //!   reputation for the scheduler; the outbox for the worker. The row types and the
 //!   [`Write`]s are in `rows` (re-exported by [`db`]). Async code calls it through
-//!   [`Db::run`], on a blocking thread.
+//!   [`Db::run`], on a blocking thread. The outbox's own reads (keyset pages,
+//!   usage per submitter, expiry) are in `outbox`.
 
 pub mod blobs;
 pub mod db;
 pub mod metrics;
-mod outbox_pages;
+mod outbox;
 mod rows;
 mod schema;
 
 pub use blobs::BlobStore;
 pub use db::{Db, DbError, Write};
-pub use outbox_pages::OutboxKey;
+pub use outbox::{OutboxKey, OutboxUsage};

@@ -83,4 +83,17 @@ CREATE TABLE outbox (
 -- Withdrawals per peer (a budget; heavy withdrawers lose standing).
 ALTER TABLE reputation ADD COLUMN withdrawn INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- Outbox quotas and expiry (protocol 4): each row's size (the encoded result plus a
+-- large output's blob), the blob a large output lives in (so the blob cache pins
+-- it without decoding every result), and an index for expiry by age. Rows written
+-- before are filled in by `Db::open` (outbox::backfill).
+ALTER TABLE outbox ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN output_blob BLOB;
+CREATE INDEX outbox_created ON outbox (created_ms);
+-- Covering indexes: usage per submitter and the pinned blobs are read without
+-- touching the results themselves (up to 4 MiB each).
+CREATE INDEX outbox_usage ON outbox (submitter, bytes);
+CREATE INDEX outbox_blobs ON outbox (output_blob) WHERE output_blob IS NOT NULL;
+"#,
 ];

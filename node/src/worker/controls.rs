@@ -19,16 +19,23 @@ use super::politeness::{
 
 impl Worker {
     /// Pauses work by hand for `duration` (`None`: until [`resume`](Self::resume));
-    /// running chunks pause inside the sandbox. Kept across restarts.
-    pub fn pause(&self, duration: Option<Duration>) -> std::io::Result<Pause> {
-        let pause = self.inner.politeness.pause(duration)?;
+    /// running chunks pause inside the sandbox. Kept across restarts: the state file
+    /// is written on a blocking thread, never on the caller's async one.
+    pub async fn pause(&self, duration: Option<Duration>) -> std::io::Result<Pause> {
+        let politeness = self.inner.politeness.clone();
+        let pause = tokio::task::spawn_blocking(move || politeness.pause(duration))
+            .await
+            .map_err(std::io::Error::other)??;
         self.apply(self.inner.politeness.tick(false));
         Ok(pause)
     }
 
-    /// Ends a manual pause.
-    pub fn resume(&self) -> std::io::Result<()> {
-        self.inner.politeness.resume()?;
+    /// Ends a manual pause (written like [`pause`](Self::pause)).
+    pub async fn resume(&self) -> std::io::Result<()> {
+        let politeness = self.inner.politeness.clone();
+        tokio::task::spawn_blocking(move || politeness.resume())
+            .await
+            .map_err(std::io::Error::other)??;
         self.apply(self.inner.politeness.tick(false));
         Ok(())
     }
@@ -38,14 +45,19 @@ impl Worker {
         self.inner.politeness.preferences()
     }
 
-    /// Changes preferences at run time (kept across restarts); `reset` first drops
-    /// earlier run-time changes, back to the flags and `peergrid.toml`.
-    pub fn set_preferences(
+    /// Changes preferences at run time (kept across restarts, written like
+    /// [`pause`](Self::pause)); `reset` first drops earlier run-time changes, back to
+    /// the flags and `peergrid.toml`.
+    pub async fn set_preferences(
         &self,
         changes: &PreferenceChanges,
         reset: bool,
     ) -> Result<Preferences, PreferenceError> {
-        let prefs = self.inner.politeness.set_preferences(changes, reset)?;
+        let (politeness, changes) = (self.inner.politeness.clone(), changes.clone());
+        let prefs =
+            tokio::task::spawn_blocking(move || politeness.set_preferences(&changes, reset))
+                .await
+                .map_err(|e| PreferenceError::Io(std::io::Error::other(e)))??;
         self.apply(self.inner.politeness.tick(false));
         self.inner.politeness_changed.notify_one();
         Ok(prefs)

@@ -2,37 +2,53 @@
 //! then delivered to their submitters by the delivery task until acknowledged.
 //!
 //! The run task ([`run`](super::run)) writes results; the delivery loop wakes when
-//! one is written, and every [`RETRY_EVERY`] while the outbox is not empty. A round
-//! reads the outbox in pages (keyset order, bounded by rows and bytes, see
-//! `Db::outbox_page`), skipping submitters it is backing off from, and sends each
-//! submitter's results in batches that fit a message. This node's own results go
-//! to its scheduler directly ([`LocalResults`](super::LocalResults)). Every database
-//! call runs through [`Db::run`](crate::store::Db::run), off the async threads.
+//! one is written, when a delivery ends, and every [`RETRY_EVERY`] while the outbox
+//! is not empty. It starts one delivery task per submitter with results waiting, at
+//! most [`DELIVERY_CONCURRENCY`] at once, skipping submitters it is backing off from:
+//! a slow or silent submitter holds one task, never the others' deliveries. Each
+//! task reads only its submitter's results, in keyset pages bounded by rows and
+//! bytes (`Db::outbox_page_of`), and sends them in batches that fit a message; only
+//! an acknowledgement removes a result. Every [`EXPIRE_EVERY`] the loop drops
+//! results older than the worker's `outbox_expiry`. The counts admission and the
+//! loop read (rows and bytes per submitter, [`OutboxCounts`]) grow with each result
+//! written, shrink by what each delivery removed, and are recounted from the
+//! database now and then (see [`Worker::deliver_loop`]).
+//! This node's own results go to its scheduler directly
+//! ([`LocalResults`](super::LocalResults)). Every database call runs through
+//! [`Db::run`](crate::store::Db::run), off the async threads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use libp2p::PeerId;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::Worker;
-use crate::net::protocol::{ChunkResult, MAX_RESULT_BYTES, ResultBatch};
-use crate::store::OutboxKey;
+use crate::net::protocol::{ChunkResult, MAX_RESULT_BYTES, Payload, ResultBatch};
 use crate::store::db::{OutboxRow, Write};
-use crate::types::JobId;
+use crate::types::{JobId, now_ms};
 
 /// Results per delivery batch, at most.
 const DELIVERY_BATCH: usize = 64;
 /// Bytes of encoded results per batch, at most: a message's limit less room for the
-/// envelope. A result larger than this goes alone.
-const BATCH_BYTES: usize = MAX_RESULT_BYTES - 64 * 1024;
+/// envelope (the batch's length prefix and the request framing: a few bytes). A
+/// result larger than this goes alone; none is, since inline outputs are at most
+/// [`INLINE_OUTPUT`](super::INLINE_OUTPUT) (4 MiB) and larger ones travel as blobs.
+pub(super) const BATCH_BYTES: usize = MAX_RESULT_BYTES - 64 * 1024;
 /// Outbox entries read at a time.
 const PAGE_ROWS: usize = 256;
 /// Bytes of results read at a time (a page stops once it holds this much).
 const PAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Recounts of the outbox asked for by notifications are at least this far apart.
+const RECOUNT_GAP: Duration = Duration::from_millis(100);
+/// Submitters delivered to at once.
+pub(super) const DELIVERY_CONCURRENCY: usize = 8;
 /// While results wait, a delivery round starts at least this often.
 pub(super) const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often results older than the expiry are dropped.
+const EXPIRE_EVERY: Duration = Duration::from_secs(60);
 /// After a failed delivery, wait this long before trying that submitter again; the
 /// wait doubles with each failure in a row, up to [`MAX_BACKOFF`].
 const DELIVERY_BACKOFF: Duration = Duration::from_secs(2);
@@ -42,6 +58,44 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Submitters not tried until a time, with the wait that got them there.
 type Backoff = HashMap<String, (Instant, Duration)>;
 
+/// What the outbox holds, as last counted plus what was written since: per
+/// submitter (rows, bytes), and in all. Bounded by the outbox's own rows.
+#[derive(Debug, Default)]
+pub(super) struct OutboxCounts {
+    per: HashMap<String, (u64, u64)>,
+    rows: u64,
+    bytes: u64,
+}
+
+impl OutboxCounts {
+    /// (rows, bytes) in all, and (rows, bytes) of `submitter`.
+    pub(super) fn usage(&self, submitter: &str) -> ((u64, u64), (u64, u64)) {
+        (
+            (self.rows, self.bytes),
+            self.per.get(submitter).copied().unwrap_or_default(),
+        )
+    }
+}
+
+/// What one delivery removed from the outbox: results and bytes sent and
+/// acknowledged, and whether it dropped others (undeliverable) so that only a
+/// recount knows the counts.
+#[derive(Debug, Default)]
+pub(super) struct Removed {
+    rows: u64,
+    bytes: u64,
+    recount: bool,
+}
+
+/// A result's size as the outbox counts it: encoded, plus a large output's blob.
+fn counted_bytes(encoded: usize, result: &ChunkResult) -> u64 {
+    let blob = match &result.output {
+        Some(Payload::Blob { size, .. }) => *size,
+        _ => 0,
+    };
+    (encoded as u64).saturating_add(blob)
+}
+
 impl Worker {
     /// Writes a result to the outbox and wakes the delivery task. A result that
     /// cannot be written is lost (and said so): its submitter reissues the chunk.
@@ -49,6 +103,7 @@ impl Worker {
         let Ok(bytes) = postcard::to_allocvec(&result) else {
             return;
         };
+        let size = counted_bytes(bytes.len(), &result);
         let row = OutboxRow {
             job_id: result.job_id,
             chunk: result.chunk,
@@ -56,6 +111,7 @@ impl Worker {
             submitter: submitter.to_string(),
             result: bytes,
         };
+        let who = row.submitter.clone();
         match self
             .inner
             .db
@@ -63,7 +119,16 @@ impl Worker {
             .await
         {
             Ok(()) => {
+                {
+                    let mut counts = self.outbox_counts();
+                    let mine = counts.per.entry(who).or_default();
+                    mine.0 += 1;
+                    mine.1 = mine.1.saturating_add(size);
+                    counts.rows += 1;
+                    counts.bytes = counts.bytes.saturating_add(size);
+                }
                 self.inner.outbox_len.fetch_add(1, Ordering::Relaxed);
+                self.inner.outbox_writes.fetch_add(1, Ordering::Release);
                 self.inner.deliver.notify_one();
             }
             Err(e) => {
@@ -72,93 +137,236 @@ impl Worker {
         }
     }
 
-    /// Counts the outbox again (after deliveries and cancels).
+    pub(super) fn outbox_counts(&self) -> std::sync::MutexGuard<'_, OutboxCounts> {
+        self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts the outbox again, per submitter (after deliveries, expiry and cancels).
+    /// A result written while the count is read wakes the delivery loop, which
+    /// counts again: the counts never stay behind a write.
     pub(super) async fn refresh_outbox_len(&self) {
-        match self.inner.db.run(|db| db.outbox_len()).await {
-            Ok(n) => self.inner.outbox_len.store(n, Ordering::Relaxed),
+        let written = self.inner.outbox_writes.load(Ordering::Acquire);
+        match self.inner.db.run(|db| db.outbox_usage()).await {
+            Ok(usage) => {
+                if self.inner.outbox_writes.load(Ordering::Acquire) != written {
+                    self.inner.outbox_stale.store(true, Ordering::Release);
+                    self.inner.deliver.notify_one();
+                }
+                let mut counts = OutboxCounts::default();
+                for u in usage {
+                    counts.rows += u.rows;
+                    counts.bytes = counts.bytes.saturating_add(u.bytes);
+                    counts.per.insert(u.submitter, (u.rows, u.bytes));
+                }
+                self.inner.outbox_len.store(counts.rows, Ordering::Relaxed);
+                *self.outbox_counts() = counts;
+            }
             Err(e) => tracing::warn!(error = %e, "cannot count the outbox"),
         }
     }
 
     /// Sends outbox entries to their submitters until shutdown; an entry leaves the
-    /// outbox only when acknowledged.
+    /// outbox only when acknowledged (or expired).
     ///
-    /// A notification (a result was stored) always starts a round, whatever
-    /// `outbox_len` says: the count is refreshed from the database after each round,
-    /// and a refresh that read the table just before a new row was written can store
-    /// a stale 0 after the row's own increment. Gating the round on that count lost
-    /// the row until the next result arrived (a one-chunk job waited for its soft
-    /// timeout, 120 s, seen in `bench grid` under load).
+    /// Whom to deliver to comes from the counts per submitter: grown by each result
+    /// written (before its notification), shrunk by what each delivery removed, and
+    /// recounted from the database at start, every [`RETRY_EVERY`] while results
+    /// wait, after an expiry or a cancel, when a recount overlapped a write, and when
+    /// a notification finds nobody to deliver to (at most every [`RECOUNT_GAP`]). So a
+    /// stale count (a recount that read the table just before a new row was written)
+    /// never leaves a result undelivered until the next one arrives (a one-chunk job
+    /// once waited its 120 s soft timeout that way), and a busy worker does not
+    /// recount once per result.
     pub(super) async fn deliver_loop(&self) {
         self.refresh_outbox_len().await;
+        let mut last_recount = Instant::now();
+        let mut recount_at: Option<Instant> = None;
         let mut backoff = Backoff::new();
+        let mut running: JoinSet<(String, Removed, Result<(), String>)> = JoinSet::new();
+        let mut busy: HashSet<String> = HashSet::new();
+        // Submitters whose last delivery found nothing although counted: not tried
+        // again before the next recount.
+        let mut idle: HashSet<String> = HashSet::new();
+        let mut expired_at: Option<Instant> = None;
         loop {
             let waiting = self.inner.outbox_len.load(Ordering::Relaxed) > 0;
+            let mut notified = false;
             tokio::select! {
+                biased;
                 _ = self.inner.shutdown.cancelled() => break,
-                _ = self.inner.deliver.notified() => {}
-                _ = tokio::time::sleep(RETRY_EVERY), if waiting => {}
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok((submitter, removed, outcome)) = done {
+                        busy.remove(&submitter);
+                        if removed.recount {
+                            recount_at.get_or_insert_with(Instant::now);
+                        }
+                        self.uncount(&submitter, &removed);
+                        match outcome {
+                            Ok(()) => {
+                                backoff.remove(&submitter);
+                                if removed.rows == 0 && !removed.recount {
+                                    recount_at.get_or_insert(last_recount + RECOUNT_GAP);
+                                    idle.insert(submitter);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(%submitter, error = %e, "result delivery failed; will retry");
+                                let wait = backoff
+                                    .get(&submitter)
+                                    .map_or(DELIVERY_BACKOFF, |(_, w)| (*w * 2).min(MAX_BACKOFF));
+                                backoff.insert(submitter, (Instant::now() + wait, wait));
+                            }
+                        }
+                    }
+                }
+                _ = self.inner.deliver.notified() => notified = true,
+                _ = tokio::time::sleep(RETRY_EVERY), if waiting => {
+                    recount_at = Some(Instant::now());
+                }
+                _ = tokio::time::sleep_until(recount_at.unwrap_or_else(Instant::now)), if recount_at.is_some() => {}
+            }
+            if expired_at.is_none_or(|at| at.elapsed() >= EXPIRE_EVERY) {
+                expired_at = Some(Instant::now());
+                if self.expire().await {
+                    recount_at = Some(Instant::now());
+                }
+            }
+            if self.inner.outbox_stale.swap(false, Ordering::AcqRel) {
+                recount_at.get_or_insert(last_recount + RECOUNT_GAP);
+            }
+            if recount_at.is_some_and(|at| at <= Instant::now()) {
+                self.refresh_outbox_len().await;
+                last_recount = Instant::now();
+                recount_at = None;
+                idle.clear();
             }
             let now = Instant::now();
             backoff.retain(|_, (until, _)| *until > now);
-            self.deliver_round(&mut backoff).await;
-            self.refresh_outbox_len().await;
+            let started = self.start_deliveries(&mut running, &mut busy, &idle, &backoff);
+            if notified && started == 0 && recount_at.is_none() {
+                // Nothing to do for a new result: the counts may be stale.
+                recount_at = Some((last_recount + RECOUNT_GAP).max(now));
+            }
+        }
+        // Results stay in the outbox until acknowledged: an interrupted delivery is
+        // sent again after a restart (the submitter takes a result once).
+        running.abort_all();
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Takes what a delivery removed off the counts.
+    fn uncount(&self, submitter: &str, removed: &Removed) {
+        if removed.rows == 0 {
+            return;
+        }
+        let mut counts = self.outbox_counts();
+        let mut gone = false;
+        if let Some(mine) = counts.per.get_mut(submitter) {
+            mine.0 = mine.0.saturating_sub(removed.rows);
+            mine.1 = mine.1.saturating_sub(removed.bytes);
+            gone = mine.0 == 0;
+        }
+        if gone {
+            counts.per.remove(submitter);
+        }
+        counts.rows = counts.rows.saturating_sub(removed.rows);
+        counts.bytes = counts.bytes.saturating_sub(removed.bytes);
+        self.inner.outbox_len.store(counts.rows, Ordering::Relaxed);
+    }
+
+    /// Starts a delivery task for each submitter with results waiting that is not
+    /// being delivered to or backed off from, up to [`DELIVERY_CONCURRENCY`].
+    /// Returns how many it started.
+    fn start_deliveries(
+        &self,
+        running: &mut JoinSet<(String, Removed, Result<(), String>)>,
+        busy: &mut HashSet<String>,
+        idle: &HashSet<String>,
+        backoff: &Backoff,
+    ) -> usize {
+        if running.len() >= DELIVERY_CONCURRENCY {
+            return 0;
+        }
+        let waiting: Vec<String> = self
+            .outbox_counts()
+            .per
+            .iter()
+            .filter(|(s, (rows, _))| {
+                *rows > 0 && !busy.contains(*s) && !idle.contains(*s) && !backoff.contains_key(*s)
+            })
+            .map(|(s, _)| s.clone())
+            .take(DELIVERY_CONCURRENCY - running.len())
+            .collect();
+        let started = waiting.len();
+        for submitter in waiting {
+            busy.insert(submitter.clone());
+            let worker = self.clone();
+            running.spawn(tracing::Instrument::in_current_span(async move {
+                let mut removed = Removed::default();
+                let outcome = worker.deliver_submitter(&submitter, &mut removed).await;
+                (submitter, removed, outcome)
+            }));
+        }
+        started
+    }
+
+    /// Drops results older than the expiry; whether it dropped any.
+    async fn expire(&self) -> bool {
+        let expiry = self.inner.limits.outbox_expiry;
+        let before = now_ms().saturating_sub(expiry.as_millis() as u64);
+        match self.inner.db.run(move |db| db.outbox_expire(before)).await {
+            Ok(0) => false,
+            Ok(n) => {
+                self.inner.metrics.expired.inc_by(n as u64);
+                tracing::info!(
+                    expired = n,
+                    after = %humantime::format_duration(expiry),
+                    "dropped results their submitters never took"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot expire old results");
+                false
+            }
         }
     }
 
-    /// One pass over the outbox, a page at a time.
-    async fn deliver_round(&self, backoff: &mut Backoff) {
-        let mut after: Option<OutboxKey> = None;
+    /// Delivers `submitter`'s results, a page at a time, until none is left or a
+    /// send fails.
+    async fn deliver_submitter(
+        &self,
+        submitter: &str,
+        removed: &mut Removed,
+    ) -> Result<(), String> {
+        let mut after: Option<(JobId, u32, u32)> = None;
         loop {
-            let skip: Vec<String> = backoff.keys().cloned().collect();
-            let page = match self
+            let who = submitter.to_string();
+            let page = self
                 .inner
                 .db
-                .run(move |db| db.outbox_page(after, &skip, PAGE_ROWS, PAGE_BYTES))
+                .run(move |db| db.outbox_page_of(&who, after, PAGE_ROWS, PAGE_BYTES))
                 .await
-            {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the outbox");
-                    return;
-                }
-            };
+                .map_err(|e| format!("cannot read the outbox: {e}"))?;
             let Some(last) = page.last() else {
-                return;
+                return Ok(());
             };
-            after = Some((
-                last.submitter.clone(),
-                last.job_id,
-                last.chunk,
-                last.attempt,
-            ));
-            let mut by_submitter: Vec<(String, Vec<OutboxRow>)> = Vec::new();
-            for row in page {
-                if backoff.contains_key(&row.submitter) {
-                    continue;
-                }
-                match by_submitter.iter_mut().find(|(s, _)| *s == row.submitter) {
-                    Some((_, rows)) => rows.push(row),
-                    None => by_submitter.push((row.submitter.clone(), vec![row])),
-                }
-            }
-            for (submitter, rows) in by_submitter {
-                if let Err(e) = self.deliver_to(&submitter, rows).await {
-                    tracing::debug!(%submitter, error = %e, "result delivery failed; will retry");
-                    let wait = backoff
-                        .get(&submitter)
-                        .map_or(DELIVERY_BACKOFF, |(_, w)| (*w * 2).min(MAX_BACKOFF));
-                    backoff.insert(submitter, (Instant::now() + wait, wait));
-                }
-            }
+            after = Some((last.job_id, last.chunk, last.attempt));
+            self.deliver_to(submitter, page, removed).await?;
         }
     }
 
     /// Sends `rows` to `submitter` in batches that fit a message, and drops what it
     /// acknowledges from the outbox. Rows that can never be delivered (a malformed
     /// submitter or result) are dropped with a warning.
-    async fn deliver_to(&self, submitter: &str, rows: Vec<OutboxRow>) -> Result<(), String> {
+    async fn deliver_to(
+        &self,
+        submitter: &str,
+        rows: Vec<OutboxRow>,
+        removed: &mut Removed,
+    ) -> Result<(), String> {
         let Ok(peer) = submitter.parse::<PeerId>() else {
+            removed.recount = true;
             tracing::warn!(%submitter, "dropping results for a malformed submitter id");
             self.delete(
                 submitter,
@@ -169,34 +377,61 @@ impl Worker {
             .await;
             return Ok(());
         };
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        let mut rows = rows.into_iter().peekable();
-        while let Some(row) = rows.next() {
-            match postcard::from_bytes::<ChunkResult>(&row.result) {
-                Ok(result) => {
-                    bytes += row.result.len();
-                    batch.push(result);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "dropping an outbox entry that does not decode");
-                    self.delete(submitter, vec![(row.job_id, row.chunk, row.attempt)])
-                        .await;
+        let (rows, oversized): (Vec<OutboxRow>, Vec<OutboxRow>) = rows
+            .into_iter()
+            .partition(|r| r.result.len() <= BATCH_BYTES);
+        if !oversized.is_empty() {
+            // Cannot happen (outputs over 4 MiB travel as blobs; messages are capped),
+            // but such a row could never be sent: it must not wedge the rest.
+            tracing::warn!(%submitter, n = oversized.len(), "dropping results too large for any message");
+            removed.recount = true;
+            self.delete(
+                submitter,
+                oversized
+                    .iter()
+                    .map(|r| (r.job_id, r.chunk, r.attempt))
+                    .collect(),
+            )
+            .await;
+        }
+        for batch in batches(rows) {
+            let mut results = Vec::with_capacity(batch.len());
+            let mut sizes = HashMap::with_capacity(batch.len());
+            for row in batch {
+                match postcard::from_bytes::<ChunkResult>(&row.result) {
+                    Ok(result) => {
+                        let key = (result.job_id, result.chunk, result.attempt);
+                        sizes.insert(key, counted_bytes(row.result.len(), &result));
+                        results.push(result);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dropping an outbox entry that does not decode");
+                        removed.recount = true;
+                        self.delete(submitter, vec![(row.job_id, row.chunk, row.attempt)])
+                            .await;
+                    }
                 }
             }
-            let full = rows.peek().is_none_or(|next| {
-                batch.len() >= DELIVERY_BATCH || bytes + next.result.len() > BATCH_BYTES
-            });
-            if full && !batch.is_empty() {
-                self.send(peer, std::mem::take(&mut batch)).await?;
-                bytes = 0;
+            if !results.is_empty() {
+                let stored = self.send(peer, results).await?;
+                // Only what was sent and acknowledged leaves the counts.
+                for key in stored {
+                    if let Some(bytes) = sizes.remove(&key) {
+                        removed.rows += 1;
+                        removed.bytes = removed.bytes.saturating_add(bytes);
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    /// Sends one batch and drops what the submitter acknowledged.
-    async fn send(&self, peer: PeerId, results: Vec<ChunkResult>) -> Result<(), String> {
+    /// Sends one batch and drops what the submitter acknowledged; returns that.
+    async fn send(
+        &self,
+        peer: PeerId,
+        results: Vec<ChunkResult>,
+    ) -> Result<Vec<(JobId, u32, u32)>, String> {
         let batch = ResultBatch { results };
         let ack = match self.inner.local_scheduler.get() {
             Some(local) if peer == self.inner.net.local_peer_id() => (local.0)(peer, batch).await,
@@ -207,8 +442,8 @@ impl Worker {
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        self.delete(&peer.to_string(), ack.stored).await;
-        Ok(())
+        self.delete(&peer.to_string(), ack.stored.clone()).await;
+        Ok(ack.stored)
     }
 
     /// Drops `submitter`'s acknowledged (or undeliverable) results.
@@ -222,6 +457,101 @@ impl Worker {
             .collect();
         if let Err(e) = self.inner.db.run(move |db| db.apply(&writes)).await {
             tracing::warn!(error = %e, "cannot clear acknowledged results");
+        }
+    }
+}
+
+/// Splits rows into batches of at most [`DELIVERY_BATCH`] results and
+/// [`BATCH_BYTES`] encoded bytes; a row larger than that alone goes in a batch of
+/// its own.
+pub(super) fn batches(rows: Vec<OutboxRow>) -> Vec<Vec<OutboxRow>> {
+    let mut out: Vec<Vec<OutboxRow>> = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let size = row.result.len();
+        match out.last_mut() {
+            Some(batch) if batch.len() < DELIVERY_BATCH && bytes + size <= BATCH_BYTES => {
+                bytes += size;
+                batch.push(row);
+            }
+            _ => {
+                bytes = size;
+                out.push(vec![row]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::protocol::{BlobHash, WireOutcome};
+
+    fn row(chunk: u32, output: usize) -> (OutboxRow, ChunkResult) {
+        let result = ChunkResult {
+            job_id: JobId([0xff; 16]),
+            chunk,
+            attempt: u32::MAX,
+            outcome: WireOutcome::Ok,
+            output_hash: BlobHash::of(b""),
+            output: Some(Payload::Inline(vec![0xff; output])),
+            fuel_used: u64::MAX,
+            exec_micros: u64::MAX,
+            signature: vec![0xff; crate::types::MAX_SIGNATURE_BYTES],
+        };
+        let row = OutboxRow {
+            job_id: result.job_id,
+            chunk,
+            attempt: result.attempt,
+            submitter: "s".into(),
+            result: postcard::to_allocvec(&result).unwrap(),
+        };
+        (row, result)
+    }
+
+    #[test]
+    fn result_batches_fit_a_message_with_outputs_near_the_limits() {
+        let inline = super::super::INLINE_OUTPUT;
+        // The largest inline outputs (each alone or in pairs at most), outputs just
+        // over a third of a batch, and many small ones.
+        let sizes = [
+            inline,
+            inline,
+            inline - 1,
+            BATCH_BYTES / 3 + 1,
+            BATCH_BYTES / 3 + 1,
+        ]
+        .into_iter()
+        .chain(std::iter::repeat_n(BATCH_BYTES / 3 - 300, 3))
+        .chain(std::iter::repeat_n(10, 200));
+        let (rows, results): (Vec<OutboxRow>, Vec<ChunkResult>) =
+            sizes.enumerate().map(|(i, n)| row(i as u32, n)).unzip();
+        let batches = batches(rows);
+        let mut next = 0;
+        for batch in &batches {
+            assert!(!batch.is_empty() && batch.len() <= DELIVERY_BATCH);
+            let sent: Vec<ChunkResult> = results[next..next + batch.len()].to_vec();
+            next += batch.len();
+            assert_eq!(
+                batch.iter().map(|r| r.chunk).collect::<Vec<_>>(),
+                sent.iter().map(|r| r.chunk).collect::<Vec<_>>(),
+                "in order, every result once"
+            );
+            let bytes = postcard::to_allocvec(&ResultBatch { results: sent }).unwrap();
+            assert!(bytes.len() <= MAX_RESULT_BYTES, "{} bytes", bytes.len());
+        }
+        assert_eq!(next, results.len());
+        // Two largest inline outputs fit one message; a third does not.
+        assert_eq!(batches[0].len(), 1, "4 MiB + 4 MiB is over a batch");
+        // No batch is cut short: the next result would not have fitted.
+        for pair in batches.windows(2) {
+            let bytes: usize = pair[0].iter().map(|r| r.result.len()).sum();
+            assert!(
+                pair[0].len() == DELIVERY_BATCH || bytes + pair[1][0].result.len() > BATCH_BYTES,
+                "a batch of {} ({bytes} bytes) could have taken the next",
+                pair[0].len()
+            );
         }
     }
 }

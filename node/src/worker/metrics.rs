@@ -21,6 +21,15 @@ pub const SUSPEND_REASONS: [&str; 5] = [
     "no_spare_core",
     "nothing_lent",
 ];
+/// The `reason` label of refused assignments.
+pub const REFUSE_REASONS: [&str; 6] = [
+    "no_free_slots",
+    "fair_share",
+    "suspended",
+    "limits_too_high",
+    "bad_module",
+    "outbox_full",
+];
 /// The worker's metrics.
 #[derive(Debug, Clone)]
 pub struct WorkerMetrics {
@@ -48,6 +57,10 @@ pub struct WorkerMetrics {
     pub other_cpu_ratio: Gauge,
     /// Chunks withdrawn after a long pause.
     pub withdrawn: IntCounter,
+    /// Assignments refused, by reason.
+    pub refused: IntCounterVec,
+    /// Undelivered results dropped after the outbox expiry.
+    pub expired: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -123,6 +136,18 @@ impl WorkerMetrics {
                 registry,
                 "peergrid_worker_chunks_withdrawn_total",
                 "Chunks withdrawn after a long pause (their submitters reissue them).",
+            ),
+            refused: counter_vec(
+                registry,
+                "peergrid_worker_assignments_refused_total",
+                "Assignments offered to this worker and refused, by reason.",
+                &["reason"],
+                &[&REFUSE_REASONS],
+            ),
+            expired: counter(
+                registry,
+                "peergrid_worker_outbox_expired_total",
+                "Undelivered results dropped because their submitter never took them.",
             ),
         }
     }

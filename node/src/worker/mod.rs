@@ -35,6 +35,7 @@ mod admission;
 mod controls;
 mod delivery;
 pub mod executor;
+pub mod limits;
 pub mod metrics;
 pub mod politeness;
 pub mod pool;
@@ -54,6 +55,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use self::executor::{Executor, LyingExecutor, SandboxExecutor};
+pub use self::limits::WorkerLimits;
 use self::politeness::{Politeness, SystemClock, VolunteerConfig};
 use self::pool::ChunkPool;
 pub use self::run::wire_outcome;
@@ -80,8 +82,6 @@ impl std::fmt::Debug for LocalResults {
     }
 }
 
-/// Most undelivered results kept; beyond it, offers are refused.
-pub const MAX_OUTBOX: u64 = 10_000;
 /// Outputs up to this size travel inline; larger ones as blobs.
 pub const INLINE_OUTPUT: usize = 4 * 1024 * 1024;
 
@@ -105,6 +105,8 @@ struct Inner {
     /// Most chunks that may hold a thread at once (the gate decides how many run).
     slots_max: u32,
     memory_limit: u64,
+    /// What a chunk and a submitter may have here at most.
+    limits: WorkerLimits,
     /// Slots: a chunk holds one while it runs (or waits at the gate) on the pool.
     exec: Arc<Semaphore>,
     /// The threads chunks run on (`slots_max` at most).
@@ -114,12 +116,23 @@ struct Inner {
     /// Wakes the politeness loop after a pause, resume or change of preferences.
     politeness_changed: Notify,
     active: Mutex<HashMap<Key, Arc<ChunkControl>>>,
+    /// Submitters refused for want of room, and when (the fair share's "waiting").
+    waiting: Mutex<HashMap<PeerId, tokio::time::Instant>>,
     /// This node's scheduler: results of its own jobs are delivered to it directly.
     local_scheduler: OnceLock<LocalResults>,
     /// Modules loaded by blob hash, so a chunk costs no disk read or hashing.
     modules: Mutex<HashMap<BlobHash, JobModule>>,
+    /// Modules refused here (over a cap, WAT, invalid), by blob hash.
+    refused_modules: Mutex<run::RefusedModules>,
     /// Results in the outbox, as last counted (plus those written since).
     outbox_len: AtomicU64,
+    /// The same per submitter, with bytes (for the quotas).
+    outbox: Mutex<delivery::OutboxCounts>,
+    /// Results written to the outbox since start (a recount that overlaps one
+    /// counts again).
+    outbox_writes: AtomicU64,
+    /// Set when a recount overlapped a write: the delivery loop counts again.
+    outbox_stale: std::sync::atomic::AtomicBool,
     /// Tests only: take every offer and advertise the most slots a peer may claim
     /// (an inflating peer; see `Seams::inflater`).
     #[cfg(feature = "test-utils")]
@@ -169,6 +182,7 @@ impl Worker {
         executor: Arc<dyn Executor>,
         volunteer: VolunteerConfig,
         memory_limit: u64,
+        limits: WorkerLimits,
         state_file: Option<PathBuf>,
         shutdown: CancellationToken,
         metrics: metrics::WorkerMetrics,
@@ -176,7 +190,7 @@ impl Worker {
         let politeness =
             Politeness::new(volunteer, memory_limit, state_file, Arc::new(SystemClock));
         Self::with_politeness(
-            net, blobs, db, sandbox, executor, politeness, shutdown, metrics,
+            net, blobs, db, sandbox, executor, politeness, limits, shutdown, metrics,
         )
     }
 
@@ -191,6 +205,7 @@ impl Worker {
         executor: Arc<dyn Executor>,
         volunteer: VolunteerConfig,
         memory_limit: u64,
+        limits: WorkerLimits,
         clock: Arc<dyn politeness::Clock>,
         shutdown: CancellationToken,
     ) -> Self {
@@ -202,6 +217,7 @@ impl Worker {
             sandbox,
             executor,
             politeness,
+            limits,
             shutdown,
             metrics::WorkerMetrics::default(),
         )
@@ -215,6 +231,7 @@ impl Worker {
         sandbox: Sandbox,
         executor: Arc<dyn Executor>,
         politeness: Politeness,
+        limits: WorkerLimits,
         shutdown: CancellationToken,
         metrics: metrics::WorkerMetrics,
     ) -> Self {
@@ -233,16 +250,22 @@ impl Worker {
                 executor,
                 slots_max,
                 memory_limit,
+                limits,
                 exec: Arc::new(Semaphore::new(slots_max as usize)),
                 pool: ChunkPool::new(slots_max as usize),
                 gate: Arc::new(Gate::new(first.allowed, first.duty_percent)),
                 politeness,
                 politeness_changed: Notify::new(),
                 active: Mutex::new(HashMap::new()),
+                waiting: Mutex::new(HashMap::new()),
                 modules: Mutex::new(HashMap::new()),
+                refused_modules: Mutex::default(),
                 local_scheduler: OnceLock::new(),
                 // Counted by the delivery task as it starts (off the async threads).
                 outbox_len: 0.into(),
+                outbox: Mutex::default(),
+                outbox_writes: 0.into(),
+                outbox_stale: false.into(),
                 #[cfg(feature = "test-utils")]
                 greedy: false.into(),
                 deliver: Notify::new(),
@@ -276,6 +299,11 @@ impl Worker {
     /// Slots lent now (0 while suspended) and the memory limit per chunk.
     pub fn capacity(&self) -> (u32, u64) {
         (self.inner.gate.allowed(), self.inner.memory_limit)
+    }
+
+    /// What a chunk and a submitter may have here at most.
+    pub fn limits(&self) -> &WorkerLimits {
+        &self.inner.limits
     }
 
     /// Resolves when the worker's capacity changed (a chunk started or ended).

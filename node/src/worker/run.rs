@@ -15,14 +15,27 @@ use std::time::Duration;
 use libp2p::PeerId;
 
 use super::{INLINE_OUTPUT, Worker};
-use crate::net::fetch::fetch_blob;
+use crate::net::fetch::{FetchError, fetch_blob, fetch_blob_max};
 use crate::net::protocol::{
     Assignment, BlobHash, ChunkResult, JobId, Payload, ResultContext, WireOutcome,
 };
-use crate::sandbox::{ChunkControl, Execution, JobModule, Outcome};
+use crate::sandbox::{ChunkControl, Execution, JobModule, ModuleError, Outcome};
 
 /// Modules kept loaded (by blob hash); the cache is emptied when full.
 const MODULE_CACHE: usize = 32;
+/// Modules remembered as refused (by blob hash), so that a bad module is neither
+/// fetched nor parsed again at every offer; the oldest is forgotten first.
+const REFUSED_MODULES: usize = 1024;
+/// Longest reason kept for a refused module (it goes back to submitters).
+const REFUSED_REASON: usize = 256;
+
+/// Modules this worker refused, newest last (bounded by [`REFUSED_MODULES`]): why,
+/// and whether offering one is an offence.
+#[derive(Debug, Default)]
+pub(super) struct RefusedModules {
+    why: HashMap<BlobHash, (String, bool)>,
+    order: std::collections::VecDeque<BlobHash>,
+}
 /// How often a chunk waiting for a slot looks whether it was cancelled.
 const CANCEL_CHECK: Duration = Duration::from_millis(200);
 
@@ -49,6 +62,9 @@ pub fn wire_outcome(outcome: Outcome) -> Option<(WireOutcome, Vec<u8>)> {
 enum LoadError {
     /// The module is bad: a deterministic outcome.
     Invalid(String),
+    /// The module is one no honest peer sends (over a size or shape cap, or text:
+    /// a peergrid submitter refuses those at submit): an offence too.
+    Hostile(String),
     /// It could not be fetched: not this chunk's fault.
     Unavailable(String),
 }
@@ -120,7 +136,7 @@ impl Worker {
         }
         let module = match self.load_module(submitter, a.module).await {
             Ok(module) => module,
-            Err(LoadError::Invalid(reason)) => {
+            Err(LoadError::Invalid(reason) | LoadError::Hostile(reason)) => {
                 return Some(Execution {
                     outcome: Outcome::Invalid(reason),
                     fuel_used: 0,
@@ -183,13 +199,63 @@ impl Worker {
         if let Some(module) = self.modules().get(&hash) {
             return Ok(module.clone());
         }
-        let module = self.fetch_and_load(submitter, hash).await?;
+        if let Some((why, _)) = self.refused_module(&hash) {
+            return Err(LoadError::Invalid(why));
+        }
+        let module = match self.fetch_and_load(submitter, hash).await {
+            Err(LoadError::Invalid(why)) => {
+                tracing::info!(%submitter, module = %hash, "refusing a module: {why}");
+                self.refuse_module(hash, &why, false);
+                return Err(LoadError::Invalid(why));
+            }
+            Err(LoadError::Hostile(why)) => {
+                tracing::info!(%submitter, module = %hash, "refusing a module: {why}");
+                self.refuse_module(hash, &why, true);
+                if submitter != self.inner.net.local_peer_id() {
+                    self.inner
+                        .net
+                        .penalize(submitter, format!("offered module {hash}: {why}"))
+                        .await;
+                }
+                return Err(LoadError::Invalid(why));
+            }
+            other => other?,
+        };
         let mut modules = self.modules();
         if modules.len() >= MODULE_CACHE {
             modules.clear();
         }
         modules.insert(hash, module.clone());
         Ok(module)
+    }
+
+    /// Why `hash` was refused here, if it was (recently), and whether offering it is
+    /// an offence.
+    pub(super) fn refused_module(&self, hash: &BlobHash) -> Option<(String, bool)> {
+        let refused = self
+            .inner
+            .refused_modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        refused.why.get(hash).cloned()
+    }
+
+    fn refuse_module(&self, hash: BlobHash, why: &str, hostile: bool) {
+        let mut why: String = why.chars().take(REFUSED_REASON).collect();
+        why.shrink_to_fit();
+        let mut refused = self
+            .inner
+            .refused_modules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if refused.why.insert(hash, (why, hostile)).is_none() {
+            refused.order.push_back(hash);
+        }
+        while refused.order.len() > REFUSED_MODULES {
+            if let Some(old) = refused.order.pop_front() {
+                refused.why.remove(&old);
+            }
+        }
     }
 
     fn modules(&self) -> std::sync::MutexGuard<'_, HashMap<BlobHash, JobModule>> {
@@ -201,9 +267,12 @@ impl Worker {
         submitter: PeerId,
         hash: BlobHash,
     ) -> Result<JobModule, LoadError> {
-        fetch_blob(&self.inner.net, &self.inner.blobs, hash, &[submitter])
-            .await
-            .map_err(|e| LoadError::Unavailable(e.to_string()))?;
+        let max = self.inner.sandbox.caps().max_bytes as u64;
+        match fetch_blob_max(&self.inner.net, &self.inner.blobs, hash, &[submitter], max).await {
+            Ok(()) => {}
+            Err(e @ FetchError::TooLarge { .. }) => return Err(LoadError::Hostile(e.to_string())),
+            Err(e) => return Err(LoadError::Unavailable(e.to_string())),
+        }
         let blobs = self.inner.blobs.clone();
         let sandbox = self.inner.sandbox.clone();
         tokio::task::spawn_blocking(move || {
@@ -211,9 +280,13 @@ impl Worker {
                 .get(&hash)
                 .map_err(|e| LoadError::Unavailable(e.to_string()))?
                 .ok_or_else(|| LoadError::Unavailable("module vanished from the store".into()))?;
-            sandbox
-                .load(&bytes)
-                .map_err(|e| LoadError::Invalid(e.to_string()))
+            // A binary only, checked against the caps before compiling.
+            sandbox.load_from_peer(&bytes).map_err(|e| match e {
+                ModuleError::TooLarge(_) | ModuleError::TextFromPeer => {
+                    LoadError::Hostile(e.to_string())
+                }
+                e => LoadError::Invalid(e.to_string()),
+            })
         })
         .await
         .map_err(|e| LoadError::Unavailable(e.to_string()))?

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::politeness::clock::TestClock;
 use super::politeness::{Clock, VolunteerConfig};
 use super::pool::{CHUNK_NICE, thread_nice};
-use super::{Executor, LocalResults, Worker};
+use super::{Executor, LocalResults, Worker, WorkerLimits};
+use crate::net::protocol::ResultBatch;
 use crate::net::protocol::{
     Assignment, BlobHash, ChunkResult, JobId, Payload, RejectReason, ResultAck, TaskReply,
     WireOutcome,
@@ -84,6 +85,8 @@ impl Executor for Probe {
 struct Fixture {
     worker: Worker,
     probe: Arc<Probe>,
+    /// While set, this node's own scheduler takes results only very slowly.
+    stall: Arc<AtomicBool>,
     db: Arc<Db>,
     module: BlobHash,
     /// This node's peer id: chunks offered by it are "own" jobs.
@@ -109,13 +112,37 @@ impl Fixture {
         key: &identity::Keypair,
         outbox: Vec<OutboxRow>,
     ) -> Self {
+        Self::with_limits(volunteer, clock, key, outbox, WorkerLimits::default())
+    }
+
+    /// [`new`](Self::new) with the worker's bounds given.
+    fn with_limits(
+        volunteer: VolunteerConfig,
+        clock: Arc<dyn Clock>,
+        key: &identity::Keypair,
+        outbox: Vec<OutboxRow>,
+        limits: WorkerLimits,
+    ) -> Self {
+        Self::build(volunteer, clock, key, outbox, limits, Nobody)
+    }
+
+    /// [`with_limits`](Self::with_limits) with the peers the network reaches.
+    fn build(
+        volunteer: VolunteerConfig,
+        clock: Arc<dyn Clock>,
+        key: &identity::Keypair,
+        outbox: Vec<OutboxRow>,
+        limits: WorkerLimits,
+        peers: impl SimulatedPeers,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(&dir.path().join("db.sqlite")).unwrap());
         db.apply(&outbox.into_iter().map(Write::OutboxPut).collect::<Vec<_>>())
             .unwrap();
         let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
-        let module = blobs.put(WAT.as_bytes()).unwrap();
-        let net = NetClient::simulated(key, Nobody);
+        // Peers send binaries (WAT text is refused from the network).
+        let module = blobs.put(&wat::parse_str(WAT).unwrap()).unwrap();
+        let net = NetClient::simulated(key, peers);
         let local = net.local_peer_id();
         let probe = Arc::new(Probe::default());
         let shutdown = CancellationToken::new();
@@ -127,22 +154,33 @@ impl Fixture {
             probe.clone(),
             volunteer,
             Limits::CHUNK.memory_bytes,
+            limits,
             clock,
             shutdown.clone(),
         );
         let (tx, batches) = mpsc::unbounded_channel();
+        let stall = Arc::new(AtomicBool::new(false));
+        let stalled = stall.clone();
         worker.set_local_scheduler(LocalResults(Arc::new(move |_peer, batch| {
             let stored = batch
                 .results
                 .iter()
                 .map(|r| (r.job_id, r.chunk, r.attempt))
                 .collect();
-            let _ = tx.send(batch.results);
-            Box::pin(async move { ResultAck { stored } })
+            let (tx, stalled) = (tx.clone(), stalled.clone());
+            Box::pin(async move {
+                // A slow submitter: answers only once the test lets it.
+                while stalled.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let _ = tx.send(batch.results);
+                ResultAck { stored }
+            })
         })));
         Self {
             worker,
             probe,
+            stall,
             db,
             module,
             local,
@@ -301,7 +339,7 @@ async fn a_worker_paused_longer_than_withdraw_after_hands_its_chunks_back() {
         panic!("an offer gets an offer reply");
     };
     assert_eq!(accepted.len(), 3, "two run and one waits for a slot");
-    f.worker.pause(None).unwrap();
+    f.worker.pause(None).await.unwrap();
     assert_eq!(f.worker.capacity().0, 0, "a paused worker lends nothing");
     let TaskReply::Offer { rejected, .. } = f.offer(10..11) else {
         panic!("an offer gets an offer reply");
@@ -453,5 +491,369 @@ async fn only_the_jobs_submitter_can_cancel_its_chunks() {
     .await;
     f.probe.hold.store(false, Ordering::Relaxed);
     f.worker.cancel(stranger, JOB, &[]);
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn limits_over_the_workers_maxima_are_refused_with_the_maxima() {
+    let limits = WorkerLimits {
+        max_fuel: 1_000_000,
+        max_timeout: Duration::from_secs(60),
+        max_output_bytes: 1024,
+        ..WorkerLimits::default()
+    };
+    let mut f = Fixture::with_limits(
+        lend(2),
+        Arc::new(TestClock::default()),
+        &local_key(),
+        Vec::new(),
+        limits,
+    );
+    let submitter = PeerId::random();
+    let fits = Limits {
+        fuel: 1_000_000,
+        memory_bytes: Limits::CHUNK.memory_bytes,
+        timeout: Duration::from_secs(60),
+        max_output_bytes: 1024,
+    };
+    let most = TaskReply::Offer {
+        accepted: vec![],
+        rejected: (1..6)
+            .map(|c| (c, 0, RejectReason::LimitsTooHigh(fits)))
+            .collect(),
+    };
+    let with = |chunk: u32, limits: Limits| Assignment {
+        limits,
+        ..f.assignment(chunk)
+    };
+    let over = vec![
+        with(
+            1,
+            Limits {
+                fuel: u64::MAX,
+                ..fits
+            },
+        ),
+        with(
+            2,
+            Limits {
+                timeout: Duration::from_secs(61),
+                ..fits
+            },
+        ),
+        with(
+            3,
+            Limits {
+                max_output_bytes: 1025,
+                ..fits
+            },
+        ),
+        with(
+            4,
+            Limits {
+                memory_bytes: Limits::CHUNK.memory_bytes + 1,
+                ..fits
+            },
+        ),
+        with(5, Limits::CHUNK),
+    ];
+    assert_eq!(f.worker.offer(submitter, JOB, over), most);
+    let metrics = &f.worker.inner.metrics.refused;
+    assert_eq!(metrics.with_label_values(&["limits_too_high"]).get(), 5);
+    assert_eq!(
+        f.worker.status().active,
+        0,
+        "nothing over a maximum was taken"
+    );
+    // Exactly the maxima are taken.
+    let TaskReply::Offer { accepted, rejected } = f.worker.offer(f.local, JOB, vec![with(0, fits)])
+    else {
+        panic!("an offer gets an offer reply");
+    };
+    assert_eq!((accepted, rejected), (vec![(0, 0)], vec![]));
+    assert_eq!(f.delivered(1).await[0].outcome, WireOutcome::Ok);
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_module_over_a_cap_or_in_text_is_refused_once_and_then_at_admission() {
+    let mut f = Fixture::new(
+        lend(2),
+        Arc::new(TestClock::default()),
+        &local_key(),
+        Vec::new(),
+    );
+    let blobs = BlobStore::open(f._dir.path().join("blobs")).unwrap();
+    let huge = format!("(module {})", "(func)".repeat(100_001));
+    let bad = [
+        (
+            blobs.put(&wat::parse_str(&huge).unwrap()).unwrap(),
+            "functions: 100001",
+        ),
+        (blobs.put(WAT.as_bytes()).unwrap(), "WAT text"),
+    ];
+    for (chunk, (module, why)) in (0u32..).zip(bad) {
+        let a = Assignment {
+            module,
+            ..f.assignment(chunk)
+        };
+        let TaskReply::Offer { accepted, .. } = f.worker.offer(f.local, JOB, vec![a.clone()])
+        else {
+            panic!("an offer gets an offer reply");
+        };
+        assert_eq!(accepted, [(chunk, 0)]);
+        let result = f.delivered(1).await.remove(0);
+        match &result.outcome {
+            WireOutcome::Invalid(reason) => assert!(reason.contains(why), "{reason}"),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+        // Remembered: the next offer of that module is refused at once.
+        let again = Assignment { attempt: 1, ..a };
+        let TaskReply::Offer { accepted, rejected } = f.worker.offer(f.local, JOB, vec![again])
+        else {
+            panic!("an offer gets an offer reply");
+        };
+        assert!(accepted.is_empty());
+        assert!(
+            matches!(&rejected[..], [(c, 1, RejectReason::BadModule(r))] if *c == chunk && r.contains(why)),
+            "{rejected:?}"
+        );
+    }
+    assert!(f.probe.threads.lock().unwrap().is_empty(), "nothing ran");
+    f.stop().await;
+}
+
+/// Takes every result batch sent to it, and records which peer got what, and the
+/// offences counted against peers.
+#[derive(Clone, Default)]
+struct Takers(
+    Arc<Mutex<Vec<(PeerId, u32)>>>,
+    Arc<Mutex<Vec<(PeerId, String)>>>,
+);
+
+impl SimulatedPeers for Takers {
+    fn peers(&mut self) -> Vec<PeerInfo> {
+        Vec::new()
+    }
+
+    fn task(
+        &mut self,
+        _peer: PeerId,
+        _request: crate::net::protocol::TaskRequest,
+    ) -> Result<TaskReply, RequestError> {
+        Err(RequestError::Unreachable)
+    }
+
+    fn penalize(&mut self, peer: PeerId, reason: String) {
+        self.1.lock().unwrap().push((peer, reason));
+    }
+
+    fn results(&mut self, peer: PeerId, batch: ResultBatch) -> Result<ResultAck, RequestError> {
+        let mut got = self.0.lock().unwrap();
+        got.extend(batch.results.iter().map(|r| (peer, r.chunk)));
+        Ok(ResultAck {
+            stored: batch
+                .results
+                .iter()
+                .map(|r| (r.job_id, r.chunk, r.attempt))
+                .collect(),
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_submitter_does_not_hold_up_delivery_to_the_others() {
+    let key = local_key();
+    let own = key.public().to_peer_id();
+    let others: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+    let mut rows: Vec<OutboxRow> = (0..3).map(|c| outbox_row(own, c, vec![1])).collect();
+    for (i, peer) in others.iter().enumerate() {
+        rows.extend((0..3).map(|c| outbox_row(*peer, 100 * (i as u32 + 1) + c, vec![2])));
+    }
+    let takers = Takers::default();
+    let mut f = Fixture::build(
+        lend(1),
+        Arc::new(TestClock::default()),
+        &key,
+        rows,
+        WorkerLimits::default(),
+        takers.clone(),
+    );
+    // This node's own scheduler stalls on the first batch it is sent.
+    f.stall.store(true, Ordering::Relaxed);
+    until("the other submitters to take their results", || {
+        takers.0.lock().unwrap().len() == 9
+    })
+    .await;
+    until("their results to leave the outbox", || {
+        f.worker.status().outbox == 3
+    })
+    .await;
+    assert!(
+        f.batches.try_recv().is_err(),
+        "the slow submitter took nothing yet"
+    );
+    f.stall.store(false, Ordering::Relaxed);
+    assert_eq!(f.delivered(3).await.len(), 3);
+    until("the outbox to empty", || f.worker.status().outbox == 0).await;
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_submitter_over_its_outbox_quota_is_refused_alone_and_old_results_expire() {
+    let key = local_key();
+    let hoarder = PeerId::random();
+    // Five results the hoarder never takes (it cannot be reached).
+    let rows: Vec<OutboxRow> = (0..5)
+        .map(|c| outbox_row(hoarder, c, vec![7; 100]))
+        .collect();
+    let limits = WorkerLimits {
+        outbox_results_per_submitter: 5,
+        ..WorkerLimits::default()
+    };
+    let f = Fixture::with_limits(
+        lend(2),
+        Arc::new(TestClock::default()),
+        &key,
+        rows.clone(),
+        limits,
+    );
+    until("the outbox to be counted", || f.worker.status().outbox == 5).await;
+    let TaskReply::Offer { accepted, rejected } =
+        f.worker.offer(hoarder, JOB, vec![f.assignment(10)])
+    else {
+        panic!("an offer gets an offer reply");
+    };
+    assert!(accepted.is_empty());
+    assert!(
+        matches!(&rejected[..], [(10, 0, RejectReason::OutboxFull { rows: 5, bytes })] if *bytes > 500),
+        "{rejected:?}"
+    );
+    // Anyone else is still served.
+    let TaskReply::Offer { accepted, .. } = f.offer(0..1) else {
+        panic!("an offer gets an offer reply");
+    };
+    assert_eq!(accepted, [(0, 0)]);
+    f.stop().await;
+
+    // Results older than the expiry are dropped.
+    let limits = WorkerLimits {
+        outbox_expiry: Duration::from_millis(1),
+        ..WorkerLimits::default()
+    };
+    let f = Fixture::with_limits(lend(2), Arc::new(TestClock::default()), &key, rows, limits);
+    // Real time (the rows' age is wall-clock); the worker's tasks have not run yet.
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(f.db.outbox_len().unwrap(), 5);
+    until("the old results to expire", || {
+        f.db.outbox_len().unwrap() == 0
+    })
+    .await;
+    until("the outbox to be counted again", || {
+        f.worker.status().outbox == 0
+    })
+    .await;
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_submitter_holds_at_most_half_the_slots_while_another_waits() {
+    // 2 slots: the worker takes 8 assignments at once.
+    let f = Fixture::new(
+        lend(2),
+        Arc::new(TestClock::default()),
+        &local_key(),
+        Vec::new(),
+    );
+    f.probe.hold.store(true, Ordering::Relaxed);
+    let (a, b) = (PeerId::random(), PeerId::random());
+    let offer = |peer: PeerId, chunks: std::ops::Range<u32>| {
+        let TaskReply::Offer { accepted, rejected } =
+            f.worker
+                .offer(peer, JOB, chunks.map(|c| f.assignment(c)).collect())
+        else {
+            panic!("an offer gets an offer reply");
+        };
+        assert!(
+            rejected.iter().all(|r| r.2 == RejectReason::NoFreeSlots),
+            "{rejected:?}"
+        );
+        accepted.len()
+    };
+    assert_eq!(offer(a, 0..10), 8, "alone, a submitter may take everything");
+    assert_eq!(offer(b, 0..4), 0, "full: the other waits");
+    // `a` gives back five; while `b` waits, `a` holds at most half (4).
+    f.worker.cancel(a, JOB, &[0, 1, 2, 3, 4]);
+    until("a's cancelled chunks to stop", || {
+        f.worker.status().active == 3
+    })
+    .await;
+    assert_eq!(offer(a, 20..23), 1, "a is capped at its share");
+    let refused = |reason: &str| {
+        f.worker
+            .inner
+            .metrics
+            .refused
+            .with_label_values(&[reason])
+            .get()
+    };
+    assert_eq!(refused("fair_share"), 2);
+    assert_eq!(
+        refused("no_free_slots"),
+        2 + 4,
+        "a's 2 over capacity, then b's 4"
+    );
+    assert_eq!(offer(b, 0..10), 4, "b gets its share");
+    assert_eq!(f.worker.status().active, 8);
+    // Once nobody else waits (30 s without a refusal), `a` may take it all again.
+    f.worker.cancel(b, JOB, &[]);
+    until("b's chunks to stop", || f.worker.status().active == 4).await;
+    tokio::time::sleep(super::admission::WAITING).await;
+    assert_eq!(offer(a, 30..40), 4);
+    f.probe.hold.store(false, Ordering::Relaxed);
+    f.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_module_no_honest_peer_sends_is_an_offence_and_a_merely_invalid_one_is_not() {
+    let takers = Takers::default();
+    let f = Fixture::build(
+        lend(2),
+        Arc::new(TestClock::default()),
+        &local_key(),
+        Vec::new(),
+        WorkerLimits::default(),
+        takers.clone(),
+    );
+    let blobs = BlobStore::open(f._dir.path().join("blobs")).unwrap();
+    let huge = format!("(module {})", "(func)".repeat(100_001));
+    let bomb = blobs.put(&wat::parse_str(&huge).unwrap()).unwrap();
+    let no_abi = blobs.put(&wat::parse_str("(module)").unwrap()).unwrap();
+    let stranger = PeerId::random();
+    let offer = |chunk: u32, module: BlobHash| {
+        let a = Assignment {
+            module,
+            ..f.assignment(chunk)
+        };
+        f.worker.offer(stranger, JOB, vec![a])
+    };
+    let penalties = || takers.1.lock().unwrap().len();
+    let results = || takers.0.lock().unwrap().len();
+    assert!(matches!(offer(0, bomb), TaskReply::Offer { accepted, .. } if accepted.len() == 1));
+    until("the bomb's Invalid result to be delivered", || {
+        results() == 1
+    })
+    .await;
+    assert_eq!(penalties(), 1);
+    assert!(takers.1.lock().unwrap()[0].1.contains("functions: 100001"));
+    // Offered again: refused at once, and counted again.
+    assert!(matches!(offer(1, bomb), TaskReply::Offer { rejected, .. } if rejected.len() == 1));
+    until("the second offence", || penalties() == 2).await;
+    // A module that fails the ABI is refused too, but is no offence.
+    assert!(matches!(offer(2, no_abi), TaskReply::Offer { accepted, .. } if accepted.len() == 1));
+    until("the invalid module's result", || results() == 2).await;
+    assert!(matches!(offer(3, no_abi), TaskReply::Offer { rejected, .. } if rejected.len() == 1));
+    assert_eq!(penalties(), 2);
+    assert!(takers.1.lock().unwrap().iter().all(|(p, _)| *p == stranger));
     f.stop().await;
 }

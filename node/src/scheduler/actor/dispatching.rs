@@ -62,9 +62,22 @@ impl Actor {
         }
         let accepted: HashSet<(u32, u32)> = match reply {
             Ok(TaskReply::Offer { accepted, rejected }) => {
-                if rejected.iter().any(|r| r.2 == RejectReason::NoFreeSlots) {
+                if rejected.iter().any(|r| {
+                    matches!(
+                        r.2,
+                        RejectReason::NoFreeSlots | RejectReason::OutboxFull { .. }
+                    )
+                }) {
                     self.backoff
                         .insert(peer, self.now() + PEER_BACKOFF.as_millis() as u64);
+                }
+                if let Some(reason) = rejected.iter().find_map(|r| match &r.2 {
+                    RejectReason::LimitsTooHigh(_) | RejectReason::BadModule(_) => {
+                        Some(r.2.clone())
+                    }
+                    _ => None,
+                }) {
+                    self.refused_for_good(id, peer, reason);
                 }
                 accepted.into_iter().collect()
             }
@@ -88,6 +101,36 @@ impl Actor {
             dispatch::offer_reply(&mut txn, id, peer, &refused, &HashSet::new(), self.now());
             self.apply(txn.finish());
         }
+    }
+
+    /// `peer` refused `id` for good (its limits, or its module). The job is never
+    /// offered to it again (placement skips it), and its status says why.
+    fn refused_for_good(&mut self, id: JobId, peer: PeerId, reason: RejectReason) {
+        let Some(job) = self.state.jobs.get(&id) else {
+            return;
+        };
+        let asked = job.spec.limits;
+        let refused = self.state.refused.entry(id).or_default();
+        // Bounded by the peers that can be offered anything (the peer book's size).
+        if refused.len() >= 2 * crate::net::peers::MAX_PEERS || refused.contains_key(&peer) {
+            return;
+        }
+        match &reason {
+            RejectReason::LimitsTooHigh(most) => tracing::info!(
+                job = %id,
+                %peer,
+                ?asked,
+                ?most,
+                "a worker refuses this job's limits; not offering it this job again"
+            ),
+            other => tracing::info!(
+                job = %id,
+                %peer,
+                reason = ?other,
+                "a worker refuses this job's module; not offering it this job again"
+            ),
+        }
+        refused.insert(peer, reason);
     }
 
     /// Reads the capacity view (on a full dispatch) and builds the candidates.
@@ -190,6 +233,8 @@ impl Actor {
         }
         let now = self.now();
         self.backoff.retain(|_, until| *until > now);
+        let jobs = &self.state.jobs;
+        self.state.refused.retain(|id, _| jobs.contains_key(id));
         if full {
             // Spot checks of verified chunks are not reaped with the pending ones.
             let jobs = &self.state.jobs;
@@ -260,23 +305,125 @@ impl Actor {
             .collect()
     }
 
+    /// Sends the offer of `items` to `peer`, in as many messages as its size needs
+    /// ([`offer_batches`]); each reply comes back for the items it carried.
     pub(super) fn send_offer(&self, id: JobId, peer: PeerId, items: Vec<(u32, u32)>) {
         let assignments = self.assignments(id, &items);
-        let (net, tx) = (self.ctx.net.clone(), self.tx.clone());
-        tokio::spawn(tracing::Instrument::in_current_span(async move {
-            let offer = TaskRequest::Offer {
-                job_id: id,
-                assignments,
+        let mut batches = offer_batches(assignments);
+        // An item without an assignment (cannot happen) is answered as refused.
+        let carried: HashSet<(u32, u32)> = batches
+            .iter()
+            .flatten()
+            .map(|a| (a.chunk, a.attempt))
+            .collect();
+        let mut orphans: Vec<(u32, u32)> =
+            items.into_iter().filter(|i| !carried.contains(i)).collect();
+        if batches.is_empty() && !orphans.is_empty() {
+            batches.push(Vec::new());
+        }
+        for assignments in batches {
+            let mut offered: Vec<(u32, u32)> =
+                assignments.iter().map(|a| (a.chunk, a.attempt)).collect();
+            offered.append(&mut orphans);
+            let (net, tx) = (self.ctx.net.clone(), self.tx.clone());
+            tokio::spawn(tracing::Instrument::in_current_span(async move {
+                let reply = if assignments.is_empty() {
+                    Ok(TaskReply::Offer {
+                        accepted: Vec::new(),
+                        rejected: Vec::new(),
+                    })
+                } else {
+                    let offer = TaskRequest::Offer {
+                        job_id: id,
+                        assignments,
+                    };
+                    net.send_task(peer, offer).await
+                };
+                let _ = tx
+                    .send(Msg::OfferReply {
+                        job: id,
+                        peer,
+                        offered,
+                        reply,
+                    })
+                    .await;
+            }));
+        }
+    }
+}
+
+/// Bytes an assignment takes on the wire besides its inline input, at most: chunk
+/// and attempt (5 each), module hash (32), the payload's tag and length or a blob's
+/// hash and size (43), the limits (45), the soft deadline (10).
+const ASSIGNMENT_OVERHEAD: usize = 160;
+/// Room kept in an offer message for the request's tag, the job id and the list's
+/// length.
+const OFFER_ENVELOPE: usize = 1024;
+
+/// Splits an offer's assignments into messages of at most
+/// [`MAX_TASK_BYTES`](crate::net::protocol::MAX_TASK_BYTES) each, in order: a peer
+/// with many slots and chunks with large inline inputs (up to 64 KiB each) would
+/// otherwise need a message over the limit, refused at every try.
+pub(super) fn offer_batches(assignments: Vec<Assignment>) -> Vec<Vec<Assignment>> {
+    let max = crate::net::protocol::MAX_TASK_BYTES - OFFER_ENVELOPE;
+    let mut out: Vec<Vec<Assignment>> = Vec::new();
+    let mut bytes = 0usize;
+    for a in assignments {
+        let size = ASSIGNMENT_OVERHEAD
+            + match &a.input {
+                crate::net::protocol::Payload::Inline(b) => b.len(),
+                crate::net::protocol::Payload::Blob { .. } => 0,
             };
-            let reply = net.send_task(peer, offer).await;
-            let _ = tx
-                .send(Msg::OfferReply {
-                    job: id,
-                    peer,
-                    offered: items,
-                    reply,
-                })
-                .await;
-        }));
+        match out.last_mut() {
+            Some(batch) if bytes + size <= max => {
+                bytes += size;
+                batch.push(a);
+            }
+            _ => {
+                bytes = size;
+                out.push(vec![a]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::protocol::{BlobHash, Limits, MAX_TASK_BYTES, Payload};
+
+    #[test]
+    fn offers_are_split_to_fit_a_message_whatever_the_peers_room() {
+        let assignment = |chunk: u32, input: usize| Assignment {
+            chunk,
+            attempt: u32::MAX,
+            module: BlobHash::of(b"m"),
+            input: Payload::Inline(vec![7; input]),
+            limits: Limits {
+                fuel: u64::MAX,
+                memory_bytes: u64::MAX,
+                timeout: std::time::Duration::MAX,
+                max_output_bytes: u64::MAX,
+            },
+            soft_deadline_ms: u64::MAX,
+        };
+        // 300 chunks of the largest inline input (64 KiB): 19 MiB in all.
+        let all: Vec<Assignment> = (0..300).map(|c| assignment(c, 64 * 1024)).collect();
+        let batches = offer_batches(all.clone());
+        assert!(batches.len() >= 3, "{}", batches.len());
+        for batch in &batches {
+            let bytes = postcard::to_allocvec(&TaskRequest::Offer {
+                job_id: JobId([0xff; 16]),
+                assignments: batch.clone(),
+            })
+            .unwrap();
+            assert!(bytes.len() <= MAX_TASK_BYTES, "{} bytes", bytes.len());
+        }
+        assert_eq!(batches.concat(), all, "every assignment once, in order");
+        // Small ones go in one message.
+        let small: Vec<Assignment> = (0..256).map(|c| assignment(c, 8)).collect();
+        assert_eq!(offer_batches(small).len(), 1);
+        assert!(offer_batches(Vec::new()).is_empty());
     }
 }
