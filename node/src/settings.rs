@@ -59,6 +59,7 @@ impl Resolve for NodeOptions {
         }
         net.bootstrap = parse_multiaddrs("bootstrap", &self.bootstrap)?;
         net.mdns = !self.no_mdns;
+        connection_limits(&self, &mut net)?;
         let advert_interval = match &self.advert_interval {
             Some(s) => parse_duration(s).map_err(ConfigError)?,
             // Adverts go to subscribers only, on change and as a refresh: the refresh
@@ -118,6 +119,33 @@ impl Resolve for NodeOptions {
             trust: TrustPolicy::default(),
         })
     }
+}
+
+/// The connection limits: totals, the inbound share, per address and network.
+fn connection_limits(options: &NodeOptions, net: &mut NetConfig) -> Result<(), ConfigError> {
+    if let Some(n) = options.max_connections {
+        net.max_connections = n;
+    }
+    net.max_inbound = options.max_inbound.unwrap_or(net.max_connections / 4 * 3);
+    if let Some(n) = options.max_connections_per_ip {
+        net.guard.per_ip = n;
+    }
+    if let Some(n) = options.max_connections_per_subnet {
+        net.guard.per_subnet = n;
+    }
+    let (total, inbound) = (net.max_connections, net.max_inbound);
+    if total < 8 || inbound == 0 || inbound > total {
+        return Err(ConfigError(format!(
+            "--max-connections must be at least 8 and --max-inbound between 1 and it, got {total} and {inbound}"
+        )));
+    }
+    if net.guard.per_ip == 0 || net.guard.per_subnet < net.guard.per_ip {
+        return Err(ConfigError(format!(
+            "--max-connections-per-ip must be at least 1 and --max-connections-per-subnet at least that, got {} and {}",
+            net.guard.per_ip, net.guard.per_subnet
+        )));
+    }
+    Ok(())
 }
 
 fn volunteer_of(options: &NodeOptions, cpus: u32) -> Result<VolunteerConfig, ConfigError> {

@@ -11,6 +11,7 @@ use libp2p::{
 
 use super::NetConfig;
 use super::codec::PostcardCodec;
+use super::guard::ConnectionGuard;
 use super::metrics::NetMetrics;
 use super::protocol::*;
 
@@ -25,6 +26,7 @@ const CAPACITY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Every protocol a peer speaks. Owned by the event loop's `Swarm` and nothing else.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    pub(crate) guard: ConnectionGuard,
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) identify: identify::Behaviour,
@@ -70,6 +72,7 @@ impl Behaviour {
 
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established(Some(config.max_connections))
+            .with_max_established_incoming(Some(config.max_inbound.min(config.max_connections)))
             .with_max_established_per_peer(Some(2))
             .with_max_pending_incoming(Some(64))
             .with_max_pending_outgoing(Some(64));
@@ -97,6 +100,7 @@ impl Behaviour {
         };
 
         Ok(Self {
+            guard: ConnectionGuard::new(config.guard.clone(), metrics.clone()),
             limits: connection_limits::Behaviour::new(limits),
             blocked: allow_block_list::Behaviour::default(),
             identify: identify::Behaviour::new(

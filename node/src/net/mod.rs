@@ -2,7 +2,8 @@
 //!
 //! # Who talks to whom
 //! - [`start`] builds the `Swarm` (TCP + Noise + Yamux, and QUIC; identify, ping,
-//!   Kademlia on `/peergrid/kad/3.0.0`, mDNS, connection limits, a ban list and four
+//!   Kademlia on `/peergrid/kad/3.0.0`, mDNS, connection limits (in total, inbound,
+//!   per IP and per network: [`guard`]), a ban list and four
 //!   request-response protocols with a size-capped postcard codec), starts listening
 //!   and spawns the [`event_loop`], the only task that touches the Swarm.
 //! - Everything else holds a cloneable [`NetClient`]: each call sends a `Command` with
@@ -26,6 +27,7 @@ pub mod codec;
 pub mod discovery;
 pub(crate) mod event_loop;
 pub mod fetch;
+pub mod guard;
 pub mod metrics;
 pub mod peers;
 pub mod protocol;
@@ -61,8 +63,13 @@ pub struct NetConfig {
     pub request_timeout: Duration,
     /// Close connections idle for this long.
     pub idle_timeout: Duration,
-    /// Most connections in total.
+    /// Most connections in total (inbound and this node's own dials).
     pub max_connections: u32,
+    /// Most inbound connections; the rest of `max_connections` is reserved for this
+    /// node's own dials, so strangers connecting in cannot take every slot.
+    pub max_inbound: u32,
+    /// Inbound limits per IP address and per network, and address bans.
+    pub guard: guard::GuardConfig,
     /// Capacity discovery's numbers.
     pub discovery: discovery::DiscoveryConfig,
 }
@@ -83,6 +90,8 @@ impl Default for NetConfig {
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             max_connections: 256,
+            max_inbound: 192,
+            guard: guard::GuardConfig::default(),
             discovery: discovery::DiscoveryConfig::default(),
         }
     }
