@@ -556,3 +556,79 @@ async fn a_peer_of_another_version_is_ignored_politely_and_garbage_adverts_are_p
     .await;
     net.shutdown().await;
 }
+
+/// Dials `addr` from a raw swarm: true when the connection is established, false
+/// when it is refused.
+async fn raw_try_connect(swarm: &mut Swarm<Raw>, addr: Multiaddr) -> bool {
+    swarm.dial(addr).expect("dial");
+    let wait = async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => return true,
+                SwarmEvent::OutgoingConnectionError { .. }
+                | SwarmEvent::ConnectionClosed { .. } => return false,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_identities_from_one_address_are_limited_and_their_offences_ban_the_address() {
+    // Loopback counts here, as a stranger's address would (it is exempt by default).
+    let net = TestNet::spawn_with(1, |_, config| {
+        config.net.guard.exempt_loopback = false;
+    })
+    .await;
+    let target = net.node(0).peer_id();
+    let addr = net.node(0).listen_addrs().await[0].clone();
+    let per_ip = peergrid_node::net::guard::GuardConfig::default().per_ip as usize;
+    let mut raws = Vec::new();
+    for _ in 0..per_ip + 3 {
+        let mut raw = raw_peer(protocol::IDENTIFY_PROTOCOL);
+        if raw_try_connect(&mut raw, addr.clone()).await {
+            raws.push(raw);
+        }
+    }
+    assert_eq!(
+        raws.len(),
+        per_ip,
+        "one address gets --max-connections-per-ip"
+    );
+
+    // Offences under several identities add up to a ban of the address.
+    let threshold = 10;
+    for i in 0..threshold {
+        let raw = &mut raws[i % per_ip];
+        let _ = raw_request(raw, target, Proto::Task, vec![0x17; 64]).await;
+        wait_for(
+            "the offence to be counted",
+            Duration::from_secs(10),
+            || async {
+                let status = net.node(0).net().status().await?;
+                (status.offences as usize > i).then_some(())
+            },
+        )
+        .await;
+    }
+    let status = wait_for(
+        "the address to be banned",
+        Duration::from_secs(10),
+        || async {
+            let status = net.node(0).net().status().await?;
+            (status.banned_addresses == 1).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(
+        status.banned_peers, per_ip,
+        "every identity on it is banned"
+    );
+    // A fresh identity from the banned address is refused at connection.
+    let mut fresh = raw_peer(protocol::IDENTIFY_PROTOCOL);
+    assert!(!raw_try_connect(&mut fresh, addr).await);
+    net.shutdown().await;
+}

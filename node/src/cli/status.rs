@@ -124,8 +124,8 @@ impl StatusCmd {
         }
         if s.offences > 0 || s.banned_peers > 0 {
             println!(
-                "offences  {} counted, {} peers banned",
-                s.offences, s.banned_peers
+                "offences  {} counted, {} peers and {} addresses banned",
+                s.offences, s.banned_peers, s.banned_addresses
             );
         }
         Ok(ExitCode::SUCCESS)

@@ -84,8 +84,20 @@ impl Behaviour {
         // every `random_walk_interval`; libp2p's bootstrap (one lookup per bucket: log
         // N of them) runs hourly, and when the routing table is nearly empty.
         kad_config.set_periodic_bootstrap_interval(Some(KAD_BOOTSTRAP_INTERVAL));
-        let mut kad =
-            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        // peergrid keeps no records in the DHT (it is used to find peers only): a
+        // peer's PUT_VALUE or ADD_PROVIDER comes up as an event, which the event loop
+        // ignores, and is never stored; the store holds nothing.
+        kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+        let store = kad::store::MemoryStore::with_config(
+            peer_id,
+            kad::store::MemoryStoreConfig {
+                max_records: 0,
+                max_value_bytes: 0,
+                max_providers_per_key: 0,
+                max_provided_keys: 0,
+            },
+        );
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
         // Peers on private networks or loopback never get an external address
         // confirmed (no AutoNAT yet), so answer DHT queries regardless.
         kad.set_mode(Some(kad::Mode::Server));

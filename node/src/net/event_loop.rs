@@ -28,16 +28,13 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::codec::{Inbound, Offence};
 use super::discovery::Discovery;
 use super::metrics::NetMetrics;
+use super::offences::{AddressOffences, BAN_TIME, OFFENCE_THRESHOLD};
 use super::peers::{NetStatus, PeerBook, PeerInfo};
 use super::protocol::*;
 use super::{NetConfig, NetEvent, RequestError};
 
 mod capacity;
 
-/// Offences a peer may commit before it is disconnected and banned.
-pub(crate) const OFFENCE_THRESHOLD: u32 = 5;
-/// How long a banned peer stays banned.
-const BAN_TIME: Duration = Duration::from_secs(600);
 /// How often a node connected to nobody dials its bootstrap peers again.
 const BOOTSTRAP_RETRY: Duration = Duration::from_secs(10);
 
@@ -77,6 +74,8 @@ pub(crate) struct EventLoop {
     pending_result: PendingMap<ResultAck>,
     pending_blob: PendingMap<BlobReply>,
     bans: HashMap<PeerId, Instant>,
+    /// Offences and bans by IP address (whatever identities it used).
+    address_offences: AddressOffences,
     bootstrapped: bool,
     last_bootstrap: Instant,
     last_refresh: Instant,
@@ -126,6 +125,7 @@ impl EventLoop {
             pending_result: HashMap::new(),
             pending_blob: HashMap::new(),
             bans: HashMap::new(),
+            address_offences: AddressOffences::default(),
             bootstrapped: false,
             last_bootstrap: Instant::now(),
             last_refresh: Instant::now(),
@@ -173,6 +173,9 @@ impl EventLoop {
             self.bans.remove(&peer);
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             self.book.forgive(&peer);
+        }
+        for ip in self.address_offences.expire(now) {
+            self.swarm.behaviour_mut().guard.unban(ip);
         }
         self.record_gauges();
     }
@@ -254,6 +257,7 @@ impl EventLoop {
             own_advert: self.own_advert.clone(),
             offences: self.book.total_offences(),
             banned_peers: self.bans.len(),
+            banned_addresses: self.address_offences.banned(),
             dropped_inbound: self.dropped_inbound,
         }
     }
@@ -289,7 +293,9 @@ impl EventLoop {
         }
     }
 
-    /// Counts an offence; past the threshold the peer is disconnected and banned.
+    /// Counts an offence against the peer and against the address it connects
+    /// from; past a threshold the peer, or the address with every peer on it, is
+    /// disconnected and banned.
     fn penalize(&mut self, peer: PeerId, reason: &str) {
         if peer == *self.swarm.local_peer_id() {
             return;
@@ -298,15 +304,38 @@ impl EventLoop {
         self.metrics.penalties.inc();
         tracing::warn!(%peer, offences = count, "peer misbehaved: {reason}");
         if count >= OFFENCE_THRESHOLD && !self.bans.contains_key(&peer) {
-            tracing::warn!(%peer, "disconnecting and banning peer for {BAN_TIME:?}");
-            self.bans.insert(peer, Instant::now() + BAN_TIME);
-            self.metrics.bans.inc();
-            self.metrics.banned_peers.set(self.bans.len() as i64);
-            self.swarm.behaviour_mut().blocked.block_peer(peer);
-            self.swarm.behaviour_mut().kad.remove_peer(&peer);
-            self.book.forget_advert(&peer);
-            self.discovery.unsubscribe(&peer);
+            self.ban(peer);
         }
+        // Loopback is one address for every local node (see `GuardConfig`).
+        let Some(ip) = self
+            .book
+            .observed_ip(&peer)
+            .filter(|ip| !(ip.is_loopback() && self.config.guard.exempt_loopback))
+        else {
+            return;
+        };
+        let ip = super::guard::canonical(ip);
+        if self.address_offences.offence(ip, Instant::now()) {
+            tracing::warn!(%ip, "disconnecting and banning every peer at this address for {BAN_TIME:?}");
+            self.swarm.behaviour_mut().guard.ban(ip);
+            for other in self.book.peers_at(ip) {
+                if !self.bans.contains_key(&other) {
+                    self.ban(other);
+                }
+            }
+        }
+    }
+
+    /// Disconnects and bans one peer id.
+    fn ban(&mut self, peer: PeerId) {
+        tracing::warn!(%peer, "disconnecting and banning peer for {BAN_TIME:?}");
+        self.bans.insert(peer, Instant::now() + BAN_TIME);
+        self.metrics.bans.inc();
+        self.metrics.banned_peers.set(self.bans.len() as i64);
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        self.swarm.behaviour_mut().kad.remove_peer(&peer);
+        self.book.forget_advert(&peer);
+        self.discovery.unsubscribe(&peer);
     }
 
     /// Hands an inbound request to the node; when the node is overloaded the request

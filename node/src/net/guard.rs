@@ -7,7 +7,8 @@
 //!
 //! Owned by the [`Behaviour`](super::behaviour::Behaviour); the event loop bans and
 //! unbans addresses through [`ConnectionGuard::ban`] / [`ConnectionGuard::unban`].
-//! Outbound connections (this node's own dials) are never counted or refused here:
+//! Outbound connections (this node's own dials) are never counted here (only those
+//! to a banned address are refused):
 //! with the inbound limit below the total (`NetConfig::max_connections`), they keep
 //! their reserved share however many strangers knock (no eclipse).
 
@@ -264,10 +265,15 @@ impl NetworkBehaviour for ConnectionGuard {
         &mut self,
         _id: ConnectionId,
         _peer: PeerId,
-        _addr: &Multiaddr,
+        addr: &Multiaddr,
         _role: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        // Never counted; but a banned address is not dialled into either (a walk
+        // may find its new identities in the DHT).
+        if remote_ip(addr).is_some_and(|ip| self.banned.contains(&ip)) {
+            return Err(self.deny(Denied::Banned));
+        }
         Ok(dummy::ConnectionHandler)
     }
 

@@ -20,7 +20,9 @@
 //! - [`fetch`] gets a blob from the peers that hold it, piece by piece, verifying the
 //!   BLAKE3 hash before the blob enters the store.
 //! - A peer whose messages are oversized or garbled is penalised; past
-//!   [`event_loop::OFFENCE_THRESHOLD`] offences it is disconnected and banned.
+//!   `OFFENCE_THRESHOLD` offences it is disconnected and banned; offences from one
+//!   IP address add up whatever identities it uses, and past a threshold the
+//!   address is banned too (`offences.rs`, refused at connection by [`guard`]).
 
 mod behaviour;
 pub mod codec;
@@ -29,6 +31,7 @@ pub(crate) mod event_loop;
 pub mod fetch;
 pub mod guard;
 pub mod metrics;
+mod offences;
 pub mod peers;
 pub mod protocol;
 pub mod scale_sim;

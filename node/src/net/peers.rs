@@ -118,6 +118,9 @@ pub struct NetStatus {
     pub banned_peers: usize,
     /// Inbound requests dropped because the node was busy.
     pub dropped_inbound: u64,
+    /// IP addresses banned now (offences from them under any identities).
+    #[serde(default)]
+    pub banned_addresses: usize,
 }
 
 /// The table itself.
@@ -310,6 +313,20 @@ impl PeerBook {
         let entry = self.entry(peer);
         entry.offences += 1;
         entry.offences
+    }
+
+    /// The IP `peer`'s latest connection came from (what the network saw).
+    pub(crate) fn observed_ip(&self, peer: &PeerId) -> Option<IpAddr> {
+        self.peers.get(peer).and_then(|e| e.observed)
+    }
+
+    /// The peers whose latest connection came from `ip`.
+    pub(crate) fn peers_at(&self, ip: IpAddr) -> Vec<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, e)| e.observed.map(super::guard::canonical) == Some(ip))
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// Clears a peer's offences when its ban ends.
