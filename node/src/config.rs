@@ -190,6 +190,11 @@ pub struct NodeOptions {
     /// [default: 16]
     #[arg(long, value_name = "N")]
     pub max_connections_per_subnet: Option<u32>,
+    /// Refuse new connections while this node's resident memory (chunks included)
+    /// is above this, e.g. 4GiB. [default: the chunks' memory (--memory-total, else
+    /// --cpus × --memory) + 1GiB, at most 90 % of the machine's memory]
+    #[arg(long, value_name = "SIZE")]
+    pub connection_memory_limit: Option<String>,
 }
 
 /// A loopback address in a /24 of its own for each call (127.a.b.1), so that the
@@ -306,6 +311,9 @@ impl NodeOptions {
             max_connections_per_subnet: self
                 .max_connections_per_subnet
                 .or(file.max_connections_per_subnet),
+            connection_memory_limit: self
+                .connection_memory_limit
+                .or(file.connection_memory_limit),
         }
     }
 }

@@ -82,6 +82,28 @@ impl Resolve for NodeOptions {
             None => 512 * 1024 * 1024,
         };
         let volunteer = volunteer_of(&self, cpus)?;
+        net.max_memory = match &self.connection_memory_limit {
+            Some(s) => {
+                parse_size(s).map_err(|e| ConfigError(format!("--connection-memory-limit: {e}")))?
+            }
+            None => {
+                let chunks = volunteer
+                    .preferences
+                    .memory_total
+                    .unwrap_or(u64::from(cpus).saturating_mul(memory_per_chunk));
+                let machine = sysinfo::System::new_with_specifics(
+                    sysinfo::RefreshKind::nothing()
+                        .with_memory(sysinfo::MemoryRefreshKind::nothing().with_ram()),
+                )
+                .map_or(0, |s| s.total_memory());
+                let cap = chunks.saturating_add(1 << 30);
+                if machine > 0 {
+                    cap.min(machine / 10 * 9)
+                } else {
+                    cap
+                }
+            }
+        };
         Ok(NodeConfig {
             data_dir,
             net,

@@ -5,13 +5,14 @@ use std::time::Duration;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, allow_block_list, connection_limits, identify, identity, kad, mdns, ping,
-    request_response,
+    StreamProtocol, allow_block_list, connection_limits, identify, identity, kad, mdns,
+    memory_connection_limits, ping, request_response,
 };
 
 use super::NetConfig;
 use super::codec::PostcardCodec;
 use super::guard::ConnectionGuard;
+use super::held::Budget;
 use super::metrics::NetMetrics;
 use super::protocol::*;
 
@@ -28,6 +29,7 @@ const CAPACITY_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Behaviour {
     pub(crate) guard: ConnectionGuard,
     pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) memory: memory_connection_limits::Behaviour,
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
@@ -39,26 +41,51 @@ pub(crate) struct Behaviour {
     pub(crate) capacity: request_response::Behaviour<PostcardCodec<CapacityRequest, CapacityReply>>,
 }
 
-fn request_response<Req, Resp>(
-    protocol: &'static str,
+/// The most streams (requests in flight, both ways) per connection on each
+/// protocol. request-response's default of 64 would let one connection hold 64
+/// messages of 8 MiB being read; honest use needs few: a submitter has one offer
+/// per job in flight to a worker, a worker one result batch at a time per
+/// submitter, a blob fetch 4 pieces per blob.
+pub(crate) mod streams {
+    /// Task offers and cancels (8 MiB requests).
+    pub(crate) const TASK: usize = 8;
+    /// Result batches (8 MiB requests).
+    pub(crate) const RESULT: usize = 4;
+    /// Blob pieces (small requests, 1 MiB answers).
+    pub(crate) const BLOB: usize = 32;
+    /// Capacity queries and updates (4 KiB).
+    pub(crate) const CAPACITY: usize = 8;
+}
+
+/// One request-response protocol: its name, size limits, timeout and streams.
+struct Protocol {
+    name: &'static str,
     max_request: usize,
     max_response: usize,
     timeout: Duration,
+    streams: usize,
+}
+
+fn request_response<Req, Resp>(
+    p: Protocol,
     metrics: &NetMetrics,
+    budget: &Budget,
 ) -> request_response::Behaviour<PostcardCodec<Req, Resp>>
 where
     Req: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
     Resp: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
 {
     request_response::Behaviour::with_codec(
-        PostcardCodec::new(max_request, max_response).with_metrics(metrics.clone()),
+        PostcardCodec::new(p.max_request, p.max_response)
+            .with_metrics(metrics.clone())
+            .with_budget(budget.clone()),
         [(
-            StreamProtocol::new(protocol),
+            StreamProtocol::new(p.name),
             request_response::ProtocolSupport::Full,
         )],
         request_response::Config::default()
-            .with_request_timeout(timeout)
-            .with_max_concurrent_streams(64),
+            .with_request_timeout(p.timeout)
+            .with_max_concurrent_streams(p.streams),
     )
 }
 
@@ -67,6 +94,7 @@ impl Behaviour {
         key: &identity::Keypair,
         config: &NetConfig,
         metrics: &NetMetrics,
+        budget: &Budget,
     ) -> anyhow::Result<Self> {
         let peer_id = key.public().to_peer_id();
 
@@ -114,6 +142,11 @@ impl Behaviour {
         Ok(Self {
             guard: ConnectionGuard::new(config.guard.clone(), metrics.clone()),
             limits: connection_limits::Behaviour::new(limits),
+            // New connections (both ways) are refused while the process's resident
+            // memory is above the cap; open ones go on.
+            memory: memory_connection_limits::Behaviour::with_max_bytes(
+                usize::try_from(config.max_memory).unwrap_or(usize::MAX),
+            ),
             blocked: allow_block_list::Behaviour::default(),
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
@@ -125,32 +158,48 @@ impl Behaviour {
             kad,
             mdns: mdns.into(),
             task: request_response(
-                TASK_PROTOCOL,
-                MAX_TASK_BYTES,
-                MAX_SMALL_BYTES,
-                config.request_timeout,
+                Protocol {
+                    name: TASK_PROTOCOL,
+                    max_request: MAX_TASK_BYTES,
+                    max_response: MAX_SMALL_BYTES,
+                    timeout: config.request_timeout,
+                    streams: streams::TASK,
+                },
                 metrics,
+                budget,
             ),
             result: request_response(
-                RESULT_PROTOCOL,
-                MAX_RESULT_BYTES,
-                MAX_SMALL_BYTES,
-                config.request_timeout,
+                Protocol {
+                    name: RESULT_PROTOCOL,
+                    max_request: MAX_RESULT_BYTES,
+                    max_response: MAX_SMALL_BYTES,
+                    timeout: config.request_timeout,
+                    streams: streams::RESULT,
+                },
                 metrics,
+                budget,
             ),
             blob: request_response(
-                BLOB_PROTOCOL,
-                MAX_SMALL_BYTES,
-                MAX_BLOB_REPLY_BYTES,
-                config.request_timeout,
+                Protocol {
+                    name: BLOB_PROTOCOL,
+                    max_request: MAX_SMALL_BYTES,
+                    max_response: MAX_BLOB_REPLY_BYTES,
+                    timeout: config.request_timeout,
+                    streams: streams::BLOB,
+                },
                 metrics,
+                budget,
             ),
             capacity: request_response(
-                CAPACITY_PROTOCOL,
-                MAX_CAPACITY_BYTES,
-                MAX_CAPACITY_BYTES,
-                config.request_timeout.min(CAPACITY_TIMEOUT),
+                Protocol {
+                    name: CAPACITY_PROTOCOL,
+                    max_request: MAX_CAPACITY_BYTES,
+                    max_response: MAX_CAPACITY_BYTES,
+                    timeout: config.request_timeout.min(CAPACITY_TIMEOUT),
+                    streams: streams::CAPACITY,
+                },
                 metrics,
+                budget,
             ),
         })
     }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::codec::{Inbound, Offence};
 use super::discovery::Discovery;
+use super::held::{Budget, Held, Weigh};
 use super::metrics::NetMetrics;
 use super::offences::{AddressOffences, BAN_TIME, OFFENCE_THRESHOLD};
 use super::peers::{NetStatus, PeerBook, PeerInfo};
@@ -80,6 +81,8 @@ pub(crate) struct EventLoop {
     last_bootstrap: Instant,
     last_refresh: Instant,
     dropped_inbound: u64,
+    /// The byte bound on inbound requests held by the node.
+    held: Budget,
     metrics: NetMetrics,
 }
 
@@ -108,6 +111,7 @@ impl EventLoop {
         shutdown: CancellationToken,
         config: NetConfig,
         metrics: NetMetrics,
+        held: Budget,
     ) -> Self {
         Self {
             swarm,
@@ -130,6 +134,7 @@ impl EventLoop {
             last_bootstrap: Instant::now(),
             last_refresh: Instant::now(),
             dropped_inbound: 0,
+            held,
             metrics,
         }
     }
@@ -189,6 +194,7 @@ impl EventLoop {
         m.view_slots.with_label_values(&["total"]).set(total as i64);
         m.view_slots.with_label_values(&["free"]).set(free as i64);
         m.banned_peers.set(self.bans.len() as i64);
+        m.inbound_held_bytes.set(self.held.used() as i64);
         m.connected_peers
             .set(self.swarm.connected_peers().count() as i64);
     }
@@ -338,13 +344,22 @@ impl EventLoop {
         self.discovery.unsubscribe(&peer);
     }
 
-    /// Hands an inbound request to the node; when the node is overloaded the request
-    /// is dropped (the peer sees its stream closed) rather than queued without bound.
-    fn deliver(&mut self, event: NetEvent) {
-        if self.events.try_send(event).is_err() {
+    /// Hands an inbound request to the node with its share of the byte budget; when
+    /// the node is overloaded (the queue is full, or the requests it holds weigh
+    /// [`MAX_HELD_BYTES`](super::held::MAX_HELD_BYTES)) the request is dropped (the peer sees its stream closed)
+    /// rather than queued without bound.
+    fn deliver(&mut self, weight: usize, event: impl FnOnce(Held) -> NetEvent) {
+        let sent = match self.held.take(weight) {
+            Some(held) => self.events.try_send(event(held)).is_ok(),
+            None => false,
+        };
+        if !sent {
             self.dropped_inbound += 1;
             self.metrics.inbound_dropped.inc();
-            tracing::debug!("node busy: dropped an inbound request");
+            tracing::debug!(
+                held = self.held.used(),
+                "node busy: dropped an inbound request"
+            );
         }
     }
 
@@ -469,30 +484,33 @@ impl EventLoop {
                 event,
                 TASK_PROTOCOL,
                 |s| &mut s.pending_task,
-                |peer, request, channel| NetEvent::Task {
+                |peer, request, channel, held| NetEvent::Task {
                     peer,
                     request,
                     channel,
+                    held,
                 },
             ),
             BehaviourEvent::Result(event) => self.on_request_response(
                 event,
                 RESULT_PROTOCOL,
                 |s| &mut s.pending_result,
-                |peer, request, channel| NetEvent::Results {
+                |peer, request, channel, held| NetEvent::Results {
                     peer,
                     request,
                     channel,
+                    held,
                 },
             ),
             BehaviourEvent::Blob(event) => self.on_request_response(
                 event,
                 BLOB_PROTOCOL,
                 |s| &mut s.pending_blob,
-                |peer, request, channel| NetEvent::Blob {
+                |peer, request, channel, held| NetEvent::Blob {
                     peer,
                     request,
                     channel,
+                    held,
                 },
             ),
             _ => {}
@@ -551,14 +569,19 @@ impl EventLoop {
         event: request_response::Event<Inbound<Req>, Resp>,
         protocol: &'static str,
         pending: fn(&mut Self) -> &mut PendingMap<Resp>,
-        inbound: fn(PeerId, Req, request_response::ResponseChannel<Resp>) -> NetEvent,
-    ) {
+        inbound: fn(PeerId, Req, request_response::ResponseChannel<Resp>, Held) -> NetEvent,
+    ) where
+        Req: Weigh,
+    {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
                 } => match request {
-                    Ok(request) => self.deliver(inbound(peer, request, channel)),
+                    Ok(request) => {
+                        let weight = request.weight();
+                        self.deliver(weight, |held| inbound(peer, request, channel, held))
+                    }
                     // Dropping the channel closes the stream unanswered.
                     Err(offence) => self.on_offence(peer, &offence),
                 },

@@ -63,6 +63,8 @@ pub struct NetMetrics {
     pub ping_rtt: Histogram,
     /// Inbound connections refused by address, by reason ([`DENIED_REASONS`]).
     pub connections_denied: IntCounterVec,
+    /// Bytes of inbound requests being read or held (see `net::held`).
+    pub inbound_held_bytes: IntGauge,
 }
 
 impl NetMetrics {
@@ -147,6 +149,11 @@ impl NetMetrics {
                 "Inbound connections refused by the remote address: banned, or over the per-IP or per-network limit.",
                 &["reason"],
                 &[&DENIED_REASONS],
+            ),
+            inbound_held_bytes: gauge(
+                registry,
+                "peergrid_net_inbound_held_bytes",
+                "Bytes of inbound requests being read, queued or handled (bounded by the inbound byte budget).",
             ),
         }
     }

@@ -58,6 +58,7 @@ pub(super) async fn dispatch(
                 peer,
                 request,
                 channel,
+                held: _,
             } => {
                 if blob_tasks.len() >= BLOB_BACKLOG {
                     tracing::debug!(%peer, "refusing a blob request: {BLOB_BACKLOG} waiting");
@@ -72,6 +73,7 @@ pub(super) async fn dispatch(
                 peer,
                 request,
                 channel,
+                held: _held,
             } => {
                 let reply = match request {
                     TaskRequest::Offer {
@@ -91,6 +93,7 @@ pub(super) async fn dispatch(
                 peer,
                 request,
                 channel,
+                held,
             } => {
                 if result_tasks.len() >= RESULT_BACKLOG {
                     tracing::debug!(%peer, "refusing a result batch: {RESULT_BACKLOG} waiting");
@@ -104,6 +107,7 @@ pub(super) async fn dispatch(
                             return;
                         };
                         let ack = state.scheduler.results(peer, request).await;
+                        drop(held);
                         state.net.respond_results(channel, ack).await;
                     }
                     .in_current_span(),
