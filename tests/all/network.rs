@@ -632,3 +632,37 @@ async fn fresh_identities_from_one_address_are_limited_and_their_offences_ban_th
     assert!(!raw_try_connect(&mut fresh, addr).await);
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_cancels_from_one_peer_is_cut_to_its_rate_and_others_are_still_answered() {
+    use peergrid_node::net::protocol::{JobId, TaskReply, TaskRequest};
+    let net = TestNet::spawn(3).await;
+    let worker = net.node(0).peer_id();
+    let cancel = || TaskRequest::Cancel {
+        job_id: JobId([7; 16]),
+        chunks: Vec::new(),
+    };
+    // One at a time, as fast as the worker answers: its burst, then refusals.
+    let flooder = net.node(1).net();
+    let mut answered = 0;
+    for _ in 0..400 {
+        if let Ok(TaskReply::Cancelled) = flooder.send_task(worker, cancel()).await {
+            answered += 1;
+        }
+    }
+    assert!(
+        (64..400).contains(&answered),
+        "{answered} of 400 cancels answered: the burst (64) and the rate"
+    );
+    // Another peer's requests are not held up by the flooder's bucket.
+    let reply = net.node(2).net().send_task(worker, cancel()).await;
+    assert_eq!(reply, Ok(TaskReply::Cancelled));
+    // 256 refusals are an offence.
+    wait_for(
+        "the flood to count as an offence",
+        Duration::from_secs(10),
+        || async { (offences_of(&net, 0, net.node(1).peer_id()).await > 0).then_some(()) },
+    )
+    .await;
+    net.shutdown().await;
+}

@@ -41,16 +41,17 @@ pub(crate) struct Behaviour {
     pub(crate) capacity: request_response::Behaviour<PostcardCodec<CapacityRequest, CapacityReply>>,
 }
 
-/// The most streams (requests in flight, both ways) per connection on each
-/// protocol. request-response's default of 64 would let one connection hold 64
-/// messages of 8 MiB being read; honest use needs few: a submitter has one offer
-/// per job in flight to a worker, a worker one result batch at a time per
-/// submitter, a blob fetch 4 pieces per blob.
+/// The most streams (requests in flight, both ways: requests over it fail at once)
+/// per connection on each protocol. request-response's default of 64 let one
+/// connection read 64 messages of 8 MiB at once; the bytes being read are bounded
+/// by the inbound byte budget (`held.rs`) now, and honest use needs few streams: a
+/// submitter has one offer per job in flight to a worker, a worker one result
+/// batch at a time per submitter, a blob fetch 4 pieces per blob.
 pub(crate) mod streams {
     /// Task offers and cancels (8 MiB requests).
-    pub(crate) const TASK: usize = 8;
+    pub(crate) const TASK: usize = 16;
     /// Result batches (8 MiB requests).
-    pub(crate) const RESULT: usize = 4;
+    pub(crate) const RESULT: usize = 8;
     /// Blob pieces (small requests, 1 MiB answers).
     pub(crate) const BLOB: usize = 32;
     /// Capacity queries and updates (4 KiB).

@@ -268,8 +268,20 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        self.receive(io, self.max_response, protocol.as_ref(), None)
-            .await
+        let buf = read_bytes(io, self.max_response, protocol.as_ref(), None).await?;
+        // A stream closed with nothing on it is the peer refusing to answer (busy, or
+        // over a bound: it dropped the request), not a garbled answer: no message of
+        // ours encodes to zero bytes. No offence.
+        if buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the stream without answering (busy or refused)",
+            ));
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.message(protocol.as_ref(), Direction::In, buf.len());
+        }
+        decode(&buf, protocol.as_ref())
     }
 
     async fn write_request<T>(
@@ -342,6 +354,20 @@ mod tests {
         bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);
         let err = read::<TaskRequest>(&bytes, 1 << 20).unwrap_err();
         assert!(Offence::from_io(&err).is_some());
+    }
+
+    #[test]
+    fn an_empty_response_is_a_refusal_not_an_offence() {
+        let mut codec = PostcardCodec::<BlobRequest, TaskRequest>::new(100, 100);
+        let protocol = StreamProtocol::new("/t/1");
+        let err = futures::executor::block_on(request_response::Codec::read_response(
+            &mut codec,
+            &protocol,
+            &mut &[][..],
+        ))
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(Offence::from_io(&err).is_none());
     }
 
     #[test]
