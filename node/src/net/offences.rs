@@ -43,7 +43,7 @@ impl AddressOffences {
             self.counts.retain(|_, n| *n > 1);
             if self.counts.len() >= MAX_ADDRESSES {
                 let mut keep: Vec<(IpAddr, u32)> = self.counts.drain().collect();
-                keep.sort_by(|a, b| b.1.cmp(&a.1));
+                keep.sort_by_key(|k| std::cmp::Reverse(k.1));
                 keep.truncate(MAX_ADDRESSES / 2);
                 self.counts.extend(keep);
             }
