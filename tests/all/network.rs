@@ -557,14 +557,17 @@ async fn a_peer_of_another_version_is_ignored_politely_and_garbage_adverts_are_p
     net.shutdown().await;
 }
 
-/// Dials `addr` from a raw swarm: true when the connection is established, false
-/// when it is refused.
+/// Dials `addr` from a raw swarm: true when the node took the connection (it sent
+/// its identify info: a connection the node refuses after the handshake is
+/// established on the dialler's side first, then closed), false when it is refused.
 async fn raw_try_connect(swarm: &mut Swarm<Raw>, addr: Multiaddr) -> bool {
     swarm.dial(addr).expect("dial");
     let wait = async {
         loop {
             match swarm.select_next_some().await {
-                SwarmEvent::ConnectionEstablished { .. } => return true,
+                SwarmEvent::Behaviour(RawEvent::Identify(identify::Event::Received { .. })) => {
+                    return true;
+                }
                 SwarmEvent::OutgoingConnectionError { .. }
                 | SwarmEvent::ConnectionClosed { .. } => return false,
                 _ => {}
@@ -664,5 +667,61 @@ async fn a_flood_of_cancels_from_one_peer_is_cut_to_its_rate_and_others_are_stil
         || async { (offences_of(&net, 0, net.node(1).peer_id()).await > 0).then_some(()) },
     )
     .await;
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_connecting_in_cannot_take_the_slots_kept_for_the_nodes_own_dials() {
+    // 8 connections in all, 6 of them inbound: 2 are kept for this node's dials.
+    let net = TestNet::spawn_with(1, |_, config| {
+        config.net.max_connections = 8;
+        config.net.max_inbound = 6;
+    })
+    .await;
+    let addr = net.node(0).listen_addrs().await[0].clone();
+    let mut strangers = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let mut raw = raw_peer(protocol::IDENTIFY_PROTOCOL);
+        if raw_try_connect(&mut raw, addr.clone()).await {
+            strangers.push(raw);
+        } else {
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        (strangers.len(), refused),
+        (6, 4),
+        "inbound stops at max-inbound"
+    );
+    // The node can still dial out: a peer it chooses is reached.
+    let mut chosen = raw_peer(protocol::IDENTIFY_PROTOCOL);
+    chosen
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+        .expect("listens");
+    let listen = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = chosen.select_next_some().await {
+            break address;
+        }
+    };
+    let target = listen.with(libp2p::multiaddr::Protocol::P2p(*chosen.local_peer_id()));
+    let client = net.node(0).net().clone();
+    let dial = tokio::spawn(async move { client.dial(target).await });
+    let dialled = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            tokio::select! {
+                _ = chosen.select_next_some() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if dial.is_finished() {
+                        return dial.await.expect("dial task");
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("the dial ends");
+    assert_eq!(dialled, Ok(()), "an outbound slot was free");
+    drop(strangers);
     net.shutdown().await;
 }
