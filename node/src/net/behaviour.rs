@@ -205,3 +205,28 @@ impl Behaviour {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use libp2p::PeerId;
+    use libp2p::kad::store::RecordStore;
+
+    use super::*;
+
+    #[test]
+    fn the_dht_stores_no_records_from_anyone() {
+        let key = identity::Keypair::generate_ed25519();
+        let config = NetConfig {
+            mdns: false,
+            ..NetConfig::default()
+        };
+        let mut b = Behaviour::new(&key, &config, &NetMetrics::default(), &Budget::new(1 << 20))
+            .expect("builds");
+        let record = kad::Record::new(kad::RecordKey::new(&b"k"), b"v".to_vec());
+        assert!(b.kad.store_mut().put(record).is_err());
+        let provider =
+            kad::ProviderRecord::new(kad::RecordKey::new(&b"k"), PeerId::random(), Vec::new());
+        assert!(b.kad.store_mut().add_provider(provider).is_err());
+        assert_eq!(b.kad.store_mut().records().count(), 0);
+    }
+}

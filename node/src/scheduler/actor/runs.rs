@@ -16,6 +16,13 @@ impl Actor {
         // hash or signature is checked (see `screen`); a batch of replays is an
         // offence.
         let screened = screen::screen(&Txn::new(&self.state), peer, results);
+        let m = &self.ctx.metrics.results_screened;
+        m.with_label_values(&["copy"])
+            .inc_by(screened.duplicates as u64);
+        m.with_label_values(&["stored"])
+            .inc_by(screened.replays as u64);
+        m.with_label_values(&["not_live"])
+            .inc_by((screened.stored.len() - screened.replays) as u64);
         if let Some(why) = screened.offence() {
             self.ctx.net.penalize(peer, why).await;
         }
