@@ -8,7 +8,9 @@
 //! A bad *request* is delivered as `Err(Offence)` (request-response would otherwise
 //! swallow the read error without saying which peer sent it), so the event loop can
 //! count it against the peer and close the stream unanswered. A bad *response* comes
-//! back as an `io::ErrorKind::InvalidData` error with the [`Offence`] inside.
+//! back as an `io::ErrorKind::InvalidData` error with the [`Offence`] inside; an empty
+//! one (the stream closed unanswered: the peer was busy or the request over one of
+//! its bounds) as `UnexpectedEof`, no offence.
 //!
 //! With [`PostcardCodec::with_metrics`], every message read or written is counted
 //! (messages and bytes, by protocol and direction) in the node's [`NetMetrics`].
