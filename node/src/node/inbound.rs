@@ -46,8 +46,10 @@ const BLOB_PER_PEER: usize = 64;
 /// at a time to each submitter).
 const RESULTS_PER_PEER: usize = 8;
 /// Task offers per second per peer, and the burst (a submitter has one offer per
-/// job in flight to a worker, and sends the next when it is answered).
-const OFFERS: (u32, u32) = (200, 400);
+/// job in flight to a worker, and sends the next when it is answered: with chunks
+/// of a few milliseconds, hundreds a second; an offer over the worker's room is
+/// refused cheaply, so this bounds a flood's cost, not honest throughput).
+const OFFERS: (u32, u32) = (1000, 2000);
 /// Cancels per second per peer, and the burst (a submitter sends one per job it
 /// cancels to each worker holding its chunks).
 const CANCELS: (u32, u32) = (10, 64);
