@@ -210,6 +210,27 @@ pub struct NodeOptions {
     /// bootstrap, DHT, inbound).
     #[arg(long)]
     pub placement_distinct_discovery: bool,
+    /// Most connections to other peers, in and out. [default: 256]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u32>,
+    /// Most connections other peers open to this node; the rest of
+    /// --max-connections is kept for this node's own dials, so strangers cannot
+    /// take every slot. [default: 3/4 of --max-connections]
+    #[arg(long, value_name = "N")]
+    pub max_inbound: Option<u32>,
+    /// Most inbound connections from one IP address (loopback is not counted).
+    /// [default: 4]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<u32>,
+    /// Most inbound connections from one network (IPv4 /24, IPv6 /48).
+    /// [default: 16]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_subnet: Option<u32>,
+    /// Refuse new connections while this node's resident memory (chunks included)
+    /// is above this, e.g. 4GiB. [default: the chunks' memory (--memory-total, else
+    /// --cpus × --memory) + 1GiB, at most 90 % of the machine's memory]
+    #[arg(long, value_name = "SIZE")]
+    pub connection_memory_limit: Option<String>,
 }
 
 /// A loopback address in a /24 of its own for each call (127.a.b.1), so that the
@@ -333,6 +354,15 @@ impl NodeOptions {
             placement_ipv6_prefix: self.placement_ipv6_prefix.or(file.placement_ipv6_prefix),
             placement_distinct_discovery: self.placement_distinct_discovery
                 || file.placement_distinct_discovery,
+            max_connections: self.max_connections.or(file.max_connections),
+            max_inbound: self.max_inbound.or(file.max_inbound),
+            max_connections_per_ip: self.max_connections_per_ip.or(file.max_connections_per_ip),
+            max_connections_per_subnet: self
+                .max_connections_per_subnet
+                .or(file.max_connections_per_subnet),
+            connection_memory_limit: self
+                .connection_memory_limit
+                .or(file.connection_memory_limit),
         }
     }
 }

@@ -83,6 +83,7 @@ impl Resolve for NodeOptions {
         }
         net.bootstrap = parse_multiaddrs("bootstrap", &self.bootstrap)?;
         net.mdns = !self.no_mdns;
+        connection_limits(&self, &mut net)?;
         let advert_interval = match &self.advert_interval {
             Some(s) => parse_duration(s).map_err(ConfigError)?,
             // Adverts go to subscribers only, on change and as a refresh: the refresh
@@ -106,6 +107,28 @@ impl Resolve for NodeOptions {
         };
         let volunteer = volunteer_of(&self, cpus)?;
         let (worker_limits, max_fuel) = worker_limits_of(&self)?;
+        net.max_memory = match &self.connection_memory_limit {
+            Some(s) => {
+                parse_size(s).map_err(|e| ConfigError(format!("--connection-memory-limit: {e}")))?
+            }
+            None => {
+                let chunks = volunteer
+                    .preferences
+                    .memory_total
+                    .unwrap_or(u64::from(cpus).saturating_mul(memory_per_chunk));
+                let machine = sysinfo::System::new_with_specifics(
+                    sysinfo::RefreshKind::nothing()
+                        .with_memory(sysinfo::MemoryRefreshKind::nothing().with_ram()),
+                )
+                .map_or(0, |s| s.total_memory());
+                let cap = chunks.saturating_add(1 << 30);
+                if machine > 0 {
+                    cap.min(machine / 10 * 9)
+                } else {
+                    cap
+                }
+            }
+        };
         Ok(NodeConfig {
             data_dir,
             net,
@@ -198,6 +221,31 @@ fn worker_limits_of(options: &NodeOptions) -> Result<(WorkerLimits, Option<u64>)
         ..d
     };
     Ok((limits, max_fuel))
+/// The connection limits: totals, the inbound share, per address and network.
+fn connection_limits(options: &NodeOptions, net: &mut NetConfig) -> Result<(), ConfigError> {
+    if let Some(n) = options.max_connections {
+        net.max_connections = n;
+    }
+    net.max_inbound = options.max_inbound.unwrap_or(net.max_connections / 4 * 3);
+    if let Some(n) = options.max_connections_per_ip {
+        net.guard.per_ip = n;
+    }
+    if let Some(n) = options.max_connections_per_subnet {
+        net.guard.per_subnet = n;
+    }
+    let (total, inbound) = (net.max_connections, net.max_inbound);
+    if total < 8 || inbound == 0 || inbound > total {
+        return Err(ConfigError(format!(
+            "--max-connections must be at least 8 and --max-inbound between 1 and it, got {total} and {inbound}"
+        )));
+    }
+    if net.guard.per_ip == 0 || net.guard.per_subnet < net.guard.per_ip {
+        return Err(ConfigError(format!(
+            "--max-connections-per-ip must be at least 1 and --max-connections-per-subnet at least that, got {} and {}",
+            net.guard.per_ip, net.guard.per_subnet
+        )));
+    }
+    Ok(())
 }
 
 fn volunteer_of(options: &NodeOptions, cpus: u32) -> Result<VolunteerConfig, ConfigError> {

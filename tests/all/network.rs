@@ -556,3 +556,172 @@ async fn a_peer_of_another_version_is_ignored_politely_and_garbage_adverts_are_p
     .await;
     net.shutdown().await;
 }
+
+/// Dials `addr` from a raw swarm: true when the node took the connection (it sent
+/// its identify info: a connection the node refuses after the handshake is
+/// established on the dialler's side first, then closed), false when it is refused.
+async fn raw_try_connect(swarm: &mut Swarm<Raw>, addr: Multiaddr) -> bool {
+    swarm.dial(addr).expect("dial");
+    let wait = async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::Behaviour(RawEvent::Identify(identify::Event::Received { .. })) => {
+                    return true;
+                }
+                SwarmEvent::OutgoingConnectionError { .. }
+                | SwarmEvent::ConnectionClosed { .. } => return false,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), wait)
+        .await
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_identities_from_one_address_are_limited_and_their_offences_ban_the_address() {
+    // Loopback counts here, as a stranger's address would (it is exempt by default).
+    let net = TestNet::spawn_with(1, |_, config| {
+        config.net.guard.exempt_loopback = false;
+    })
+    .await;
+    let target = net.node(0).peer_id();
+    let addr = net.node(0).listen_addrs().await[0].clone();
+    let per_ip = peergrid_node::net::guard::GuardConfig::default().per_ip as usize;
+    let mut raws = Vec::new();
+    for _ in 0..per_ip + 3 {
+        let mut raw = raw_peer(protocol::IDENTIFY_PROTOCOL);
+        if raw_try_connect(&mut raw, addr.clone()).await {
+            raws.push(raw);
+        }
+    }
+    assert_eq!(
+        raws.len(),
+        per_ip,
+        "one address gets --max-connections-per-ip"
+    );
+
+    // Offences under several identities add up to a ban of the address.
+    let threshold = 10;
+    for i in 0..threshold {
+        let raw = &mut raws[i % per_ip];
+        let _ = raw_request(raw, target, Proto::Task, vec![0x17; 64]).await;
+        wait_for(
+            "the offence to be counted",
+            Duration::from_secs(10),
+            || async {
+                let status = net.node(0).net().status().await?;
+                (status.offences as usize > i).then_some(())
+            },
+        )
+        .await;
+    }
+    let status = wait_for(
+        "the address to be banned",
+        Duration::from_secs(10),
+        || async {
+            let status = net.node(0).net().status().await?;
+            (status.banned_addresses == 1).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(
+        status.banned_peers, per_ip,
+        "every identity on it is banned"
+    );
+    // A fresh identity from the banned address is refused at connection.
+    let mut fresh = raw_peer(protocol::IDENTIFY_PROTOCOL);
+    assert!(!raw_try_connect(&mut fresh, addr).await);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_cancels_from_one_peer_is_cut_to_its_rate_and_others_are_still_answered() {
+    use peergrid_node::net::protocol::{JobId, TaskReply, TaskRequest};
+    let net = TestNet::spawn(3).await;
+    let worker = net.node(0).peer_id();
+    let cancel = || TaskRequest::Cancel {
+        job_id: JobId([7; 16]),
+        chunks: Vec::new(),
+    };
+    // One at a time, as fast as the worker answers: its burst, then refusals.
+    let flooder = net.node(1).net();
+    let mut answered = 0;
+    for _ in 0..400 {
+        if let Ok(TaskReply::Cancelled) = flooder.send_task(worker, cancel()).await {
+            answered += 1;
+        }
+    }
+    assert!(
+        (64..400).contains(&answered),
+        "{answered} of 400 cancels answered: the burst (64) and the rate"
+    );
+    // Another peer's requests are not held up by the flooder's bucket.
+    let reply = net.node(2).net().send_task(worker, cancel()).await;
+    assert_eq!(reply, Ok(TaskReply::Cancelled));
+    // 256 refusals are an offence.
+    wait_for(
+        "the flood to count as an offence",
+        Duration::from_secs(10),
+        || async { (offences_of(&net, 0, net.node(1).peer_id()).await > 0).then_some(()) },
+    )
+    .await;
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_connecting_in_cannot_take_the_slots_kept_for_the_nodes_own_dials() {
+    // 8 connections in all, 6 of them inbound: 2 are kept for this node's dials.
+    let net = TestNet::spawn_with(1, |_, config| {
+        config.net.max_connections = 8;
+        config.net.max_inbound = 6;
+    })
+    .await;
+    let addr = net.node(0).listen_addrs().await[0].clone();
+    let mut strangers = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let mut raw = raw_peer(protocol::IDENTIFY_PROTOCOL);
+        if raw_try_connect(&mut raw, addr.clone()).await {
+            strangers.push(raw);
+        } else {
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        (strangers.len(), refused),
+        (6, 4),
+        "inbound stops at max-inbound"
+    );
+    // The node can still dial out: a peer it chooses is reached.
+    let mut chosen = raw_peer(protocol::IDENTIFY_PROTOCOL);
+    chosen
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr"))
+        .expect("listens");
+    let listen = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = chosen.select_next_some().await {
+            break address;
+        }
+    };
+    let target = listen.with(libp2p::multiaddr::Protocol::P2p(*chosen.local_peer_id()));
+    let client = net.node(0).net().clone();
+    let dial = tokio::spawn(async move { client.dial(target).await });
+    let dialled = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            tokio::select! {
+                _ = chosen.select_next_some() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if dial.is_finished() {
+                        return dial.await.expect("dial task");
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("the dial ends");
+    assert_eq!(dialled, Ok(()), "an outbound slot was free");
+    drop(strangers);
+    net.shutdown().await;
+}

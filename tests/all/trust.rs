@@ -274,6 +274,19 @@ async fn results_signed_with_another_key_than_the_senders_are_refused() {
     if let Some(tally) = status.peers.iter().find(|p| p.peer == forger) {
         assert_eq!(tally.agreed, 0, "a forged result counted: {tally:?}");
     }
+    // A bad signature is an offence against the sender, not only an error.
+    let client = net.node(0).state().net().clone();
+    peergrid_tests::wait_for("the forger's offences", Duration::from_secs(60), || {
+        let (client, forger) = (client.clone(), forger.clone());
+        async move {
+            let peers = client.peers().await;
+            peers
+                .iter()
+                .any(|p| p.peer_id == forger && p.offences > 0)
+                .then_some(())
+        }
+    })
+    .await;
     net.shutdown().await;
 }
 

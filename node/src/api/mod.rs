@@ -96,6 +96,9 @@ pub struct Status {
     pub offences: u64,
     /// Peers banned now.
     pub banned_peers: usize,
+    /// IP addresses banned now (offences under any identities).
+    #[serde(default)]
+    pub banned_addresses: usize,
     /// Inbound requests dropped because the node was busy.
     pub dropped_inbound: u64,
     /// The worker side.
@@ -209,6 +212,7 @@ async fn status(State(state): State<Arc<NodeState>>) -> Result<Json<Status>, Sta
         advert: net.own_advert,
         offences: net.offences,
         banned_peers: net.banned_peers,
+        banned_addresses: net.banned_addresses,
         dropped_inbound: net.dropped_inbound,
         worker,
         volunteer: state.worker.volunteer_status(),

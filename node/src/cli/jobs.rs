@@ -7,6 +7,7 @@ use anyhow::bail;
 
 use super::GlobalOpts;
 use super::client::ApiClient;
+use super::untrusted::peer_text;
 use crate::config::DataDir;
 use crate::scheduler::{JobState, JobStatus};
 
@@ -123,16 +124,17 @@ pub(super) fn print_job(s: &JobStatus) {
         );
     }
     for f in &s.failures {
-        println!("failed    chunk {}: {}", f.chunk, f.reason);
+        println!("failed    chunk {}: {}", f.chunk, peer_text(&f.reason));
         for (peer, said) in &f.evidence {
             println!(
-                "            {} said {said}",
-                &peer[peer.len().saturating_sub(16)..]
+                "            {} said {}",
+                &peer[peer.len().saturating_sub(16)..],
+                peer_text(said)
             );
         }
     }
     if let Some(error) = &s.error {
-        println!("error     {error}");
+        println!("error     {}", peer_text(error));
     }
     if s.state == JobState::Done {
         println!("result    peergrid results {}", &s.id[..12]);

@@ -28,6 +28,7 @@ pub mod results;
 pub mod run;
 pub mod status;
 pub mod submit;
+mod untrusted;
 
 /// peergrid: a volunteer compute grid. Lend spare CPU, run jobs as sandboxed
 /// WebAssembly on many peers, accept results only when independent peers agree.

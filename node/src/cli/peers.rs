@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use super::GlobalOpts;
 use super::client::ApiClient;
+use super::untrusted::{peer_text, shown};
 use crate::config::DataDir;
 use crate::net::PeerInfo;
 
@@ -29,7 +30,7 @@ impl PeersCmd {
             return Ok(ExitCode::SUCCESS);
         }
         println!(
-            "{:<16} {:>4} {:>8} {:>7} {:>5} {:>9} {:>7}  address",
+            "{:<16} {:>4} {:>8} {:>7} {:>5} {:>9} {:>7}  address (agent)",
             "peer", "conn", "rtt ms", "slots", "cores", "Gfuel/s", "advert"
         );
         for p in &peers {
@@ -55,11 +56,18 @@ impl PeersCmd {
                     .as_ref()
                     .map(|v| {
                         format!(
-                            "(refused: speaks {v}, not {})",
+                            "(refused: speaks {}, not {})",
+                            peer_text(v),
                             crate::net::protocol::IDENTIFY_PROTOCOL
                         )
                     })
-                    .unwrap_or_else(|| p.addrs.first().cloned().unwrap_or_default())
+                    .unwrap_or_else(|| {
+                        let addr = peer_text(p.addrs.first().map_or("", String::as_str));
+                        match &p.agent {
+                            Some(agent) => format!("{addr} ({})", shown(agent, 64)),
+                            None => addr,
+                        }
+                    })
             );
         }
         Ok(ExitCode::SUCCESS)

@@ -8,6 +8,7 @@ use super::GlobalOpts;
 use super::client::ApiClient;
 use super::common::fuel;
 use super::jobs::{print_job, resolve_job};
+use super::untrusted::peer_text;
 use crate::api::Status;
 use crate::config::DataDir;
 use crate::scheduler::{ChunkEvidence, JobStatus};
@@ -123,8 +124,8 @@ impl StatusCmd {
         }
         if s.offences > 0 || s.banned_peers > 0 {
             println!(
-                "offences  {} counted, {} peers banned",
-                s.offences, s.banned_peers
+                "offences  {} counted, {} peers and {} addresses banned",
+                s.offences, s.banned_peers, s.banned_addresses
             );
         }
         Ok(ExitCode::SUCCESS)
@@ -151,7 +152,7 @@ fn print_evidence(evidence: &[ChunkEvidence]) {
                 "  {}  {:<9} {:<28} {}  {}",
                 &r.peer[r.peer.len().saturating_sub(16)..],
                 r.state,
-                r.outcome.as_deref().unwrap_or("-"),
+                peer_text(r.outcome.as_deref().unwrap_or("-")),
                 match r.agrees {
                     Some(true) => "agrees",
                     Some(false) => "DISAGREES",

@@ -5,12 +5,14 @@ use std::time::Duration;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, allow_block_list, connection_limits, identify, identity, kad, mdns, ping,
-    request_response,
+    StreamProtocol, allow_block_list, connection_limits, identify, identity, kad, mdns,
+    memory_connection_limits, ping, request_response,
 };
 
 use super::NetConfig;
 use super::codec::PostcardCodec;
+use super::guard::ConnectionGuard;
+use super::held::Budget;
 use super::metrics::NetMetrics;
 use super::protocol::*;
 
@@ -25,7 +27,9 @@ const CAPACITY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Every protocol a peer speaks. Owned by the event loop's `Swarm` and nothing else.
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    pub(crate) guard: ConnectionGuard,
     pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) memory: memory_connection_limits::Behaviour,
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
@@ -37,26 +41,52 @@ pub(crate) struct Behaviour {
     pub(crate) capacity: request_response::Behaviour<PostcardCodec<CapacityRequest, CapacityReply>>,
 }
 
-fn request_response<Req, Resp>(
-    protocol: &'static str,
+/// The most streams (requests in flight, both ways: requests over it fail at once)
+/// per connection on each protocol. request-response's default of 64 let one
+/// connection read 64 messages of 8 MiB at once; the bytes being read are bounded
+/// by the inbound byte budget (`held.rs`) now, and honest use needs few streams: a
+/// submitter has one offer per job in flight to a worker, a worker one result
+/// batch at a time per submitter, a blob fetch 4 pieces per blob.
+pub(crate) mod streams {
+    /// Task offers and cancels (8 MiB requests).
+    pub(crate) const TASK: usize = 16;
+    /// Result batches (8 MiB requests).
+    pub(crate) const RESULT: usize = 8;
+    /// Blob pieces (small requests, 1 MiB answers).
+    pub(crate) const BLOB: usize = 32;
+    /// Capacity queries and updates (4 KiB).
+    pub(crate) const CAPACITY: usize = 8;
+}
+
+/// One request-response protocol: its name, size limits, timeout and streams.
+struct Protocol {
+    name: &'static str,
     max_request: usize,
     max_response: usize,
     timeout: Duration,
+    streams: usize,
+}
+
+fn request_response<Req, Resp>(
+    p: Protocol,
     metrics: &NetMetrics,
+    budget: &Budget,
 ) -> request_response::Behaviour<PostcardCodec<Req, Resp>>
 where
     Req: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
     Resp: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
 {
     request_response::Behaviour::with_codec(
-        PostcardCodec::new(max_request, max_response).with_metrics(metrics.clone()),
+        PostcardCodec::new(p.max_request, p.max_response)
+            .with_metrics(metrics.clone())
+            .with_budget(budget.clone()),
         [(
-            StreamProtocol::new(protocol),
+            StreamProtocol::new(p.name),
             request_response::ProtocolSupport::Full,
         )],
         request_response::Config::default()
-            .with_request_timeout(timeout)
-            .with_max_concurrent_streams(64),
+            .with_request_timeout(p.timeout)
+            .with_max_concurrent_streams(p.streams),
     )
 }
 
@@ -65,11 +95,13 @@ impl Behaviour {
         key: &identity::Keypair,
         config: &NetConfig,
         metrics: &NetMetrics,
+        budget: &Budget,
     ) -> anyhow::Result<Self> {
         let peer_id = key.public().to_peer_id();
 
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established(Some(config.max_connections))
+            .with_max_established_incoming(Some(config.max_inbound.min(config.max_connections)))
             .with_max_established_per_peer(Some(2))
             .with_max_pending_incoming(Some(64))
             .with_max_pending_outgoing(Some(64));
@@ -81,8 +113,20 @@ impl Behaviour {
         // every `random_walk_interval`; libp2p's bootstrap (one lookup per bucket: log
         // N of them) runs hourly, and when the routing table is nearly empty.
         kad_config.set_periodic_bootstrap_interval(Some(KAD_BOOTSTRAP_INTERVAL));
-        let mut kad =
-            kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        // peergrid keeps no records in the DHT (it is used to find peers only): a
+        // peer's PUT_VALUE or ADD_PROVIDER comes up as an event, which the event loop
+        // ignores, and is never stored; the store holds nothing.
+        kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+        let store = kad::store::MemoryStore::with_config(
+            peer_id,
+            kad::store::MemoryStoreConfig {
+                max_records: 0,
+                max_value_bytes: 0,
+                max_providers_per_key: 0,
+                max_provided_keys: 0,
+            },
+        );
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
         // Peers on private networks or loopback never get an external address
         // confirmed (no AutoNAT yet), so answer DHT queries regardless.
         kad.set_mode(Some(kad::Mode::Server));
@@ -97,7 +141,13 @@ impl Behaviour {
         };
 
         Ok(Self {
+            guard: ConnectionGuard::new(config.guard.clone(), metrics.clone()),
             limits: connection_limits::Behaviour::new(limits),
+            // New connections (both ways) are refused while the process's resident
+            // memory is above the cap; open ones go on.
+            memory: memory_connection_limits::Behaviour::with_max_bytes(
+                usize::try_from(config.max_memory).unwrap_or(usize::MAX),
+            ),
             blocked: allow_block_list::Behaviour::default(),
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
@@ -109,33 +159,74 @@ impl Behaviour {
             kad,
             mdns: mdns.into(),
             task: request_response(
-                TASK_PROTOCOL,
-                MAX_TASK_BYTES,
-                MAX_SMALL_BYTES,
-                config.request_timeout,
+                Protocol {
+                    name: TASK_PROTOCOL,
+                    max_request: MAX_TASK_BYTES,
+                    max_response: MAX_SMALL_BYTES,
+                    timeout: config.request_timeout,
+                    streams: streams::TASK,
+                },
                 metrics,
+                budget,
             ),
             result: request_response(
-                RESULT_PROTOCOL,
-                MAX_RESULT_BYTES,
-                MAX_SMALL_BYTES,
-                config.request_timeout,
+                Protocol {
+                    name: RESULT_PROTOCOL,
+                    max_request: MAX_RESULT_BYTES,
+                    max_response: MAX_SMALL_BYTES,
+                    timeout: config.request_timeout,
+                    streams: streams::RESULT,
+                },
                 metrics,
+                budget,
             ),
             blob: request_response(
-                BLOB_PROTOCOL,
-                MAX_SMALL_BYTES,
-                MAX_BLOB_REPLY_BYTES,
-                config.request_timeout,
+                Protocol {
+                    name: BLOB_PROTOCOL,
+                    max_request: MAX_SMALL_BYTES,
+                    max_response: MAX_BLOB_REPLY_BYTES,
+                    timeout: config.request_timeout,
+                    streams: streams::BLOB,
+                },
                 metrics,
+                budget,
             ),
             capacity: request_response(
-                CAPACITY_PROTOCOL,
-                MAX_CAPACITY_BYTES,
-                MAX_CAPACITY_BYTES,
-                config.request_timeout.min(CAPACITY_TIMEOUT),
+                Protocol {
+                    name: CAPACITY_PROTOCOL,
+                    max_request: MAX_CAPACITY_BYTES,
+                    max_response: MAX_CAPACITY_BYTES,
+                    timeout: config.request_timeout.min(CAPACITY_TIMEOUT),
+                    streams: streams::CAPACITY,
+                },
                 metrics,
+                budget,
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libp2p::PeerId;
+    use libp2p::kad::store::RecordStore;
+
+    use super::*;
+
+    #[test]
+    fn the_dht_stores_no_records_from_anyone() {
+        let key = identity::Keypair::generate_ed25519();
+        let config = NetConfig {
+            mdns: false,
+            ..NetConfig::default()
+        };
+        let mut b = Behaviour::new(&key, &config, &NetMetrics::default(), &Budget::new(1 << 20))
+            .expect("builds");
+        let record = kad::Record::new(kad::RecordKey::new(&b"k"), b"v".to_vec());
+        assert!(b.kad.store_mut().put(record).is_err());
+        let provider =
+            kad::ProviderRecord::new(kad::RecordKey::new(&b"k"), PeerId::random(), Vec::new());
+        assert!(b.kad.store_mut().add_provider(provider).is_err());
+        assert_eq!(b.kad.store_mut().records().count(), 0);
     }
 }

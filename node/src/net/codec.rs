@@ -8,10 +8,17 @@
 //! A bad *request* is delivered as `Err(Offence)` (request-response would otherwise
 //! swallow the read error without saying which peer sent it), so the event loop can
 //! count it against the peer and close the stream unanswered. A bad *response* comes
-//! back as an `io::ErrorKind::InvalidData` error with the [`Offence`] inside.
+//! back as an `io::ErrorKind::InvalidData` error with the [`Offence`] inside; an empty
+//! one (the stream closed unanswered: the peer was busy or the request over one of
+//! its bounds) as `UnexpectedEof`, no offence.
 //!
 //! With [`PostcardCodec::with_metrics`], every message read or written is counted
 //! (messages and bytes, by protocol and direction) in the node's [`NetMetrics`].
+//!
+//! With [`PostcardCodec::with_budget`], the buffer of every request being read is a
+//! share of the node's inbound byte [`Budget`] (see [`held`](super::held)): when the
+//! budget is spent, the request is refused as the node being busy (no offence), so
+//! many slow streams cannot hold more than the budget between them.
 
 use std::io;
 use std::marker::PhantomData;
@@ -22,6 +29,7 @@ use libp2p::request_response;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::held::Budget;
 use super::metrics::{Direction, NetMetrics};
 
 /// What a peer did wrong on the wire.
@@ -63,6 +71,7 @@ pub struct PostcardCodec<Req, Resp> {
     max_request: usize,
     max_response: usize,
     metrics: Option<NetMetrics>,
+    budget: Option<Budget>,
     _types: PhantomData<fn() -> (Req, Resp)>,
 }
 
@@ -79,6 +88,7 @@ impl<Req, Resp> Clone for PostcardCodec<Req, Resp> {
     fn clone(&self) -> Self {
         Self {
             metrics: self.metrics.clone(),
+            budget: self.budget.clone(),
             ..Self::new(self.max_request, self.max_response)
         }
     }
@@ -91,6 +101,7 @@ impl<Req, Resp> PostcardCodec<Req, Resp> {
             max_request,
             max_response,
             metrics: None,
+            budget: None,
             _types: PhantomData,
         }
     }
@@ -101,12 +112,24 @@ impl<Req, Resp> PostcardCodec<Req, Resp> {
         self
     }
 
-    async fn receive<T, R>(&self, io: &mut R, limit: usize, protocol: &str) -> io::Result<T>
+    /// Reads requests into shares of `budget`.
+    pub(crate) fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    async fn receive<T, R>(
+        &self,
+        io: &mut R,
+        limit: usize,
+        protocol: &str,
+        budget: Option<&Budget>,
+    ) -> io::Result<T>
     where
         T: DeserializeOwned,
         R: AsyncRead + Unpin + Send,
     {
-        let buf = read_bytes(io, limit, protocol).await?;
+        let buf = read_bytes(io, limit, protocol, budget).await?;
         if let Some(metrics) = &self.metrics {
             metrics.message(protocol, Direction::In, buf.len());
         }
@@ -134,17 +157,48 @@ where
     T: DeserializeOwned,
     R: AsyncRead + Unpin + Send,
 {
-    let buf = read_bytes(io, limit, protocol).await?;
+    let buf = read_bytes(io, limit, protocol, None).await?;
     decode(&buf, protocol)
 }
 
-/// Reads a whole message of at most `limit` bytes, undecoded.
-async fn read_bytes<R>(io: &mut R, limit: usize, protocol: &str) -> io::Result<Vec<u8>>
+/// Reads a whole message of at most `limit` bytes, undecoded, into a buffer that
+/// doubles as it fills (at most twice the limit); with a `budget`, its capacity is a
+/// share of it, and a read that cannot grow its share fails as busy (no offence).
+async fn read_bytes<R>(
+    io: &mut R,
+    limit: usize,
+    protocol: &str,
+    budget: Option<&Budget>,
+) -> io::Result<Vec<u8>>
 where
     R: AsyncRead + Unpin + Send,
 {
-    let mut buf = Vec::new();
-    io.take(limit as u64 + 1).read_to_end(&mut buf).await?;
+    let mut held = budget.and_then(|b| b.take(0));
+    let mut buf: Vec<u8> = Vec::new();
+    let mut io = io.take(limit as u64 + 1);
+    loop {
+        if buf.len() == buf.capacity() {
+            let want = (buf.capacity() * 2).clamp(256, limit.saturating_add(1).max(256));
+            if let Some(held) = &mut held
+                && !held.resize(want)
+            {
+                return Err(io::Error::other(format!(
+                    "busy: inbound requests hold the node's {}-byte budget",
+                    super::held::MAX_HELD_BYTES
+                )));
+            }
+            buf.reserve_exact(want - buf.len());
+        }
+        let len = buf.len();
+        buf.resize(buf.capacity(), 0);
+        let n = io.read(&mut buf[len..]).await;
+        buf.truncate(len + n.as_ref().map_or(0, |n| *n));
+        match n? {
+            0 => break,
+            _ if buf.len() > limit => break,
+            _ => {}
+        }
+    }
     if buf.len() > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -199,7 +253,11 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        match self.receive(io, self.max_request, protocol.as_ref()).await {
+        let budget = self.budget.clone();
+        match self
+            .receive(io, self.max_request, protocol.as_ref(), budget.as_ref())
+            .await
+        {
             Ok(request) => Ok(Ok(request)),
             Err(e) => match Offence::from_io(&e) {
                 Some(offence) => Ok(Err(offence.clone())),
@@ -212,7 +270,20 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        self.receive(io, self.max_response, protocol.as_ref()).await
+        let buf = read_bytes(io, self.max_response, protocol.as_ref(), None).await?;
+        // A stream closed with nothing on it is the peer refusing to answer (busy, or
+        // over a bound: it dropped the request), not a garbled answer: no message of
+        // ours encodes to zero bytes. No offence.
+        if buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the stream without answering (busy or refused)",
+            ));
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.message(protocol.as_ref(), Direction::In, buf.len());
+        }
+        decode(&buf, protocol.as_ref())
     }
 
     async fn write_request<T>(
@@ -285,6 +356,20 @@ mod tests {
         bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);
         let err = read::<TaskRequest>(&bytes, 1 << 20).unwrap_err();
         assert!(Offence::from_io(&err).is_some());
+    }
+
+    #[test]
+    fn an_empty_response_is_a_refusal_not_an_offence() {
+        let mut codec = PostcardCodec::<BlobRequest, TaskRequest>::new(100, 100);
+        let protocol = StreamProtocol::new("/t/1");
+        let err = futures::executor::block_on(request_response::Codec::read_response(
+            &mut codec,
+            &protocol,
+            &mut &[][..],
+        ))
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(Offence::from_io(&err).is_none());
     }
 
     #[test]

@@ -25,19 +25,18 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
-use super::codec::{Inbound, Offence};
+use super::codec::Inbound;
 use super::discovery::Discovery;
+use super::held::{Budget, Held, Weigh};
 use super::metrics::NetMetrics;
+use super::offences::AddressOffences;
 use super::peers::{NetStatus, PeerBook, PeerInfo};
 use super::protocol::*;
 use super::{NetConfig, NetEvent, RequestError};
 
+mod bans;
 mod capacity;
 
-/// Offences a peer may commit before it is disconnected and banned.
-pub(crate) const OFFENCE_THRESHOLD: u32 = 5;
-/// How long a banned peer stays banned.
-const BAN_TIME: Duration = Duration::from_secs(600);
 /// How often a node connected to nobody dials its bootstrap peers again.
 const BOOTSTRAP_RETRY: Duration = Duration::from_secs(10);
 
@@ -77,10 +76,14 @@ pub(crate) struct EventLoop {
     pending_result: PendingMap<ResultAck>,
     pending_blob: PendingMap<BlobReply>,
     bans: HashMap<PeerId, Instant>,
+    /// Offences and bans by IP address (whatever identities it used).
+    address_offences: AddressOffences,
     bootstrapped: bool,
     last_bootstrap: Instant,
     last_refresh: Instant,
     dropped_inbound: u64,
+    /// The byte bound on inbound requests held by the node.
+    held: Budget,
     metrics: NetMetrics,
 }
 
@@ -109,6 +112,7 @@ impl EventLoop {
         shutdown: CancellationToken,
         config: NetConfig,
         metrics: NetMetrics,
+        held: Budget,
     ) -> Self {
         Self {
             swarm,
@@ -126,10 +130,12 @@ impl EventLoop {
             pending_result: HashMap::new(),
             pending_blob: HashMap::new(),
             bans: HashMap::new(),
+            address_offences: AddressOffences::default(),
             bootstrapped: false,
             last_bootstrap: Instant::now(),
             last_refresh: Instant::now(),
             dropped_inbound: 0,
+            held,
             metrics,
         }
     }
@@ -162,18 +168,7 @@ impl EventLoop {
         self.redial_bootstrap();
         self.refresh_routing();
         self.discover();
-        let now = Instant::now();
-        let expired: Vec<PeerId> = self
-            .bans
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in expired {
-            self.bans.remove(&peer);
-            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
-            self.book.forgive(&peer);
-        }
+        self.expire_bans(Instant::now());
         self.record_gauges();
     }
 
@@ -186,6 +181,7 @@ impl EventLoop {
         m.view_slots.with_label_values(&["total"]).set(total as i64);
         m.view_slots.with_label_values(&["free"]).set(free as i64);
         m.banned_peers.set(self.bans.len() as i64);
+        m.inbound_held_bytes.set(self.held.used() as i64);
         m.connected_peers
             .set(self.swarm.connected_peers().count() as i64);
     }
@@ -254,6 +250,7 @@ impl EventLoop {
             own_advert: self.own_advert.clone(),
             offences: self.book.total_offences(),
             banned_peers: self.bans.len(),
+            banned_addresses: self.address_offences.banned(),
             dropped_inbound: self.dropped_inbound,
         }
     }
@@ -289,33 +286,22 @@ impl EventLoop {
         }
     }
 
-    /// Counts an offence; past the threshold the peer is disconnected and banned.
-    fn penalize(&mut self, peer: PeerId, reason: &str) {
-        if peer == *self.swarm.local_peer_id() {
-            return;
-        }
-        let count = self.book.offence(peer);
-        self.metrics.penalties.inc();
-        tracing::warn!(%peer, offences = count, "peer misbehaved: {reason}");
-        if count >= OFFENCE_THRESHOLD && !self.bans.contains_key(&peer) {
-            tracing::warn!(%peer, "disconnecting and banning peer for {BAN_TIME:?}");
-            self.bans.insert(peer, Instant::now() + BAN_TIME);
-            self.metrics.bans.inc();
-            self.metrics.banned_peers.set(self.bans.len() as i64);
-            self.swarm.behaviour_mut().blocked.block_peer(peer);
-            self.swarm.behaviour_mut().kad.remove_peer(&peer);
-            self.book.forget_advert(&peer);
-            self.discovery.unsubscribe(&peer);
-        }
-    }
-
-    /// Hands an inbound request to the node; when the node is overloaded the request
-    /// is dropped (the peer sees its stream closed) rather than queued without bound.
-    fn deliver(&mut self, event: NetEvent) {
-        if self.events.try_send(event).is_err() {
+    /// Hands an inbound request to the node with its share of the byte budget; when
+    /// the node is overloaded (the queue is full, or the requests it holds weigh
+    /// [`MAX_HELD_BYTES`](super::held::MAX_HELD_BYTES)) the request is dropped (the peer sees its stream closed)
+    /// rather than queued without bound.
+    fn deliver(&mut self, weight: usize, event: impl FnOnce(Held) -> NetEvent) {
+        let sent = match self.held.take(weight) {
+            Some(held) => self.events.try_send(event(held)).is_ok(),
+            None => false,
+        };
+        if !sent {
             self.dropped_inbound += 1;
             self.metrics.inbound_dropped.inc();
-            tracing::debug!("node busy: dropped an inbound request");
+            tracing::debug!(
+                held = self.held.used(),
+                "node busy: dropped an inbound request"
+            );
         }
     }
 
@@ -440,30 +426,33 @@ impl EventLoop {
                 event,
                 TASK_PROTOCOL,
                 |s| &mut s.pending_task,
-                |peer, request, channel| NetEvent::Task {
+                |peer, request, channel, held| NetEvent::Task {
                     peer,
                     request,
                     channel,
+                    held,
                 },
             ),
             BehaviourEvent::Result(event) => self.on_request_response(
                 event,
                 RESULT_PROTOCOL,
                 |s| &mut s.pending_result,
-                |peer, request, channel| NetEvent::Results {
+                |peer, request, channel, held| NetEvent::Results {
                     peer,
                     request,
                     channel,
+                    held,
                 },
             ),
             BehaviourEvent::Blob(event) => self.on_request_response(
                 event,
                 BLOB_PROTOCOL,
                 |s| &mut s.pending_blob,
-                |peer, request, channel| NetEvent::Blob {
+                |peer, request, channel, held| NetEvent::Blob {
                     peer,
                     request,
                     channel,
+                    held,
                 },
             ),
             _ => {}
@@ -498,23 +487,6 @@ impl EventLoop {
         }
     }
 
-    /// Penalises a peer whose request or response broke the wire rules.
-    fn on_failure(&mut self, peer: PeerId, error: &std::io::Error) {
-        if let Some(offence) = Offence::from_io(error) {
-            self.on_offence(peer, offence);
-        }
-    }
-
-    /// Counts a wire offence (as a decode error and against the peer).
-    fn on_offence(&mut self, peer: PeerId, offence: &Offence) {
-        let (protocol, kind) = match offence {
-            Offence::Oversized { protocol, .. } => (protocol, "oversized"),
-            Offence::Garbled { protocol, .. } => (protocol, "garbled"),
-        };
-        self.metrics.decode_error(protocol, kind);
-        self.penalize(peer, &offence.to_string());
-    }
-
     /// One request-response protocol's events: inbound requests go up to the node,
     /// responses and failures to the waiting `oneshot`, wire offences are counted.
     fn on_request_response<Req, Resp>(
@@ -522,14 +494,19 @@ impl EventLoop {
         event: request_response::Event<Inbound<Req>, Resp>,
         protocol: &'static str,
         pending: fn(&mut Self) -> &mut PendingMap<Resp>,
-        inbound: fn(PeerId, Req, request_response::ResponseChannel<Resp>) -> NetEvent,
-    ) {
+        inbound: fn(PeerId, Req, request_response::ResponseChannel<Resp>, Held) -> NetEvent,
+    ) where
+        Req: Weigh,
+    {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
                 } => match request {
-                    Ok(request) => self.deliver(inbound(peer, request, channel)),
+                    Ok(request) => {
+                        let weight = request.weight();
+                        self.deliver(weight, |held| inbound(peer, request, channel, held))
+                    }
                     // Dropping the channel closes the stream unanswered.
                     Err(offence) => self.on_offence(peer, &offence),
                 },

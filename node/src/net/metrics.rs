@@ -30,6 +30,8 @@ pub const REQUEST_OUTCOMES: [&str; 6] = [
 pub const DECODE_KINDS: [&str; 3] = ["oversized", "garbled", "invalid"];
 /// The `state` label of the capacity view's slots.
 pub const VIEW_SLOT_STATES: [&str; 2] = ["total", "free"];
+/// Why an inbound connection was refused by address (see `net::guard`).
+pub const DENIED_REASONS: [&str; 3] = ["banned_ip", "per_ip", "per_subnet"];
 /// The network's metrics.
 #[derive(Debug, Clone)]
 pub struct NetMetrics {
@@ -59,6 +61,10 @@ pub struct NetMetrics {
     pub inbound_dropped: IntCounter,
     /// Ping round trips.
     pub ping_rtt: Histogram,
+    /// Inbound connections refused by address, by reason ([`DENIED_REASONS`]).
+    pub connections_denied: IntCounterVec,
+    /// Bytes of inbound requests being read or held (see `net::held`).
+    pub inbound_held_bytes: IntGauge,
 }
 
 impl NetMetrics {
@@ -136,6 +142,18 @@ impl NetMetrics {
                 "peergrid_net_ping_rtt_seconds",
                 "Round-trip time of pings to connected peers.",
                 FAST_BUCKETS,
+            ),
+            connections_denied: counter_vec(
+                registry,
+                "peergrid_net_connections_denied_total",
+                "Inbound connections refused by the remote address: banned, or over the per-IP or per-network limit.",
+                &["reason"],
+                &[&DENIED_REASONS],
+            ),
+            inbound_held_bytes: gauge(
+                registry,
+                "peergrid_net_inbound_held_bytes",
+                "Bytes of inbound requests being read, queued or handled (bounded by the inbound byte budget).",
             ),
         }
     }

@@ -2,14 +2,16 @@
 //!
 //! # Who talks to whom
 //! - [`start`] builds the `Swarm` (TCP + Noise + Yamux, and QUIC; identify, ping,
-//!   Kademlia on `/peergrid/kad/4.0.0`, mDNS, connection limits, a ban list and four
+//!   Kademlia on `/peergrid/kad/4.0.0`, mDNS, connection limits (in total, inbound,
+//!   per IP and per network: [`guard`]), a ban list and four
 //!   request-response protocols with a size-capped postcard codec), starts listening
 //!   and spawns the [`event_loop`], the only task that touches the Swarm.
 //! - Everything else holds a cloneable [`NetClient`]: each call sends a `Command` with
 //!   a `oneshot` for its reply over a bounded channel.
 //! - Inbound requests (task offers, result batches, blob pieces) come up to the node
 //!   as [`NetEvent`]s carrying their response channel, over a bounded channel; when the
-//!   node is too busy to take one, the request is dropped, not queued.
+//!   node is too busy to take one (the channel is full, or the decoded requests it
+//!   holds reach [`held::MAX_HELD_BYTES`]), the request is dropped, not queued.
 //! - Capacity adverts are asked for and pushed to subscribers, never broadcast
 //!   ([`discovery`]): an idle node's cost is bounded by its connection and subscriber
 //!   caps, not by the grid; asking for candidates ([`NetClient::peers`]) is demand,
@@ -19,14 +21,19 @@
 //! - [`fetch`] gets a blob from the peers that hold it, piece by piece, verifying the
 //!   BLAKE3 hash before the blob enters the store.
 //! - A peer whose messages are oversized or garbled is penalised; past
-//!   [`event_loop::OFFENCE_THRESHOLD`] offences it is disconnected and banned.
+//!   `OFFENCE_THRESHOLD` offences it is disconnected and banned; offences from one
+//!   IP address add up whatever identities it uses, and past a threshold the
+//!   address is banned too (`offences.rs`, refused at connection by [`guard`]).
 
 mod behaviour;
 pub mod codec;
 pub mod discovery;
 pub(crate) mod event_loop;
 pub mod fetch;
+pub mod guard;
+pub mod held;
 pub mod metrics;
+mod offences;
 pub mod peers;
 pub mod protocol;
 pub mod scale_sim;
@@ -61,8 +68,16 @@ pub struct NetConfig {
     pub request_timeout: Duration,
     /// Close connections idle for this long.
     pub idle_timeout: Duration,
-    /// Most connections in total.
+    /// Most connections in total (inbound and this node's own dials).
     pub max_connections: u32,
+    /// Most inbound connections; the rest of `max_connections` is reserved for this
+    /// node's own dials, so strangers connecting in cannot take every slot.
+    pub max_inbound: u32,
+    /// Inbound limits per IP address and per network, and address bans.
+    pub guard: guard::GuardConfig,
+    /// New connections are refused while this process's resident memory (chunks
+    /// included) is above this many bytes.
+    pub max_memory: u64,
     /// Capacity discovery's numbers.
     pub discovery: discovery::DiscoveryConfig,
 }
@@ -83,6 +98,9 @@ impl Default for NetConfig {
             request_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
             max_connections: 256,
+            max_inbound: 192,
+            guard: guard::GuardConfig::default(),
+            max_memory: 2 << 30,
             discovery: discovery::DiscoveryConfig::default(),
         }
     }
@@ -99,6 +117,9 @@ pub enum NetEvent {
         request: TaskRequest,
         /// Where the reply goes.
         channel: request_response::ResponseChannel<TaskReply>,
+        /// Its share of the inbound byte budget ([`held`]): drop it (or the
+        /// event) when done with the request.
+        held: held::Held,
     },
     /// Results from a worker.
     Results {
@@ -108,6 +129,9 @@ pub enum NetEvent {
         request: ResultBatch,
         /// Where the ack goes.
         channel: request_response::ResponseChannel<ResultAck>,
+        /// Its share of the inbound byte budget ([`held`]): drop it (or the
+        /// event) when done with the request.
+        held: held::Held,
     },
     /// A request for a blob piece.
     Blob {
@@ -117,6 +141,9 @@ pub enum NetEvent {
         request: BlobRequest,
         /// Where the piece goes.
         channel: request_response::ResponseChannel<BlobReply>,
+        /// Its share of the inbound byte budget ([`held`]): drop it (or the
+        /// event) when done with the request.
+        held: held::Held,
     },
 }
 
@@ -354,6 +381,8 @@ pub fn start(
 ) -> Result<Network, NetError> {
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     let behaviour_config = config.clone();
+    let budget = held::Budget::new(held::MAX_HELD_BYTES);
+    let behaviour_budget = budget.clone();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
         .with_tcp(
@@ -364,7 +393,7 @@ pub fn start(
         .map_err(|e| setup(&e))?
         .with_quic()
         .with_behaviour(|key| {
-            behaviour::Behaviour::new(key, &behaviour_config, &metrics)
+            behaviour::Behaviour::new(key, &behaviour_config, &metrics, &behaviour_budget)
                 .map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string()))
         })
         .map_err(|e| setup(&e))?
@@ -381,7 +410,9 @@ pub fn start(
     let local_peer_id = *swarm.local_peer_id();
     let (command_tx, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::channel(EVENT_QUEUE);
-    let event_loop = EventLoop::new(swarm, command_rx, event_tx, shutdown, config, metrics);
+    let event_loop = EventLoop::new(
+        swarm, command_rx, event_tx, shutdown, config, metrics, budget,
+    );
     let task = tokio::spawn(tracing::Instrument::in_current_span(event_loop.run()));
     Ok(Network {
         client: NetClient {

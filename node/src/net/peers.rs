@@ -118,6 +118,9 @@ pub struct NetStatus {
     pub banned_peers: usize,
     /// Inbound requests dropped because the node was busy.
     pub dropped_inbound: u64,
+    /// IP addresses banned now (offences from them under any identities).
+    #[serde(default)]
+    pub banned_addresses: usize,
 }
 
 /// The table itself.
@@ -144,22 +147,30 @@ impl PeerBook {
         self.peers.entry(peer).or_default()
     }
 
-    /// Drops peers that are neither connected nor advertising, then (if still full)
-    /// arbitrary unconnected ones.
+    /// Makes room: drops the least useful eighth of the book. A peer with a fresh
+    /// advert is never dropped while another can be (so a crowd of unidentified or
+    /// merely discovered identities cannot push honest advertisers out of the
+    /// view); then connected peers of this version, connected others, peers with
+    /// offences (remembered towards a ban), and first of all the rest.
     fn prune(&mut self) {
-        self.peers
-            .retain(|_, e| e.connected || e.advert.is_some() || e.offences > 0);
-        if self.peers.len() >= MAX_PEERS {
-            let victims: Vec<PeerId> = self
-                .peers
-                .iter()
-                .filter(|(_, e)| !e.connected)
-                .map(|(p, _)| *p)
-                .take(MAX_PEERS / 8)
-                .collect();
-            for p in victims {
-                self.peers.remove(&p);
+        fn rank(e: &Entry) -> u8 {
+            match e {
+                e if e.advert.is_some() => 4,
+                e if e.connected && e.ours => 3,
+                e if e.connected => 2,
+                e if e.offences > 0 => 1,
+                _ => 0,
             }
+        }
+        let mut victims: Vec<(u8, Option<Instant>, PeerId)> = self
+            .peers
+            .iter()
+            .map(|(p, e)| (rank(e), e.advert.as_ref().map(|(_, at)| *at), *p))
+            .collect();
+        // Lowest rank first; among adverts, the oldest first.
+        victims.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        for (_, _, p) in victims.into_iter().take(MAX_PEERS / 8) {
+            self.peers.remove(&p);
         }
     }
 
@@ -206,6 +217,12 @@ impl PeerBook {
         let entry = self.entry(peer);
         entry.foreign_version = Some(version.chars().take(64).collect());
         entry.ours = false;
+    }
+
+    /// Whether `peer` completed identify and speaks this protocol version: only
+    /// such a peer's adverts are taken.
+    pub(crate) fn is_ours(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|e| e.ours)
     }
 
     /// Records that this node asked `peer` for its advert and subscribed.
@@ -310,6 +327,20 @@ impl PeerBook {
         let entry = self.entry(peer);
         entry.offences += 1;
         entry.offences
+    }
+
+    /// The IP `peer`'s latest connection came from (what the network saw).
+    pub(crate) fn observed_ip(&self, peer: &PeerId) -> Option<IpAddr> {
+        self.peers.get(peer).and_then(|e| e.observed)
+    }
+
+    /// The peers whose latest connection came from `ip`.
+    pub(crate) fn peers_at(&self, ip: IpAddr) -> Vec<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, e)| e.observed.map(super::guard::canonical) == Some(ip))
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// Clears a peer's offences when its ban ends.
@@ -470,6 +501,42 @@ mod tests {
         let info = book.snapshot();
         let me = info.iter().find(|p| p.peer_id == peer.to_string()).unwrap();
         assert_eq!(me.addrs.len(), MAX_ADDRS);
+    }
+
+    #[test]
+    fn filling_the_book_never_evicts_fresh_advertisers_for_unidentified_peers() {
+        let mut book = PeerBook::new(Duration::from_secs(60));
+        let honest: Vec<PeerId> = (0..200).map(|_| PeerId::random()).collect();
+        for (i, peer) in honest.iter().enumerate() {
+            book.connected(*peer, "/ip4/198.51.100.1/tcp/1".parse().unwrap(), "dialed");
+            book.identified(*peer, vec![], "peergrid".into());
+            book.advert(*peer, advert(1));
+            if i % 2 == 0 {
+                book.disconnected(peer);
+            }
+        }
+        // A flood of identities: connected but never identified, found in the DHT,
+        // or of another version, several times the book's size.
+        for i in 0..4 * MAX_PEERS {
+            let peer = PeerId::random();
+            match i % 3 {
+                0 => book.connected(peer, "/ip4/203.0.113.9/tcp/1".parse().unwrap(), "inbound"),
+                1 => book.discovered(peer, "dht"),
+                _ => book.foreign(peer, "/other/1".into()),
+            }
+        }
+        assert!(book.len() <= MAX_PEERS);
+        assert_eq!(book.advert_count(), honest.len(), "every advertiser kept");
+        let snapshot = book.snapshot();
+        for peer in &honest {
+            assert!(
+                snapshot
+                    .iter()
+                    .any(|p| p.peer_id == peer.to_string() && p.advert.is_some())
+            );
+        }
+        assert!(!book.is_ours(&PeerId::random()));
+        assert!(book.is_ours(&honest[0]));
     }
 
     #[test]

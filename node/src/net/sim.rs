@@ -49,6 +49,7 @@ pub(super) async fn serve(mut commands: mpsc::Receiver<Command>, mut peers: impl
                     offences: 0,
                     banned_peers: 0,
                     dropped_inbound: 0,
+                    banned_addresses: 0,
                 });
             }
             Command::Dial(_, reply) => {

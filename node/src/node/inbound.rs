@@ -3,8 +3,17 @@
 //! network's event loop and goes to the part that answers it: the blob store, the
 //! [`Scheduler`](crate::scheduler::Scheduler) or the
 //! [`Worker`](crate::worker::Worker). Started and stopped by [`Node`](super::Node).
+//!
+//! No kind of request waits behind another: blob pieces and result batches are
+//! handled by tasks with backlogs of their own, offers and cancels are answered at
+//! once. No peer takes more than its share ([`fair`]): at most [`BLOB_PER_PEER`] of
+//! the blob backlog and [`RESULTS_PER_PEER`] of the result backlog, offers and
+//! cancels at a rate per peer; what is over is refused (the channel dropped, the
+//! peer sees a failure), and a peer that keeps flooding is penalised.
 
 use std::sync::Arc;
+
+use libp2p::PeerId;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -14,6 +23,9 @@ use tracing::Instrument;
 use crate::api::state::NodeState;
 use crate::net::NetEvent;
 use crate::net::protocol::{BLOB_PIECE_BYTES, BlobReply, BlobRequest, TaskReply, TaskRequest};
+
+mod fair;
+use fair::{Allow, Buckets, Shares};
 
 /// Concurrent blob pieces served.
 const BLOB_SERVERS: usize = 16;
@@ -27,6 +39,20 @@ const BLOB_BACKLOG: usize = 256;
 /// Result batches waiting or being handled, at most; beyond it a batch is refused
 /// the same way (its worker keeps it in its outbox and retries later).
 const RESULT_BACKLOG: usize = 64;
+/// One peer's most blob requests in the backlog (a fetch asks for 4 pieces of a
+/// blob at once; a worker fetches a module and an input per chunk it starts).
+const BLOB_PER_PEER: usize = 64;
+/// One peer's most result batches in the backlog (an honest worker sends one batch
+/// at a time to each submitter).
+const RESULTS_PER_PEER: usize = 8;
+/// Task offers per second per peer, and the burst (a submitter has one offer per
+/// job in flight to a worker, and sends the next when it is answered: with chunks
+/// of a few milliseconds, hundreds a second; an offer over the worker's room is
+/// refused cheaply, so this bounds a flood's cost, not honest throughput).
+const OFFERS: (u32, u32) = (1000, 2000);
+/// Cancels per second per peer, and the burst (a submitter sends one per job it
+/// cancels to each worker holding its chunks).
+const CANCELS: (u32, u32) = (10, 64);
 
 /// Answers inbound requests. It never waits for a permit or for the disk itself:
 /// blob pieces and result batches are handled by tasks (at most [`BLOB_SERVERS`]
@@ -40,14 +66,28 @@ pub(super) async fn dispatch(
 ) {
     let servers = Arc::new(Semaphore::new(BLOB_SERVERS));
     let handlers = Arc::new(Semaphore::new(RESULT_HANDLERS));
-    let mut blob_tasks = JoinSet::new();
-    let mut result_tasks = JoinSet::new();
+    let mut blob_tasks: JoinSet<PeerId> = JoinSet::new();
+    let mut result_tasks: JoinSet<PeerId> = JoinSet::new();
+    let mut blob_shares = Shares::new(BLOB_BACKLOG, BLOB_PER_PEER);
+    let mut result_shares = Shares::new(RESULT_BACKLOG, RESULTS_PER_PEER);
+    let mut offers = Buckets::new(OFFERS.0, OFFERS.1);
+    let mut cancels = Buckets::new(CANCELS.0, CANCELS.1);
     loop {
         let event = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(_) = blob_tasks.join_next(), if !blob_tasks.is_empty() => continue,
-            Some(_) = result_tasks.join_next(), if !result_tasks.is_empty() => continue,
+            Some(done) = blob_tasks.join_next(), if !blob_tasks.is_empty() => {
+                if let Ok(peer) = done {
+                    blob_shares.done(peer);
+                }
+                continue;
+            }
+            Some(done) = result_tasks.join_next(), if !result_tasks.is_empty() => {
+                if let Ok(peer) = done {
+                    result_shares.done(peer);
+                }
+                continue;
+            }
             event = events.recv() => match event {
                 Some(event) => event,
                 None => break,
@@ -58,21 +98,41 @@ pub(super) async fn dispatch(
                 peer,
                 request,
                 channel,
+                held: _,
             } => {
-                if blob_tasks.len() >= BLOB_BACKLOG {
-                    tracing::debug!(%peer, "refusing a blob request: {BLOB_BACKLOG} waiting");
+                if !blob_shares.admit(peer) {
+                    tracing::debug!(%peer, "refusing a blob request: backlog or the peer's share full");
                     drop(channel);
                     continue;
                 }
+                let state = state.clone();
+                let servers = servers.clone();
                 blob_tasks.spawn(
-                    serve_blob(state.clone(), servers.clone(), request, channel).in_current_span(),
+                    async move {
+                        serve_blob(state, servers, request, channel).await;
+                        peer
+                    }
+                    .in_current_span(),
                 );
             }
             NetEvent::Task {
                 peer,
                 request,
                 channel,
+                held: _held,
             } => {
+                let (bucket, what) = match &request {
+                    TaskRequest::Offer { .. } => (&mut offers, "offers"),
+                    TaskRequest::Cancel { .. } => (&mut cancels, "cancels"),
+                };
+                if let Allow::No { offence } = bucket.allow(peer, tokio::time::Instant::now()) {
+                    tracing::debug!(%peer, "refusing {what}: over the peer's rate");
+                    drop(channel);
+                    if offence {
+                        state.net.penalize(peer, format!("a flood of {what}")).await;
+                    }
+                    continue;
+                }
                 let reply = match request {
                     TaskRequest::Offer {
                         job_id,
@@ -91,20 +151,22 @@ pub(super) async fn dispatch(
                 peer,
                 request,
                 channel,
+                held,
             } => {
-                if result_tasks.len() >= RESULT_BACKLOG {
-                    tracing::debug!(%peer, "refusing a result batch: {RESULT_BACKLOG} waiting");
+                if !result_shares.admit(peer) {
+                    tracing::debug!(%peer, "refusing a result batch: backlog or the peer's share full");
                     drop(channel);
                     continue;
                 }
                 let (state, handlers) = (state.clone(), handlers.clone());
                 result_tasks.spawn(
                     async move {
-                        let Ok(_permit) = handlers.acquire_owned().await else {
-                            return;
-                        };
-                        let ack = state.scheduler.results(peer, request).await;
-                        state.net.respond_results(channel, ack).await;
+                        if let Ok(_permit) = handlers.acquire_owned().await {
+                            let ack = state.scheduler.results(peer, request).await;
+                            drop(held);
+                            state.net.respond_results(channel, ack).await;
+                        }
+                        peer
                     }
                     .in_current_span(),
                 );

@@ -31,7 +31,7 @@ use super::staged::{Changes, Event, State, Txn};
 use super::trust::Standing;
 use super::{
     ChunkEvidence, JobStatus, Msg, SchedulerContext, TrustCounts, dispatch, local, report, rows,
-    trust_ops, verify,
+    screen, trust_ops, verify,
 };
 use crate::net::protocol::{
     Assignment, PROTOCOL_VERSION, RejectReason, ResultAck, ResultContext, TaskReply, TaskRequest,

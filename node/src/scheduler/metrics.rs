@@ -17,6 +17,9 @@ pub const CHUNK_STATES: [&str; 3] = ["pending", "verified", "failed"];
 pub const VERDICTS: [&str; 4] = ["agreed", "disagreed", "caught", "error"];
 /// The `reason` label of reissued replicas.
 pub const REISSUE_REASONS: [&str; 2] = ["timed_out", "lost"];
+/// Why a result was dropped before any check (see `scheduler::screen`): a copy
+/// within its batch, already stored, or for a replica that is not live or not ours.
+pub const SCREENED: [&str; 3] = ["copy", "stored", "not_live"];
 
 /// The scheduler's metrics.
 #[derive(Debug, Clone)]
@@ -35,6 +38,8 @@ pub struct SchedulerMetrics {
     pub submit_to_verified: Histogram,
     /// Peers no longer given work because of their reputation.
     pub peers_excluded: IntGauge,
+    /// Results dropped before any hash or signature check, by reason ([`SCREENED`]).
+    pub results_screened: IntCounterVec,
 }
 
 impl SchedulerMetrics {
@@ -84,6 +89,13 @@ impl SchedulerMetrics {
                 registry,
                 "peergrid_scheduler_peers_excluded",
                 "Peers this submitter no longer gives work to, because of their reputation.",
+            ),
+            results_screened: counter_vec(
+                registry,
+                "peergrid_scheduler_results_screened_total",
+                "Results acknowledged and dropped before any hash or signature check: copies within a batch, results already stored, results for replicas that are not live or not this peer's.",
+                &["reason"],
+                &[&SCREENED],
             ),
         }
     }

@@ -42,6 +42,7 @@ pub mod placement;
 mod report;
 pub mod reputation;
 mod rows;
+mod screen;
 mod staged;
 #[cfg(test)]
 mod testkit;

@@ -35,6 +35,9 @@ pub(super) struct Intake {
     pub fetch: Vec<BlobHash>,
     /// Outputs fetched earlier, now taken.
     pub fetched: Vec<BlobHash>,
+    /// Results whose signature was not the sender's (an offence, counted by the
+    /// actor against the peer and its address).
+    pub bad_signatures: usize,
 }
 
 /// Which results of a batch carry a large output the actor must store as a blob
@@ -142,6 +145,7 @@ pub(super) fn intake(
                 .push(Write::Replica(id, replica_row(idx, &chunk.replicas[ri])));
             txn.count(id, |t| t.bad_signatures += 1);
             txn.mark(peer, Mark::Error);
+            out.bad_signatures += 1;
             txn.put_chunk(id, idx, chunk);
             out.stored.push(key);
             touched.push((id, idx));

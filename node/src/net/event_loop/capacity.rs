@@ -147,7 +147,7 @@ impl EventLoop {
             }
             if self.swarm.is_connected(&peer) {
                 let ttl = self.discovery.config().subscription_ttl;
-                if !self.book.subscribed_to(&peer, now, ttl) {
+                if self.book.is_ours(&peer) && !self.book.subscribed_to(&peer, now, ttl) {
                     self.query_capacity(peer, now);
                 }
                 continue;
@@ -237,9 +237,15 @@ impl EventLoop {
         }
     }
 
-    /// Puts a peer's advert into the view when it is valid and newer; an advert that
-    /// breaks the rules is an offence.
+    /// Puts a peer's advert into the view when the peer is identified as speaking
+    /// this version and the advert is valid and newer; an advert that breaks the
+    /// rules is an offence.
     pub(super) fn take_advert(&mut self, peer: PeerId, advert: CapacityAdvert) {
+        // Only from a peer that completed identify with this protocol version: a
+        // connection alone (a fresh key) steers no placement and takes no room.
+        if !self.book.is_ours(&peer) || self.bans.contains_key(&peer) {
+            return;
+        }
         match check_advert(advert) {
             Ok(Some(advert)) if self.book.is_newer(&peer, advert.seq) => {
                 self.book.advert(peer, advert);

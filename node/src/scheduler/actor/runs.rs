@@ -12,6 +12,25 @@ impl Actor {
         peer: PeerId,
         results: Vec<ChunkResult>,
     ) -> ResultAck {
+        // Copies and results for replicas that are not live go first, before any
+        // hash or signature is checked (see `screen`); a batch of replays is an
+        // offence.
+        let screened = screen::screen(&Txn::new(&self.state), peer, results);
+        let m = &self.ctx.metrics.results_screened;
+        m.with_label_values(&["copy"])
+            .inc_by(screened.duplicates as u64);
+        m.with_label_values(&["stored"])
+            .inc_by(screened.replays as u64);
+        m.with_label_values(&["not_live"])
+            .inc_by((screened.stored.len() - screened.replays) as u64);
+        if let Some(why) = screened.offence() {
+            self.ctx.net.penalize(peer, why).await;
+        }
+        let mut acked = screened.stored;
+        let results = screened.keep;
+        if results.is_empty() {
+            return ResultAck { stored: acked };
+        }
         // The I/O first, off the runtime: large outputs into the blob store, and which
         // fetched outputs are there.
         let large: Vec<usize> = {
@@ -57,12 +76,19 @@ impl Actor {
             .await
         };
         let Some((results, present)) = io else {
-            return ResultAck { stored: Vec::new() };
+            return ResultAck { stored: acked };
         };
         let now = self.now();
         let mut txn = Txn::new(&self.state);
         let intake = verify::intake(&mut txn, peer, results, &present, &mut self.rng, now);
         let ch = txn.finish();
+        if intake.bad_signatures > 0 {
+            let why = format!(
+                "{} results signed with another key than the sender's",
+                intake.bad_signatures
+            );
+            self.ctx.net.penalize(peer, why).await;
+        }
         for hash in &intake.fetch {
             if self.fetching.insert(*hash) {
                 let (net, blobs, hash) = (self.ctx.net.clone(), self.ctx.blobs.clone(), *hash);
@@ -75,15 +101,15 @@ impl Actor {
             }
         }
         if self.persist_then_apply(ch).await.is_err() {
-            // Nothing was stored: acknowledge nothing, the worker will retry.
-            return ResultAck { stored: Vec::new() };
+            // Nothing judged was stored: acknowledge only what needed no write (the
+            // worker retries the rest).
+            return ResultAck { stored: acked };
         }
         for hash in &intake.fetched {
             self.fetching.remove(hash);
         }
-        ResultAck {
-            stored: intake.stored,
-        }
+        acked.extend(intake.stored);
+        ResultAck { stored: acked }
     }
 
     /// Re-verifications that wait for finished jobs: reads them back, then re-opens

@@ -1,0 +1,456 @@
+//! The connection guard: a [`NetworkBehaviour`] that refuses inbound connections by
+//! the remote address, before and after the handshake. libp2p's `connection_limits`
+//! counts connections in total and per peer id, and a peer id costs nothing to
+//! make; this counts them per IP address and per network (IPv4 /24, IPv6 /48), and
+//! refuses every connection from an address the event loop banned, whatever
+//! identity it presents.
+//!
+//! Owned by the [`Behaviour`](super::behaviour::Behaviour); the event loop bans and
+//! unbans addresses through [`ConnectionGuard::ban`] / [`ConnectionGuard::unban`].
+//! Outbound connections (this node's own dials) are never counted here (only those
+//! to a banned address are refused):
+//! with the inbound limit below the total (`NetConfig::max_connections`), they keep
+//! their reserved share however many strangers knock (no eclipse).
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::fmt;
+use std::net::IpAddr;
+use std::task::{Context, Poll};
+
+use libp2p::core::Endpoint;
+use libp2p::core::transport::PortUse;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::{ConnectionClosed, ListenFailure};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm, dummy,
+};
+use libp2p::{Multiaddr, PeerId};
+
+use super::metrics::NetMetrics;
+
+/// The inbound limits by address. Volunteers set them in `peergrid.toml` /
+/// flags (see `example.config.toml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardConfig {
+    /// Most inbound connections (pending and established) from one IP address.
+    pub per_ip: u32,
+    /// Most inbound connections from one network (IPv4 /24, IPv6 /48).
+    pub per_subnet: u32,
+    /// Loopback addresses are not counted per address or network. On by default:
+    /// every connection between nodes on one machine comes from 127.0.0.1 (tests,
+    /// `demo` and `bench` run dozens of nodes there), and a process that can
+    /// connect from loopback already runs on the volunteer's machine. The totals
+    /// (`max_connections`, `max_inbound`) and address bans still apply to it.
+    pub exempt_loopback: bool,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            per_ip: 4,
+            per_subnet: 16,
+            exempt_loopback: true,
+        }
+    }
+}
+
+/// The network an address is in, as the guard counts them (IPv4 /24, IPv6 /48;
+/// an IPv4-mapped IPv6 address counts as its IPv4 address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Subnet {
+    V4(u32),
+    V6(u128),
+}
+
+impl Subnet {
+    pub(crate) fn of(ip: IpAddr) -> Self {
+        match canonical(ip) {
+            IpAddr::V4(v4) => Self::V4(u32::from(v4) & 0xffff_ff00),
+            IpAddr::V6(v6) => Self::V6(u128::from(v6) & !((1u128 << 80) - 1)),
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address as IPv4; other addresses unchanged.
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The IP a connection comes from, when it names one directly (a relayed
+/// connection's address is the relay's, and is not the peer's: not counted).
+fn remote_ip(addr: &Multiaddr) -> Option<IpAddr> {
+    let mut ip = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(v4) if ip.is_none() => ip = Some(IpAddr::V4(v4)),
+            Protocol::Ip6(v6) if ip.is_none() => ip = Some(IpAddr::V6(v6)),
+            Protocol::P2pCircuit => return None,
+            _ => {}
+        }
+    }
+    ip.map(canonical)
+}
+
+/// Why the guard refused a connection (what the dialler's swarm reports, and the
+/// label of `peergrid_net_connections_denied_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// The address is banned (offences from it, under any identity).
+    Banned,
+    /// Too many connections from this IP.
+    PerIp(u32),
+    /// Too many connections from this network.
+    PerSubnet(u32),
+}
+
+impl Denied {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Banned => "banned_ip",
+            Self::PerIp(_) => "per_ip",
+            Self::PerSubnet(_) => "per_subnet",
+        }
+    }
+}
+
+impl fmt::Display for Denied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Banned => write!(f, "this address is banned for offences"),
+            Self::PerIp(n) => write!(f, "at most {n} connections per IP address"),
+            Self::PerSubnet(n) => write!(f, "at most {n} connections per /24 (IPv6: /48)"),
+        }
+    }
+}
+
+impl std::error::Error for Denied {}
+
+/// The behaviour (see the module docs).
+pub(crate) struct ConnectionGuard {
+    config: GuardConfig,
+    /// Inbound connections counted, pending or established, by id.
+    inbound: HashMap<ConnectionId, IpAddr>,
+    per_ip: HashMap<IpAddr, u32>,
+    per_subnet: HashMap<Subnet, u32>,
+    banned: HashSet<IpAddr>,
+    metrics: NetMetrics,
+}
+
+impl ConnectionGuard {
+    pub(crate) fn new(config: GuardConfig, metrics: NetMetrics) -> Self {
+        Self {
+            config,
+            inbound: HashMap::new(),
+            per_ip: HashMap::new(),
+            per_subnet: HashMap::new(),
+            banned: HashSet::new(),
+            metrics,
+        }
+    }
+
+    /// Refuses every new connection from `ip` (under any peer id) until
+    /// [`unban`](Self::unban). Open ones are closed by the event loop.
+    pub(crate) fn ban(&mut self, ip: IpAddr) {
+        self.banned.insert(canonical(ip));
+    }
+
+    /// Lifts a ban.
+    pub(crate) fn unban(&mut self, ip: IpAddr) {
+        self.banned.remove(&canonical(ip));
+    }
+
+    /// Inbound connections counted from `ip` now.
+    #[cfg(test)]
+    pub(crate) fn count(&self, ip: IpAddr) -> u32 {
+        self.per_ip.get(&canonical(ip)).copied().unwrap_or(0)
+    }
+
+    /// Whether a new inbound connection from `ip` is allowed; counts it when it is.
+    fn admit(&mut self, id: ConnectionId, ip: IpAddr) -> Result<(), Denied> {
+        if self.banned.contains(&ip) {
+            return Err(Denied::Banned);
+        }
+        if self.config.exempt_loopback && ip.is_loopback() {
+            return Ok(());
+        }
+        let subnet = Subnet::of(ip);
+        if self.per_ip.get(&ip).copied().unwrap_or(0) >= self.config.per_ip {
+            return Err(Denied::PerIp(self.config.per_ip));
+        }
+        if self.per_subnet.get(&subnet).copied().unwrap_or(0) >= self.config.per_subnet {
+            return Err(Denied::PerSubnet(self.config.per_subnet));
+        }
+        self.inbound.insert(id, ip);
+        *self.per_ip.entry(ip).or_default() += 1;
+        *self.per_subnet.entry(subnet).or_default() += 1;
+        Ok(())
+    }
+
+    /// Forgets a connection (closed, or refused by another behaviour).
+    fn release(&mut self, id: ConnectionId) {
+        let Some(ip) = self.inbound.remove(&id) else {
+            return;
+        };
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        let subnet = Subnet::of(ip);
+        if let Some(n) = self.per_subnet.get_mut(&subnet) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_subnet.remove(&subnet);
+            }
+        }
+    }
+
+    fn deny(&self, why: Denied) -> ConnectionDenied {
+        self.metrics
+            .connections_denied
+            .with_label_values(&[why.label()])
+            .inc();
+        ConnectionDenied::new(why)
+    }
+}
+
+impl NetworkBehaviour for ConnectionGuard {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        _local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        match remote_ip(remote) {
+            Some(ip) => self.admit(id, ip).map_err(|why| self.deny(why)),
+            None => Ok(()),
+        }
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _id: ConnectionId,
+        _peer: PeerId,
+        _local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        // Counted when pending; a ban may have come during the handshake.
+        if remote_ip(remote).is_some_and(|ip| self.banned.contains(&ip)) {
+            return Err(self.deny(Denied::Banned));
+        }
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        _id: ConnectionId,
+        _peer: Option<PeerId>,
+        _addresses: &[Multiaddr],
+        _role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        Ok(Vec::new())
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _id: ConnectionId,
+        _peer: PeerId,
+        addr: &Multiaddr,
+        _role: Endpoint,
+        _port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        // Never counted; but a banned address is not dialled into either (a walk
+        // may find its new identities in the DHT).
+        if remote_ip(addr).is_some_and(|ip| self.banned.contains(&ip)) {
+            return Err(self.deny(Denied::Banned));
+        }
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. })
+            | FromSwarm::ListenFailure(ListenFailure { connection_id, .. }) => {
+                self.release(connection_id);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _peer: PeerId,
+        _id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().expect("multiaddr")
+    }
+
+    struct Knock {
+        guard: ConnectionGuard,
+        next: usize,
+        metrics: NetMetrics,
+    }
+
+    fn why(e: ConnectionDenied) -> String {
+        e.downcast_ref::<Denied>()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
+    impl Knock {
+        fn new(config: GuardConfig) -> Self {
+            let metrics = NetMetrics::default();
+            Self {
+                guard: ConnectionGuard::new(config, metrics.clone()),
+                next: 0,
+                metrics,
+            }
+        }
+
+        /// A new inbound connection from `remote`: its id when admitted.
+        fn from(&mut self, remote: &str) -> Result<ConnectionId, String> {
+            self.next += 1;
+            let id = ConnectionId::new_unchecked(self.next);
+            let (local, remote) = (addr("/ip4/192.0.2.1/tcp/7946"), addr(remote));
+            self.guard
+                .handle_pending_inbound_connection(id, &local, &remote)
+                .map_err(why)?;
+            self.guard
+                .handle_established_inbound_connection(id, PeerId::random(), &local, &remote)
+                .map_err(why)?;
+            Ok(id)
+        }
+
+        fn denied(&self, reason: &str) -> u64 {
+            self.metrics
+                .connections_denied
+                .with_label_values(&[reason])
+                .get()
+        }
+    }
+
+    #[test]
+    fn fresh_identities_from_one_address_get_per_ip_connections_and_no_more() {
+        let mut k = Knock::new(GuardConfig::default());
+        let ids: Vec<_> = (0..128)
+            .filter_map(|i| k.from(&format!("/ip4/203.0.113.7/tcp/{}", 1000 + i)).ok())
+            .collect();
+        assert_eq!(ids.len(), 4, "128 identities from one host, 4 connections");
+        assert_eq!(k.denied("per_ip"), 124);
+        assert!(
+            k.from("/ip4/203.0.113.7/udp/1/quic-v1")
+                .unwrap_err()
+                .contains("at most 4 connections per IP"),
+            "QUIC counts too"
+        );
+        // A closed connection frees its place.
+        k.guard.release(ids[0]);
+        assert_eq!(k.guard.count("203.0.113.7".parse().unwrap()), 3);
+        assert!(k.from("/ip4/203.0.113.7/tcp/9").is_ok());
+    }
+
+    #[test]
+    fn one_network_gets_per_subnet_connections_and_others_are_not_affected() {
+        let mut k = Knock::new(GuardConfig::default());
+        let admitted = (1..=40)
+            .filter(|host| k.from(&format!("/ip4/198.51.100.{host}/tcp/1")).is_ok())
+            .count();
+        assert_eq!(admitted, 16);
+        assert_eq!(k.denied("per_subnet"), 24);
+        assert!(k.from("/ip4/198.51.101.1/tcp/1").is_ok(), "the next /24");
+        // IPv6: one /48 is one network, however many /64s it hands out.
+        let v6 = (0..40)
+            .filter(|i| k.from(&format!("/ip6/2001:db8:1:{i:x}::1/tcp/1")).is_ok())
+            .count();
+        assert_eq!(v6, 16);
+        assert!(k.from("/ip6/2001:db8:2::1/tcp/1").is_ok());
+        // An IPv4-mapped IPv6 address is its IPv4 address.
+        assert!(k.from("/ip6/::ffff:198.51.100.200/tcp/1").is_err());
+    }
+
+    #[test]
+    fn loopback_is_exempt_by_default_and_counted_when_asked() {
+        let mut k = Knock::new(GuardConfig::default());
+        assert!((0..100).all(|_| k.from("/ip4/127.0.0.1/tcp/1").is_ok()));
+        let mut k = Knock::new(GuardConfig {
+            exempt_loopback: false,
+            ..GuardConfig::default()
+        });
+        assert_eq!(
+            (0..100)
+                .filter(|_| k.from("/ip4/127.0.0.1/tcp/1").is_ok())
+                .count(),
+            4
+        );
+    }
+
+    #[test]
+    fn a_banned_address_is_refused_under_any_identity_until_unbanned() {
+        let mut k = Knock::new(GuardConfig::default());
+        let ip: IpAddr = "203.0.113.9".parse().unwrap();
+        k.guard.ban(ip);
+        assert!(
+            k.from("/ip4/203.0.113.9/tcp/1")
+                .unwrap_err()
+                .contains("banned")
+        );
+        assert!(
+            k.from("/ip4/203.0.113.10/tcp/1").is_ok(),
+            "only that address"
+        );
+        // Loopback exemption does not cover bans.
+        k.guard.ban("127.0.0.1".parse().unwrap());
+        assert!(k.from("/ip4/127.0.0.1/tcp/1").is_err());
+        assert_eq!(k.denied("banned_ip"), 2);
+        // A ban that comes during the handshake refuses the connection at its end.
+        let (local, remote) = (
+            addr("/ip4/192.0.2.1/tcp/1"),
+            addr("/ip4/203.0.113.11/tcp/1"),
+        );
+        let id = ConnectionId::new_unchecked(10_000);
+        assert!(
+            k.guard
+                .handle_pending_inbound_connection(id, &local, &remote)
+                .is_ok()
+        );
+        k.guard.ban("203.0.113.11".parse().unwrap());
+        assert!(
+            k.guard
+                .handle_established_inbound_connection(id, PeerId::random(), &local, &remote)
+                .is_err()
+        );
+        k.guard.unban(ip);
+        assert!(k.from("/ip4/203.0.113.9/tcp/1").is_ok());
+    }
+
+    #[test]
+    fn relayed_connections_are_not_counted_against_the_relay() {
+        let mut k = Knock::new(GuardConfig::default());
+        let relayed = "/ip4/203.0.113.1/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit";
+        assert!((0..10).all(|_| k.from(relayed).is_ok()));
+    }
+}
