@@ -344,7 +344,17 @@ struct Measured {
 
 impl Ctx {
     async fn all(&self, attacks: &[Attack]) -> anyhow::Result<(Baseline, Vec<Row>)> {
-        eprintln!("baseline: the honest job on a target under no attack…");
+        // The first job in this process pays for warming up (the submitter's module
+        // and split, the honest worker's compile): a warm-up round, not counted.
+        eprintln!("warm-up: the honest job on a target under no attack…");
+        let warm = self.round(None, Duration::from_secs(300)).await?;
+        if !warm.job.done {
+            anyhow::bail!(
+                "the honest job failed without any attack: {}",
+                warm.job.error.unwrap_or_default()
+            );
+        }
+        eprintln!("baseline: the honest job on a fresh target under no attack…");
         let base = self.round(None, Duration::from_secs(300)).await?;
         if !base.job.done {
             anyhow::bail!(
@@ -373,7 +383,10 @@ impl Ctx {
     /// job, then the measurements.
     async fn round(&self, attack: Option<Attack>, limit: Duration) -> anyhow::Result<Measured> {
         let name = attack.map_or("baseline", Attack::name);
-        let dir = self.root.join(name);
+        let mut dir = self.root.join(name);
+        if dir.exists() {
+            dir = self.root.join(format!("{name}-2"));
+        }
         std::fs::create_dir_all(&dir)?;
         let mut target = Target::start(&self.binary, &dir)?;
         let (job_tx, job_rx) = watch::channel(None);
@@ -392,6 +405,9 @@ impl Ctx {
             stop: CancellationToken::new(),
         };
         let mut notes = Vec::new();
+        // A node's first seconds are busier (listeners, the DHT, the CPU monitor's
+        // first samples): every round lets the target settle first.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         // The watchdog: the peak memory seen, and a stop past RSS_ABORT_MB.
         let watchdog = {
             let (pid, stop) = (target.pid, env.stop.clone());
@@ -428,7 +444,7 @@ impl Ctx {
             Ok(()) => {
                 let left = limit.saturating_sub(started.elapsed());
                 tokio::select! {
-                    run = self.grid.run_job(&self.job, left, &job_tx) => run,
+                    run = self.grid.run_job(target.peer, &self.job, left, &job_tx) => run,
                     _ = env.stop.cancelled() => JobRun {
                         done: false,
                         secs: started.elapsed().as_secs_f64(),
@@ -467,10 +483,16 @@ impl Ctx {
             .map(|f| f.offenders.iter().map(ToString::to_string).collect())
             .unwrap_or_default();
         let logged = target.log_mentions(env.ip, &offenders);
+        let (peak_rss_mb, disk_mb) = (target.peak_rss_mb(), target.disk_mb());
+        let gone = target.peer;
+        drop(target);
+        // The next round's job must not be offered to this target: wait until the
+        // submitter has dropped its advert.
+        self.grid.forget(gone, Duration::from_secs(20)).await;
         Ok(Measured {
             job,
-            peak_rss_mb: target.peak_rss_mb(),
-            disk_mb: target.disk_mb(),
+            peak_rss_mb,
+            disk_mb,
             alive,
             bans,
             penalties,
@@ -564,14 +586,15 @@ fn print_table(baseline: &Baseline, rows: &[Row]) {
         baseline.disk_mb
     );
     println!(
-        "{:<18} {:>5} {:>8} {:>8} {:>8} {:>7} {:>7} {:>6}  pass",
-        "attack", "done", "slowdown", "RSS MB", "disk MB", "banned", "logged", "bound"
+        "{:<18} {:>5} {:>7} {:>8} {:>7} {:>8} {:>7} {:>7} {:>6}  pass",
+        "attack", "done", "job s", "slowdown", "RSS MB", "disk MB", "banned", "logged", "bound"
     );
     for r in rows {
         println!(
-            "{:<18} {:>5} {:>8} {:>8} {:>8.1} {:>7} {:>7} {:>6}  {}",
+            "{:<18} {:>5} {:>7.2} {:>8} {:>7} {:>8.1} {:>7} {:>7} {:>6}  {}",
             r.attack,
             if r.honest_job_done { "yes" } else { "NO" },
+            r.job_s,
             r.slowdown.map_or("-".into(), |s| format!("{s:.2}×")),
             r.peak_rss_mb.map_or("?".into(), |m| format!("{m:.0}")),
             r.disk_growth_mb,

@@ -37,7 +37,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_STREAMS: usize = 10_000;
 
 /// One of peergrid's request-response protocols.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Proto {
     Task,
     Result,
@@ -209,6 +209,8 @@ pub(super) fn serve(blobs: &Blobs, bytes: Vec<u8>) -> BlobHash {
 /// answers through `reply`.
 #[derive(Debug)]
 pub(super) struct Offer {
+    /// Who sent it.
+    pub(super) from: PeerId,
     pub(super) job_id: JobId,
     pub(super) assignments: Vec<Assignment>,
     pub(super) reply: oneshot::Sender<TaskReply>,
@@ -398,7 +400,8 @@ struct Driver {
     swarm: Swarm<Hostile>,
     setup: PeerSetup,
     stats: Arc<PeerStats>,
-    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, String>>>,
+    /// Requests in flight; ids are per protocol.
+    pending: HashMap<(Proto, OutboundRequestId), oneshot::Sender<Result<Vec<u8>, String>>>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
     /// Task offers handed to the attack, waiting for its answer.
     replies: FuturesUnordered<Reply>,
@@ -443,7 +446,7 @@ impl Driver {
                     .behaviour_mut()
                     .rr(proto)
                     .send_request(&peer, msg);
-                self.pending.insert(id, tx);
+                self.pending.insert((proto, id), tx);
             }
         }
     }
@@ -487,14 +490,14 @@ impl Driver {
                     },
                 ..
             } => {
-                if let Some(tx) = self.pending.remove(&request_id) {
+                if let Some(tx) = self.pending.remove(&(proto, request_id)) {
                     let _ = tx.send(Ok(response));
                 }
             }
             Event::OutboundFailure {
                 request_id, error, ..
             } => {
-                if let Some(tx) = self.pending.remove(&request_id) {
+                if let Some(tx) = self.pending.remove(&(proto, request_id)) {
                     let _ = tx.send(Err(error.to_string()));
                 }
             }
@@ -503,14 +506,21 @@ impl Driver {
                     Message::Request {
                         request, channel, ..
                     },
+                peer,
                 ..
-            } => self.answer(proto, &request.bytes, channel),
+            } => self.answer(peer, proto, &request.bytes, channel),
             _ => {}
         }
     }
 
     /// Answers a request from the target, as the attack's role wants.
-    fn answer(&mut self, proto: Proto, bytes: &[u8], channel: ResponseChannel<Vec<u8>>) {
+    fn answer(
+        &mut self,
+        from: PeerId,
+        proto: Proto,
+        bytes: &[u8],
+        channel: ResponseChannel<Vec<u8>>,
+    ) {
         let reply = match proto {
             Proto::Blob => postcard::from_bytes::<BlobRequest>(bytes)
                 .ok()
@@ -560,6 +570,7 @@ impl Driver {
                     if let Some(offers) = &self.setup.offers {
                         let (tx, rx) = oneshot::channel();
                         let offer = Offer {
+                            from,
                             job_id,
                             assignments,
                             reply: tx,

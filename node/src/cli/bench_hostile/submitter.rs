@@ -172,7 +172,9 @@ pub(super) async fn outbox_fill(env: Env) -> anyhow::Result<Findings> {
             let inputs = (0..16).map(|i| Payload::Inline(modules::sized_input(size, salt + i)));
             s.offer(&env, module, inputs, MODEST).await;
         }
-        if !engaged && (s.results() >= engage_at || started.elapsed() > Duration::from_secs(30)) {
+        if !engaged
+            && (s.results() >= engage_at || started.elapsed() > Duration::from_secs(env.n(60, 20)))
+        {
             env.engage();
             engaged = true;
         }

@@ -145,17 +145,37 @@ impl HonestGrid {
         }
     }
 
+    /// Waits (at most `within`) until the submitter holds no advert of `peer` and
+    /// is not connected to it.
+    pub(super) async fn forget(&self, peer: PeerId, within: Duration) {
+        let id = peer.to_string();
+        let started = Instant::now();
+        while started.elapsed() < within {
+            let peers = self.submitter.net().peers().await;
+            if !peers
+                .iter()
+                .any(|p| p.peer_id == id && (p.connected || p.advert.is_some()))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Submits the honest job (fixed replication, two replicas: one is the
     /// target's, one the honest worker's) and waits for it, at most `limit`.
     /// `submitted` gets the job's id as soon as it has one.
     pub(super) async fn run_job(
         &self,
+        target: PeerId,
         job: &HonestJob,
         limit: Duration,
         submitted: &tokio::sync::watch::Sender<Option<JobId>>,
     ) -> JobRun {
         let started = Instant::now();
-        let result = self.try_run_job(job, limit, submitted, started).await;
+        let result = self
+            .try_run_job(target, job, limit, submitted, started)
+            .await;
         let secs = started.elapsed().as_secs_f64();
         match result {
             Ok(()) => JobRun {
@@ -173,6 +193,7 @@ impl HonestGrid {
 
     async fn try_run_job(
         &self,
+        target: PeerId,
         job: &HonestJob,
         limit: Duration,
         submitted: &tokio::sync::watch::Sender<Option<JobId>>,
@@ -207,11 +228,31 @@ impl HonestGrid {
             }
             if started.elapsed() > limit {
                 let _ = state.scheduler().cancel(id).await;
+                let target = target.to_string();
+                let who = |p: &str| if p == target { "target" } else { "worker" };
+                let peers: Vec<String> = status
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}: {} agreed, {} disagreed, {} in flight{}",
+                            who(&p.peer),
+                            p.agreed,
+                            p.disagreed,
+                            p.in_flight,
+                            if p.excluded { ", EXCLUDED" } else { "" }
+                        )
+                    })
+                    .collect();
                 bail!(
-                    "not done in {limit:?} ({} of {} chunks verified{})",
+                    "not done in {limit:.0?} ({} of {} chunks verified, {} replicas issued, {} results, {} reissued; {}{})",
                     status.chunks_verified,
                     status.chunks_total,
-                    status.why.map(|w| format!(": {w}")).unwrap_or_default()
+                    status.replicas_issued,
+                    status.results,
+                    status.reissues,
+                    peers.join("; "),
+                    status.why.map(|w| format!("; {w}")).unwrap_or_default()
                 );
             }
             if tokio::time::timeout(Duration::from_millis(500), rx.changed())

@@ -18,13 +18,17 @@ use crate::cli::client::ApiClient;
 use crate::config::DataDir;
 use crate::net::protocol::{
     Assignment, BlobHash, CapacityAdvert, ChunkResult, JobId, PROTOCOL_VERSION, Payload,
-    ResultBatch, ResultContext, TaskReply, WireOutcome,
+    RejectReason, ResultBatch, ResultContext, TaskReply, WireOutcome,
 };
 use crate::sandbox::{JobModule, Sandbox};
 use crate::scheduler::{JobSpec, Replication, SubmitRequest};
 
-/// The job the target is given: small primes, two replicas.
-const TARGET_JOB: &str = r#"{"limit": 200000, "chunks": 4}"#;
+/// The job the target is given: a small montecarlo, two replicas. Another example
+/// than the honest job's, so that the target has not compiled that one already.
+const TARGET_JOB: (&str, &str) = (
+    "montecarlo",
+    r#"{"samples": 200000, "chunks": 4, "seed": 7}"#,
+);
 
 /// An advert a modest worker would send.
 fn modest_advert() -> CapacityAdvert {
@@ -63,17 +67,17 @@ async fn target_job(env: &Env) -> anyhow::Result<JobId> {
     let data_dir = env.data_dir.clone();
     tokio::task::spawn_blocking(move || {
         let client = ApiClient::connect(&DataDir::resolve(Some(data_dir)))?;
-        let wasm = peergrid_jobs::find("primes")
-            .ok_or_else(|| anyhow::anyhow!("the primes example"))?
+        let wasm = peergrid_jobs::find(TARGET_JOB.0)
+            .ok_or_else(|| anyhow::anyhow!("the {} example", TARGET_JOB.0))?
             .wasm;
         let blob: serde_json::Value = client.post_bytes("/v1/blobs", wasm)?;
         let module = blob["hash"].as_str().unwrap_or_default().to_string();
         let job: serde_json::Value = client.post_json(
             "/v1/jobs",
             &SubmitRequest {
-                name: "primes".into(),
+                name: TARGET_JOB.0.into(),
                 module,
-                params: Some(serde_json::from_str(TARGET_JOB)?),
+                params: Some(serde_json::from_str(TARGET_JOB.1)?),
                 inputs: None,
                 spec: Some(JobSpec {
                     replication: Replication::Fixed,
@@ -90,12 +94,12 @@ async fn target_job(env: &Env) -> anyhow::Result<JobId> {
     .await?
 }
 
-/// The primes module, loaded in a sandbox of the attacker's own.
-async fn primes() -> anyhow::Result<(Sandbox, JobModule)> {
+/// The target job's module, loaded in a sandbox of the attacker's own.
+async fn target_module() -> anyhow::Result<(Sandbox, JobModule)> {
     tokio::task::spawn_blocking(|| {
         let sandbox = Sandbox::new(Default::default())?;
-        let wasm = peergrid_jobs::find("primes")
-            .ok_or_else(|| anyhow::anyhow!("the primes example"))?
+        let wasm = peergrid_jobs::find(TARGET_JOB.0)
+            .ok_or_else(|| anyhow::anyhow!("the {} example", TARGET_JOB.0))?
             .wasm;
         let module = sandbox.load(wasm)?;
         anyhow::Ok((sandbox, module))
@@ -133,13 +137,27 @@ fn signed(
 }
 
 /// Takes every assignment of `offer` and answers each with `answer`'s result, in
-/// one batch; returns the results.
+/// one batch; returns the results. Offers from anyone but the target (the honest
+/// submitter finds the hostile worker through the target's DHT) are refused: the
+/// attack is on the target alone.
 async fn take(
     peer: &HostilePeer,
     env: &Env,
     offer: Offer,
     answer: impl Fn(&Assignment) -> (WireOutcome, Vec<u8>) + Send + 'static,
 ) -> Vec<ChunkResult> {
+    if offer.from != env.target {
+        let rejected = offer
+            .assignments
+            .iter()
+            .map(|a| (a.chunk, a.attempt, RejectReason::NotAccepting))
+            .collect();
+        let _ = offer.reply.send(TaskReply::Offer {
+            accepted: Vec::new(),
+            rejected,
+        });
+        return Vec::new();
+    }
     let accepted = offer
         .assignments
         .iter()
@@ -196,7 +214,7 @@ pub(super) async fn result_replay(env: Env) -> anyhow::Result<Findings> {
     let copies = env.n(100_000, 2_000);
     let per_batch = env.n(10_000, 500);
     let (peer, mut offers) = hostile_worker(&env, PeerSetup::on(env.ip)).await?;
-    let (sandbox, module) = primes().await?;
+    let (sandbox, module) = target_module().await?;
     let job = target_job(&env).await?;
     env.engage();
     let mut first = None;
