@@ -226,6 +226,8 @@ pub(super) struct Findings {
 #[derive(Debug, Serialize)]
 struct Row {
     attack: &'static str,
+    /// The loopback address every hostile connection came from.
+    offender_ip: String,
     honest_job_done: bool,
     /// Honest job time / baseline time; `null` when it did not complete.
     slowdown: Option<f64>,
@@ -330,6 +332,8 @@ struct Ctx {
 
 /// What one round (the baseline, or one attack) measured.
 struct Measured {
+    /// The attacker's address.
+    ip: Ipv4Addr,
     job: JobRun,
     peak_rss_mb: Option<f64>,
     disk_mb: f64,
@@ -490,6 +494,7 @@ impl Ctx {
         // submitter has dropped its advert.
         self.grid.forget(gone, Duration::from_secs(20)).await;
         Ok(Measured {
+            ip: env.ip,
             job,
             peak_rss_mb,
             disk_mb,
@@ -519,6 +524,7 @@ fn proc_rss_mb(pid: u32) -> Option<f64> {
 
 /// Judges one attack against the thresholds.
 fn row(attack: Attack, baseline: &Baseline, m: Measured) -> Row {
+    let offender_ip = m.ip.to_string();
     let slowdown = m.job.done.then(|| m.job.secs / baseline.job_s);
     let disk_growth_mb = (m.disk_mb - baseline.disk_mb).max(0.0);
     let offender_banned = m.bans > 0.0;
@@ -555,6 +561,7 @@ fn row(attack: Attack, baseline: &Baseline, m: Measured) -> Row {
     }
     Row {
         attack: attack.name(),
+        offender_ip,
         honest_job_done: m.job.done,
         slowdown,
         peak_rss_mb: m.peak_rss_mb,
