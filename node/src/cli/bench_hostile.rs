@@ -470,12 +470,17 @@ impl Ctx {
         }
         let findings = match attack_task {
             None => Ok(Findings::default()),
-            Some(task) => match tokio::time::timeout(Duration::from_secs(60), task).await {
-                Ok(Ok(Ok(f))) => Ok(f),
-                Ok(Ok(Err(e))) => Err(format!("the attack failed: {e:#}")),
-                Ok(Err(e)) => Err(format!("the attack panicked: {e}")),
-                Err(_) => Err("the attack did not stop within 60 s".into()),
-            },
+            Some(mut task) => {
+                match tokio::time::timeout(Duration::from_secs(60), &mut task).await {
+                    Ok(Ok(Ok(f))) => Ok(f),
+                    Ok(Ok(Err(e))) => Err(format!("the attack failed: {e:#}")),
+                    Ok(Err(e)) => Err(format!("the attack panicked: {e}")),
+                    Err(_) => {
+                        task.abort();
+                        Err("the attack did not stop within 60 s (aborted)".into())
+                    }
+                }
+            }
         };
         let alive = target.alive();
         let metric = |pick: &dyn Fn(&str) -> bool| target.metric_sum(pick).unwrap_or(f64::NAN);

@@ -68,8 +68,12 @@ impl Tally {
     }
 }
 
+/// How long a flood may take to build up before the attack counts as under way.
+const BUILD_UP: Duration = Duration::from_secs(40);
+
 /// Starts `count` hostile identities on the attacker's address and connects each
-/// to the target, `batch` at a time; returns them with how many connected.
+/// to the target, `batch` at a time, for at most [`BUILD_UP`]; returns them with
+/// how many connected.
 async fn identities(
     env: &Env,
     count: usize,
@@ -78,7 +82,8 @@ async fn identities(
 ) -> (Vec<HostilePeer>, usize) {
     let mut peers = Vec::new();
     let mut connected = 0;
-    while peers.len() < count && !env.stop.is_cancelled() {
+    let started = tokio::time::Instant::now();
+    while peers.len() < count && !env.stop.is_cancelled() && started.elapsed() < BUILD_UP {
         let wave: Vec<HostilePeer> = (0..batch.min(count - peers.len()))
             .filter_map(|_| HostilePeer::spawn(setup()).ok())
             .collect();
@@ -101,7 +106,11 @@ pub(super) async fn connection_flood(env: Env) -> anyhow::Result<Findings> {
     let raw_n = env.n(512, 40);
     let ids_n = env.n(300, 20);
     let mut sockets = Vec::new();
+    let started = tokio::time::Instant::now();
     for _ in 0..raw_n {
+        if started.elapsed() > BUILD_UP / 2 {
+            break;
+        }
         let socket = TcpSocket::new_v4()?;
         socket.bind((env.ip, 0).into())?;
         if let Ok(Ok(s)) =
@@ -323,7 +332,7 @@ pub(super) async fn cancel_flood(env: Env) -> anyhow::Result<Findings> {
                 n += 1;
                 let honest = *env2.honest_job.borrow();
                 let request = match honest {
-                    Some(job_id) if n % 2 == 0 => TaskRequest::Cancel {
+                    Some(job_id) if n.is_multiple_of(2) => TaskRequest::Cancel {
                         job_id,
                         chunks: Vec::new(),
                     },
@@ -365,7 +374,7 @@ pub(super) async fn blob_requests(
             while !env2.stop.is_cancelled() {
                 n += 1;
                 let request = BlobRequest {
-                    hash: if n % 4 == 0 {
+                    hash: if n.is_multiple_of(4) {
                         crate::net::protocol::BlobHash(rand::random())
                     } else {
                         hash

@@ -288,7 +288,7 @@ impl PeerStats {
 
 enum Command {
     Dial(Multiaddr, PeerId, oneshot::Sender<Result<(), String>>),
-    Request(PeerId, Proto, Msg, oneshot::Sender<Result<Vec<u8>, String>>),
+    Request(PeerId, Proto, Msg, Answer),
 }
 
 /// A running hostile peer; its swarm stops when this is dropped.
@@ -393,6 +393,9 @@ impl HostilePeer {
     }
 }
 
+/// Where the answer to one of the hostile peer's requests goes.
+type Answer = oneshot::Sender<Result<Vec<u8>, String>>;
+
 type Reply = BoxFuture<'static, (ResponseChannel<Vec<u8>>, Option<Vec<u8>>)>;
 
 /// The task that owns the hostile swarm.
@@ -401,7 +404,7 @@ struct Driver {
     setup: PeerSetup,
     stats: Arc<PeerStats>,
     /// Requests in flight; ids are per protocol.
-    pending: HashMap<(Proto, OutboundRequestId), oneshot::Sender<Result<Vec<u8>, String>>>,
+    pending: HashMap<(Proto, OutboundRequestId), Answer>,
     dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
     /// Task offers handed to the attack, waiting for its answer.
     replies: FuturesUnordered<Reply>,
