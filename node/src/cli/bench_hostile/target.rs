@@ -39,7 +39,9 @@ impl HonestJob {
         let params = if quick {
             r#"{"limit": 400000, "chunks": 4}"#
         } else {
-            r#"{"limit": 6000000, "chunks": 6}"#
+            // About 3 s of one core per worker (release build): long enough that
+            // the ratio is not noise.
+            r#"{"limit": 3000000000, "chunks": 8}"#
         };
         let wasm = peergrid_jobs::find("primes")
             .context("the primes example")?
