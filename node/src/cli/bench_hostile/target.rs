@@ -324,7 +324,23 @@ impl Target {
         std::fs::create_dir_all(&data_dir)?;
         let log = dir.join("node.log");
         let log_file = std::fs::File::create(&log).context("creating the target's log")?;
-        let mut child = std::process::Command::new(binary)
+        let mut command = std::process::Command::new(binary);
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe and touches no memory of the
+            // parent's; it runs in the child between fork and exec. It makes the
+            // kernel kill the target when the thread that started it (a runtime
+            // worker, alive until the bench ends) dies, even if the bench is
+            // killed before it can drop the target.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["node", "--listen", &format!("/ip4/{ip}/tcp/{port}")])
