@@ -212,7 +212,10 @@ impl HonestGrid {
                 inputs: None,
                 spec: Some(JobSpec {
                     replication: Replication::Fixed,
-                    soft_timeout: Duration::from_secs(30),
+                    // Longer than any round: a timed-out replica keeps its peer
+                    // counted, and with two workers the chunk would have nowhere
+                    // left to go (a loaded machine queues chunks for long).
+                    soft_timeout: Duration::from_secs(600),
                     ..JobSpec::default()
                 }),
             })

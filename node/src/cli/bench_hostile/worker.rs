@@ -81,7 +81,7 @@ async fn target_job(env: &Env) -> anyhow::Result<JobId> {
                 inputs: None,
                 spec: Some(JobSpec {
                     replication: Replication::Fixed,
-                    soft_timeout: Duration::from_secs(30),
+                    soft_timeout: Duration::from_secs(600),
                     ..JobSpec::default()
                 }),
             },
