@@ -373,7 +373,9 @@ impl Ctx {
             peak_rss_mb: base.peak_rss_mb,
             disk_mb: base.disk_mb,
         };
-        let limit = Duration::from_secs_f64((baseline.job_s * 6.0).max(30.0));
+        // Time enough to tell a slowdown over the threshold, not more: a job not
+        // done by then is reported as not done.
+        let limit = Duration::from_secs_f64((baseline.job_s * (MAX_SLOWDOWN + 2.0)).max(20.0));
         let mut rows = Vec::new();
         for &attack in attacks {
             eprintln!("{}…", attack.name());

@@ -39,9 +39,9 @@ impl HonestJob {
         let params = if quick {
             r#"{"limit": 400000, "chunks": 4}"#
         } else {
-            // About 3 s of one core per worker (release build): long enough that
-            // the ratio is not noise.
-            r#"{"limit": 3000000000, "chunks": 8}"#
+            // About 1 s of one core per worker (release build, idle machine): long
+            // enough that the ratio is not noise, short enough on a loaded one.
+            r#"{"limit": 1000000000, "chunks": 6}"#
         };
         let wasm = peergrid_jobs::find("primes")
             .context("the primes example")?
