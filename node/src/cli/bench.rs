@@ -22,6 +22,10 @@
 //! idle node costs (CPU, bytes, memory) as their number grows, how soon a submitter
 //! sees enough candidates, and a job's time to done; `--simulate` runs the
 //! discrete-event model of discovery for thousands of peers.
+//!
+//! `bench hostile` runs each attack of issue 15 against a real node process while an
+//! honest job runs through it, and reports the job's slowdown, the node's memory and
+//! disk, and whether it banned the offender.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -45,6 +49,9 @@ pub enum BenchCmd {
     /// An idle node's cost as the grid grows: separate node processes on loopback,
     /// or (`--simulate`) a discrete-event model of thousands of peers.
     Scale(super::bench_scale::ScaleBench),
+    /// Can hostile peers exhaust a node? Each attack against a real node process
+    /// while an honest job runs through it: slowdown, memory, disk, bans.
+    Hostile(super::bench_hostile::HostileBench),
 }
 
 impl BenchCmd {
@@ -54,6 +61,7 @@ impl BenchCmd {
             Self::Grid(b) => b.execute(),
             Self::Trust(b) => b.execute(),
             Self::Scale(b) => b.execute(),
+            Self::Hostile(b) => b.execute(),
         }
     }
 }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod bench_grid;
+pub mod bench_hostile;
 pub mod bench_scale;
 pub mod bench_trust;
 mod bench_wasi;
