@@ -221,6 +221,8 @@ fn worker_limits_of(options: &NodeOptions) -> Result<(WorkerLimits, Option<u64>)
         ..d
     };
     Ok((limits, max_fuel))
+}
+
 /// The connection limits: totals, the inbound share, per address and network.
 fn connection_limits(options: &NodeOptions, net: &mut NetConfig) -> Result<(), ConfigError> {
     if let Some(n) = options.max_connections {
