@@ -4,8 +4,9 @@
 //! binary: its own data dir, a loopback address of its own, one slot; see
 //! `bench_hostile/target.rs`), starts the attack from a hostile peer in this process
 //! (a raw libp2p swarm, `bench_hostile/peer.rs`, or plain TCP sockets, on a loopback
-//! address of the attacker's own), waits until the attack is under way, then has the
-//! honest grid (a submitter and a worker in this process) connect to the target and
+//! address of the attacker's own), waits until the attack is under way, then has a
+//! fresh honest grid (a submitter and a worker in this process, default advert
+//! timing) connect to the target and
 //! run the honest job through it (fixed replication, two replicas: the target's and
 //! the honest worker's). It reports, per attack: whether the honest job completed
 //! with the right answer, its time against the same job on a target under no attack
@@ -303,7 +304,6 @@ impl HostileBench {
             .unwrap_or_else(|| tmp.path().to_path_buf());
         let quick = self.quick;
         let job = tokio::task::spawn_blocking(move || HonestJob::primes(quick)).await??;
-        let grid = HonestGrid::start().await?;
         let attacks: Vec<Attack> = if self.attack.is_empty() {
             Attack::ALL.to_vec()
         } else {
@@ -314,11 +314,8 @@ impl HostileBench {
             root,
             quick,
             job,
-            grid,
         };
-        let result = ctx.all(&attacks).await;
-        ctx.grid.shutdown().await;
-        result
+        ctx.all(&attacks).await
     }
 }
 
@@ -327,7 +324,6 @@ struct Ctx {
     root: PathBuf,
     quick: bool,
     job: HonestJob,
-    grid: HonestGrid,
 }
 
 /// What one round (the baseline, or one attack) measured.
@@ -441,7 +437,10 @@ impl Ctx {
             }
         }
         let started = Instant::now();
-        let job = match self.grid.join(&target, Duration::from_secs(30)).await {
+        // A fresh honest grid too: no view, reputation or cache carries over from
+        // one round to the next.
+        let grid = HonestGrid::start().await?;
+        let job = match grid.join(&target, Duration::from_secs(30)).await {
             Ok(()) if env.stop.is_cancelled() => JobRun {
                 done: false,
                 secs: 0.0,
@@ -450,7 +449,7 @@ impl Ctx {
             Ok(()) => {
                 let left = limit.saturating_sub(started.elapsed());
                 tokio::select! {
-                    run = self.grid.run_job(target.peer, &self.job, left, &job_tx) => run,
+                    run = grid.run_job(target.peer, &self.job, left, &job_tx) => run,
                     _ = env.stop.cancelled() => JobRun {
                         done: false,
                         secs: started.elapsed().as_secs_f64(),
@@ -495,11 +494,8 @@ impl Ctx {
             .unwrap_or_default();
         let logged = target.log_mentions(env.ip, &offenders);
         let (peak_rss_mb, disk_mb) = (target.peak_rss_mb(), target.disk_mb());
-        let gone = target.peer;
         drop(target);
-        // The next round's job must not be offered to this target: wait until the
-        // submitter has dropped its advert.
-        self.grid.forget(gone, Duration::from_secs(20)).await;
+        grid.shutdown().await;
         Ok(Measured {
             ip: env.ip,
             job,

@@ -85,7 +85,8 @@ pub(super) struct JobRun {
     pub(super) error: Option<String>,
 }
 
-/// A submitter (lends nothing) and a worker (one slot) in this process.
+/// A submitter (lends nothing) and a worker (one slot) in this process, fresh for
+/// every round.
 #[derive(Debug)]
 pub(super) struct HonestGrid {
     pub(super) submitter: Node,
@@ -97,8 +98,14 @@ impl HonestGrid {
     pub(super) async fn start() -> anyhow::Result<Self> {
         let spawn = |bootstrap: Vec<String>, cpus: u32| async move {
             let dir = tempfile::tempdir().context("creating a temporary data dir")?;
-            let config = NodeOptions::loopback(bootstrap, cpus)
-                .resolve(DataDir::resolve(Some(dir.path().to_path_buf())))?;
+            // Default advert timing, as the target has (a 60 s refresh, 180 s to
+            // expire): what a volunteer's node sees.
+            let config = NodeOptions {
+                advert_interval: None,
+                advert_ttl: None,
+                ..NodeOptions::loopback(bootstrap, cpus)
+            }
+            .resolve(DataDir::resolve(Some(dir.path().to_path_buf())))?;
             anyhow::Ok((Node::spawn(config).await?, dir))
         };
         let (submitter, d1) = spawn(Vec::new(), 0).await?;
@@ -142,23 +149,6 @@ impl HonestGrid {
                 bail!(
                     "the submitter did not see the target's capacity in {within:?} (target: {has_target}, worker: {has_worker})"
                 );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits (at most `within`) until the submitter holds no advert of `peer` and
-    /// is not connected to it.
-    pub(super) async fn forget(&self, peer: PeerId, within: Duration) {
-        let id = peer.to_string();
-        let started = Instant::now();
-        while started.elapsed() < within {
-            let peers = self.submitter.net().peers().await;
-            if !peers
-                .iter()
-                .any(|p| p.peer_id == id && (p.connected || p.advert.is_some()))
-            {
-                return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
