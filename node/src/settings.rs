@@ -12,6 +12,7 @@ use crate::config::{
     parse_multiaddrs, parse_size,
 };
 use crate::net::NetConfig;
+use crate::net::relay::NatConfig;
 use crate::scheduler::{PlacementPolicy, TrustPolicy};
 use crate::worker::politeness::{
     Preferences, VolunteerConfig, parse_active_hours, parse_memory_total,
@@ -59,6 +60,7 @@ impl Resolve for NodeOptions {
         }
         net.bootstrap = parse_multiaddrs("bootstrap", &self.bootstrap)?;
         net.mdns = !self.no_mdns;
+        net.nat = nat_of(&self)?;
         let advert_interval = match &self.advert_interval {
             Some(s) => parse_duration(s).map_err(ConfigError)?,
             // Adverts go to subscribers only, on change and as a refresh: the refresh
@@ -118,6 +120,33 @@ impl Resolve for NodeOptions {
             trust: TrustPolicy::default(),
         })
     }
+}
+
+/// The NAT settings: external addresses, UPnP, the relay's limits.
+fn nat_of(options: &NodeOptions) -> Result<NatConfig, ConfigError> {
+    let mut nat = NatConfig {
+        external_addrs: parse_multiaddrs("external-addr", &options.external_addr)?,
+        upnp: !options.no_upnp,
+        relay_server: !options.no_relay,
+        lab_global: options.lab_global_addresses,
+        ..NatConfig::default()
+    };
+    if let Some(n) = options.relay_max_circuits {
+        nat.relay.max_circuits = n;
+    }
+    if let Some(s) = &options.relay_max_circuit_bytes {
+        nat.relay.max_circuit_bytes =
+            parse_size(s).map_err(|e| ConfigError(format!("--relay-max-circuit-bytes: {e}")))?;
+    }
+    if let Some(s) = &options.relay_max_circuit_duration {
+        nat.relay.max_circuit_duration = parse_duration(s)
+            .map_err(|e| ConfigError(format!("--relay-max-circuit-duration: {e}")))?;
+    }
+    if let Some(s) = &options.direct_wait {
+        nat.direct_wait =
+            parse_duration(s).map_err(|e| ConfigError(format!("--direct-wait: {e}")))?;
+    }
+    Ok(nat)
 }
 
 fn volunteer_of(options: &NodeOptions, cpus: u32) -> Result<VolunteerConfig, ConfigError> {

@@ -1,5 +1,6 @@
-//! `peergrid peers`: every peer the local node knows, with its latency and its last
-//! capacity advert.
+//! `peergrid peers`: every peer the local node knows, with its latency, its last
+//! capacity advert, and whether it is reached directly or through a relay (`--json`:
+//! `path` is `direct` or `relayed`, `via` the relay).
 
 use std::process::ExitCode;
 
@@ -29,8 +30,8 @@ impl PeersCmd {
             return Ok(ExitCode::SUCCESS);
         }
         println!(
-            "{:<16} {:>4} {:>8} {:>7} {:>5} {:>9} {:>7}  address",
-            "peer", "conn", "rtt ms", "slots", "cores", "Gfuel/s", "advert"
+            "{:<16} {:>4} {:>8} {:>8} {:>7} {:>5} {:>9} {:>7}  address",
+            "peer", "conn", "path", "rtt ms", "slots", "cores", "Gfuel/s", "advert"
         );
         for p in &peers {
             let short = &p.peer_id[p.peer_id.len().saturating_sub(16)..];
@@ -43,9 +44,10 @@ impl PeersCmd {
                 None => ("-".into(), "-".into(), "-".into()),
             };
             println!(
-                "{:<16} {:>4} {:>8} {:>7} {:>5} {:>9} {:>7}  {}",
+                "{:<16} {:>4} {:>8} {:>8} {:>7} {:>5} {:>9} {:>7}  {}",
                 short,
                 if p.connected { "yes" } else { "no" },
+                p.path.as_deref().unwrap_or("-"),
                 p.rtt_ms.map_or("-".into(), |r| format!("{r:.1}")),
                 slots,
                 cores,
@@ -59,7 +61,11 @@ impl PeersCmd {
                             crate::net::protocol::IDENTIFY_PROTOCOL
                         )
                     })
-                    .unwrap_or_else(|| p.addrs.first().cloned().unwrap_or_default())
+                    .unwrap_or_else(|| match &p.via {
+                        Some(relay) =>
+                            format!("via relay {}", &relay[relay.len().saturating_sub(16)..]),
+                        None => p.addrs.first().cloned().unwrap_or_default(),
+                    })
             );
         }
         Ok(ExitCode::SUCCESS)

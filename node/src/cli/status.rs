@@ -70,6 +70,12 @@ impl StatusCmd {
             "peers     {} connected, {} known, {} advertising capacity",
             s.connected_peers, s.known_peers, s.adverts_in_view
         );
+        if let Some(r) = &s.reachability {
+            println!("reach     {}", r.text);
+            if r.relaying {
+                println!("relaying  for peers behind NAT (see --no-relay)");
+            }
+        }
         let v = &s.volunteer;
         match &v.reason_text {
             Some(reason) => println!("state     {}: {reason}", v.state),

@@ -33,6 +33,7 @@ use super::protocol::*;
 use super::{NetConfig, NetEvent, RequestError};
 
 mod capacity;
+mod nat;
 
 /// Offences a peer may commit before it is disconnected and banned.
 pub(crate) const OFFENCE_THRESHOLD: u32 = 5;
@@ -82,6 +83,8 @@ pub(crate) struct EventLoop {
     last_refresh: Instant,
     dropped_inbound: u64,
     metrics: NetMetrics,
+    /// Reachability, relays, connection paths (`nat.rs`).
+    nat: nat::NatState,
 }
 
 /// Checks an advert a peer sent (a query's answer or a pushed update): `Ok(Some)`
@@ -110,6 +113,7 @@ impl EventLoop {
         config: NetConfig,
         metrics: NetMetrics,
     ) -> Self {
+        let nat = nat::NatState::new(&config.nat);
         Self {
             swarm,
             commands,
@@ -131,12 +135,14 @@ impl EventLoop {
             last_refresh: Instant::now(),
             dropped_inbound: 0,
             metrics,
+            nat,
         }
     }
 
     /// Runs until the shutdown token fires. Local work (commands, i.e. replies to
     /// requests already accepted) is served before new network events.
     pub(crate) async fn run(mut self) {
+        self.nat_start();
         for addr in self.config.bootstrap.clone() {
             self.dial_addr(addr, None);
         }
@@ -162,6 +168,7 @@ impl EventLoop {
         self.redial_bootstrap();
         self.refresh_routing();
         self.discover();
+        self.nat_tick();
         let now = Instant::now();
         let expired: Vec<PeerId> = self
             .bans
@@ -198,7 +205,9 @@ impl EventLoop {
                 // Asking for candidates is demand: sample more while it lasts.
                 self.discovery.demand(Instant::now());
                 self.discover();
-                let _ = reply.send(self.book.snapshot());
+                let mut peers = self.book.snapshot();
+                self.annotate_paths(&mut peers);
+                let _ = reply.send(peers);
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -215,10 +224,7 @@ impl EventLoop {
                     .send_request(&peer, Ok(req));
                 self.pending_result.insert(id, reply);
             }
-            Command::GetBlobPiece(peer, req, reply) => {
-                let id = self.swarm.behaviour_mut().blob.send_request(&peer, Ok(req));
-                self.pending_blob.insert(id, reply);
-            }
+            Command::GetBlobPiece(peer, req, reply) => self.send_blob_piece(peer, req, reply),
             Command::RespondTask(channel, reply) => {
                 let _ = self
                     .swarm
@@ -255,6 +261,7 @@ impl EventLoop {
             offences: self.book.total_offences(),
             banned_peers: self.bans.len(),
             dropped_inbound: self.dropped_inbound,
+            reachability: Some(self.reachability()),
         }
     }
 
@@ -325,8 +332,12 @@ impl EventLoop {
                 tracing::info!(%address, "listening");
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
+                self.nat_connected(peer_id, connection_id, &endpoint);
                 let source = match &endpoint {
                     libp2p::core::ConnectedPoint::Listener { .. } => "inbound",
                     libp2p::core::ConnectedPoint::Dialer { address, .. }
@@ -358,9 +369,14 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
+                self.nat_closed(peer_id, connection_id);
+                if num_established > 0 {
+                    return;
+                }
                 self.book.disconnected(&peer_id);
                 self.metrics
                     .connected_peers
@@ -376,13 +392,14 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
-            _ => {}
+            other => self.on_nat_swarm_event(other),
         }
     }
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.nat_identified(peer_id, &info);
                 self.on_identify(peer_id, info)
             }
             BehaviourEvent::Ping(ping::Event {
@@ -466,7 +483,7 @@ impl EventLoop {
                     channel,
                 },
             ),
-            _ => {}
+            other => self.on_nat_behaviour_event(other),
         }
     }
 

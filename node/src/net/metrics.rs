@@ -59,6 +59,8 @@ pub struct NetMetrics {
     pub inbound_dropped: IntCounter,
     /// Ping round trips.
     pub ping_rtt: Histogram,
+    /// Reachability, paths, hole punching and relaying.
+    pub nat: super::nat_metrics::NatMetrics,
 }
 
 impl NetMetrics {
@@ -137,6 +139,7 @@ impl NetMetrics {
                 "Round-trip time of pings to connected peers.",
                 FAST_BUCKETS,
             ),
+            nat: super::nat_metrics::NatMetrics::new(registry),
         }
     }
 

@@ -27,8 +27,11 @@ pub mod discovery;
 pub(crate) mod event_loop;
 pub mod fetch;
 pub mod metrics;
+pub mod nat_metrics;
 pub mod peers;
 pub mod protocol;
+pub mod reachability;
+pub mod relay;
 pub mod scale_sim;
 pub mod sim;
 
@@ -65,6 +68,8 @@ pub struct NetConfig {
     pub max_connections: u32,
     /// Capacity discovery's numbers.
     pub discovery: discovery::DiscoveryConfig,
+    /// Behind NAT: reachability, relays, hole punching, port mapping.
+    pub nat: relay::NatConfig,
 }
 
 impl Default for NetConfig {
@@ -84,6 +89,7 @@ impl Default for NetConfig {
             idle_timeout: Duration::from_secs(300),
             max_connections: 256,
             discovery: discovery::DiscoveryConfig::default(),
+            nat: relay::NatConfig::default(),
         }
     }
 }
@@ -363,8 +369,14 @@ pub fn start(
         )
         .map_err(|e| setup(&e))?
         .with_quic()
-        .with_behaviour(|key| {
-            behaviour::Behaviour::new(key, &behaviour_config, &metrics)
+        // `/dns4/…` and `/dns6/…` bootstrap addresses (the system resolver).
+        .with_dns()
+        .map_err(|e| setup(&e))?
+        // Dialling and listening through relays (`/p2p-circuit`).
+        .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key, relay_client| {
+            behaviour::Behaviour::new(key, &behaviour_config, &metrics, relay_client)
                 .map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string()))
         })
         .map_err(|e| setup(&e))?
