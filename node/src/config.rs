@@ -198,6 +198,14 @@ pub struct NodeOptions {
     /// Longest a relayed circuit lasts, e.g. 15m. [default: 15m]
     #[arg(long, value_name = "DURATION")]
     pub relay_max_circuit_duration: Option<String>,
+    /// Most bytes per second sent to peers (blob pieces served, results sent),
+    /// e.g. 2MiB, or "off"; `peergrid prefs` changes it at run time. [default: off]
+    #[arg(long, value_name = "RATE")]
+    pub max_upload: Option<String>,
+    /// Most bytes per second fetched from peers (blob pieces), e.g. 8MiB, or "off".
+    /// [default: off]
+    #[arg(long, value_name = "RATE")]
+    pub max_download: Option<String>,
     /// How long a blob download waits for a direct connection (hole punching)
     /// before it goes through a relay, e.g. 5s. [default: 5s]
     #[arg(long, value_name = "DURATION")]
@@ -330,6 +338,8 @@ impl NodeOptions {
                 .relay_max_circuit_duration
                 .or(file.relay_max_circuit_duration),
             direct_wait: self.direct_wait.or(file.direct_wait),
+            max_upload: self.max_upload.or(file.max_upload),
+            max_download: self.max_download.or(file.max_download),
             lab_global_addresses: self.lab_global_addresses || file.lab_global_addresses,
         }
     }

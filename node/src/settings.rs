@@ -15,7 +15,7 @@ use crate::net::NetConfig;
 use crate::net::relay::NatConfig;
 use crate::scheduler::{PlacementPolicy, TrustPolicy};
 use crate::worker::politeness::{
-    Preferences, VolunteerConfig, parse_active_hours, parse_memory_total,
+    Preferences, VolunteerConfig, parse_active_hours, parse_memory_total, parse_rate,
 };
 
 /// Everything a node needs, resolved.
@@ -168,6 +168,14 @@ fn volunteer_of(options: &NodeOptions, cpus: u32) -> Result<VolunteerConfig, Con
             None => None,
         },
         lend_when_busy: options.lend_when_busy,
+        max_upload: match &options.max_upload {
+            Some(s) => parse_rate(s).map_err(|e| ConfigError(format!("--max-upload: {e}")))?,
+            None => None,
+        },
+        max_download: match &options.max_download {
+            Some(s) => parse_rate(s).map_err(|e| ConfigError(format!("--max-download: {e}")))?,
+            None => None,
+        },
     };
     preferences.check().map_err(ConfigError)?;
     let sample_interval = duration(

@@ -107,6 +107,9 @@ pub struct Status {
     /// Whether peers can reach this node (public, behind NAT through a relay, …).
     #[serde(default)]
     pub reachability: Option<crate::net::reachability::ReachabilityStatus>,
+    /// The volunteer's bandwidth caps and the bytes sent and fetched under them.
+    #[serde(default)]
+    pub bandwidth: Option<crate::net::bandwidth::BandwidthStatus>,
 }
 
 /// Reads the token, creating it (random, owner-only) the first time.
@@ -216,6 +219,7 @@ async fn status(State(state): State<Arc<NodeState>>) -> Result<Json<Status>, Sta
         worker,
         volunteer: state.worker.volunteer_status(),
         reachability: net.reachability,
+        bandwidth: Some(state.net.bandwidth()),
         jobs_running: state
             .scheduler
             .counts()

@@ -143,9 +143,7 @@ impl EventLoop {
     /// requests already accepted) is served before new network events.
     pub(crate) async fn run(mut self) {
         self.nat_start();
-        for addr in self.config.bootstrap.clone() {
-            self.dial_addr(addr, None);
-        }
+        let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -156,8 +154,14 @@ impl EventLoop {
                     Some(command) => self.on_command(command),
                     None => break,
                 },
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                _ = tick.tick() => self.on_tick(),
+                event = self.swarm.select_next_some() => {
+                    self.on_swarm_event(event);
+                    self.nat_bootstrap(started);
+                }
+                _ = tick.tick() => {
+                    self.nat_bootstrap(started);
+                    self.on_tick();
+                }
             }
         }
         tracing::debug!("network event loop stopped");
@@ -398,7 +402,12 @@ impl EventLoop {
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                connection_id,
+            }) => {
+                let info = self.nat_filter_identify(peer_id, connection_id, info);
                 self.nat_identified(peer_id, &info);
                 self.on_identify(peer_id, info)
             }

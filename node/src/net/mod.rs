@@ -21,6 +21,7 @@
 //! - A peer whose messages are oversized or garbled is penalised; past
 //!   [`event_loop::OFFENCE_THRESHOLD`] offences it is disconnected and banned.
 
+pub mod bandwidth;
 mod behaviour;
 pub mod codec;
 pub mod discovery;
@@ -170,6 +171,8 @@ pub struct NetClient {
     /// The key results are signed with: the node's identity (a fault-injection seam
     /// may swap it, see [`NetClient::with_signer`]).
     signer: Arc<identity::Keypair>,
+    /// The volunteer's bandwidth caps, taken around blob and result transfers.
+    bandwidth: Arc<bandwidth::Bandwidth>,
 }
 
 /// Capacity of the command channel. Senders wait when it is full (backpressure).
@@ -205,6 +208,7 @@ impl NetClient {
             commands: tx,
             local_peer_id: local.public().to_peer_id(),
             signer: Arc::new(local.clone()),
+            bandwidth: Arc::default(),
         }
     }
 
@@ -267,24 +271,48 @@ impl NetClient {
         self.request(|tx| Command::SendTask(peer, req, tx)).await
     }
 
-    /// Sends a batch of results and waits for the ack.
+    /// Sends a batch of results and waits for the ack (paced by the upload cap).
     pub async fn send_results(
         &self,
         peer: PeerId,
         batch: ResultBatch,
     ) -> Result<ResultAck, RequestError> {
+        let bytes: u64 = batch
+            .results
+            .iter()
+            .map(|r| match &r.output {
+                Some(crate::types::Payload::Inline(b)) => b.len() as u64 + 256,
+                _ => 256,
+            })
+            .sum();
+        self.bandwidth.upload(bytes).await;
         self.request(|tx| Command::SendResults(peer, batch, tx))
             .await
     }
 
-    /// Asks a peer for one piece of a blob.
+    /// Asks a peer for one piece of a blob (paced by the download cap).
     pub async fn get_blob_piece(
         &self,
         peer: PeerId,
         req: BlobRequest,
     ) -> Result<BlobReply, RequestError> {
-        self.request(|tx| Command::GetBlobPiece(peer, req, tx))
-            .await
+        let reply = self
+            .request(|tx| Command::GetBlobPiece(peer, req, tx))
+            .await;
+        if let Ok(BlobReply::Piece { bytes, .. }) = &reply {
+            self.bandwidth.download(bytes.len() as u64).await;
+        }
+        reply
+    }
+
+    /// Changes the volunteer's bandwidth caps.
+    pub fn set_bandwidth(&self, caps: bandwidth::BandwidthCaps) {
+        self.bandwidth.set(caps);
+    }
+
+    /// The bandwidth caps and the bytes counted under them.
+    pub fn bandwidth(&self) -> bandwidth::BandwidthStatus {
+        self.bandwidth.status()
     }
 
     /// Answers a task request.
@@ -305,12 +333,15 @@ impl NetClient {
         self.tell(Command::RespondResults(channel, ack)).await;
     }
 
-    /// Answers a blob request.
+    /// Answers a blob request (paced by the upload cap).
     pub async fn respond_blob(
         &self,
         channel: request_response::ResponseChannel<BlobReply>,
         reply: BlobReply,
     ) {
+        if let BlobReply::Piece { bytes, .. } = &reply {
+            self.bandwidth.upload(bytes.len() as u64).await;
+        }
         self.tell(Command::RespondBlob(channel, reply)).await;
     }
 
@@ -381,6 +412,10 @@ pub fn start(
         })
         .map_err(|e| setup(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        // A dial that gets no answer (a NAT drops what it did not ask for) fails
+        // within 5 s: AutoNAT v2 servers give a dial-back 10 s in all, so a dropped
+        // dial-back is reported as "unreachable" rather than never answered.
+        .with_connection_timeout(Duration::from_secs(5))
         .build();
     for addr in &config.listen {
         swarm
@@ -400,6 +435,7 @@ pub fn start(
             commands: command_tx,
             local_peer_id,
             signer: Arc::new(keypair.clone()),
+            bandwidth: Arc::default(),
         },
         events: event_rx,
         task,

@@ -134,6 +134,27 @@ fn is_public_addr(addr: &Multiaddr, lab: bool) -> bool {
     }
 }
 
+/// How far an address reaches: loopback (0), a private network (1), the internet
+/// (2; relayed and DNS addresses too).
+fn scope(addr: &Multiaddr, lab: bool) -> u8 {
+    if is_relayed(addr) {
+        return 2;
+    }
+    match ip_of(addr) {
+        Some(ip) if ip.is_loopback() => 0,
+        Some(ip) if !is_global(ip, lab) => 1,
+        _ => 2,
+    }
+}
+
+/// Whether a peer's listen address `addr` is worth dialling (and passing on in the
+/// DHT) when this node reaches the peer at `remote`: never an address narrower than
+/// the connection's (a home peer's 10.x or 127.0.0.1 is someone else's, or this
+/// node's own, anywhere but on that network; dialling it reaches the wrong peer).
+pub fn dialable(addr: &Multiaddr, remote: &Multiaddr, lab: bool) -> bool {
+    scope(addr, lab) >= scope(remote, lab)
+}
+
 /// What the swarm has told the event loop about this node's reachability.
 #[derive(Debug, Default)]
 pub(crate) struct Reachability {
@@ -276,6 +297,32 @@ mod tests {
                 "{ip} lab={lab}"
             );
         }
+    }
+
+    #[test]
+    fn addresses_narrower_than_the_connection_are_not_dialled() {
+        let loopback = addr("/ip4/127.0.0.1/tcp/7946");
+        let lan = addr("/ip4/10.2.0.2/tcp/7946");
+        let public = addr("/ip4/8.8.8.8/tcp/7946");
+        let circuit = addr(
+            "/ip4/8.8.8.8/tcp/7946/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN/p2p-circuit",
+        );
+        for a in [&loopback, &lan, &public, &circuit] {
+            assert!(dialable(a, &loopback, false), "on loopback, every address");
+        }
+        assert!(!dialable(&loopback, &lan, false));
+        assert!(dialable(&lan, &lan, false));
+        assert!(dialable(&public, &lan, false));
+        for remote in [&public, &circuit] {
+            assert!(!dialable(&loopback, remote, false));
+            assert!(!dialable(&lan, remote, false));
+            assert!(dialable(&public, remote, false));
+            assert!(dialable(&circuit, remote, false));
+        }
+        // In a lab, the documentation ranges are the internet.
+        let lab = addr("/ip4/203.0.113.12/tcp/7946");
+        assert!(!dialable(&lan, &lab, true));
+        assert!(dialable(&lan, &lab, false));
     }
 
     #[test]

@@ -246,17 +246,27 @@ pub struct PathInfo {
 /// limits (at most a few per peer, a few hundred in all).
 #[derive(Debug, Default)]
 pub(crate) struct Paths {
-    conns: HashMap<PeerId, Vec<(ConnectionId, Path)>>,
+    conns: HashMap<PeerId, Vec<(ConnectionId, Path, Multiaddr)>>,
 }
 
 impl Paths {
-    pub(crate) fn opened(&mut self, peer: PeerId, id: ConnectionId, path: Path) {
-        self.conns.entry(peer).or_default().push((id, path));
+    /// A connection opened, reaching the peer at `remote`.
+    pub(crate) fn opened(&mut self, peer: PeerId, id: ConnectionId, path: Path, remote: Multiaddr) {
+        self.conns.entry(peer).or_default().push((id, path, remote));
+    }
+
+    /// The address a connection reaches its peer at.
+    pub(crate) fn remote(&self, peer: &PeerId, id: ConnectionId) -> Option<&Multiaddr> {
+        self.conns
+            .get(peer)?
+            .iter()
+            .find(|(c, _, _)| *c == id)
+            .map(|(_, _, a)| a)
     }
 
     pub(crate) fn closed(&mut self, peer: &PeerId, id: ConnectionId) {
         if let Some(list) = self.conns.get_mut(peer) {
-            list.retain(|(c, _)| *c != id);
+            list.retain(|(c, _, _)| *c != id);
             if list.is_empty() {
                 self.conns.remove(peer);
             }
@@ -267,7 +277,7 @@ impl Paths {
     pub(crate) fn has_direct(&self, peer: &PeerId) -> bool {
         self.conns
             .get(peer)
-            .is_some_and(|l| l.iter().any(|(_, p)| *p == Path::Direct))
+            .is_some_and(|l| l.iter().any(|(_, p, _)| *p == Path::Direct))
     }
 
     /// The relayed connections to `peer`.
@@ -276,8 +286,8 @@ impl Paths {
             .get(peer)
             .map(|l| {
                 l.iter()
-                    .filter(|(_, p)| matches!(p, Path::Relayed(_)))
-                    .map(|(c, _)| *c)
+                    .filter(|(_, p, _)| matches!(p, Path::Relayed(_)))
+                    .map(|(c, _, _)| *c)
                     .collect()
             })
             .unwrap_or_default()
@@ -286,13 +296,13 @@ impl Paths {
     /// `direct` when any connection to `peer` is, else `relayed` via its relay.
     pub(crate) fn info(&self, peer: &PeerId) -> Option<PathInfo> {
         let list = self.conns.get(peer)?;
-        if list.iter().any(|(_, p)| *p == Path::Direct) {
+        if list.iter().any(|(_, p, _)| *p == Path::Direct) {
             return Some(PathInfo {
                 path: "direct".into(),
                 via: None,
             });
         }
-        let via = list.iter().find_map(|(_, p)| match p {
+        let via = list.iter().find_map(|(_, p, _)| match p {
             Path::Relayed(r) => *r,
             Path::Direct => None,
         });
@@ -307,7 +317,7 @@ impl Paths {
         self.conns
             .values()
             .flatten()
-            .fold((0, 0), |(d, r), (_, p)| match p {
+            .fold((0, 0), |(d, r), (_, p, _)| match p {
                 Path::Direct => (d + 1, r),
                 Path::Relayed(_) => (d, r + 1),
             })
@@ -363,12 +373,14 @@ mod tests {
             ConnectionId::new_unchecked(1),
             ConnectionId::new_unchecked(2),
         );
-        paths.opened(p, c1, Path::Relayed(Some(r)));
+        let addr: Multiaddr = "/ip4/1.2.3.4/tcp/1".parse().unwrap();
+        paths.opened(p, c1, Path::Relayed(Some(r)), addr.clone());
         let info = paths.info(&p).unwrap();
         assert_eq!(info.path, "relayed");
         assert_eq!(info.via, Some(r.to_string()));
         assert!(!paths.has_direct(&p));
-        paths.opened(p, c2, Path::Direct);
+        paths.opened(p, c2, Path::Direct, addr.clone());
+        assert_eq!(paths.remote(&p, c2), Some(&addr));
         assert_eq!(paths.info(&p).unwrap().path, "direct");
         assert_eq!(paths.relayed(&p), vec![c1]);
         assert_eq!(paths.counts(), (1, 1));

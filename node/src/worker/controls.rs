@@ -46,6 +46,7 @@ impl Worker {
         reset: bool,
     ) -> Result<Preferences, PreferenceError> {
         let prefs = self.inner.politeness.set_preferences(changes, reset)?;
+        self.apply_bandwidth(&prefs);
         self.apply(self.inner.politeness.tick(false));
         self.inner.politeness_changed.notify_one();
         Ok(prefs)
@@ -76,8 +77,19 @@ impl Worker {
         }
     }
 
+    /// Hands the volunteer's bandwidth caps to the network.
+    fn apply_bandwidth(&self, prefs: &Preferences) {
+        self.inner
+            .net
+            .set_bandwidth(crate::net::bandwidth::BandwidthCaps {
+                max_upload: prefs.max_upload,
+                max_download: prefs.max_download,
+            });
+    }
+
     /// Ticks the volunteer controls until shutdown (see the module docs).
     pub(super) async fn politeness_loop(&self) {
+        self.apply_bandwidth(&self.inner.politeness.preferences());
         let interval = self.inner.politeness.sample_interval();
         let withdraw_after = self.inner.politeness.withdraw_after();
         let mut suspended_since: Option<Instant> = None;

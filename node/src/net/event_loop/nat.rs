@@ -61,6 +61,8 @@ pub(super) struct NatState {
     relaying: bool,
     verdict: Verdict,
     config: NatConfig,
+    /// The bootstrap peers are dialled once this node listens (see `nat_bootstrap`).
+    bootstrap_pending: bool,
 }
 
 impl std::fmt::Debug for NatState {
@@ -87,6 +89,7 @@ impl NatState {
             relaying: false,
             verdict: Verdict::Unknown,
             config: config.clone(),
+            bootstrap_pending: true,
         }
     }
 }
@@ -149,7 +152,11 @@ impl EventLoop {
                 tracing::debug!(%peer, relay = ?via, "relayed connection");
             }
         }
-        self.nat.paths.opened(peer, id, path);
+        let remote = match at {
+            ConnectedPoint::Dialer { address, .. } => address.clone(),
+            ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr.clone(),
+        };
+        self.nat.paths.opened(peer, id, path, remote);
     }
 
     pub(super) fn nat_closed(&mut self, peer: PeerId, id: ConnectionId) {
@@ -160,6 +167,44 @@ impl EventLoop {
             self.nat.punch_failed.remove(&peer);
             self.nat.told_wait.remove(&peer);
             self.nat.relays.released(&peer, Instant::now());
+        }
+    }
+
+    /// Drops the listen addresses a peer announced that are narrower than the
+    /// connection it announced them on (its loopback and LAN addresses, seen from the
+    /// internet): they would reach another peer, or this one, and fail the dial.
+    pub(super) fn nat_filter_identify(
+        &self,
+        peer: PeerId,
+        conn: ConnectionId,
+        mut info: identify::Info,
+    ) -> identify::Info {
+        if let Some(remote) = self.nat.paths.remote(&peer, conn) {
+            let lab = self.nat.config.lab_global;
+            info.listen_addrs
+                .retain(|a| super::super::reachability::dialable(a, remote, lab));
+        }
+        info
+    }
+
+    /// Dials the bootstrap peers once this node listens on TCP (so that the dial
+    /// reuses the listening port, which NATs map and peers observe), or after a
+    /// second.
+    pub(super) fn nat_bootstrap(&mut self, started: Instant) {
+        if !self.nat.bootstrap_pending {
+            return;
+        }
+        let tcp = |a: &Multiaddr| {
+            a.iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
+        };
+        let tcp_up = self.swarm.listeners().any(tcp);
+        let tcp_wanted = self.config.listen.iter().any(tcp);
+        if tcp_up || !tcp_wanted || started.elapsed() >= std::time::Duration::from_secs(1) {
+            self.nat.bootstrap_pending = false;
+            for addr in self.config.bootstrap.clone() {
+                self.dial_addr(addr, None);
+            }
         }
     }
 
@@ -396,6 +441,14 @@ impl EventLoop {
             Ok(()) => {
                 m.with_label_values(&["reachable"]).inc();
                 tracing::info!(addr = %e.tested_addr, server = %e.server, "AutoNAT: reachable");
+            }
+            // A relayed connection's observed address (`/p2p/…`) or a circuit
+            // address says nothing about this node's own reachability.
+            Err(err)
+                if super::super::reachability::is_relayed(&e.tested_addr)
+                    || super::super::peers::ip_of(&e.tested_addr).is_none() =>
+            {
+                tracing::debug!(addr = %e.tested_addr, "AutoNAT: not reachable ({err}), not a direct address");
             }
             Err(err) => {
                 m.with_label_values(&["unreachable"]).inc();
