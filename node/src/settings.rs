@@ -241,6 +241,47 @@ mod tests {
     }
 
     #[test]
+    fn nat_options_resolve_and_bad_ones_say_what_is_wrong() {
+        let file: NodeOptions = toml::from_str(
+            "external-addr = [\"/dns4/grid.example.org/tcp/7946\"]\nno-upnp = true\n\
+             relay-max-circuit-bytes = \"1MiB\"\nmax-upload = \"512KiB\"",
+        )
+        .unwrap();
+        let flags = NodeOptions {
+            relay_max_circuits: Some(3),
+            max_download: Some("2MiB/s".into()),
+            ..NodeOptions::default()
+        };
+        let config = flags
+            .over(file)
+            .resolve(DataDir::resolve(Some("/tmp/x".into())))
+            .unwrap();
+        let nat = &config.net.nat;
+        assert_eq!(nat.external_addrs.len(), 1);
+        assert!(!nat.upnp && nat.relay_server);
+        assert_eq!(nat.relay.max_circuits, 3);
+        assert_eq!(nat.relay.max_circuit_bytes, 1 << 20);
+        let prefs = &config.volunteer.preferences;
+        assert_eq!(prefs.max_upload, Some(512 * 1024));
+        assert_eq!(prefs.max_download, Some(2 << 20));
+        let bad = |o: NodeOptions| o.resolve(DataDir::resolve(None)).unwrap_err().to_string();
+        assert!(
+            bad(NodeOptions {
+                max_upload: Some("0".into()),
+                ..Default::default()
+            })
+            .contains("--max-upload")
+        );
+        assert!(
+            bad(NodeOptions {
+                external_addr: vec!["203.0.113.7:7946".into()],
+                ..Default::default()
+            })
+            .contains("--external-addr")
+        );
+    }
+
+    #[test]
     fn a_node_may_lend_nothing() {
         let config = NodeOptions {
             cpus: Some(0),

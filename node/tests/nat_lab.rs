@@ -797,39 +797,66 @@ fn nat_lab_holepunch_figures() {
     let ns = g.peer(g.a).ns.clone();
     // (successes, failures, times to direct in ms) for A-B and A-C.
     let mut figures = [(0u32, 0u32, Vec::new()), (0u32, 0u32, Vec::new())];
+    let (b_dir, c_dir) = (g.peer(g.b).dir.clone(), g.peer(g.c).dir.clone());
+    let log_of = |dir: &Path| read(&dir.join("node.log"));
     for t in 0..tries {
         g.lab.stop(g.a);
         g.lab.peers.remove(g.a);
+        // B's and C's logs from here on (they keep running).
+        let (b_from, c_from) = (log_of(&b_dir).len(), log_of(&c_dir).len());
         g.a = g
             .lab
             .start(&ns, "cone-a", &["--bootstrap", &boot, "--cpus", "0"]);
         let a = &g.lab.peers[g.a];
-        // Asking for peers is demand: A walks the DHT and connects to B and C.
-        let done = |log: &str, id: &str| {
-            log.lines().any(|l| {
-                l.contains(id) && (l.contains("hole punched") || l.contains("hole punching failed"))
-            })
+        let a_id = a.id.clone();
+        // Either side may report the outcome: the peer that accepted the relayed
+        // connection makes the attempts.
+        let lines = |k: usize| -> Vec<String> {
+            let (other, from, id) = if k == 0 {
+                (log_of(&b_dir), b_from, &b_id)
+            } else {
+                (log_of(&c_dir), c_from, &c_id)
+            };
+            let mut out: Vec<String> = a
+                .log()
+                .lines()
+                .filter(|l| l.contains(id.as_str()))
+                .map(String::from)
+                .collect();
+            out.extend(
+                other
+                    .get(from..)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains(&a_id))
+                    .map(String::from),
+            );
+            out
+        };
+        let outcome = |l: &[String]| {
+            l.iter()
+                .any(|l| l.contains("hole punched") || l.contains("hole punching failed"))
         };
         let started = Instant::now();
+        // Asking for peers is demand: A walks the DHT and connects to B and C.
         while started.elapsed() < Duration::from_secs(90) {
             let _ = a.json(&["peers", "--json"]);
-            let log = a.log();
-            if done(&log, &b_id) && done(&log, &c_id) {
+            if outcome(&lines(0)) && outcome(&lines(1)) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        let log = a.log();
-        for (k, id) in [&b_id, &c_id].into_iter().enumerate() {
-            let lines: Vec<&str> = log.lines().filter(|l| l.contains(id.as_str())).collect();
-            let ok = lines.iter().any(|l| l.contains("hole punched"));
-            let failed = lines.iter().any(|l| l.contains("hole punching failed"));
-            let ms = lines
+        for (k, name) in ["B (cone-cone)", "C (cone-symmetric)"].iter().enumerate() {
+            let l = lines(k);
+            let ok = l.iter().any(|l| l.contains("hole punched"));
+            let failed = !ok && l.iter().any(|l| l.contains("hole punching failed"));
+            let ms = l
                 .iter()
-                .find(|l| l.contains("direct connection (it was relayed before)"))
-                .and_then(|l| l.split("ms=").nth(1))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok());
+                .filter(|l| l.contains("direct connection (it was relayed before)"))
+                .filter_map(|l| l.split("ms=").nth(1))
+                .filter_map(|v| v.split_whitespace().next())
+                .filter_map(|v| v.parse::<u64>().ok())
+                .min();
             if ok {
                 figures[k].0 += 1;
             } else if failed {
@@ -839,16 +866,15 @@ fn nat_lab_holepunch_figures() {
                 figures[k].2.push(ms);
             }
             eprintln!(
-                "try {t:2}: A-{} {}{}",
-                ["B (cone-cone)", "C (cone-symmetric)"][k],
+                "try {t:2}: A-{name} {}{}",
                 if ok {
                     "direct"
                 } else if failed {
-                    "relayed (punch failed)"
+                    "relayed (hole punch failed)"
                 } else {
-                    "no outcome"
+                    "no outcome in 90 s"
                 },
-                ms.map(|m| format!(", {m} ms to direct"))
+                ms.map(|m| format!(", {m} ms from relayed to direct"))
                     .unwrap_or_default()
             );
         }

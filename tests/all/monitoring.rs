@@ -77,6 +77,32 @@ const MAY_STAY_ZERO: &[(&str, &str, &str)] = &[
         "the test load never fills the inbound queue",
     ),
     ("Database writes", "B", "failed writes: the disk is fine"),
+    // The test grid is on loopback: no NAT, no relay, no AutoNAT server (no node
+    // declares a public address). The NAT lab (node/tests/nat_lab.rs) drives these.
+    (
+        "Hole punching",
+        "A",
+        "on loopback every connection is direct",
+    ),
+    (
+        "Hole punching",
+        "B",
+        "on loopback every connection is direct",
+    ),
+    ("Relaying for others", "A", "on loopback no node relays"),
+    ("Relaying for others", "B", "on loopback no node relays"),
+    ("Relaying for others", "C", "on loopback no node relays"),
+    ("Relaying for others", "D", "on loopback no node relays"),
+    (
+        "AutoNAT and reservations",
+        "A",
+        "no test node declares a public address, so none tests others",
+    ),
+    (
+        "AutoNAT and reservations",
+        "B",
+        "on loopback no node relays, so none holds a reservation",
+    ),
 ];
 
 /// What Grafana substitutes in the test: all instances, and a rate window a few
