@@ -54,7 +54,8 @@ pub struct GlobalOpts {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    Node(node::NodeCmd),
+    // Boxed: its many options make it far larger than the other variants.
+    Node(Box<node::NodeCmd>),
     Peers(peers::PeersCmd),
     Status(status::StatusCmd),
     Submit(submit::SubmitCmd),
@@ -97,7 +98,7 @@ impl Cli {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let global = self.global;
         match self.command {
-            Command::Node(cmd) => cmd.execute(&global),
+            Command::Node(cmd) => (*cmd).execute(&global),
             Command::Peers(cmd) => cmd.execute(&global),
             Command::Status(cmd) => cmd.execute(&global),
             Command::Submit(cmd) => cmd.execute(&global),
