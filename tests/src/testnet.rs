@@ -185,11 +185,19 @@ impl TestNet {
 
     /// Waits until a job on node `i` ends; returns its final status.
     pub async fn wait_job(&self, i: usize, id: JobId, timeout: Duration) -> JobStatus {
-        wait_for("the job to end", timeout, || async {
+        let started = Instant::now();
+        loop {
             let s = self.status(i, id).await;
-            s.state.is_final().then_some(s)
-        })
-        .await
+            if s.state.is_final() {
+                return s;
+            }
+            // On a timeout, say where the job stood (and why it waited).
+            assert!(
+                started.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for the job to end; it stood at {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The merged result bytes of a done job on node `i`.

@@ -4,7 +4,7 @@
 //! bounds its size before decoding, decoding never panics, and the receiver checks
 //! the contents (see `docs/PROTOCOL.md`). Protocol names carry the major version; a
 //! peer speaking another major version fails stream negotiation (request-response)
-//! or has its adverts ignored (gossip), never an offence.
+//! or has its adverts ignored (capacity), never an offence.
 
 use serde::{Deserialize, Serialize};
 

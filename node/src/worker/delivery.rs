@@ -82,6 +82,13 @@ impl Worker {
 
     /// Sends outbox entries to their submitters until shutdown; an entry leaves the
     /// outbox only when acknowledged.
+    ///
+    /// A notification (a result was stored) always starts a round, whatever
+    /// `outbox_len` says: the count is refreshed from the database after each round,
+    /// and a refresh that read the table just before a new row was written can store
+    /// a stale 0 after the row's own increment. Gating the round on that count lost
+    /// the row until the next result arrived (a one-chunk job waited for its soft
+    /// timeout, 120 s, seen in `bench grid` under load).
     pub(super) async fn deliver_loop(&self) {
         self.refresh_outbox_len().await;
         let mut backoff = Backoff::new();
@@ -91,9 +98,6 @@ impl Worker {
                 _ = self.inner.shutdown.cancelled() => break,
                 _ = self.inner.deliver.notified() => {}
                 _ = tokio::time::sleep(RETRY_EVERY), if waiting => {}
-            }
-            if self.inner.outbox_len.load(Ordering::Relaxed) == 0 {
-                continue;
             }
             let now = Instant::now();
             backoff.retain(|_, (until, _)| *until > now);

@@ -392,6 +392,30 @@ async fn the_outbox_is_delivered_in_pages_and_batches_and_an_unreachable_submitt
     f.stop().await;
 }
 
+/// A result written while the outbox count reads 0 (a refresh that raced the write)
+/// is still delivered when its notification comes: the count never gates a round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_result_is_delivered_even_when_the_outbox_count_is_stale() {
+    let key = local_key();
+    let own = key.public().to_peer_id();
+    let mut f = Fixture::new(lend(1), Arc::new(TestClock::default()), &key, Vec::new());
+    // One chunk run and delivered: the loop is running and has emptied the outbox.
+    assert!(matches!(f.offer(0..1), TaskReply::Offer { .. }));
+    assert_eq!(f.delivered(1).await[0].chunk, 0);
+    until("the worker to count an empty outbox", || {
+        f.worker.status().outbox == 0
+    })
+    .await;
+    f.db.apply(&[Write::OutboxPut(outbox_row(own, 9, vec![1]))])
+        .unwrap();
+    // What the racing refresh leaves behind: the row is stored, the count says 0.
+    f.worker.inner.outbox_len.store(0, Ordering::Relaxed);
+    f.worker.inner.deliver.notify_one();
+    let results = f.delivered(1).await;
+    assert_eq!(results[0].chunk, 9);
+    f.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn only_the_jobs_submitter_can_cancel_its_chunks() {
     let f = Fixture::new(
