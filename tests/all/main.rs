@@ -3,6 +3,7 @@
 mod examples;
 mod grid;
 mod monitoring;
+mod nat;
 mod network;
 mod scale;
 mod trust;
