@@ -45,8 +45,9 @@ pub(crate) struct Behaviour {
     pub(crate) dcutr: dcutr::Behaviour,
     /// AutoNAT v2 client: asks servers to dial this node's addresses back.
     pub(crate) autonat: autonat::v2::client::Behaviour,
-    /// AutoNAT v2 server: on peers declared public (`--external-addr`).
-    pub(crate) autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    /// AutoNAT v2 server: answers only while this node is public (the event loop
+    /// opens the gate with the reachability verdict).
+    pub(crate) autonat_server: super::gate::Gated<autonat::v2::server::Behaviour>,
     /// Port mapping on the home router (`--no-upnp` turns it off).
     pub(crate) upnp: Toggle<upnp::tokio::Behaviour>,
 }
@@ -164,9 +165,7 @@ impl Behaviour {
                 .into(),
             dcutr: dcutr::Behaviour::new(peer_id),
             autonat: autonat::v2::client::Behaviour::default(),
-            autonat_server: (!config.nat.external_addrs.is_empty())
-                .then(autonat::v2::server::Behaviour::default)
-                .into(),
+            autonat_server: super::gate::Gated::new(autonat::v2::server::Behaviour::default()),
             upnp: config.nat.upnp.then(upnp::tokio::Behaviour::default).into(),
         })
     }

@@ -27,6 +27,7 @@ pub mod codec;
 pub mod discovery;
 pub(crate) mod event_loop;
 pub mod fetch;
+mod gate;
 pub mod metrics;
 pub mod nat_metrics;
 pub mod peers;

@@ -363,6 +363,7 @@ impl EventLoop {
     /// say when it changes.
     fn update_reachability(&mut self) {
         let public = self.nat.reach.is_public();
+        self.swarm.behaviour_mut().autonat_server.set_open(public);
         if let Some(relay) = self.swarm.behaviour_mut().relay.as_mut()
             && public != self.nat.relaying
         {
