@@ -21,6 +21,19 @@ fn spec() -> JobSpec {
     }
 }
 
+/// For the tests where a worker dies: its replicas are replaced because its
+/// connection closes, not by the soft timeout. A replica that times out keeps its
+/// peer and network counted for that chunk (so a late answer cannot rejoin the
+/// quorum), and on a machine loaded by other builds a 30 s timeout can expire on a
+/// surviving worker's queued chunks; with one worker gone, a chunk could then have no
+/// eligible peer left and wait (saying why) instead of finishing.
+fn spec_for_a_dying_worker() -> JobSpec {
+    JobSpec {
+        soft_timeout: Duration::from_secs(600),
+        ..spec()
+    }
+}
+
 /// Node 0 lends nothing, so every replica goes to the workers (liars included)
 /// and they get enough chunks for their lies to show.
 fn submit_only(i: usize, config: &mut peergrid_node::settings::NodeConfig) {
@@ -131,7 +144,7 @@ async fn a_worker_stopped_mid_job_loses_nothing() {
     net.wait_for_adverts(0, 3).await;
     let params = r#"{"limit": 4000000000, "chunks": 120}"#;
     let id = net
-        .submit(0, "primes", params, spec())
+        .submit(0, "primes", params, spec_for_a_dying_worker())
         .await
         .expect("submitted");
     net.wait_verified(0, id, 10).await;
@@ -265,7 +278,7 @@ async fn a_submitter_that_lends_slots_verifies_with_its_own_worker() {
     net.wait_for_adverts(0, 2).await;
     let params = r#"{"limit": 3000000000, "chunks": 60}"#;
     let id = net
-        .submit(0, "primes", params, spec())
+        .submit(0, "primes", params, spec_for_a_dying_worker())
         .await
         .expect("submitted");
     net.wait_verified(0, id, 5).await;
