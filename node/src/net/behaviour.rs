@@ -247,10 +247,13 @@ mod tests {
     #[test]
     fn the_dht_stores_no_records_from_anyone() {
         let key = identity::Keypair::generate_ed25519();
-        let config = NetConfig {
+        // No mDNS and no UPnP: both need a running tokio runtime, and this test
+        // only builds the behaviour.
+        let mut config = NetConfig {
             mdns: false,
             ..NetConfig::default()
         };
+        config.nat.upnp = false;
         let (_transport, relay_client) = relay::client::new(key.public().to_peer_id());
         let mut b = Behaviour::new(
             &key,
