@@ -231,6 +231,47 @@ pub struct NodeOptions {
     /// --cpus × --memory) + 1GiB, at most 90 % of the machine's memory]
     #[arg(long, value_name = "SIZE")]
     pub connection_memory_limit: Option<String>,
+    /// An address peers on the internet reach this node at, e.g.
+    /// /ip4/203.0.113.7/tcp/7946 or /dns4/grid.example.org/tcp/7946 (a VPS's public
+    /// address, or a port forwarded by hand); repeat for several. Such a node is
+    /// public from the start: it relays for peers behind NAT and tests their
+    /// addresses (AutoNAT). Without it, AutoNAT and UPnP find out.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub external_addr: Vec<String>,
+    /// Do not ask the home router for a port mapping (UPnP).
+    #[arg(long)]
+    pub no_upnp: bool,
+    /// Never relay for peers behind NAT, even when this node is public.
+    #[arg(long)]
+    pub no_relay: bool,
+    /// Most circuits this node relays at once while public. [default: 64]
+    #[arg(long, value_name = "N")]
+    pub relay_max_circuits: Option<usize>,
+    /// Most bytes one relayed circuit carries before it is closed, e.g. 24MiB (a
+    /// chunk's offer and result fit; bulk blobs wait for a direct connection).
+    /// [default: 24MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub relay_max_circuit_bytes: Option<String>,
+    /// Longest a relayed circuit lasts, e.g. 15m. [default: 15m]
+    #[arg(long, value_name = "DURATION")]
+    pub relay_max_circuit_duration: Option<String>,
+    /// Most bytes per second sent to peers (blob pieces served, results sent),
+    /// e.g. 2MiB, or "off"; `peergrid prefs` changes it at run time. [default: off]
+    #[arg(long, value_name = "RATE")]
+    pub max_upload: Option<String>,
+    /// Most bytes per second fetched from peers (blob pieces), e.g. 8MiB, or "off".
+    /// [default: off]
+    #[arg(long, value_name = "RATE")]
+    pub max_download: Option<String>,
+    /// How long a blob download waits for a direct connection (hole punching)
+    /// before it goes through a relay, e.g. 5s. [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    pub direct_wait: Option<String>,
+    /// Treat the documentation address ranges (192.0.2.0/24, 198.51.100.0/24,
+    /// 203.0.113.0/24, 2001:db8::/32) as public internet addresses. For NAT labs
+    /// built from them; never on a real network.
+    #[arg(long, hide = true)]
+    pub lab_global_addresses: bool,
 }
 
 /// A loopback address in a /24 of its own for each call (127.a.b.1), so that the
@@ -250,6 +291,8 @@ impl NodeOptions {
             listen: vec![format!("/ip4/{}/tcp/0", next_loopback_ip())],
             bootstrap,
             no_mdns: true,
+            // Loopback only: no port mapping requests to the LAN's router.
+            no_upnp: true,
             cpus: Some(cpus),
             api: Some("off".into()),
             metrics: Some("off".into()),
@@ -363,6 +406,20 @@ impl NodeOptions {
             connection_memory_limit: self
                 .connection_memory_limit
                 .or(file.connection_memory_limit),
+            external_addr: pick(self.external_addr, file.external_addr),
+            no_upnp: self.no_upnp || file.no_upnp,
+            no_relay: self.no_relay || file.no_relay,
+            relay_max_circuits: self.relay_max_circuits.or(file.relay_max_circuits),
+            relay_max_circuit_bytes: self
+                .relay_max_circuit_bytes
+                .or(file.relay_max_circuit_bytes),
+            relay_max_circuit_duration: self
+                .relay_max_circuit_duration
+                .or(file.relay_max_circuit_duration),
+            direct_wait: self.direct_wait.or(file.direct_wait),
+            max_upload: self.max_upload.or(file.max_upload),
+            max_download: self.max_download.or(file.max_download),
+            lab_global_addresses: self.lab_global_addresses || file.lab_global_addresses,
         }
     }
 }

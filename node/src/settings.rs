@@ -12,10 +12,11 @@ use crate::config::{
     parse_fuel, parse_multiaddrs, parse_size,
 };
 use crate::net::NetConfig;
+use crate::net::relay::NatConfig;
 use crate::scheduler::{PlacementPolicy, TrustPolicy};
 use crate::worker::WorkerLimits;
 use crate::worker::politeness::{
-    Preferences, VolunteerConfig, parse_active_hours, parse_memory_total,
+    Preferences, VolunteerConfig, parse_active_hours, parse_memory_total, parse_rate,
 };
 
 /// Everything a node needs, resolved.
@@ -84,6 +85,7 @@ impl Resolve for NodeOptions {
         net.bootstrap = parse_multiaddrs("bootstrap", &self.bootstrap)?;
         net.mdns = !self.no_mdns;
         connection_limits(&self, &mut net)?;
+        net.nat = nat_of(&self)?;
         let advert_interval = match &self.advert_interval {
             Some(s) => parse_duration(s).map_err(ConfigError)?,
             // Adverts go to subscribers only, on change and as a refresh: the refresh
@@ -250,6 +252,33 @@ fn connection_limits(options: &NodeOptions, net: &mut NetConfig) -> Result<(), C
     Ok(())
 }
 
+/// The NAT settings: external addresses, UPnP, the relay's limits.
+fn nat_of(options: &NodeOptions) -> Result<NatConfig, ConfigError> {
+    let mut nat = NatConfig {
+        external_addrs: parse_multiaddrs("external-addr", &options.external_addr)?,
+        upnp: !options.no_upnp,
+        relay_server: !options.no_relay,
+        lab_global: options.lab_global_addresses,
+        ..NatConfig::default()
+    };
+    if let Some(n) = options.relay_max_circuits {
+        nat.relay.max_circuits = n;
+    }
+    if let Some(s) = &options.relay_max_circuit_bytes {
+        nat.relay.max_circuit_bytes =
+            parse_size(s).map_err(|e| ConfigError(format!("--relay-max-circuit-bytes: {e}")))?;
+    }
+    if let Some(s) = &options.relay_max_circuit_duration {
+        nat.relay.max_circuit_duration = parse_duration(s)
+            .map_err(|e| ConfigError(format!("--relay-max-circuit-duration: {e}")))?;
+    }
+    if let Some(s) = &options.direct_wait {
+        nat.direct_wait =
+            parse_duration(s).map_err(|e| ConfigError(format!("--direct-wait: {e}")))?;
+    }
+    Ok(nat)
+}
+
 fn volunteer_of(options: &NodeOptions, cpus: u32) -> Result<VolunteerConfig, ConfigError> {
     let duration = |v: &Option<String>, default: Duration, what: &str| match v {
         Some(s) => parse_duration(s).map_err(|e| ConfigError(format!("--{what}: {e}"))),
@@ -269,6 +298,14 @@ fn volunteer_of(options: &NodeOptions, cpus: u32) -> Result<VolunteerConfig, Con
             None => None,
         },
         lend_when_busy: options.lend_when_busy,
+        max_upload: match &options.max_upload {
+            Some(s) => parse_rate(s).map_err(|e| ConfigError(format!("--max-upload: {e}")))?,
+            None => None,
+        },
+        max_download: match &options.max_download {
+            Some(s) => parse_rate(s).map_err(|e| ConfigError(format!("--max-download: {e}")))?,
+            None => None,
+        },
     };
     preferences.check().map_err(ConfigError)?;
     let sample_interval = duration(
@@ -331,6 +368,47 @@ mod tests {
         assert_eq!(config.memory_per_chunk, 1 << 30);
         assert_eq!(config.api, Some(DEFAULT_API.parse().unwrap()));
         assert_eq!(config.net.advert_ttl, Duration::from_secs(180));
+    }
+
+    #[test]
+    fn nat_options_resolve_and_bad_ones_say_what_is_wrong() {
+        let file: NodeOptions = toml::from_str(
+            "external-addr = [\"/dns4/grid.example.org/tcp/7946\"]\nno-upnp = true\n\
+             relay-max-circuit-bytes = \"1MiB\"\nmax-upload = \"512KiB\"",
+        )
+        .unwrap();
+        let flags = NodeOptions {
+            relay_max_circuits: Some(3),
+            max_download: Some("2MiB/s".into()),
+            ..NodeOptions::default()
+        };
+        let config = flags
+            .over(file)
+            .resolve(DataDir::resolve(Some("/tmp/x".into())))
+            .unwrap();
+        let nat = &config.net.nat;
+        assert_eq!(nat.external_addrs.len(), 1);
+        assert!(!nat.upnp && nat.relay_server);
+        assert_eq!(nat.relay.max_circuits, 3);
+        assert_eq!(nat.relay.max_circuit_bytes, 1 << 20);
+        let prefs = &config.volunteer.preferences;
+        assert_eq!(prefs.max_upload, Some(512 * 1024));
+        assert_eq!(prefs.max_download, Some(2 << 20));
+        let bad = |o: NodeOptions| o.resolve(DataDir::resolve(None)).unwrap_err().to_string();
+        assert!(
+            bad(NodeOptions {
+                max_upload: Some("0".into()),
+                ..Default::default()
+            })
+            .contains("--max-upload")
+        );
+        assert!(
+            bad(NodeOptions {
+                external_addr: vec!["203.0.113.7:7946".into()],
+                ..Default::default()
+            })
+            .contains("--external-addr")
+        );
     }
 
     #[test]

@@ -64,7 +64,7 @@ fn start_node_with(
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_peergrid"));
     cmd.arg("--data-dir")
         .arg(dir)
-        .args(["node", "--listen", listen, "--no-mdns"])
+        .args(["node", "--listen", listen, "--no-mdns", "--no-upnp"])
         .args(["--api", "127.0.0.1:0", "--metrics", "off"])
         .args(["--advert-interval", "500ms", "--advert-ttl", "3s"])
         .args(extra)

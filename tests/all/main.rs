@@ -4,6 +4,7 @@ mod examples;
 mod grid;
 mod limits;
 mod monitoring;
+mod nat;
 mod network;
 mod scale;
 mod trust;

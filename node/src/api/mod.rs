@@ -107,6 +107,12 @@ pub struct Status {
     pub volunteer: VolunteerStatus,
     /// Jobs this node submitted that are still running.
     pub jobs_running: usize,
+    /// Whether peers can reach this node (public, behind NAT through a relay, …).
+    #[serde(default)]
+    pub reachability: Option<crate::net::reachability::ReachabilityStatus>,
+    /// The volunteer's bandwidth caps and the bytes sent and fetched under them.
+    #[serde(default)]
+    pub bandwidth: Option<crate::net::bandwidth::BandwidthStatus>,
 }
 
 /// Reads the token, creating it (random, owner-only) the first time.
@@ -216,6 +222,8 @@ async fn status(State(state): State<Arc<NodeState>>) -> Result<Json<Status>, Sta
         dropped_inbound: net.dropped_inbound,
         worker,
         volunteer: state.worker.volunteer_status(),
+        reachability: net.reachability,
+        bandwidth: Some(state.net.bandwidth()),
         jobs_running: state
             .scheduler
             .counts()
@@ -286,13 +294,22 @@ async fn job(
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
     let id = job_id(&id)?;
-    state
+    let mut status = state
         .scheduler
         .status(Some(id))
         .await
         .pop()
-        .map(Json)
-        .ok_or_else(not_found)
+        .ok_or_else(not_found)?;
+    // A job waiting for peers may wait because nobody outside this node's network
+    // can reach it: say so beside the scheduler's reason.
+    if let Some(why) = status.why.as_mut()
+        && let Some(reach) = state.net.status().await.and_then(|n| n.reachability)
+        && reach.verdict == crate::net::reachability::Verdict::Private
+    {
+        why.push_str("; this node is ");
+        why.push_str(&reach.text);
+    }
+    Ok(Json(status))
 }
 
 async fn job_evidence(

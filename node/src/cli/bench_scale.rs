@@ -260,7 +260,15 @@ impl ScaleBench {
             let mut cmd = std::process::Command::new(&binary);
             cmd.arg("--data-dir")
                 .arg(&data)
-                .args(["node", "--listen", &listen, "--no-mdns", "--api", "off"])
+                .args([
+                    "node",
+                    "--listen",
+                    &listen,
+                    "--no-mdns",
+                    "--no-upnp",
+                    "--api",
+                    "off",
+                ])
                 .args(["--metrics", &format!("127.0.0.1:{metrics}")])
                 .args(["--cpus", "1"])
                 .env("RUST_LOG", "warn")

@@ -100,7 +100,7 @@ impl Cli {
     pub fn execute(self) -> anyhow::Result<ExitCode> {
         let global = self.global;
         match self.command {
-            Command::Node(cmd) => cmd.execute(&global),
+            Command::Node(cmd) => (*cmd).execute(&global),
             Command::Peers(cmd) => cmd.execute(&global),
             Command::Status(cmd) => cmd.execute(&global),
             Command::Submit(cmd) => cmd.execute(&global),

@@ -1,5 +1,6 @@
-//! `peergrid peers`: every peer the local node knows, with its latency and its last
-//! capacity advert.
+//! `peergrid peers`: every peer the local node knows, with its latency, its last
+//! capacity advert, and whether it is reached directly or through a relay (`--json`:
+//! `path` is `direct` or `relayed`, `via` the relay).
 
 use std::process::ExitCode;
 
@@ -30,8 +31,8 @@ impl PeersCmd {
             return Ok(ExitCode::SUCCESS);
         }
         println!(
-            "{:<16} {:>4} {:>8} {:>7} {:>5} {:>9} {:>7}  address (agent)",
-            "peer", "conn", "rtt ms", "slots", "cores", "Gfuel/s", "advert"
+            "{:<16} {:>4} {:>8} {:>8} {:>7} {:>5} {:>9} {:>7}  address (agent)",
+            "peer", "conn", "path", "rtt ms", "slots", "cores", "Gfuel/s", "advert"
         );
         for p in &peers {
             let short = &p.peer_id[p.peer_id.len().saturating_sub(16)..];
@@ -44,9 +45,10 @@ impl PeersCmd {
                 None => ("-".into(), "-".into(), "-".into()),
             };
             println!(
-                "{:<16} {:>4} {:>8} {:>7} {:>5} {:>9} {:>7}  {}",
+                "{:<16} {:>4} {:>8} {:>8} {:>7} {:>5} {:>9} {:>7}  {}",
                 short,
                 if p.connected { "yes" } else { "no" },
+                p.path.as_deref().unwrap_or("-"),
                 p.rtt_ms.map_or("-".into(), |r| format!("{r:.1}")),
                 slots,
                 cores,
@@ -62,7 +64,13 @@ impl PeersCmd {
                         )
                     })
                     .unwrap_or_else(|| {
-                        let addr = peer_text(p.addrs.first().map_or("", String::as_str));
+                        let addr = match &p.via {
+                            Some(relay) => format!(
+                                "via relay {}",
+                                peer_text(&relay[relay.len().saturating_sub(16)..])
+                            ),
+                            None => peer_text(p.addrs.first().map_or("", String::as_str)),
+                        };
                         match &p.agent {
                             Some(agent) => format!("{addr} ({})", shown(agent, 64)),
                             None => addr,

@@ -32,6 +32,12 @@ pub struct PrefsCmd {
     /// Lend every slot even when other programs keep cores busy (true or false).
     #[arg(long, value_name = "BOOL")]
     pub lend_when_busy: Option<bool>,
+    /// Most bytes per second sent to peers (blob pieces, results), e.g. 2MiB, or "off".
+    #[arg(long, value_name = "RATE")]
+    pub max_upload: Option<String>,
+    /// Most bytes per second fetched from peers (blob pieces), e.g. 8MiB, or "off".
+    #[arg(long, value_name = "RATE")]
+    pub max_download: Option<String>,
     /// Forget earlier changes made here (back to peergrid.toml and the flags)
     /// before applying these.
     #[arg(long)]
@@ -52,6 +58,8 @@ impl PrefsCmd {
             active_hours: self.active_hours,
             memory_total: self.memory_total,
             lend_when_busy: self.lend_when_busy,
+            max_upload: self.max_upload,
+            max_download: self.max_download,
         };
         let prefs: Preferences = if changes == PreferenceChanges::default() && !self.reset {
             client.get("/v1/preferences")?
@@ -96,4 +104,12 @@ fn print_prefs(p: &Preferences) {
         )
     );
     println!("lend-when-busy        {}", p.lend_when_busy);
+    let rate = |r: Option<u64>| {
+        r.map_or_else(
+            || "off".to_string(),
+            |b| format!("{}/s", bytesize::ByteSize::b(b).display().iec()),
+        )
+    };
+    println!("max-upload            {}", rate(p.max_upload));
+    println!("max-download          {}", rate(p.max_download));
 }

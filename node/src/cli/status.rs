@@ -71,6 +71,30 @@ impl StatusCmd {
             "peers     {} connected, {} known, {} advertising capacity",
             s.connected_peers, s.known_peers, s.adverts_in_view
         );
+        if let Some(r) = &s.reachability {
+            println!("reach     {}", r.text);
+            if r.relaying {
+                println!("relaying  for peers behind NAT (see --no-relay)");
+            }
+        }
+        if let Some(b) = &s.bandwidth {
+            let rate = |r: Option<u64>| {
+                r.map_or_else(
+                    || "no cap".to_string(),
+                    |b| format!("at most {}/s", bytesize::ByteSize::b(b).display().iec()),
+                )
+            };
+            let size = |n: u64| bytesize::ByteSize::b(n).display().iec().to_string();
+            if b.caps.max_upload.is_some() || b.caps.max_download.is_some() {
+                println!(
+                    "bandwidth upload {} ({} sent), download {} ({} fetched)",
+                    rate(b.caps.max_upload),
+                    size(b.uploaded),
+                    rate(b.caps.max_download),
+                    size(b.downloaded)
+                );
+            }
+        }
         let v = &s.volunteer;
         match &v.reason_text {
             Some(reason) => println!("state     {}: {reason}", v.state),

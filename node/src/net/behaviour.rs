@@ -5,8 +5,8 @@ use std::time::Duration;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, allow_block_list, connection_limits, identify, identity, kad, mdns,
-    memory_connection_limits, ping, request_response,
+    StreamProtocol, allow_block_list, autonat, connection_limits, dcutr, identify, identity, kad,
+    mdns, memory_connection_limits, ping, relay, request_response, upnp,
 };
 
 use super::NetConfig;
@@ -39,6 +39,21 @@ pub(crate) struct Behaviour {
     pub(crate) result: request_response::Behaviour<PostcardCodec<ResultBatch, ResultAck>>,
     pub(crate) blob: request_response::Behaviour<PostcardCodec<BlobRequest, BlobReply>>,
     pub(crate) capacity: request_response::Behaviour<PostcardCodec<CapacityRequest, CapacityReply>>,
+    /// Behind NAT (see `relay.rs`, `reachability.rs`): the client side of circuit
+    /// relay v2 (reserve on a relay, dial through one), everywhere.
+    pub(crate) relay_client: relay::client::Behaviour,
+    /// The relay server: built unless `--no-relay`; the event loop enables it only
+    /// while this node is public.
+    pub(crate) relay: Toggle<relay::Behaviour>,
+    /// Hole punching over relayed connections.
+    pub(crate) dcutr: dcutr::Behaviour,
+    /// AutoNAT v2 client: asks servers to dial this node's addresses back.
+    pub(crate) autonat: autonat::v2::client::Behaviour,
+    /// AutoNAT v2 server: answers only while this node is public (the event loop
+    /// opens the gate with the reachability verdict).
+    pub(crate) autonat_server: super::gate::Gated<autonat::v2::server::Behaviour>,
+    /// Port mapping on the home router (`--no-upnp` turns it off).
+    pub(crate) upnp: Toggle<upnp::tokio::Behaviour>,
 }
 
 /// The most streams (requests in flight, both ways: requests over it fail at once)
@@ -96,13 +111,16 @@ impl Behaviour {
         config: &NetConfig,
         metrics: &NetMetrics,
         budget: &Budget,
+        relay_client: relay::client::Behaviour,
     ) -> anyhow::Result<Self> {
         let peer_id = key.public().to_peer_id();
 
+        // Per peer: one connection, a relayed one beside it while hole punching
+        // upgrades it to a direct one, and one spare for a simultaneous dial.
         let limits = connection_limits::ConnectionLimits::default()
             .with_max_established(Some(config.max_connections))
             .with_max_established_incoming(Some(config.max_inbound.min(config.max_connections)))
-            .with_max_established_per_peer(Some(2))
+            .with_max_established_per_peer(Some(3))
             .with_max_pending_incoming(Some(64))
             .with_max_pending_outgoing(Some(64));
 
@@ -151,7 +169,10 @@ impl Behaviour {
             blocked: allow_block_list::Behaviour::default(),
             identify: identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
-                    .with_agent_version(format!("peergrid/{}", env!("CARGO_PKG_VERSION"))),
+                    .with_agent_version(format!("peergrid/{}", env!("CARGO_PKG_VERSION")))
+                    // A relay reservation adds a circuit address after the first
+                    // exchange: push it, so peers (and the DHT) learn it.
+                    .with_push_listen_addr_updates(true),
             ),
             // A ping per connection per minute: the round trip `peers` shows, at a
             // cost bounded by the connection limit, not by the grid.
@@ -202,6 +223,16 @@ impl Behaviour {
                 metrics,
                 budget,
             ),
+            relay_client,
+            relay: config
+                .nat
+                .relay_server
+                .then(|| relay::Behaviour::new(peer_id, config.nat.relay.server_config()))
+                .into(),
+            dcutr: dcutr::Behaviour::new(peer_id),
+            autonat: autonat::v2::client::Behaviour::default(),
+            autonat_server: super::gate::Gated::new(autonat::v2::server::Behaviour::default()),
+            upnp: config.nat.upnp.then(upnp::tokio::Behaviour::default).into(),
         })
     }
 }
@@ -220,8 +251,15 @@ mod tests {
             mdns: false,
             ..NetConfig::default()
         };
-        let mut b = Behaviour::new(&key, &config, &NetMetrics::default(), &Budget::new(1 << 20))
-            .expect("builds");
+        let (_transport, relay_client) = relay::client::new(key.public().to_peer_id());
+        let mut b = Behaviour::new(
+            &key,
+            &config,
+            &NetMetrics::default(),
+            &Budget::new(1 << 20),
+            relay_client,
+        )
+        .expect("builds");
         let record = kad::Record::new(kad::RecordKey::new(&b"k"), b"v".to_vec());
         assert!(b.kad.store_mut().put(record).is_err());
         let provider =

@@ -36,6 +36,7 @@ use super::{NetConfig, NetEvent, RequestError};
 
 mod bans;
 mod capacity;
+mod nat;
 
 /// How often a node connected to nobody dials its bootstrap peers again.
 const BOOTSTRAP_RETRY: Duration = Duration::from_secs(10);
@@ -85,6 +86,8 @@ pub(crate) struct EventLoop {
     /// The byte bound on inbound requests held by the node.
     held: Budget,
     metrics: NetMetrics,
+    /// Reachability, relays, connection paths (`nat.rs`).
+    nat: nat::NatState,
 }
 
 /// Checks an advert a peer sent (a query's answer or a pushed update): `Ok(Some)`
@@ -114,6 +117,7 @@ impl EventLoop {
         metrics: NetMetrics,
         held: Budget,
     ) -> Self {
+        let nat = nat::NatState::new(&config.nat);
         Self {
             swarm,
             commands,
@@ -137,15 +141,15 @@ impl EventLoop {
             dropped_inbound: 0,
             held,
             metrics,
+            nat,
         }
     }
 
     /// Runs until the shutdown token fires. Local work (commands, i.e. replies to
     /// requests already accepted) is served before new network events.
     pub(crate) async fn run(mut self) {
-        for addr in self.config.bootstrap.clone() {
-            self.dial_addr(addr, None);
-        }
+        self.nat_start();
+        let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -156,8 +160,14 @@ impl EventLoop {
                     Some(command) => self.on_command(command),
                     None => break,
                 },
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                _ = tick.tick() => self.on_tick(),
+                event = self.swarm.select_next_some() => {
+                    self.on_swarm_event(event);
+                    self.nat_bootstrap(started);
+                }
+                _ = tick.tick() => {
+                    self.nat_bootstrap(started);
+                    self.on_tick();
+                }
             }
         }
         tracing::debug!("network event loop stopped");
@@ -168,6 +178,7 @@ impl EventLoop {
         self.redial_bootstrap();
         self.refresh_routing();
         self.discover();
+        self.nat_tick();
         self.expire_bans(Instant::now());
         self.record_gauges();
     }
@@ -194,7 +205,9 @@ impl EventLoop {
                 // Asking for candidates is demand: sample more while it lasts.
                 self.discovery.demand(Instant::now());
                 self.discover();
-                let _ = reply.send(self.book.snapshot());
+                let mut peers = self.book.snapshot();
+                self.annotate_paths(&mut peers);
+                let _ = reply.send(peers);
             }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -211,10 +224,7 @@ impl EventLoop {
                     .send_request(&peer, Ok(req));
                 self.pending_result.insert(id, reply);
             }
-            Command::GetBlobPiece(peer, req, reply) => {
-                let id = self.swarm.behaviour_mut().blob.send_request(&peer, Ok(req));
-                self.pending_blob.insert(id, reply);
-            }
+            Command::GetBlobPiece(peer, req, reply) => self.send_blob_piece(peer, req, reply),
             Command::RespondTask(channel, reply) => {
                 let _ = self
                     .swarm
@@ -252,6 +262,7 @@ impl EventLoop {
             banned_peers: self.bans.len(),
             banned_addresses: self.address_offences.banned(),
             dropped_inbound: self.dropped_inbound,
+            reachability: Some(self.reachability()),
         }
     }
 
@@ -311,8 +322,12 @@ impl EventLoop {
                 tracing::info!(%address, "listening");
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
+                self.nat_connected(peer_id, connection_id, &endpoint);
                 let source = match &endpoint {
                     libp2p::core::ConnectedPoint::Listener { .. } => "inbound",
                     libp2p::core::ConnectedPoint::Dialer { address, .. }
@@ -344,9 +359,14 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
+                self.nat_closed(peer_id, connection_id);
+                if num_established > 0 {
+                    return;
+                }
                 self.book.disconnected(&peer_id);
                 self.metrics
                     .connected_peers
@@ -362,13 +382,19 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
-            _ => {}
+            other => self.on_nat_swarm_event(other),
         }
     }
 
     fn on_behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                connection_id,
+            }) => {
+                let info = self.nat_filter_identify(peer_id, connection_id, info);
+                self.nat_identified(peer_id, &info);
                 self.on_identify(peer_id, info)
             }
             BehaviourEvent::Ping(ping::Event {
@@ -455,7 +481,7 @@ impl EventLoop {
                     held,
                 },
             ),
-            _ => {}
+            other => self.on_nat_behaviour_event(other),
         }
     }
 

@@ -65,6 +65,8 @@ pub struct NetMetrics {
     pub connections_denied: IntCounterVec,
     /// Bytes of inbound requests being read or held (see `net::held`).
     pub inbound_held_bytes: IntGauge,
+    /// Reachability, paths, hole punching and relaying.
+    pub nat: super::nat_metrics::NatMetrics,
 }
 
 impl NetMetrics {
@@ -155,6 +157,7 @@ impl NetMetrics {
                 "peergrid_net_inbound_held_bytes",
                 "Bytes of inbound requests being read, queued or handled (bounded by the inbound byte budget).",
             ),
+            nat: super::nat_metrics::NatMetrics::new(registry),
         }
     }
 

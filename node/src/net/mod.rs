@@ -25,17 +25,22 @@
 //!   IP address add up whatever identities it uses, and past a threshold the
 //!   address is banned too (`offences.rs`, refused at connection by [`guard`]).
 
+pub mod bandwidth;
 mod behaviour;
 pub mod codec;
 pub mod discovery;
 pub(crate) mod event_loop;
 pub mod fetch;
+mod gate;
 pub mod guard;
 pub mod held;
 pub mod metrics;
+pub mod nat_metrics;
 mod offences;
 pub mod peers;
 pub mod protocol;
+pub mod reachability;
+pub mod relay;
 pub mod scale_sim;
 pub mod sim;
 
@@ -80,6 +85,8 @@ pub struct NetConfig {
     pub max_memory: u64,
     /// Capacity discovery's numbers.
     pub discovery: discovery::DiscoveryConfig,
+    /// Behind NAT: reachability, relays, hole punching, port mapping.
+    pub nat: relay::NatConfig,
 }
 
 impl Default for NetConfig {
@@ -102,6 +109,7 @@ impl Default for NetConfig {
             guard: guard::GuardConfig::default(),
             max_memory: 2 << 30,
             discovery: discovery::DiscoveryConfig::default(),
+            nat: relay::NatConfig::default(),
         }
     }
 }
@@ -191,6 +199,8 @@ pub struct NetClient {
     /// The key results are signed with: the node's identity (a fault-injection seam
     /// may swap it, see [`NetClient::with_signer`]).
     signer: Arc<identity::Keypair>,
+    /// The volunteer's bandwidth caps, taken around blob and result transfers.
+    bandwidth: Arc<bandwidth::Bandwidth>,
 }
 
 /// Capacity of the command channel. Senders wait when it is full (backpressure).
@@ -226,6 +236,7 @@ impl NetClient {
             commands: tx,
             local_peer_id: local.public().to_peer_id(),
             signer: Arc::new(local.clone()),
+            bandwidth: Arc::default(),
         }
     }
 
@@ -288,24 +299,48 @@ impl NetClient {
         self.request(|tx| Command::SendTask(peer, req, tx)).await
     }
 
-    /// Sends a batch of results and waits for the ack.
+    /// Sends a batch of results and waits for the ack (paced by the upload cap).
     pub async fn send_results(
         &self,
         peer: PeerId,
         batch: ResultBatch,
     ) -> Result<ResultAck, RequestError> {
+        let bytes: u64 = batch
+            .results
+            .iter()
+            .map(|r| match &r.output {
+                Some(crate::types::Payload::Inline(b)) => b.len() as u64 + 256,
+                _ => 256,
+            })
+            .sum();
+        self.bandwidth.upload(bytes).await;
         self.request(|tx| Command::SendResults(peer, batch, tx))
             .await
     }
 
-    /// Asks a peer for one piece of a blob.
+    /// Asks a peer for one piece of a blob (paced by the download cap).
     pub async fn get_blob_piece(
         &self,
         peer: PeerId,
         req: BlobRequest,
     ) -> Result<BlobReply, RequestError> {
-        self.request(|tx| Command::GetBlobPiece(peer, req, tx))
-            .await
+        let reply = self
+            .request(|tx| Command::GetBlobPiece(peer, req, tx))
+            .await;
+        if let Ok(BlobReply::Piece { bytes, .. }) = &reply {
+            self.bandwidth.download(bytes.len() as u64).await;
+        }
+        reply
+    }
+
+    /// Changes the volunteer's bandwidth caps.
+    pub fn set_bandwidth(&self, caps: bandwidth::BandwidthCaps) {
+        self.bandwidth.set(caps);
+    }
+
+    /// The bandwidth caps and the bytes counted under them.
+    pub fn bandwidth(&self) -> bandwidth::BandwidthStatus {
+        self.bandwidth.status()
     }
 
     /// Answers a task request.
@@ -326,12 +361,15 @@ impl NetClient {
         self.tell(Command::RespondResults(channel, ack)).await;
     }
 
-    /// Answers a blob request.
+    /// Answers a blob request (paced by the upload cap).
     pub async fn respond_blob(
         &self,
         channel: request_response::ResponseChannel<BlobReply>,
         reply: BlobReply,
     ) {
+        if let BlobReply::Piece { bytes, .. } = &reply {
+            self.bandwidth.upload(bytes.len() as u64).await;
+        }
         self.tell(Command::RespondBlob(channel, reply)).await;
     }
 
@@ -392,12 +430,28 @@ pub fn start(
         )
         .map_err(|e| setup(&e))?
         .with_quic()
-        .with_behaviour(|key| {
-            behaviour::Behaviour::new(key, &behaviour_config, &metrics, &behaviour_budget)
-                .map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string()))
+        // `/dns4/…` and `/dns6/…` bootstrap addresses (the system resolver).
+        .with_dns()
+        .map_err(|e| setup(&e))?
+        // Dialling and listening through relays (`/p2p-circuit`).
+        .with_relay_client(libp2p::noise::Config::new, libp2p::yamux::Config::default)
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key, relay_client| {
+            behaviour::Behaviour::new(
+                key,
+                &behaviour_config,
+                &metrics,
+                &behaviour_budget,
+                relay_client,
+            )
+            .map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string()))
         })
         .map_err(|e| setup(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
+        // A dial that gets no answer (a NAT drops what it did not ask for) fails
+        // within 5 s: AutoNAT v2 servers give a dial-back 10 s in all, so a dropped
+        // dial-back is reported as "unreachable" rather than never answered.
+        .with_connection_timeout(Duration::from_secs(5))
         .build();
     for addr in &config.listen {
         swarm
@@ -419,6 +473,7 @@ pub fn start(
             commands: command_tx,
             local_peer_id,
             signer: Arc::new(keypair.clone()),
+            bandwidth: Arc::default(),
         },
         events: event_rx,
         task,

@@ -95,6 +95,12 @@ pub struct PeerInfo {
     /// How it was found: `bootstrap`, `mdns`, `dht`, `inbound` or `dialed`.
     #[serde(default)]
     pub discovered: Option<String>,
+    /// How this node reaches it: `direct`, or `relayed` (through `via`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The relay's peer id, when `path` is `relayed`.
+    #[serde(default)]
+    pub via: Option<String>,
 }
 
 /// The network side of `peergrid status`.
@@ -121,6 +127,9 @@ pub struct NetStatus {
     /// IP addresses banned now (offences from them under any identities).
     #[serde(default)]
     pub banned_addresses: usize,
+    /// Whether other peers can reach this node, and how.
+    #[serde(default)]
+    pub reachability: Option<super::reachability::ReachabilityStatus>,
 }
 
 /// The table itself.
@@ -186,7 +195,11 @@ impl PeerBook {
     pub(crate) fn connected(&mut self, peer: PeerId, addr: Multiaddr, source: &'static str) {
         let entry = self.entry(peer);
         entry.connected = true;
-        entry.observed = ip_of(&addr).or(entry.observed);
+        // A relayed connection's address is the relay's: it says nothing of the
+        // peer's network (placement groups it once a direct connection exists).
+        if !super::reachability::is_relayed(&addr) {
+            entry.observed = ip_of(&addr).or(entry.observed);
+        }
         entry.source.get_or_insert(source);
         Self::add_addr(entry, addr);
     }
@@ -400,6 +413,8 @@ impl PeerBook {
                 offences: e.offences,
                 ip: e.ip().map(|ip| ip.to_string()),
                 discovered: e.source.map(str::to_string),
+                path: None,
+                via: None,
             })
             .collect();
         out.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));

@@ -40,6 +40,7 @@ pub(super) async fn serve(mut commands: mpsc::Receiver<Command>, mut peers: impl
             Command::Status(reply) => {
                 let view = peers.peers();
                 let _ = reply.send(NetStatus {
+                    reachability: None,
                     peer_id: String::new(),
                     listen_addrs: Vec::new(),
                     connected_peers: view.len(),

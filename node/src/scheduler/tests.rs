@@ -24,6 +24,8 @@ impl SimulatedPeers for Takers {
         [1u8, 2]
             .iter()
             .map(|&n| PeerInfo {
+                path: None,
+                via: None,
                 peer_id: peer(n).to_string(),
                 addrs: Vec::new(),
                 connected: true,

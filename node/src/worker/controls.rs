@@ -58,6 +58,7 @@ impl Worker {
             tokio::task::spawn_blocking(move || politeness.set_preferences(&changes, reset))
                 .await
                 .map_err(|e| PreferenceError::Io(std::io::Error::other(e)))??;
+        self.apply_bandwidth(&prefs);
         self.apply(self.inner.politeness.tick(false));
         self.inner.politeness_changed.notify_one();
         Ok(prefs)
@@ -88,8 +89,19 @@ impl Worker {
         }
     }
 
+    /// Hands the volunteer's bandwidth caps to the network.
+    fn apply_bandwidth(&self, prefs: &Preferences) {
+        self.inner
+            .net
+            .set_bandwidth(crate::net::bandwidth::BandwidthCaps {
+                max_upload: prefs.max_upload,
+                max_download: prefs.max_download,
+            });
+    }
+
     /// Ticks the volunteer controls until shutdown (see the module docs).
     pub(super) async fn politeness_loop(&self) {
+        self.apply_bandwidth(&self.inner.politeness.preferences());
         let interval = self.inner.politeness.sample_interval();
         let withdraw_after = self.inner.politeness.withdraw_after();
         let mut suspended_since: Option<Instant> = None;

@@ -507,6 +507,8 @@ impl Population {
         let p = &self.peers[i];
         let away = self.away(i);
         PeerInfo {
+            path: None,
+            via: None,
             peer_id: p.id.to_string(),
             addrs: Vec::new(),
             connected: !away,

@@ -44,6 +44,7 @@ pub use self::cpu::{CpuMonitor, CpuSample};
 pub use self::decide::{CALM_SAMPLES, Decision, Pause, Reason, busiest_recent, decide};
 pub use self::preferences::{
     ActiveHours, MAX_CPUS, PreferenceChanges, Preferences, parse_active_hours, parse_memory_total,
+    parse_rate,
 };
 
 /// What `volunteer.json` in the data dir holds.

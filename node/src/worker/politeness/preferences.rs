@@ -31,6 +31,12 @@ pub struct Preferences {
     pub memory_total: Option<u64>,
     /// Lend every slot whatever other programs use (no spare-capacity tracking).
     pub lend_when_busy: bool,
+    /// Most bytes per second sent (blob pieces served, results sent); `None`: no cap.
+    #[serde(default)]
+    pub max_upload: Option<u64>,
+    /// Most bytes per second received (blob pieces fetched); `None`: no cap.
+    #[serde(default)]
+    pub max_download: Option<u64>,
 }
 
 impl Preferences {
@@ -44,6 +50,8 @@ impl Preferences {
             active_hours: None,
             memory_total: None,
             lend_when_busy: false,
+            max_upload: None,
+            max_download: None,
         }
     }
 
@@ -101,6 +109,12 @@ impl Preferences {
         if let Some(v) = changes.lend_when_busy {
             p.lend_when_busy = v;
         }
+        if let Some(v) = &changes.max_upload {
+            p.max_upload = parse_rate(v).map_err(|e| format!("max-upload: {e}"))?;
+        }
+        if let Some(v) = &changes.max_download {
+            p.max_download = parse_rate(v).map_err(|e| format!("max-download: {e}"))?;
+        }
         p.check()?;
         Ok(p)
     }
@@ -119,6 +133,18 @@ pub fn parse_memory_total(s: &str) -> Result<Option<u64>, String> {
     match s.trim() {
         "off" | "" => Ok(None),
         other => crate::config::parse_size(other).map(Some),
+    }
+}
+
+/// `off` for no cap, else bytes per second as a size such as `2MiB` (a trailing
+/// `/s` is allowed).
+pub fn parse_rate(s: &str) -> Result<Option<u64>, String> {
+    match s.trim().trim_end_matches("/s") {
+        "off" | "" => Ok(None),
+        other => match crate::config::parse_size(other)? {
+            0 => Err("a rate of 0 would stop every transfer: use off for no cap".into()),
+            n => Ok(Some(n)),
+        },
     }
 }
 
@@ -149,6 +175,12 @@ pub struct PreferenceChanges {
     /// See [`Preferences::lend_when_busy`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lend_when_busy: Option<bool>,
+    /// Bytes per second such as `2MiB`, or `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_upload: Option<String>,
+    /// Bytes per second such as `2MiB`, or `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_download: Option<String>,
 }
 
 impl PreferenceChanges {
@@ -162,6 +194,8 @@ impl PreferenceChanges {
         self.active_hours = later.active_hours.or(self.active_hours);
         self.memory_total = later.memory_total.or(self.memory_total);
         self.lend_when_busy = later.lend_when_busy.or(self.lend_when_busy);
+        self.max_upload = later.max_upload.or(self.max_upload);
+        self.max_download = later.max_download.or(self.max_download);
         self
     }
 }
