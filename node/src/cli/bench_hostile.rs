@@ -177,7 +177,10 @@ pub(super) struct Env {
     /// The target's data dir (for CLI commands against it) and this binary.
     data_dir: PathBuf,
     binary: PathBuf,
-    /// The attacker's own loopback address: every hostile connection comes from it.
+    /// The attacker's own loopback address. Raw sockets are bound to it; hostile
+    /// libp2p identities listen on it, but libp2p-tcp dials from 0.0.0.0 (port
+    /// reuse), so on loopback their connections come from 127.0.0.1, as the honest
+    /// in-process nodes' do. A dial transport bound to this address would fix that.
     ip: Ipv4Addr,
     quick: bool,
     /// The honest job's module, and its id once submitted.
@@ -227,7 +230,8 @@ pub(super) struct Findings {
 #[derive(Debug, Serialize)]
 struct Row {
     attack: &'static str,
-    /// The loopback address every hostile connection came from.
+    /// The attacker's loopback address (its raw sockets come from it; its libp2p
+    /// dials from 127.0.0.1, see `Env::ip`).
     offender_ip: String,
     honest_job_done: bool,
     /// Honest job time / baseline time; `null` when it did not complete.

@@ -148,7 +148,8 @@ pub(super) async fn connection_flood(env: Env) -> anyhow::Result<Findings> {
     Ok(Findings {
         detail: format!(
             "from {}: {raw_ok}/{raw_n} raw TCP connections accepted, {raw_open} still open at the end; \
-             {connected}/{ids_n} identities connected, {still} still connected at the end",
+             {connected}/{ids_n} identities connected (their dials come from 127.0.0.1), \
+             {still} still connected at the end",
             env.ip
         ),
         offenders: peers.iter().map(|p| p.id).collect(),

@@ -133,7 +133,12 @@ fn reason_name(reason: &RejectReason) -> String {
         RejectReason::BadModule(why) => {
             format!("BadModule({})", why.chars().take(40).collect::<String>())
         }
-        other => format!("{other:?}"),
+        // The variant's name: counted by kind, not by the numbers it carries.
+        other => format!("{other:?}")
+            .split(['(', ' ', '{'])
+            .next()
+            .unwrap_or_default()
+            .to_string(),
     }
 }
 
