@@ -410,7 +410,7 @@ impl ScaleBench {
 
 /// Runs the 400-chunk job from the submitter; (seconds to done, result right).
 async fn run_job(submitter: &crate::Node) -> anyhow::Result<(f64, bool)> {
-    use crate::scheduler::{JobSpec, JobState, SubmitRequest};
+    use crate::scheduler::{JobSpec, JobState, SubmitRequest, WaitError};
     let wasm = peergrid_jobs::find(JOB).context("built-in job")?.wasm;
     let state = submitter.state();
     let module = state.blobs().put(wasm)?;
@@ -425,25 +425,14 @@ async fn run_job(submitter: &crate::Node) -> anyhow::Result<(f64, bool)> {
             spec: Some(JobSpec::default()),
         })
         .await?;
-    let mut rx = state
+    let status = match state
         .scheduler()
-        .subscribe(id)
+        .wait_final(id, Duration::from_secs(600))
         .await
-        .context("job vanished")?;
-    let status = loop {
-        let status = rx.borrow_and_update().clone();
-        if status.state.is_final() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            bail!("the job was not done in 600 s");
-        }
-        if tokio::time::timeout(Duration::from_secs(5), rx.changed())
-            .await
-            .is_ok_and(|r| r.is_err())
-        {
-            bail!("the scheduler stopped");
-        }
+    {
+        Ok(status) => status,
+        Err(WaitError::TimedOut(_)) => bail!("the job was not done in 600 s"),
+        Err(e) => bail!("{e}"),
     };
     let took = started.elapsed().as_secs_f64();
     if status.state != JobState::Done {

@@ -29,7 +29,7 @@ use crate::net::protocol::{BlobHash, ResultBatch};
 use crate::sandbox::{Limits, Sandbox, SandboxConfig};
 use crate::scheduler::{
     JobSpec, JobState, PlacementPolicy, Replication, Scheduler, SchedulerContext, SubmitRequest,
-    TrustPolicy,
+    TrustPolicy, WaitError,
 };
 use crate::store::{BlobStore, Db};
 
@@ -299,23 +299,12 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     // Wait on the job's live status (no polling: nothing but the work itself reaches
     // the scheduler, so a seeded run takes the same turns every time).
-    let mut watch = scheduler
-        .subscribe(id)
-        .await
-        .context("the job disappeared")?;
-    let status = tokio::time::timeout(Duration::from_secs(1800), async {
-        loop {
-            let status = watch.borrow_and_update().clone();
-            if status.state.is_final() {
-                return Ok(status);
-            }
-            if watch.changed().await.is_err() {
-                return Err(anyhow::anyhow!("the scheduler stopped: {status:?}"));
-            }
-        }
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("the job did not finish in 30 minutes"))??;
+    let status = match scheduler.wait_final(id, Duration::from_secs(1800)).await {
+        Ok(status) => status,
+        Err(WaitError::TimedOut(_)) => bail!("the job did not finish in 30 minutes"),
+        Err(WaitError::Stopped(status)) => bail!("the scheduler stopped: {status:?}"),
+        Err(WaitError::Vanished) => bail!("the job disappeared"),
+    };
     let seconds = started.elapsed().as_secs_f64();
 
     // Count what was accepted against the honest answers.

@@ -37,6 +37,34 @@ pub const RESULT_PROTOCOL: &str = "/peergrid/result/4";
 /// Anyone -> holder: blob pieces by BLAKE3 hash.
 pub const BLOB_PROTOCOL: &str = "/peergrid/blob/4";
 
+/// Splits `items`, in order, into batches of at most `max_items` items whose
+/// `size`s sum to at most `max_bytes`, so that each batch fits one message; an item
+/// larger than `max_bytes` goes alone in a batch of its own. Offers (submitter) and
+/// result batches (worker) are both cut this way.
+pub fn split_by_size<T>(
+    items: Vec<T>,
+    max_items: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0usize;
+    for item in items {
+        let n = size(&item);
+        match out.last_mut() {
+            Some(batch) if batch.len() < max_items && bytes.saturating_add(n) <= max_bytes => {
+                bytes += n;
+                batch.push(item);
+            }
+            _ => {
+                bytes = n;
+                out.push(vec![item]);
+            }
+        }
+    }
+    out
+}
+
 /// Why a peer of another protocol version is refused, for logs and `peergrid peers`.
 pub fn foreign_version_reason(theirs: &str) -> String {
     format!(

@@ -69,6 +69,20 @@ use crate::net::protocol::{BlobHash, JobId, Payload, ResultAck, ResultBatch};
 use crate::sandbox::{Limits, Sandbox};
 use crate::store::{BlobStore, Db};
 
+/// Why [`Scheduler::wait_final`] returned without a final status.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// The scheduler does not know the job.
+    #[error("the job vanished")]
+    Vanished,
+    /// The scheduler stopped; the last status seen.
+    #[error("the scheduler stopped")]
+    Stopped(Box<JobStatus>),
+    /// The job had not ended within the limit; its last status.
+    #[error("the job had not ended in time")]
+    TimedOut(Box<JobStatus>),
+}
+
 /// Inputs up to this size travel inline in offers (and are kept in the database);
 /// larger ones are blobs that workers fetch.
 pub const INLINE_INPUT: usize = 64 * 1024;
@@ -457,6 +471,29 @@ impl Scheduler {
     /// A live view of a job's status.
     pub async fn subscribe(&self, id: JobId) -> Option<watch::Receiver<JobStatus>> {
         self.ask(|tx| Msg::Subscribe(id, tx)).await.flatten()
+    }
+
+    /// Follows a job until it ends (done, failed or cancelled), at most `limit`.
+    /// The one wait the benches share: `Err` says why it did not end, with the
+    /// last status seen when there was one.
+    pub async fn wait_final(
+        &self,
+        id: JobId,
+        limit: std::time::Duration,
+    ) -> Result<JobStatus, WaitError> {
+        let mut rx = self.subscribe(id).await.ok_or(WaitError::Vanished)?;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let status = rx.borrow_and_update().clone();
+            if status.state.is_final() {
+                return Ok(status);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(WaitError::Stopped(Box::new(status))),
+                Err(_) => return Err(WaitError::TimedOut(Box::new(status))),
+            }
+        }
     }
 
     /// The verified output of one chunk (`None` unless it verified to a result),

@@ -158,16 +158,7 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn.prepare(&sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
-        let mut page = Vec::new();
-        let mut bytes = 0usize;
-        while bytes < max_bytes
-            && let Some(r) = rows.next()?
-        {
-            let entry = row(r)?;
-            bytes += entry.result.len();
-            page.push(entry);
-        }
-        Ok(page)
+        read_page(&mut rows, max_bytes)
     }
 
     /// One submitter's entries after (job, chunk, attempt) `after` in key order,
@@ -191,16 +182,7 @@ impl Db {
         )?;
         let limit = i64::try_from(max_rows).unwrap_or(i64::MAX);
         let mut rows = stmt.query(params![submitter, job, chunk, attempt, limit])?;
-        let mut page = Vec::new();
-        let mut bytes = 0usize;
-        while bytes < max_bytes
-            && let Some(r) = rows.next()?
-        {
-            let entry = row(r)?;
-            bytes += entry.result.len();
-            page.push(entry);
-        }
-        Ok(page)
+        read_page(&mut rows, max_bytes)
     }
 
     /// Rows and bytes waiting per submitter (one row per submitter with results).
@@ -241,6 +223,21 @@ impl Db {
     pub fn outbox(&self) -> Result<Vec<OutboxRow>, DbError> {
         self.outbox_page(None, &[], usize::MAX, usize::MAX)
     }
+}
+
+/// Reads outbox rows until `max_bytes` of results are in the page (the last row
+/// may pass it) or the query ends: pages are bounded in bytes, whatever the LIMIT.
+fn read_page(rows: &mut rusqlite::Rows<'_>, max_bytes: usize) -> Result<Vec<OutboxRow>, DbError> {
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    while bytes < max_bytes
+        && let Some(r) = rows.next()?
+    {
+        let entry = row(r)?;
+        bytes += entry.result.len();
+        page.push(entry);
+    }
+    Ok(page)
 }
 
 #[cfg(test)]

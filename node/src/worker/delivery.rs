@@ -465,22 +465,7 @@ impl Worker {
 /// [`BATCH_BYTES`] encoded bytes; a row larger than that alone goes in a batch of
 /// its own.
 pub(super) fn batches(rows: Vec<OutboxRow>) -> Vec<Vec<OutboxRow>> {
-    let mut out: Vec<Vec<OutboxRow>> = Vec::new();
-    let mut bytes = 0usize;
-    for row in rows {
-        let size = row.result.len();
-        match out.last_mut() {
-            Some(batch) if batch.len() < DELIVERY_BATCH && bytes + size <= BATCH_BYTES => {
-                bytes += size;
-                batch.push(row);
-            }
-            _ => {
-                bytes = size;
-                out.push(vec![row]);
-            }
-        }
-    }
-    out
+    crate::net::protocol::split_by_size(rows, DELIVERY_BATCH, BATCH_BYTES, |r| r.result.len())
 }
 
 #[cfg(test)]

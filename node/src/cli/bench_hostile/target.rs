@@ -20,7 +20,7 @@ use libp2p::{Multiaddr, PeerId};
 use crate::Node;
 use crate::config::{DataDir, NodeOptions, next_loopback_ip};
 use crate::net::protocol::{BlobHash, JobId};
-use crate::scheduler::{JobSpec, JobState, Replication, SubmitRequest};
+use crate::scheduler::{JobSpec, JobState, Replication, SubmitRequest, WaitError};
 use crate::settings::Resolve;
 
 /// The honest job: an example, its params, and what a local run answers.
@@ -211,17 +211,13 @@ impl HonestGrid {
             })
             .await?;
         let _ = submitted.send(Some(id));
-        let mut rx = state
+        let status = match state
             .scheduler()
-            .subscribe(id)
+            .wait_final(id, limit.saturating_sub(started.elapsed()))
             .await
-            .context("the job vanished")?;
-        let status = loop {
-            let status = rx.borrow_and_update().clone();
-            if status.state.is_final() {
-                break status;
-            }
-            if started.elapsed() > limit {
+        {
+            Ok(status) => status,
+            Err(WaitError::TimedOut(status)) => {
                 let _ = state.scheduler().cancel(id).await;
                 let target = target.to_string();
                 let who = |p: &str| if p == target { "target" } else { "worker" };
@@ -250,12 +246,7 @@ impl HonestGrid {
                     status.why.map(|w| format!("; {w}")).unwrap_or_default()
                 );
             }
-            if tokio::time::timeout(Duration::from_millis(500), rx.changed())
-                .await
-                .is_ok_and(|r| r.is_err())
-            {
-                bail!("the scheduler stopped");
-            }
+            Err(e) => bail!("{e}"),
         };
         if status.state != JobState::Done {
             bail!("the job ended {:?}: {:?}", status.state, status.error);

@@ -366,26 +366,13 @@ const OFFER_ENVELOPE: usize = 1024;
 /// otherwise need a message over the limit, refused at every try.
 pub(super) fn offer_batches(assignments: Vec<Assignment>) -> Vec<Vec<Assignment>> {
     let max = crate::net::protocol::MAX_TASK_BYTES - OFFER_ENVELOPE;
-    let mut out: Vec<Vec<Assignment>> = Vec::new();
-    let mut bytes = 0usize;
-    for a in assignments {
-        let size = ASSIGNMENT_OVERHEAD
+    crate::net::protocol::split_by_size(assignments, usize::MAX, max, |a| {
+        ASSIGNMENT_OVERHEAD
             + match &a.input {
                 crate::net::protocol::Payload::Inline(b) => b.len(),
                 crate::net::protocol::Payload::Blob { .. } => 0,
-            };
-        match out.last_mut() {
-            Some(batch) if bytes + size <= max => {
-                bytes += size;
-                batch.push(a);
             }
-            _ => {
-                bytes = size;
-                out.push(vec![a]);
-            }
-        }
-    }
-    out
+    })
 }
 
 #[cfg(test)]
