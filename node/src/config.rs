@@ -218,8 +218,8 @@ pub struct NodeOptions {
     /// take every slot. [default: 3/4 of --max-connections]
     #[arg(long, value_name = "N")]
     pub max_inbound: Option<u32>,
-    /// Most inbound connections from one IP address (loopback is not counted).
-    /// [default: 4]
+    /// Most inbound connections from one IP address (127.0.0.1 and ::1 are not
+    /// counted). [default: 4]
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<u32>,
     /// Most inbound connections from one network (IPv4 /24, IPv6 /48).

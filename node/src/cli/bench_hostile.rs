@@ -24,6 +24,7 @@ mod modules;
 mod peer;
 mod submitter;
 mod target;
+mod transport;
 mod worker;
 
 use std::collections::HashSet;
@@ -177,10 +178,11 @@ pub(super) struct Env {
     /// The target's data dir (for CLI commands against it) and this binary.
     data_dir: PathBuf,
     binary: PathBuf,
-    /// The attacker's own loopback address. Raw sockets are bound to it; hostile
-    /// libp2p identities listen on it, but libp2p-tcp dials from 0.0.0.0 (port
-    /// reuse), so on loopback their connections come from 127.0.0.1, as the honest
-    /// in-process nodes' do. A dial transport bound to this address would fix that.
+    /// The attacker's own loopback address (a /24 of its own). Raw sockets are
+    /// bound to it, hostile libp2p identities listen and dial from it
+    /// (`transport.rs`); the honest in-process nodes' dials come from 127.0.0.1, the
+    /// one loopback address the target does not count per address (see
+    /// `GuardConfig::exempt_loopback`), so the attacker is a stranger to it.
     ip: Ipv4Addr,
     quick: bool,
     /// The honest job's module, and its id once submitted.
@@ -230,8 +232,8 @@ pub(super) struct Findings {
 #[derive(Debug, Serialize)]
 struct Row {
     attack: &'static str,
-    /// The attacker's loopback address (its raw sockets come from it; its libp2p
-    /// dials from 127.0.0.1, see `Env::ip`).
+    /// The attacker's loopback address (its raw sockets and libp2p dials come from
+    /// it, see `Env::ip`).
     offender_ip: String,
     honest_job_done: bool,
     /// Honest job time / baseline time; `null` when it did not complete.

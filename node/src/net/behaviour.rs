@@ -121,7 +121,7 @@ impl Behaviour {
             .with_max_established(Some(config.max_connections))
             .with_max_established_incoming(Some(config.max_inbound.min(config.max_connections)))
             .with_max_established_per_peer(Some(3))
-            .with_max_pending_incoming(Some(64))
+            .with_max_pending_incoming(Some(super::guard::MAX_PENDING_INBOUND))
             .with_max_pending_outgoing(Some(64));
 
         let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));

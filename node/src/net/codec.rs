@@ -179,9 +179,18 @@ where
     loop {
         if buf.len() == buf.capacity() {
             let want = (buf.capacity() * 2).clamp(256, limit.saturating_add(1).max(256));
-            if let Some(held) = &mut held
-                && !held.resize(want)
+            if let Some(share) = &mut held
+                && !share.resize(want)
             {
+                // Busy: let go of the buffer and its share, but read on (into a
+                // small scratch buffer) to the end, so a message over the limit is
+                // still found out.
+                let read = buf.len() as u64;
+                drop((buf, held));
+                let rest = drain(&mut io).await?;
+                if read + rest > limit as u64 {
+                    return Err(oversized(protocol, limit));
+                }
                 return Err(io::Error::other(format!(
                     "busy: inbound requests hold the node's {}-byte budget",
                     super::held::MAX_HELD_BYTES
@@ -200,15 +209,32 @@ where
         }
     }
     if buf.len() > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            Offence::Oversized {
-                protocol: protocol.to_string(),
-                limit,
-            },
-        ));
+        return Err(oversized(protocol, limit));
     }
     Ok(buf)
+}
+
+/// Reads `io` to its end (it is already bounded by the caller), keeping nothing;
+/// returns how many bytes it read.
+async fn drain<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<u64> {
+    let mut scratch = [0u8; 1024];
+    let mut total = 0;
+    loop {
+        match io.read(&mut scratch).await? {
+            0 => return Ok(total),
+            n => total += n as u64,
+        }
+    }
+}
+
+fn oversized(protocol: &str, limit: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        Offence::Oversized {
+            protocol: protocol.to_string(),
+            limit,
+        },
+    )
 }
 
 /// Decodes a message, turning failure into a [`Offence::Garbled`] I/O error.
@@ -346,6 +372,34 @@ mod tests {
             Offence::from_io(&err),
             Some(Offence::Garbled { .. })
         ));
+    }
+
+    /// While the byte budget is spent, a request is refused as busy (no offence),
+    /// but one over the limit is still read to the end and found out, holding
+    /// nothing of the budget meanwhile.
+    #[test]
+    fn an_oversized_request_is_an_offence_even_while_the_node_is_busy() {
+        let budget = Budget::new(1 << 20);
+        let spent = budget.take(1 << 20).expect("the whole budget");
+        let read = |bytes: &[u8]| {
+            futures::executor::block_on(read_bytes(&mut &bytes[..], 100_000, "/t/1", Some(&budget)))
+                .unwrap_err()
+        };
+        let busy = read(&[0u8; 100_000]);
+        assert!(Offence::from_io(&busy).is_none(), "{busy}");
+        assert!(busy.to_string().contains("busy"));
+        let over = read(&vec![0u8; 100_001]);
+        assert!(matches!(
+            Offence::from_io(&over),
+            Some(Offence::Oversized { .. })
+        ));
+        assert_eq!(
+            budget.used(),
+            1 << 20,
+            "nothing held beyond the spent budget"
+        );
+        drop(spent);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

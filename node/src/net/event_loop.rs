@@ -381,6 +381,11 @@ impl EventLoop {
                     let _ = reply.send(Err(error.to_string()));
                 }
             }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => self.on_incoming_error(&send_back_addr, &error),
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             other => self.on_nat_swarm_event(other),
         }

@@ -5,6 +5,11 @@
 //! refuses every connection from an address the event loop banned, whatever
 //! identity it presents.
 //!
+//! It also caps the handshakes one address holds open at once
+//! ([`MAX_PENDING_PER_IP`], whatever its other limits): a connection that never says a
+//! word holds one of the node's [`MAX_PENDING_INBOUND`] pending slots until the
+//! handshake timeout ([`HANDSHAKE_TIMEOUT`]), and one address must never hold them all.
+//!
 //! Owned by the [`Behaviour`](super::behaviour::Behaviour); the event loop bans and
 //! unbans addresses through [`ConnectionGuard::ban`] / [`ConnectionGuard::unban`].
 //! Outbound connections (this node's own dials) are never counted here (only those
@@ -17,6 +22,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::net::IpAddr;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
@@ -30,6 +36,20 @@ use libp2p::{Multiaddr, PeerId};
 
 use super::metrics::NetMetrics;
 
+/// Most inbound connections still in their handshake at once, from everyone
+/// (libp2p's `connection_limits`, set in `behaviour.rs`).
+pub(crate) const MAX_PENDING_INBOUND: u32 = 64;
+/// Most inbound handshakes one address holds at once, counted for every address
+/// (the [exempt](GuardConfig::exempt_loopback) ones too): half the pending slots,
+/// so silent sockets from one address never take them all.
+pub(crate) const MAX_PENDING_PER_IP: u32 = MAX_PENDING_INBOUND / 2;
+/// How long a connection may take to finish its handshake (TCP or QUIC, Noise and
+/// Yamux) before it is dropped, both ways (the swarm's connection timeout, set in
+/// `net/mod.rs`). An honest peer takes a few round trips; a socket that says
+/// nothing frees its pending slot after this, and counts as an offence against its
+/// address (see `event_loop/bans.rs`).
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The inbound limits by address. Volunteers set them in `peergrid.toml` /
 /// flags (see `example.config.toml`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,11 +58,13 @@ pub struct GuardConfig {
     pub per_ip: u32,
     /// Most inbound connections from one network (IPv4 /24, IPv6 /48).
     pub per_subnet: u32,
-    /// Loopback addresses are not counted per address or network. On by default:
-    /// every connection between nodes on one machine comes from 127.0.0.1 (tests,
-    /// `demo` and `bench` run dozens of nodes there), and a process that can
-    /// connect from loopback already runs on the volunteer's machine. The totals
-    /// (`max_connections`, `max_inbound`) and address bans still apply to it.
+    /// 127.0.0.1 and ::1 are not counted per address or network, nor do offences
+    /// add up against them. On by default: every connection between nodes on one
+    /// machine comes from 127.0.0.1 (the kernel's source for a loopback dial that
+    /// did not bind one; tests, `demo` and `bench` run dozens of nodes there). The
+    /// rest of 127.0.0.0/8 is counted as any address is: it is a source only for a
+    /// process that binds it on purpose. The totals (`max_connections`,
+    /// `max_inbound`), the pending handshakes per address and bans still apply.
     pub exempt_loopback: bool,
 }
 
@@ -70,6 +92,15 @@ impl Subnet {
             IpAddr::V4(v4) => Self::V4(u32::from(v4) & 0xffff_ff00),
             IpAddr::V6(v6) => Self::V6(u128::from(v6) & !((1u128 << 80) - 1)),
         }
+    }
+}
+
+/// Whether `ip` is the loopback address local dials come from (127.0.0.1, ::1),
+/// which [`GuardConfig::exempt_loopback`] exempts.
+pub(crate) fn is_local_source(ip: IpAddr) -> bool {
+    match canonical(ip) {
+        IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST,
+        IpAddr::V6(v6) => v6 == std::net::Ipv6Addr::LOCALHOST,
     }
 }
 
@@ -106,6 +137,8 @@ pub enum Denied {
     PerIp(u32),
     /// Too many connections from this network.
     PerSubnet(u32),
+    /// Too many handshakes under way from this IP.
+    PendingPerIp(u32),
 }
 
 impl Denied {
@@ -115,6 +148,7 @@ impl Denied {
             Self::Banned => "banned_ip",
             Self::PerIp(_) => "per_ip",
             Self::PerSubnet(_) => "per_subnet",
+            Self::PendingPerIp(_) => "pending_per_ip",
         }
     }
 }
@@ -125,6 +159,7 @@ impl fmt::Display for Denied {
             Self::Banned => write!(f, "this address is banned for offences"),
             Self::PerIp(n) => write!(f, "at most {n} connections per IP address"),
             Self::PerSubnet(n) => write!(f, "at most {n} connections per /24 (IPv6: /48)"),
+            Self::PendingPerIp(n) => write!(f, "at most {n} handshakes at once per IP address"),
         }
     }
 }
@@ -138,6 +173,9 @@ pub(crate) struct ConnectionGuard {
     inbound: HashMap<ConnectionId, IpAddr>,
     per_ip: HashMap<IpAddr, u32>,
     per_subnet: HashMap<Subnet, u32>,
+    /// Inbound connections still in their handshake, by id (every address).
+    pending: HashMap<ConnectionId, IpAddr>,
+    pending_per_ip: HashMap<IpAddr, u32>,
     banned: HashSet<IpAddr>,
     metrics: NetMetrics,
 }
@@ -149,6 +187,8 @@ impl ConnectionGuard {
             inbound: HashMap::new(),
             per_ip: HashMap::new(),
             per_subnet: HashMap::new(),
+            pending: HashMap::new(),
+            pending_per_ip: HashMap::new(),
             banned: HashSet::new(),
             metrics,
         }
@@ -176,14 +216,21 @@ impl ConnectionGuard {
         if self.banned.contains(&ip) {
             return Err(Denied::Banned);
         }
-        if self.config.exempt_loopback && ip.is_loopback() {
+        if self.pending_per_ip.get(&ip).copied().unwrap_or(0) >= MAX_PENDING_PER_IP {
+            return Err(Denied::PendingPerIp(MAX_PENDING_PER_IP));
+        }
+        self.pending.insert(id, ip);
+        *self.pending_per_ip.entry(ip).or_default() += 1;
+        if self.config.exempt_loopback && is_local_source(ip) {
             return Ok(());
         }
         let subnet = Subnet::of(ip);
         if self.per_ip.get(&ip).copied().unwrap_or(0) >= self.config.per_ip {
+            self.handshake_over(id);
             return Err(Denied::PerIp(self.config.per_ip));
         }
         if self.per_subnet.get(&subnet).copied().unwrap_or(0) >= self.config.per_subnet {
+            self.handshake_over(id);
             return Err(Denied::PerSubnet(self.config.per_subnet));
         }
         self.inbound.insert(id, ip);
@@ -192,8 +239,22 @@ impl ConnectionGuard {
         Ok(())
     }
 
+    /// A connection's handshake ended (it is established, or it failed).
+    fn handshake_over(&mut self, id: ConnectionId) {
+        let Some(ip) = self.pending.remove(&id) else {
+            return;
+        };
+        if let Some(n) = self.pending_per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending_per_ip.remove(&ip);
+            }
+        }
+    }
+
     /// Forgets a connection (closed, or refused by another behaviour).
     fn release(&mut self, id: ConnectionId) {
+        self.handshake_over(id);
         let Some(ip) = self.inbound.remove(&id) else {
             return;
         };
@@ -239,12 +300,13 @@ impl NetworkBehaviour for ConnectionGuard {
 
     fn handle_established_inbound_connection(
         &mut self,
-        _id: ConnectionId,
+        id: ConnectionId,
         _peer: PeerId,
         _local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         // Counted when pending; a ban may have come during the handshake.
+        self.handshake_over(id);
         if remote_ip(remote).is_some_and(|ip| self.banned.contains(&ip)) {
             return Err(self.deny(Denied::Banned));
         }
@@ -393,9 +455,18 @@ mod tests {
     }
 
     #[test]
-    fn loopback_is_exempt_by_default_and_counted_when_asked() {
+    fn only_the_local_source_is_exempt_by_default_and_it_is_counted_when_asked() {
         let mut k = Knock::new(GuardConfig::default());
         assert!((0..100).all(|_| k.from("/ip4/127.0.0.1/tcp/1").is_ok()));
+        assert!((0..100).all(|_| k.from("/ip6/::1/tcp/1").is_ok()));
+        // Another loopback address is a source only for a process that binds it:
+        // counted as any address is (the hostile bench's attacker is one).
+        assert_eq!(
+            (0..100)
+                .filter(|_| k.from("/ip4/127.0.0.66/tcp/1").is_ok())
+                .count(),
+            4
+        );
         let mut k = Knock::new(GuardConfig {
             exempt_loopback: false,
             ..GuardConfig::default()
@@ -406,6 +477,56 @@ mod tests {
                 .count(),
             4
         );
+    }
+
+    /// Silent sockets (a handshake that never starts) from one address, even an
+    /// exempt one: it holds at most half the node's pending slots, and others still
+    /// start theirs; one that finishes its handshake frees its pending place.
+    #[test]
+    fn one_address_never_holds_every_pending_handshake() {
+        let mut k = Knock::new(GuardConfig {
+            per_ip: 1000,
+            per_subnet: 1000,
+            ..GuardConfig::default()
+        });
+        let local = addr("/ip4/192.0.2.1/tcp/7946");
+        let knock = |guard: &mut ConnectionGuard, n: usize, remote: &str| {
+            guard
+                .handle_pending_inbound_connection(
+                    ConnectionId::new_unchecked(n),
+                    &local,
+                    &addr(remote),
+                )
+                .map_err(why)
+        };
+        for remote in ["/ip4/127.0.0.1/tcp/1", "/ip4/203.0.113.7/tcp/1"] {
+            let base = if remote.contains("127") { 0 } else { 10_000 };
+            let held = (0..MAX_PENDING_INBOUND as usize)
+                .filter(|i| knock(&mut k.guard, base + i, remote).is_ok())
+                .count();
+            assert_eq!(held, MAX_PENDING_PER_IP as usize, "{remote}");
+            assert!(
+                knock(&mut k.guard, base + 999, remote)
+                    .unwrap_err()
+                    .contains("handshakes at once")
+            );
+        }
+        assert_eq!(k.denied("pending_per_ip"), 2 * 33);
+        // Another address still starts its handshake.
+        assert!(knock(&mut k.guard, 20_000, "/ip4/198.51.100.1/tcp/1").is_ok());
+        // A handshake that ends (established, or timed out and released) frees one.
+        k.guard
+            .handle_established_inbound_connection(
+                ConnectionId::new_unchecked(0),
+                PeerId::random(),
+                &local,
+                &addr("/ip4/127.0.0.1/tcp/1"),
+            )
+            .expect("established");
+        k.guard.release(ConnectionId::new_unchecked(10_000));
+        assert!(knock(&mut k.guard, 30_000, "/ip4/127.0.0.1/tcp/1").is_ok());
+        assert!(knock(&mut k.guard, 30_001, "/ip4/203.0.113.7/tcp/1").is_ok());
+        assert!(knock(&mut k.guard, 30_002, "/ip4/127.0.0.1/tcp/1").is_err());
     }
 
     #[test]

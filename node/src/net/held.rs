@@ -10,6 +10,12 @@
 //! that does not fit is dropped unanswered, as when the queue is full: the peer
 //! sees a failed request and retries later.
 //!
+//! The last [`SMALL_RESERVE`] bytes of the budget are kept for small shares (at most
+//! [`SMALL_SHARE`]: capacity queries, blob requests, cancels, the offers and result
+//! batches of small jobs): big messages being read or held, however many peers send
+//! them, never take the whole budget, so a stranger stalling streams of nearly 8 MiB
+//! cannot starve the queries and offers that every honest job begins with.
+//!
 //! Created by [`start`](super::start); the event loop takes shares, whoever holds a
 //! `NetEvent` returns them by dropping it.
 
@@ -23,6 +29,12 @@ use crate::types::{ChunkResult, Payload, WireOutcome};
 /// Most bytes of decoded inbound requests held at once: 16 full-size task offers or
 /// result batches (8 MiB on the wire each, more decoded), whatever the count.
 pub const MAX_HELD_BYTES: usize = 128 * 1024 * 1024;
+/// Shares this small may use the last [`SMALL_RESERVE`] bytes of the budget: a
+/// message under the small protocols' limit (64 KiB) and its read buffer.
+pub const SMALL_SHARE: usize = 128 * 1024;
+/// The bytes of the budget only small shares may take: 128 small messages at the
+/// largest, far more at their usual size (a capacity query is a few bytes).
+pub const SMALL_RESERVE: usize = 16 * 1024 * 1024;
 
 /// The shared budget.
 #[derive(Debug, Clone)]
@@ -53,11 +65,11 @@ impl Held {
             self.bytes = bytes;
             return true;
         }
-        let extra = bytes - self.bytes;
+        let (extra, max) = (bytes - self.bytes, limit(self.max, bytes));
         let grown = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(extra).filter(|n| *n <= self.max)
+                used.checked_add(extra).filter(|n| *n <= max)
             })
             .is_ok();
         if grown {
@@ -81,11 +93,13 @@ impl Budget {
         }
     }
 
-    /// A share of `bytes`, or `None` when it would take the budget over its max.
+    /// A share of `bytes`, or `None` when it would take the budget over its max
+    /// (for a share over [`SMALL_SHARE`], over its max less [`SMALL_RESERVE`]).
     pub(crate) fn take(&self, bytes: usize) -> Option<Held> {
+        let max = limit(self.max, bytes);
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|n| *n <= self.max)
+                used.checked_add(bytes).filter(|n| *n <= max)
             })
             .ok()?;
         Some(Held {
@@ -98,6 +112,17 @@ impl Budget {
     /// Bytes held now.
     pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
+    }
+}
+
+/// How much of a budget of `max` bytes may be in use once a share is `bytes` long:
+/// all of it for a small share, all but the reserve for a big one (a budget too
+/// small for a reserve, as in tests, has none).
+fn limit(max: usize, bytes: usize) -> usize {
+    if bytes <= SMALL_SHARE || max < 2 * SMALL_RESERVE {
+        max
+    } else {
+        max - SMALL_RESERVE
     }
 }
 
@@ -178,6 +203,41 @@ mod tests {
         drop(c);
         assert_eq!(budget.used(), 0);
         assert!(budget.take(usize::MAX).is_none(), "no overflow");
+    }
+
+    /// Big shares (messages of up to 8 MiB, read or decoded) take all the budget
+    /// they may, from as many streams as like: small ones (a capacity query, an
+    /// offer of a small job) still fit, in the reserve.
+    #[test]
+    fn big_shares_never_take_the_reserve_kept_for_small_ones() {
+        let budget = Budget::new(MAX_HELD_BYTES);
+        let big = 8 * 1024 * 1024;
+        let mut stalled = Vec::new();
+        while let Some(share) = budget.take(big) {
+            stalled.push(share);
+        }
+        // One share grown a piece at a time, as the codec reads, stops there too.
+        let mut growing = budget.take(0).expect("an empty share");
+        let mut size = 256;
+        while growing.resize(size) {
+            size *= 2;
+        }
+        assert_eq!(growing.bytes(), SMALL_SHARE, "it grows no further");
+        drop(growing);
+        assert!(budget.used() <= MAX_HELD_BYTES - SMALL_RESERVE);
+        assert!(budget.used() > MAX_HELD_BYTES - SMALL_RESERVE - big);
+        let small: Vec<Held> = (0..SMALL_RESERVE / SMALL_SHARE)
+            .map(|_| budget.take(SMALL_SHARE).expect("a small share fits"))
+            .collect();
+        assert!(
+            budget.take(SMALL_SHARE).is_none(),
+            "the reserve is bounded too"
+        );
+        drop(small);
+        // A small share may not grow into a big one inside the reserve.
+        let mut query = budget.take(4096).expect("fits");
+        assert!(!query.resize(SMALL_SHARE + 1));
+        assert!(query.resize(SMALL_SHARE));
     }
 
     /// Measured: a full-size batch of the smallest results decodes to several times

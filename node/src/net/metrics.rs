@@ -31,7 +31,7 @@ pub const DECODE_KINDS: [&str; 3] = ["oversized", "garbled", "invalid"];
 /// The `state` label of the capacity view's slots.
 pub const VIEW_SLOT_STATES: [&str; 2] = ["total", "free"];
 /// Why an inbound connection was refused by address (see `net::guard`).
-pub const DENIED_REASONS: [&str; 3] = ["banned_ip", "per_ip", "per_subnet"];
+pub const DENIED_REASONS: [&str; 4] = ["banned_ip", "per_ip", "per_subnet", "pending_per_ip"];
 /// The network's metrics.
 #[derive(Debug, Clone)]
 pub struct NetMetrics {
@@ -148,7 +148,7 @@ impl NetMetrics {
             connections_denied: counter_vec(
                 registry,
                 "peergrid_net_connections_denied_total",
-                "Inbound connections refused by the remote address: banned, or over the per-IP or per-network limit.",
+                "Inbound connections refused by the remote address: banned, over the per-IP or per-network limit, or over the handshakes one IP may hold open.",
                 &["reason"],
                 &[&DENIED_REASONS],
             ),

@@ -450,8 +450,10 @@ pub fn start(
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
         // A dial that gets no answer (a NAT drops what it did not ask for) fails
         // within 5 s: AutoNAT v2 servers give a dial-back 10 s in all, so a dropped
-        // dial-back is reported as "unreachable" rather than never answered.
-        .with_connection_timeout(Duration::from_secs(5))
+        // dial-back is reported as "unreachable" rather than never answered. The
+        // same bound ends an inbound handshake that never finishes (a silent socket
+        // holding a pending slot; see `guard.rs`).
+        .with_connection_timeout(guard::HANDSHAKE_TIMEOUT)
         .build();
     for addr in &config.listen {
         swarm

@@ -109,52 +109,85 @@ async fn identities(
     (peers, connected)
 }
 
-/// `connection-flood`: from one address, raw TCP connections that never say a
-/// word (each holds a pending handshake) and hundreds of fresh identities that
-/// complete it and stay connected. Tests the incoming, per-IP and total connection
-/// limits and the slots kept for others: the honest submitter must still get in
-/// (it connects after the flood), and the address must be refused.
+/// `connection-flood`: from one address, hundreds of fresh identities that
+/// complete the handshake and stay connected, and raw TCP connections that never
+/// say a word (each holds a pending handshake until the target drops it), kept up
+/// without pause: every closed one is opened again. Tests the per-IP and pending
+/// handshake limits, the handshake timeout and the slots kept for others: the
+/// honest submitter (from another address) must still get in and finish its job,
+/// and the address must be refused, then banned.
 pub(super) async fn connection_flood(env: Env) -> anyhow::Result<Findings> {
     let raw_n = env.n(512, 40);
     let ids_n = env.n(300, 20);
     // Identities first (they take established slots), then the silent sockets
     // (they take the pending ones).
     let (peers, connected) = identities(&env, ids_n, 25, || PeerSetup::on(env.ip)).await;
-    let mut sockets = Vec::new();
-    let started = tokio::time::Instant::now();
-    for _ in 0..raw_n {
-        if started.elapsed() > BUILD_UP / 2 {
-            break;
-        }
-        let socket = TcpSocket::new_v4()?;
-        socket.bind((env.ip, 0).into())?;
-        if let Ok(Ok(s)) =
-            tokio::time::timeout(Duration::from_secs(2), socket.connect(env.sock.into())).await
-        {
-            sockets.push(s);
+    let mut raw = RawFlood::default();
+    raw.refill(&env, raw_n).await;
+    env.engage();
+    loop {
+        tokio::select! {
+            _ = env.stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => raw.refill(&env, raw_n).await,
         }
     }
-    let raw_ok = sockets.len();
-    env.engage();
-    env.stop.cancelled().await;
-    let raw_open = sockets
-        .iter()
-        .filter(|s| {
-            let mut buf = [0u8; 64];
-            matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-        })
-        .count();
+    raw.sweep();
     let still = peers.iter().filter(|p| p.stats.open() > 0).count();
     Ok(Findings {
         detail: format!(
-            "from {}: {raw_ok}/{raw_n} raw TCP connections accepted, {raw_open} still open at the end; \
-             {connected}/{ids_n} identities connected (their dials come from 127.0.0.1), \
-             {still} still connected at the end",
-            env.ip
+            "from {}: {} raw TCP connections opened ({} at once at most, {raw_n} wanted), {} still open at the end; \
+             {connected}/{ids_n} identities connected, {still} still connected at the end",
+            env.ip,
+            raw.opened,
+            raw.most_open,
+            raw.sockets.len(),
         ),
         offenders: peers.iter().map(|p| p.id).collect(),
         bound_held: None,
     })
+}
+
+/// Silent TCP connections from the attacker's address, kept up.
+#[derive(Default)]
+struct RawFlood {
+    sockets: Vec<tokio::net::TcpStream>,
+    opened: usize,
+    most_open: usize,
+}
+
+impl RawFlood {
+    /// Forgets the connections the target closed.
+    fn sweep(&mut self) {
+        self.sockets.retain(|s| {
+            let mut buf = [0u8; 64];
+            matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        });
+    }
+
+    /// Opens connections until `n` are open, at most 64 a round (so the flood
+    /// costs the shared machine little beside what it costs the target).
+    async fn refill(&mut self, env: &Env, n: usize) {
+        self.sweep();
+        let want = n.saturating_sub(self.sockets.len()).min(64);
+        for _ in 0..want {
+            if env.stop.is_cancelled() {
+                return;
+            }
+            let Ok(socket) = TcpSocket::new_v4() else {
+                return;
+            };
+            if socket.bind((env.ip, 0).into()).is_err() {
+                return;
+            }
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_secs(2), socket.connect(env.sock.into())).await
+            {
+                self.sockets.push(s);
+                self.opened += 1;
+            }
+        }
+        self.most_open = self.most_open.max(self.sockets.len());
+    }
 }
 
 /// `slow-streams`: one identity opens, on each of the four protocols, more streams
@@ -196,9 +229,11 @@ pub(super) async fn slow_streams(env: Env) -> anyhow::Result<Findings> {
 /// `big-messages`: identities each open 64 streams on the task and on the result
 /// protocol and send one byte short of the 8 MiB limit on each, then hold the
 /// stream open without finishing (1 GiB buffered per identity if the target keeps
-/// reading every stream); then each sends messages one byte over the limit (an
-/// offence each). Tests byte-bounded buffering (memory connection limits, fewer
-/// streams on the large protocols) and that oversized messages are punished.
+/// reading every stream); meanwhile fresh identities from the same address send
+/// messages one byte over the limit (an offence each), one identity after another
+/// as the target bans them. Tests byte-bounded buffering (the budget, its reserve
+/// for small messages, fewer streams on the large protocols) and that oversized
+/// messages are punished, even while the budget is spent.
 pub(super) async fn big_messages(env: Env) -> anyhow::Result<Findings> {
     let ids = env.n(3, 1);
     let streams = env.n(64, 6);
@@ -226,8 +261,21 @@ pub(super) async fn big_messages(env: Env) -> anyhow::Result<Findings> {
         _ = env.stop.cancelled() => {}
     }
     env.engage();
+    // Oversized messages, from one fresh identity after another (a stalled
+    // identity's streams are all taken: its own would never be read).
     let over = Tally::default();
-    for peer in &peers {
+    let mut offenders: Vec<_> = peers.iter().map(|p| p.id).collect();
+    let mut refused = 0;
+    for _ in 0..ids + 1 {
+        if env.stop.is_cancelled() {
+            break;
+        }
+        let peer = HostilePeer::spawn(PeerSetup::on(env.ip))?;
+        if peer.connect(&env.addr, env.target).await.is_err() {
+            refused += 1;
+            continue;
+        }
+        offenders.push(peer.id);
         for i in 0..6 {
             if env.stop.is_cancelled() {
                 break;
@@ -241,7 +289,7 @@ pub(super) async fn big_messages(env: Env) -> anyhow::Result<Findings> {
                 bytes: oversized.clone(),
                 pace: Pace::Whole,
             };
-            over.send(peer, &env, proto, msg).await;
+            over.send(&peer, &env, proto, msg).await;
         }
     }
     env.stop.cancelled().await;
@@ -249,12 +297,12 @@ pub(super) async fn big_messages(env: Env) -> anyhow::Result<Findings> {
     Ok(Findings {
         detail: format!(
             "{connected}/{ids} identities; stalled {}-byte messages ({streams} per protocol each): {}; \
-             oversized messages: {}",
+             oversized messages: {}; {refused} fresh identities refused",
             stalled.len(),
             held.summary(),
             over.summary()
         ),
-        offenders: peers.iter().map(|p| p.id).collect(),
+        offenders,
         bound_held: None,
     })
 }

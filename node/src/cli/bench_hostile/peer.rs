@@ -1,4 +1,5 @@
-//! The hostile peer of `bench hostile`: a raw libp2p swarm (TCP + Noise + Yamux,
+//! The hostile peer of `bench hostile`: a raw libp2p swarm (TCP from the
+//! attacker's own loopback address, `transport.rs`, + Noise + Yamux,
 //! identify, and peergrid's four request-response protocols) that sends whatever
 //! bytes an attack chooses, at the pace it chooses, and answers the target the way an
 //! attack wants (serves blobs, answers capacity queries, hands task offers to the
@@ -17,6 +18,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt, StreamExt};
+use libp2p::core::Transport as _;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity};
@@ -228,8 +230,8 @@ pub(super) enum Acks {
 /// What the hostile peer is and how it answers.
 #[derive(Debug)]
 pub(super) struct PeerSetup {
-    /// Listen on this loopback address (so that its dials come from it too).
-    pub(super) listen_ip: Option<Ipv4Addr>,
+    /// The attacker's loopback address: it listens there and dials from there.
+    pub(super) ip: Ipv4Addr,
     /// identify's protocol version.
     pub(super) identify_version: String,
     /// identify's agent string.
@@ -250,7 +252,7 @@ impl PeerSetup {
     /// A peer of this protocol version listening on `ip`, serving nothing.
     pub(super) fn on(ip: Ipv4Addr) -> Self {
         Self {
-            listen_ip: Some(ip),
+            ip,
             identify_version: protocol::IDENTIFY_PROTOCOL.into(),
             agent: "peergrid/0.0.0".into(),
             external: Vec::new(),
@@ -313,13 +315,18 @@ impl HostilePeer {
         let key = identity::Keypair::generate_ed25519();
         let identify_version = setup.identify_version.clone();
         let agent = setup.agent.clone();
+        let ip = setup.ip;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
             .with_tokio()
-            .with_tcp(
-                libp2p::tcp::Config::default().nodelay(true),
-                libp2p::noise::Config::new,
-                libp2p::yamux::Config::default,
-            )?
+            .with_other_transport(|key| {
+                let noise = libp2p::noise::Config::new(key)
+                    .map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string()))?;
+                Ok(super::transport::BoundTcp::new(ip)
+                    .upgrade(libp2p::core::upgrade::Version::V1)
+                    .authenticate(noise)
+                    .multiplex(libp2p::yamux::Config::default()))
+            })
+            .map_err(|e| anyhow::anyhow!("building the hostile peer's transport: {e}"))?
             .with_behaviour(|key| Hostile {
                 identify: identify::Behaviour::new(
                     identify::Config::new(identify_version, key.public()).with_agent_version(agent),
@@ -332,9 +339,7 @@ impl HostilePeer {
             .map_err(|e| anyhow::anyhow!("building the hostile peer: {e}"))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(REQUEST_TIMEOUT))
             .build();
-        if let Some(ip) = setup.listen_ip {
-            swarm.listen_on(format!("/ip4/{ip}/tcp/0").parse()?)?;
-        }
+        swarm.listen_on(format!("/ip4/{ip}/tcp/0").parse()?)?;
         for addr in &setup.external {
             swarm.add_external_address(addr.clone());
         }

@@ -2,13 +2,19 @@
 //! and against its address ([`AddressOffences`]), banning a peer id (the block list,
 //! the DHT, the view, subscriptions) or an address (the
 //! [`ConnectionGuard`](super::super::guard::ConnectionGuard) and every peer on it),
-//! and lifting bans when they end. Called from the loop's handlers and its tick.
+//! and lifting bans when they end; an inbound handshake that never finishes counts
+//! against its address. Called from the loop's handlers and its tick.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
-use libp2p::PeerId;
+use libp2p::core::transport::TransportError;
+use libp2p::core::transport::timeout::TransportTimeoutError;
+use libp2p::swarm::ListenError;
+use libp2p::{Multiaddr, PeerId};
 
 use super::super::codec::Offence;
+use super::super::guard::{HANDSHAKE_TIMEOUT, canonical, is_local_source};
 use super::super::offences::{BAN_TIME, OFFENCE_THRESHOLD};
 use super::EventLoop;
 
@@ -44,15 +50,20 @@ impl EventLoop {
         if count >= OFFENCE_THRESHOLD && !self.bans.contains_key(&peer) {
             self.ban(peer);
         }
-        // Loopback is one address for every local node (see `GuardConfig`).
-        let Some(ip) = self
-            .book
-            .observed_ip(&peer)
-            .filter(|ip| !(ip.is_loopback() && self.config.guard.exempt_loopback))
-        else {
+        if let Some(ip) = self.book.observed_ip(&peer) {
+            self.address_offence(ip);
+        }
+    }
+
+    /// Counts an offence against an address (under any identity, or none); past
+    /// the threshold every peer on it is disconnected and banned, and new
+    /// connections from it are refused. The local source (127.0.0.1, ::1) is one
+    /// address for every local node, and is not counted (see `GuardConfig`).
+    pub(super) fn address_offence(&mut self, ip: IpAddr) {
+        if self.config.guard.exempt_loopback && is_local_source(ip) {
             return;
-        };
-        let ip = super::super::guard::canonical(ip);
+        }
+        let ip = canonical(ip);
         if self.address_offences.offence(ip, Instant::now()) {
             tracing::warn!(%ip, "disconnecting and banning every peer at this address for {BAN_TIME:?}");
             self.swarm.behaviour_mut().guard.ban(ip);
@@ -61,6 +72,28 @@ impl EventLoop {
                     self.ban(other);
                 }
             }
+        }
+    }
+
+    /// An inbound connection that failed before it was established: one that never
+    /// finished its handshake within [`HANDSHAKE_TIMEOUT`] (a silent socket
+    /// holding a pending slot; an honest peer takes a few round trips) is an
+    /// offence against its address. Refusals and broken handshakes are not.
+    pub(super) fn on_incoming_error(&mut self, from: &Multiaddr, error: &ListenError) {
+        let ListenError::Transport(TransportError::Other(e)) = error else {
+            return;
+        };
+        let timed_out = e
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<TransportTimeoutError<std::io::Error>>())
+            .is_some_and(|e| matches!(e, TransportTimeoutError::Timeout));
+        let Some(ip) = super::super::peers::ip_of(from) else {
+            return;
+        };
+        if timed_out {
+            self.metrics.penalties.inc();
+            tracing::warn!(%ip, "a connection from this address sent no handshake in {HANDSHAKE_TIMEOUT:?}");
+            self.address_offence(ip);
         }
     }
 
