@@ -77,6 +77,15 @@ fn the_hostile_bench_reports_each_attack_beside_an_honest_job() {
         "{detail}"
     );
     assert_eq!(flood["ban_expected"], true, "{flood}");
+    // The attacker is a stranger to the target (its own loopback address, not the
+    // 127.0.0.1 every local node dials from): its identities get the per-IP
+    // connections and no more, and the target refuses or bans the address.
+    let connected: usize = detail
+        .split("; ")
+        .find_map(|part| part.split('/').next()?.parse().ok())
+        .unwrap_or(usize::MAX);
+    assert!(connected <= 4, "{detail}");
+    assert_eq!(flood["offender_banned"], true, "{flood}");
     let cancels = attacks[1]["detail"].as_str().expect("detail");
     assert!(cancels.contains("cancels in flight"), "{cancels}");
 }

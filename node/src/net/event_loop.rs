@@ -486,6 +486,9 @@ impl EventLoop {
                     held,
                 },
             ),
+            BehaviourEvent::Guard(super::guard::GuardEvent::Flooding(ip)) => {
+                self.on_flooding(ip);
+            }
             other => self.on_nat_behaviour_event(other),
         }
     }

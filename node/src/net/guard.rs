@@ -17,8 +17,7 @@
 //! with the inbound limit below the total (`NetConfig::max_connections`), they keep
 //! their reserved share however many strangers knock (no eclipse).
 
-use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 use std::task::{Context, Poll};
@@ -49,6 +48,20 @@ pub(crate) const MAX_PENDING_PER_IP: u32 = MAX_PENDING_INBOUND / 2;
 /// nothing frees its pending slot after this, and counts as an offence against its
 /// address (see `event_loop/bans.rs`).
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections refused from one address (over its per-IP, per-network or pending
+/// limits) that make one offence against it: an honest peer that finds a node full
+/// dials again after minutes, a flood hundreds of times a second.
+pub(crate) const REFUSALS_PER_OFFENCE: u32 = 256;
+/// Most addresses whose refusals are counted at once (the table is cleared when full).
+const MAX_REFUSING: usize = 4096;
+
+/// What the guard tells the event loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GuardEvent {
+    /// Another [`REFUSALS_PER_OFFENCE`] connections from this address were refused:
+    /// an offence against it.
+    Flooding(IpAddr),
+}
 
 /// The inbound limits by address. Volunteers set them in `peergrid.toml` /
 /// flags (see `example.config.toml`).
@@ -176,6 +189,10 @@ pub(crate) struct ConnectionGuard {
     /// Inbound connections still in their handshake, by id (every address).
     pending: HashMap<ConnectionId, IpAddr>,
     pending_per_ip: HashMap<IpAddr, u32>,
+    /// Connections refused by address, since its last offence.
+    refused: HashMap<IpAddr, u32>,
+    /// Offences for the event loop (bounded: one per address at most, see `refuse`).
+    events: VecDeque<GuardEvent>,
     banned: HashSet<IpAddr>,
     metrics: NetMetrics,
 }
@@ -189,6 +206,8 @@ impl ConnectionGuard {
             per_subnet: HashMap::new(),
             pending: HashMap::new(),
             pending_per_ip: HashMap::new(),
+            refused: HashMap::new(),
+            events: VecDeque::new(),
             banned: HashSet::new(),
             metrics,
         }
@@ -273,6 +292,22 @@ impl ConnectionGuard {
         }
     }
 
+    /// Counts a refusal of `ip` over its limits; every [`REFUSALS_PER_OFFENCE`]
+    /// makes an offence.
+    fn refuse(&mut self, ip: IpAddr) {
+        if self.refused.len() >= MAX_REFUSING && !self.refused.contains_key(&ip) {
+            self.refused.clear();
+        }
+        let n = self.refused.entry(ip).or_default();
+        *n += 1;
+        if *n >= REFUSALS_PER_OFFENCE {
+            self.refused.remove(&ip);
+            if self.events.len() < MAX_REFUSING {
+                self.events.push_back(GuardEvent::Flooding(ip));
+            }
+        }
+    }
+
     fn deny(&self, why: Denied) -> ConnectionDenied {
         self.metrics
             .connections_denied
@@ -284,7 +319,7 @@ impl ConnectionGuard {
 
 impl NetworkBehaviour for ConnectionGuard {
     type ConnectionHandler = dummy::ConnectionHandler;
-    type ToSwarm = Infallible;
+    type ToSwarm = GuardEvent;
 
     fn handle_pending_inbound_connection(
         &mut self,
@@ -292,10 +327,15 @@ impl NetworkBehaviour for ConnectionGuard {
         _local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        match remote_ip(remote) {
-            Some(ip) => self.admit(id, ip).map_err(|why| self.deny(why)),
-            None => Ok(()),
-        }
+        let Some(ip) = remote_ip(remote) else {
+            return Ok(());
+        };
+        self.admit(id, ip).map_err(|why| {
+            if why != Denied::Banned {
+                self.refuse(ip);
+            }
+            self.deny(why)
+        })
     }
 
     fn handle_established_inbound_connection(
@@ -359,7 +399,10 @@ impl NetworkBehaviour for ConnectionGuard {
     }
 
     fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
-        Poll::Pending
+        match self.events.pop_front() {
+            Some(event) => Poll::Ready(ToSwarm::GenerateEvent(event)),
+            None => Poll::Pending,
+        }
     }
 }
 
@@ -527,6 +570,29 @@ mod tests {
         assert!(knock(&mut k.guard, 30_000, "/ip4/127.0.0.1/tcp/1").is_ok());
         assert!(knock(&mut k.guard, 30_001, "/ip4/203.0.113.7/tcp/1").is_ok());
         assert!(knock(&mut k.guard, 30_002, "/ip4/127.0.0.1/tcp/1").is_err());
+    }
+
+    /// A flood of connections from one address, refused over its limit, adds up
+    /// to offences against it; refusals of a banned address do not count again.
+    #[test]
+    fn refusals_by_the_hundred_are_an_offence_of_the_address() {
+        let mut k = Knock::new(GuardConfig::default());
+        let n = 4 + 2 * REFUSALS_PER_OFFENCE as usize + 10;
+        for _ in 0..n {
+            let _ = k.from("/ip4/203.0.113.7/tcp/1");
+        }
+        let _ = k.from("/ip4/203.0.113.8/tcp/1");
+        let flood = GuardEvent::Flooding("203.0.113.7".parse().unwrap());
+        assert_eq!(
+            Vec::from(k.guard.events.clone()),
+            vec![flood.clone(), flood]
+        );
+        k.guard.events.clear();
+        k.guard.ban("203.0.113.7".parse().unwrap());
+        for _ in 0..n {
+            let _ = k.from("/ip4/203.0.113.7/tcp/1");
+        }
+        assert!(k.guard.events.is_empty());
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! and against its address ([`AddressOffences`]), banning a peer id (the block list,
 //! the DHT, the view, subscriptions) or an address (the
 //! [`ConnectionGuard`](super::super::guard::ConnectionGuard) and every peer on it),
-//! and lifting bans when they end; an inbound handshake that never finishes counts
-//! against its address. Called from the loop's handlers and its tick.
+//! and lifting bans when they end; an inbound handshake that never finishes, and
+//! connections refused by the hundred, count against their address. Called from the loop's handlers and its tick.
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -14,7 +14,7 @@ use libp2p::swarm::ListenError;
 use libp2p::{Multiaddr, PeerId};
 
 use super::super::codec::Offence;
-use super::super::guard::{HANDSHAKE_TIMEOUT, canonical, is_local_source};
+use super::super::guard::{HANDSHAKE_TIMEOUT, REFUSALS_PER_OFFENCE, canonical, is_local_source};
 use super::super::offences::{BAN_TIME, OFFENCE_THRESHOLD};
 use super::EventLoop;
 
@@ -73,6 +73,14 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    /// The guard refused another [`REFUSALS_PER_OFFENCE`] connections from `ip`
+    /// over its limits: a flood, an offence against the address.
+    pub(super) fn on_flooding(&mut self, ip: IpAddr) {
+        self.metrics.penalties.inc();
+        tracing::warn!(%ip, "refused {REFUSALS_PER_OFFENCE} more connections from this address over its limits");
+        self.address_offence(ip);
     }
 
     /// An inbound connection that failed before it was established: one that never
