@@ -225,6 +225,12 @@ impl Worker {
                 }
                 _ = tokio::time::sleep_until(recount_at.unwrap_or_else(Instant::now)), if recount_at.is_some() => {}
             }
+            if notified {
+                // A new result may be for a submitter found empty a moment ago (its
+                // count ran ahead of the table when a delivery took a row before the
+                // row's own count was added): it must not wait for the recount.
+                idle.clear();
+            }
             if expired_at.is_none_or(|at| at.elapsed() >= EXPIRE_EVERY) {
                 expired_at = Some(Instant::now());
                 if self.expire().await {
