@@ -456,19 +456,8 @@ impl Actor {
             Msg::Cancel(id, reply) => {
                 let _ = reply.send(self.cancel(id).await);
             }
-            Msg::Results(peer, batch, reply) => {
-                self.on_result_batches(vec![(peer, batch.results, reply)])
-                    .await;
-                self.kick = true;
-            }
-            Msg::OfferReply {
-                job,
-                peer,
-                offered,
-                reply,
-            } => {
-                self.on_offer_reply(job, peer, offered, reply).await;
-                self.kick = true;
+            Msg::Results(..) | Msg::OfferReply { .. } => {
+                unreachable!("on_burst takes result batches and offer answers")
             }
             Msg::Merged(id, result) => self.on_merged(id, result).await,
             Msg::LocalRun(id, idx, attempt, result) => {

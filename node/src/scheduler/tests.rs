@@ -113,10 +113,12 @@ async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     }
 }
 
-#[tokio::test]
-async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let (scheduler, task, shutdown, db, taken) = start(dir.path());
+/// Submits a job of two chunks at fixed redundancy 2; returns its id once the two
+/// peers took both chunks, with the offers taken (peer, chunk, attempt).
+async fn two_chunks_offered_to_both(
+    scheduler: &Scheduler,
+    taken: &Mutex<Vec<(PeerId, u32, u32)>>,
+) -> (JobId, Vec<(PeerId, u32, u32)>) {
     let spec = JobSpec {
         replication: Replication::Fixed,
         ..adaptive()
@@ -128,12 +130,20 @@ async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_ag
         .await
         .unwrap()
         .unwrap();
-    // Both chunks go to both peers.
     let offers = wait_for("the offers", async || {
         let taken = taken.lock().unwrap().clone();
         (taken.len() == 4).then_some(taken)
     })
     .await;
+    (id, offers)
+}
+
+#[tokio::test]
+async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (scheduler, task, shutdown, db, taken) = start(dir.path());
+    // Both chunks go to both peers.
+    let (id, offers) = two_chunks_offered_to_both(&scheduler, &taken).await;
     let (_, _, attempt) = *offers
         .iter()
         .find(|(p, c, _)| *p == peer(1) && *c == 0)
@@ -193,22 +203,7 @@ async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_ag
 async fn result_batches_that_queue_together_are_judged_together() {
     let dir = tempfile::tempdir().unwrap();
     let (scheduler, task, shutdown, db, taken) = start(dir.path());
-    let spec = JobSpec {
-        replication: Replication::Fixed,
-        ..adaptive()
-    };
-    let j = job(1, 2, spec);
-    let id = j.id;
-    scheduler
-        .ask(|tx| Msg::Insert(Box::new(j), tx))
-        .await
-        .unwrap()
-        .unwrap();
-    let offers = wait_for("the offers", async || {
-        let taken = taken.lock().unwrap().clone();
-        (taken.len() == 4).then_some(taken)
-    })
-    .await;
+    let (id, offers) = two_chunks_offered_to_both(&scheduler, &taken).await;
     wait_for("the replicas issued", async || {
         let s = scheduler.status(Some(id)).await.pop()?;
         (s.replicas_issued == 4).then_some(())
