@@ -42,6 +42,7 @@ use web_time::Instant;
 
 use crate::{
     behaviour::handler::Handler,
+    copy_future::CircuitBytes,
     multiaddr_ext::MultiaddrExt,
     proto,
     protocol::{inbound_hop, outbound_stop},
@@ -260,6 +261,8 @@ pub struct Behaviour {
 
     connections: HashMap<PeerId, HashMap<ConnectionId, Reservation>>,
     circuits: CircuitsTracker,
+    /// The bytes all circuits have forwarded, shared with every handler.
+    circuit_bytes: CircuitBytes,
 
     /// Queue of actions to return when polled.
     queued_actions: VecDeque<ToSwarm<Event, THandlerInEvent<Self>>>,
@@ -314,12 +317,19 @@ impl Behaviour {
             local_peer_id,
             connections: Default::default(),
             circuits: Default::default(),
+            circuit_bytes: Default::default(),
             queued_actions: Default::default(),
             external_addresses: Default::default(),
             status: Status::Disable,
             auto_status_change: true,
             waker: None,
         }
+    }
+
+    /// The bytes this relay's circuits have forwarded, in each direction, counted as they
+    /// are copied: a handle that stays current (clones share the counts), for metrics.
+    pub fn circuit_bytes(&self) -> CircuitBytes {
+        self.circuit_bytes.clone()
     }
 
     /// Sets the advertisement status of the local node as relay server.
@@ -476,6 +486,7 @@ impl NetworkBehaviour for Behaviour {
                 reservation_duration: self.config.reservation_duration,
                 max_circuit_duration: self.config.max_circuit_duration,
                 max_circuit_bytes: self.config.max_circuit_bytes,
+                circuit_bytes: self.circuit_bytes.clone(),
             },
             ConnectedPoint::Listener {
                 local_addr: local_addr.clone(),
@@ -503,6 +514,7 @@ impl NetworkBehaviour for Behaviour {
                 reservation_duration: self.config.reservation_duration,
                 max_circuit_duration: self.config.max_circuit_duration,
                 max_circuit_bytes: self.config.max_circuit_bytes,
+                circuit_bytes: self.circuit_bytes.clone(),
             },
             ConnectedPoint::Dialer {
                 address: addr.clone(),

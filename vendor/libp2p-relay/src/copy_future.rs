@@ -27,6 +27,10 @@
 use std::{
     io,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -38,6 +42,36 @@ use futures::{
 };
 use futures_timer::Delay;
 
+/// The bytes the circuits of a relay server have forwarded, in each direction, counted as
+/// they are copied (not only when a circuit closes). A handle: clones share the counts.
+///
+/// Obtained from [`Behaviour::circuit_bytes`](crate::Behaviour::circuit_bytes).
+#[derive(Debug, Clone, Default)]
+pub struct CircuitBytes(Arc<[AtomicU64; 2]>);
+
+impl CircuitBytes {
+    /// Bytes forwarded from the source of a circuit (the peer that asked the relay to
+    /// connect it) to its destination (the peer holding the reservation), over all
+    /// circuits since the relay started.
+    pub fn src_to_dst(&self) -> u64 {
+        self.0[0].load(Ordering::Relaxed)
+    }
+
+    /// Bytes forwarded from the destination of a circuit to its source, over all
+    /// circuits since the relay started.
+    pub fn dst_to_src(&self) -> u64 {
+        self.0[1].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add_src_to_dst(&self, n: u64) {
+        self.0[0].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_dst_to_src(&self, n: u64) {
+        self.0[1].fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 pub(crate) struct CopyFuture<S, D> {
     src: BufReader<S>,
     dst: BufReader<D>,
@@ -45,6 +79,7 @@ pub(crate) struct CopyFuture<S, D> {
     max_circuit_duration: Delay,
     max_circuit_bytes: u64,
     bytes_sent: u64,
+    counts: CircuitBytes,
 }
 
 impl<S: AsyncRead, D: AsyncRead> CopyFuture<S, D> {
@@ -53,6 +88,7 @@ impl<S: AsyncRead, D: AsyncRead> CopyFuture<S, D> {
         dst: D,
         max_circuit_duration: Duration,
         max_circuit_bytes: u64,
+        counts: CircuitBytes,
     ) -> Self {
         CopyFuture {
             src: BufReader::new(src),
@@ -60,6 +96,7 @@ impl<S: AsyncRead, D: AsyncRead> CopyFuture<S, D> {
             max_circuit_duration: Delay::new(max_circuit_duration),
             max_circuit_bytes,
             bytes_sent: Default::default(),
+            counts,
         }
     }
 }
@@ -90,6 +127,7 @@ where
                 Poll::Ready(Ok(0)) => Status::Done,
                 Poll::Ready(Ok(i)) => {
                     this.bytes_sent += i;
+                    this.counts.add_src_to_dst(i);
                     Status::Progressed
                 }
                 Poll::Pending => Status::Pending,
@@ -100,6 +138,7 @@ where
                 Poll::Ready(Ok(0)) => Status::Done,
                 Poll::Ready(Ok(i)) => {
                     this.bytes_sent += i;
+                    this.counts.add_dst_to_src(i);
                     Status::Progressed
                 }
                 Poll::Pending => Status::Pending,
@@ -223,17 +262,21 @@ mod tests {
                 write: Vec::new(),
             };
 
+            let counts = CircuitBytes::default();
             let mut copy_future = CopyFuture::new(
                 connection_a,
                 connection_b,
                 Duration::from_secs(60),
                 max_circuit_bytes,
+                counts.clone(),
             );
 
             match block_on(&mut copy_future) {
                 Ok(()) => {
                     assert_eq!(copy_future.src.into_inner().write, b);
                     assert_eq!(copy_future.dst.into_inner().write, a);
+                    assert_eq!(counts.src_to_dst(), a.len() as u64);
+                    assert_eq!(counts.dst_to_src(), b.len() as u64);
                 }
                 Err(error) => {
                     assert_eq!(error.kind(), ErrorKind::Other);
@@ -289,6 +332,7 @@ mod tests {
             PendingConnection {},
             Duration::from_millis(1),
             u64::MAX,
+            CircuitBytes::default(),
         );
 
         std::thread::sleep(Duration::from_millis(2));

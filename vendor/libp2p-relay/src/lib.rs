@@ -42,6 +42,7 @@ mod proto {
 pub use behaviour::{
     Behaviour, CircuitId, Config, Event, Status, StatusCode, rate_limiter::RateLimiter,
 };
+pub use copy_future::CircuitBytes;
 pub use protocol::{HOP_PROTOCOL_NAME, STOP_PROTOCOL_NAME};
 
 /// Types related to the relay protocol inbound.

@@ -48,7 +48,7 @@ use web_time::Instant;
 use crate::{
     HOP_PROTOCOL_NAME, STOP_PROTOCOL_NAME,
     behaviour::{self, CircuitId},
-    copy_future::CopyFuture,
+    copy_future::{CircuitBytes, CopyFuture},
     proto,
     protocol::{inbound_hop, outbound_stop},
 };
@@ -61,6 +61,8 @@ pub struct Config {
     pub reservation_duration: Duration,
     pub max_circuit_duration: Duration,
     pub max_circuit_bytes: u64,
+    /// Where the circuits of this handler count the bytes they forward.
+    pub circuit_bytes: CircuitBytes,
 }
 
 pub enum In {
@@ -790,6 +792,7 @@ impl ConnectionHandler for Handler {
                     } = parts;
                     let max_circuit_duration = self.config.max_circuit_duration;
                     let max_circuit_bytes = self.config.max_circuit_bytes;
+                    let counts = self.config.circuit_bytes.clone();
 
                     let circuit = async move {
                         let (result_1, result_2) = futures::future::join(
@@ -799,12 +802,15 @@ impl ConnectionHandler for Handler {
                         .await;
                         result_1?;
                         result_2?;
+                        counts.add_src_to_dst(src_pending_data.len() as u64);
+                        counts.add_dst_to_src(dst_pending_data.len() as u64);
 
                         CopyFuture::new(
                             src_stream,
                             dst_stream,
                             max_circuit_duration,
                             max_circuit_bytes,
+                            counts,
                         )
                         .await?;
 
