@@ -181,6 +181,11 @@ static LABS: AtomicU32 = AtomicU32::new(0);
 impl Lab {
     /// The internet: a namespace with a bridge that routes between the two ranges.
     fn new() -> Self {
+        assert_eq!(
+            run("id", &["-u"]).trim(),
+            "0",
+            "the NAT lab needs root (network namespaces, nftables): run .ci/run as root"
+        );
         let n = LABS.fetch_add(1, Ordering::Relaxed);
         let mut lab = Lab {
             prefix: format!("pgnat{}x{n}", std::process::id()),
