@@ -226,8 +226,9 @@ pub(super) async fn oversized_batches(env: Env) -> anyhow::Result<Findings> {
         }
     }
     env.engage();
-    // The honest job is over: give the last results a moment to arrive.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    // The honest job is over: give the last results time to arrive (the target
+    // may still be running the last chunks on its one slot).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     while s.results() < s.accepted && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -39,9 +39,12 @@ impl HonestJob {
         let params = if quick {
             r#"{"limit": 400000, "chunks": 4}"#
         } else {
-            // About 1 s of one core per worker (release build, idle machine): long
-            // enough that the ratio is not noise, short enough on a loaded one.
-            r#"{"limit": 1000000000, "chunks": 6}"#
+            // A few seconds of one core per worker (release build, idle machine):
+            // long enough that the ratio is not noise (a fixed second of an attack's
+            // cost is not a 2x slowdown), short enough on a loaded machine. Chunks
+            // of the size they had when the whole job took 1 s with the scheduler
+            // of the time (it takes 1.3 s now).
+            r#"{"limit": 3000000000, "chunks": 18}"#
         };
         let wasm = peergrid_jobs::find("primes")
             .context("the primes example")?
