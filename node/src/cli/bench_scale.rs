@@ -74,6 +74,10 @@ struct ProcessRun {
     idle_io_bytes_per_s: [f64; 3],
     /// Per-node resident memory, MB: min, median, max.
     rss_mb: [f64; 3],
+    /// Of which anonymous (heap, stacks) and file-backed (the binary's pages
+    /// touched, shared with the other nodes): min, median, max.
+    rss_anon_mb: [f64; 3],
+    rss_file_mb: [f64; 3],
     /// The machine's load average (1 min) at the start and end of the window.
     load: [f64; 2],
     /// The 400-chunk job: seconds to done, and whether the result is right.
@@ -111,11 +115,12 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     crate::worker::politeness::cpu::parse_process_ticks(&stat)
 }
 
-fn rss_mb(pid: u32) -> Option<f64> {
+/// A field of `/proc/PID/status` given in kB (`VmRSS`, `RssAnon`, `RssFile`), in MB.
+fn status_mb(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -296,13 +301,17 @@ impl ScaleBench {
                 }
             }
         }
-        // Every worker is up (listening) before the submitter starts, so the time to
-        // candidates is discovery's, not the workers' start-up on a busy machine.
+        // Every worker is up (listening, and its fuel speed measured: a first start
+        // measures it in a child process before the first advert) before the
+        // submitter starts, so the time to candidates is discovery's, not the
+        // workers' start-up on a busy machine.
         let started = Instant::now();
-        for &(ip, port) in &procs.listen {
-            while std::net::TcpStream::connect((ip, port)).is_err() {
+        for (i, &(ip, port)) in procs.listen.iter().enumerate() {
+            let speed =
+                DataDir::resolve(Some(procs._dir.path().join(format!("node{i}")))).fuel_speed();
+            while std::net::TcpStream::connect((ip, port)).is_err() || !speed.exists() {
                 if started.elapsed() > Duration::from_secs(180) {
-                    bail!("a worker did not listen within 180 s");
+                    bail!("a worker did not listen and measure its speed within 180 s");
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -376,10 +385,12 @@ impl ScaleBench {
         };
         let bytes = rate(&b0, &b1);
         let io = rate(&io0, &io1);
-        let rss: Vec<f64> = pids
-            .iter()
-            .map(|p| rss_mb(*p).unwrap_or(f64::NAN))
-            .collect();
+        let rss_of = |field: &str| -> Vec<f64> {
+            pids.iter()
+                .map(|p| status_mb(*p, field).unwrap_or(f64::NAN))
+                .collect()
+        };
+        let (rss, rss_anon, rss_file) = (rss_of("VmRSS"), rss_of("RssAnon"), rss_of("RssFile"));
         let (job_s, job_right) = if self.no_job {
             (None, None)
         } else {
@@ -401,6 +412,8 @@ impl ScaleBench {
             idle_bytes_per_s: spread(bytes),
             idle_io_bytes_per_s: spread(io),
             rss_mb: spread(rss),
+            rss_anon_mb: spread(rss_anon),
+            rss_file_mb: spread(rss_file),
             load: [load0, load1],
             job_s,
             job_right,
@@ -461,7 +474,7 @@ async fn run_job(submitter: &crate::Node) -> anyhow::Result<(f64, bool)> {
 fn print_run(r: &ProcessRun) {
     let f = |v: [f64; 3], p: usize| format!("{:.p$}/{:.p$}/{:.p$}", v[0], v[1], v[2]);
     println!(
-        "{:>4} nodes: {} candidates in {:.1} s | idle CPU % of a core (min/median/max) {} | app bytes/s {} | all I/O bytes/s {} | RSS MB {} | load {:.1}→{:.1} | job {}",
+        "{:>4} nodes: {} candidates in {:.1} s | idle CPU % of a core (min/median/max) {} | app bytes/s {} | all I/O bytes/s {} | RSS MB {} (anon {}, file {}) | load {:.1}→{:.1} | job {}",
         r.processes,
         r.enough,
         r.candidates_s,
@@ -469,6 +482,8 @@ fn print_run(r: &ProcessRun) {
         f(r.idle_bytes_per_s, 0),
         f(r.idle_io_bytes_per_s, 0),
         f(r.rss_mb, 1),
+        f(r.rss_anon_mb, 1),
+        f(r.rss_file_mb, 1),
         r.load[0],
         r.load[1],
         match (r.job_s, r.job_right) {
