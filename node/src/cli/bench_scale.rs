@@ -78,6 +78,8 @@ struct ProcessRun {
     /// touched, shared with the other nodes): min, median, max.
     rss_anon_mb: [f64; 3],
     rss_file_mb: [f64; 3],
+    /// Per-node connected peers at the end of the window: min, median, max.
+    connections: [f64; 3],
     /// The machine's load average (1 min) at the start and end of the window.
     load: [f64; 2],
     /// The 400-chunk job: seconds to done, and whether the result is right.
@@ -149,20 +151,35 @@ fn load_average() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Application bytes (every protocol, both directions) from a node's /metrics.
-fn metric_bytes(port: u16) -> Option<f64> {
-    let body = ureq::get(format!("http://127.0.0.1:{port}/metrics"))
+/// A node's /metrics, as text.
+fn scrape(port: u16) -> Option<String> {
+    ureq::get(format!("http://127.0.0.1:{port}/metrics"))
         .call()
         .ok()?
         .body_mut()
         .read_to_string()
-        .ok()?;
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with("peergrid_net_message_bytes_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+        .ok()
+}
+
+/// The sum of the samples of every series whose line starts with `prefix`.
+fn metric_sum(body: &str, prefix: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Application bytes (every protocol, both directions) from a node's /metrics.
+fn metric_bytes(port: u16) -> Option<f64> {
+    Some(metric_sum(
+        &scrape(port)?,
+        "peergrid_net_message_bytes_total{",
+    ))
+}
+
+/// Connected peers, from a node's /metrics.
+fn metric_connections(port: u16) -> Option<f64> {
+    Some(metric_sum(&scrape(port)?, "peergrid_net_connected_peers "))
 }
 
 fn spread(mut v: Vec<f64>) -> [f64; 3] {
@@ -391,6 +408,11 @@ impl ScaleBench {
                 .collect()
         };
         let (rss, rss_anon, rss_file) = (rss_of("VmRSS"), rss_of("RssAnon"), rss_of("RssFile"));
+        let connections: Vec<f64> = procs
+            .metrics
+            .iter()
+            .map(|p| metric_connections(*p).unwrap_or(f64::NAN))
+            .collect();
         let (job_s, job_right) = if self.no_job {
             (None, None)
         } else {
@@ -414,6 +436,7 @@ impl ScaleBench {
             rss_mb: spread(rss),
             rss_anon_mb: spread(rss_anon),
             rss_file_mb: spread(rss_file),
+            connections: spread(connections),
             load: [load0, load1],
             job_s,
             job_right,
@@ -474,7 +497,7 @@ async fn run_job(submitter: &crate::Node) -> anyhow::Result<(f64, bool)> {
 fn print_run(r: &ProcessRun) {
     let f = |v: [f64; 3], p: usize| format!("{:.p$}/{:.p$}/{:.p$}", v[0], v[1], v[2]);
     println!(
-        "{:>4} nodes: {} candidates in {:.1} s | idle CPU % of a core (min/median/max) {} | app bytes/s {} | all I/O bytes/s {} | RSS MB {} (anon {}, file {}) | load {:.1}→{:.1} | job {}",
+        "{:>4} nodes: {} candidates in {:.1} s | idle CPU % of a core (min/median/max) {} | app bytes/s {} | all I/O bytes/s {} | RSS MB {} (anon {}, file {}) | connections {} | load {:.1}→{:.1} | job {}",
         r.processes,
         r.enough,
         r.candidates_s,
@@ -484,6 +507,7 @@ fn print_run(r: &ProcessRun) {
         f(r.rss_mb, 1),
         f(r.rss_anon_mb, 1),
         f(r.rss_file_mb, 1),
+        f(r.connections, 0),
         r.load[0],
         r.load[1],
         match (r.job_s, r.job_right) {
