@@ -181,6 +181,11 @@ static LABS: AtomicU32 = AtomicU32::new(0);
 impl Lab {
     /// The internet: a namespace with a bridge that routes between the two ranges.
     fn new() -> Self {
+        assert_eq!(
+            run("id", &["-u"]).trim(),
+            "0",
+            "the NAT lab needs root (network namespaces, nftables): run .ci/run as root"
+        );
         let n = LABS.fetch_add(1, Ordering::Relaxed);
         let mut lab = Lab {
             prefix: format!("pgnat{}x{n}", std::process::id()),
@@ -570,6 +575,14 @@ fn nat_lab_cone_peers_hole_punch_and_the_symmetric_one_works_through_the_relay()
     let to_c = a.peer(&c.id);
     assert_eq!(to_c["path"], "relayed", "{to_c:#}");
     assert_eq!(to_c["via"], p.id.as_str(), "{to_c:#}");
+    // P counted what it relayed between A and C (offers, results), all of which its
+    // interface sent.
+    let (relayed, sent) = (metric(p, RELAYED), tx_bytes(&p.ns));
+    assert!(
+        relayed > 0.0 && relayed <= sent as f64,
+        "P relayed {relayed} bytes by its metric, its interface sent {sent}"
+    );
+    eprintln!("P relayed {relayed} bytes by its metric; its interface sent {sent} in all");
     let said = |p: &Peer, what: &str, other: &str| {
         p.log()
             .lines()
@@ -658,18 +671,36 @@ const HEAD_WAT: &str = r#"(module
     (i32.const 0))
 )"#;
 
-/// A counter or gauge from a node's `/metrics` (read inside its namespace).
-fn metric(peer: &Peer, name: &str) -> f64 {
-    let out = Command::new("ip")
+/// A node's `/metrics` (read inside its namespace).
+fn scrape(peer: &Peer) -> String {
+    Command::new("ip")
         .args(["netns", "exec", &peer.ns, "bash", "-c"])
         .arg("exec 3<>/dev/tcp/127.0.0.1/9464 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    out.lines()
+        .unwrap_or_default()
+}
+
+/// A counter or gauge from a node's `/metrics`, summed over its labels.
+fn metric(peer: &Peer, name: &str) -> f64 {
+    scrape(peer)
+        .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_once(' '))
         .filter(|(n, _)| *n == name || n.starts_with(&format!("{name}{{")))
+        .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// The bytes the relay's circuits forwarded, both ways.
+const RELAYED: &str = "peergrid_net_relay_circuit_bytes_total";
+
+/// One labelled series of a node's `/metrics` (`label` a substring of its labels).
+fn metric_with(peer: &Peer, name: &str, label: &str) -> f64 {
+    scrape(peer)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .filter_map(|l| l.rsplit_once(' '))
         .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
         .sum()
 }
@@ -717,6 +748,8 @@ fn nat_lab_relay_limits_and_bandwidth_caps_hold_under_a_transfer_larger_than_the
     std::fs::write(&module, HEAD_WAT).expect("module");
     let relay_tx = tx_bytes(&p.ns);
     let served = metric(p, "peergrid_net_relay_circuits_served_total");
+    let relayed_before = metric(p, RELAYED);
+    let open_before = metric(p, "peergrid_net_relay_circuits_open");
     let started = Instant::now();
     let id = submit(
         a,
@@ -759,20 +792,53 @@ fn nat_lab_relay_limits_and_bandwidth_caps_hold_under_a_transfer_larger_than_the
         Duration::from_secs(60),
         || c.log().contains("fetching blob pieces through the relay"),
     );
-    // Give its attempts time to run into the limit.
-    std::thread::sleep(Duration::from_secs(10));
+    // The relay counts what its circuits carry as it copies: wait until one of C's
+    // circuits has carried a limit's worth (a 1 MiB piece runs into it).
+    wait_until(
+        "a circuit through the relay to reach its byte limit",
+        Duration::from_secs(60),
+        || metric(p, RELAYED) - relayed_before >= LIMIT as f64,
+    );
+    // Every byte the metric counts leaves on the relay's interface (a little later:
+    // it is counted when written to the connection).
+    let relayed = metric(p, RELAYED) - relayed_before;
+    let mut forwarded = 0;
+    wait_until(
+        "the relay's interface to send what its circuits carried",
+        Duration::from_secs(10),
+        || {
+            forwarded = tx_bytes(&p.ns).saturating_sub(relay_tx);
+            forwarded as f64 >= relayed
+        },
+    );
     let circuits = metric(p, "peergrid_net_relay_circuits_served_total") - served;
-    let forwarded = tx_bytes(&p.ns).saturating_sub(relay_tx);
-    let bound = (circuits.max(1.0) as u64) * LIMIT * 12 / 10 + 512 * 1024;
+    let bound = ((circuits + open_before).max(1.0) as u64) * LIMIT * 12 / 10 + 512 * 1024;
     assert!(
         forwarded <= bound,
-        "the relay forwarded {forwarded} bytes over {circuits} circuits of at most {LIMIT}"
+        "the relay forwarded {forwarded} bytes over {circuits} new circuits and {open_before} \
+         open before, of at most {LIMIT} each"
+    );
+    // Its own count says the same, exactly: no circuit (new, or open before) carried
+    // more than the limit and one copy buffer (8 KiB).
+    let most = (circuits + open_before).max(1.0) * (LIMIT + 16 * 1024) as f64;
+    assert!(
+        relayed <= most,
+        "the relay's circuits carried {relayed} bytes: {circuits} new, {open_before} open before, at most {LIMIT} each"
+    );
+    // And most of what the interface sent is what the circuits carried; the rest is
+    // headers, encryption, framing and the peers' own messages.
+    assert!(
+        relayed >= forwarded as f64 / 2.0,
+        "relayed {relayed} bytes by the metric, {forwarded} sent by the interface"
     );
     let c_down = c.status()["bandwidth"]["downloaded"].as_u64().unwrap_or(0);
     eprintln!(
-        "relay limits: {circuits} circuits served, {forwarded} bytes forwarded (bound {bound}); \
-         C fetched {c_down} bytes through the relay; B fetched {downloaded} bytes in {took:?} \
-         under a {CAP} B/s cap"
+        "relay limits: {circuits} circuits served, {forwarded} bytes sent by the relay's \
+         interface (bound {bound}), {relayed} relayed by its metric ({} src_to_dst, {} \
+         dst_to_src in all); C fetched {c_down} bytes through the relay; B fetched \
+         {downloaded} bytes in {took:?} under a {CAP} B/s cap",
+        metric_with(p, RELAYED, "src_to_dst"),
+        metric_with(p, RELAYED, "dst_to_src"),
     );
     assert!(
         c_down < 1024 * 1024,

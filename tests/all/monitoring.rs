@@ -106,6 +106,11 @@ const MAY_STAY_ZERO: &[(&str, &str, &str)] = &[
         "on loopback peers connect directly: no circuit",
     ),
     (
+        "Bytes relayed for others",
+        "A",
+        "on loopback peers connect directly: no circuit",
+    ),
+    (
         "AutoNAT and reservations",
         "A",
         "an address is tested once, early in its node's life: the 20 s rate may miss it",

@@ -1,16 +1,26 @@
 //! The NAT side of the network's metrics: reachability, direct and relayed
 //! connections, hole punching, and the circuits this node relays for others.
 //! Recorded by the event loop (`event_loop/nat.rs`); part of [`NetMetrics`](super::metrics::NetMetrics).
+//! The bytes relayed are the exception: the relay server counts them itself as its
+//! handlers copy them ([`CircuitBytes`]), and each scrape reads those counts.
 
-use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use libp2p::relay;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::reachability::Verdict;
-use crate::metrics::{counter, counter_vec, gauge, gauge_vec, histogram};
+use crate::metrics::{counter, counter_vec, gauge, gauge_vec, histogram, register};
 
 /// The `path` label of connections.
 pub const PATHS: [&str; 2] = ["direct", "relayed"];
 /// The `outcome` label of hole punches.
 pub const PUNCH_OUTCOMES: [&str; 2] = ["success", "failure"];
+/// The `direction` label of the bytes relayed: from the peer that opened a circuit
+/// (its source) to the peer holding the reservation (its destination), and back.
+pub const CIRCUIT_DIRECTIONS: [&str; 2] = ["src_to_dst", "dst_to_src"];
 /// Buckets of the time from a relayed connection to a direct one, in seconds.
 const DIRECT_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
 
@@ -37,6 +47,8 @@ pub struct NatMetrics {
     pub circuits_open: IntGauge,
     /// Reservations this node serves now.
     pub reservations_served: IntGauge,
+    /// Bytes the circuits this node relays have forwarded, by direction.
+    pub circuit_bytes: CircuitBytes,
 }
 
 impl NatMetrics {
@@ -103,6 +115,7 @@ impl NatMetrics {
                 "peergrid_net_relay_reservations_served",
                 "Peers holding a reservation on this node now.",
             ),
+            circuit_bytes: CircuitBytes::new(registry),
         }
     }
 
@@ -113,5 +126,79 @@ impl NatMetrics {
                 .with_label_values(&[v.as_str()])
                 .set(i64::from(v == verdict));
         }
+    }
+}
+
+/// `peergrid_net_relay_circuit_bytes_total`: the relay server's own counts
+/// ([`relay::CircuitBytes`], kept by its handlers as they copy), read at each scrape.
+/// Zero on a node that does not relay.
+#[derive(Debug, Clone)]
+pub struct CircuitBytes {
+    counter: IntCounterVec,
+    /// The relay server's counts, once it is built.
+    source: Arc<Mutex<Option<relay::CircuitBytes>>>,
+}
+
+impl CircuitBytes {
+    fn new(registry: &Registry) -> Self {
+        let counter = IntCounterVec::new(
+            Opts::new(
+                "peergrid_net_relay_circuit_bytes_total",
+                "Bytes the circuits this node relays have forwarded, by direction: src_to_dst from the peer that opened a circuit to the peer it reaches (which holds a reservation here), dst_to_src back.",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric name");
+        for direction in CIRCUIT_DIRECTIONS {
+            counter.with_label_values(&[direction]);
+        }
+        register(
+            registry,
+            Self {
+                counter,
+                source: Arc::default(),
+            },
+        )
+    }
+
+    /// Reads the bytes relayed from `source` (the relay server's handle) from now on.
+    pub(crate) fn count(&self, source: relay::CircuitBytes) {
+        *self.source.lock().unwrap_or_else(PoisonError::into_inner) = Some(source);
+    }
+
+    /// Brings the counter up to the relay's counts (under the lock, so that two
+    /// scrapes at once add each byte once).
+    fn sync(&self) {
+        let source = self.source.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(source) = source.as_ref() else {
+            return;
+        };
+        for (direction, total) in CIRCUIT_DIRECTIONS
+            .iter()
+            .zip([source.src_to_dst(), source.dst_to_src()])
+        {
+            let counter = self.counter.with_label_values(&[direction]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
+    /// Bytes relayed so far, in both directions.
+    pub fn total(&self) -> u64 {
+        self.sync();
+        CIRCUIT_DIRECTIONS
+            .iter()
+            .map(|d| self.counter.with_label_values(&[d]).get())
+            .sum()
+    }
+}
+
+impl Collector for CircuitBytes {
+    fn desc(&self) -> Vec<&Desc> {
+        self.counter.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.sync();
+        self.counter.collect()
     }
 }

@@ -105,6 +105,9 @@ enum Step {
     Tick,
 }
 
+/// At most this many queued messages are taken at once before the next dispatch.
+const BURST: usize = 64;
+
 /// Yields to the other tasks before a lockstep actor calls everything idle.
 const LOCKSTEP_YIELDS: usize = 64;
 
@@ -291,7 +294,20 @@ impl Actor {
             };
             match step {
                 Step::Stop => break,
-                Step::Message(msg) => self.on_message(msg).await,
+                Step::Message(msg) => {
+                    // What queued while the actor was busy is taken now, before the
+                    // next dispatch: one dispatch (and one write) for the burst, and
+                    // runs of result batches judged and committed together.
+                    let mut burst = vec![msg];
+                    if self.logical_ms.is_none() {
+                        while burst.len() < BURST
+                            && let Ok(msg) = self.rx.try_recv()
+                        {
+                            burst.push(msg);
+                        }
+                    }
+                    self.on_burst(burst).await;
+                }
                 Step::Tick => {
                     self.kick = true;
                     self.full = true;
@@ -376,6 +392,51 @@ impl Actor {
         self.kick |= ch.kick;
     }
 
+    /// Handles messages in order; consecutive result batches go to
+    /// [`on_result_batches`](Self::on_result_batches) together.
+    async fn on_burst(&mut self, burst: Vec<Msg>) {
+        let mut results: Vec<runs::ResultsMsg> = Vec::new();
+        let mut replies: Vec<dispatching::OfferReplyMsg> = Vec::new();
+        for msg in burst {
+            match msg {
+                Msg::Results(peer, batch, reply) => {
+                    if !replies.is_empty() {
+                        self.on_offer_replies(std::mem::take(&mut replies)).await;
+                    }
+                    results.push((peer, batch.results, reply));
+                    self.kick = true;
+                }
+                Msg::OfferReply {
+                    job,
+                    peer,
+                    offered,
+                    reply,
+                } => {
+                    if !results.is_empty() {
+                        self.on_result_batches(std::mem::take(&mut results)).await;
+                    }
+                    replies.push((job, peer, offered, reply));
+                    self.kick = true;
+                }
+                other => {
+                    if !results.is_empty() {
+                        self.on_result_batches(std::mem::take(&mut results)).await;
+                    }
+                    if !replies.is_empty() {
+                        self.on_offer_replies(std::mem::take(&mut replies)).await;
+                    }
+                    self.on_message(other).await;
+                }
+            }
+        }
+        if !results.is_empty() {
+            self.on_result_batches(results).await;
+        }
+        if !replies.is_empty() {
+            self.on_offer_replies(replies).await;
+        }
+    }
+
     async fn on_message(&mut self, msg: Msg) {
         match msg {
             Msg::Insert(job, reply) => {
@@ -395,19 +456,8 @@ impl Actor {
             Msg::Cancel(id, reply) => {
                 let _ = reply.send(self.cancel(id).await);
             }
-            Msg::Results(peer, batch, reply) => {
-                let ack = self.on_results(peer, batch.results).await;
-                let _ = reply.send(ack);
-                self.kick = true;
-            }
-            Msg::OfferReply {
-                job,
-                peer,
-                offered,
-                reply,
-            } => {
-                self.on_offer_reply(job, peer, offered, reply).await;
-                self.kick = true;
+            Msg::Results(..) | Msg::OfferReply { .. } => {
+                unreachable!("on_burst takes result batches and offer answers")
             }
             Msg::Merged(id, result) => self.on_merged(id, result).await,
             Msg::LocalRun(id, idx, attempt, result) => {

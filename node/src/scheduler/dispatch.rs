@@ -89,6 +89,10 @@ pub(super) fn plan(
         if txn.job_state(id) != Some(JobState::Running) {
             continue;
         }
+        debug_assert!(
+            !inputs.full || job.replicas == super::job::ReplicaCounts::of(&job.chunks),
+            "a job's replica counts drifted from its chunks"
+        );
         let (spec, n_chunks) = (job.spec, job.chunks.len());
         let mut networks = Networks::of(job, inputs.groups, placement::network_cap(total_room));
         let mut cursor = 0usize;
@@ -424,7 +428,7 @@ pub(super) struct Networks {
 }
 
 impl Networks {
-    /// Counts `job`'s replicas by network group.
+    /// Counts `job`'s replicas by network group (from its per-peer counts).
     pub(super) fn of(
         job: &super::job::Job,
         groups: &HashMap<PeerId, (Option<String>, Option<String>)>,
@@ -432,16 +436,14 @@ impl Networks {
     ) -> Self {
         let mut live: HashMap<String, u32> = HashMap::new();
         let mut withdrawn: HashMap<&str, u32> = HashMap::new();
-        for c in &job.chunks {
-            for r in &c.replicas {
-                let Some((Some(group), _)) = groups.get(&r.peer) else {
-                    continue;
-                };
-                if r.state.is_live() {
-                    *live.entry(group.clone()).or_default() += 1;
-                } else if r.state == ReplicaState::Withdrawn {
-                    *withdrawn.entry(group.as_str()).or_default() += 1;
-                }
+        for (peer, n) in &job.replicas.live {
+            if let Some((Some(group), _)) = groups.get(peer) {
+                *live.entry(group.clone()).or_default() += n;
+            }
+        }
+        for (peer, n) in &job.replicas.withdrawn {
+            if let Some((Some(group), _)) = groups.get(peer) {
+                *withdrawn.entry(group.as_str()).or_default() += n;
             }
         }
         let mut blocked: HashSet<String> = live
@@ -525,7 +527,7 @@ impl DispatchFixture {
     pub fn new(chunks: u32, candidates: u32, room: i64) -> Self {
         use std::sync::Arc;
 
-        use super::job::{Chunk, ChunkCounts, Job, JobSpec};
+        use super::job::{Chunk, ChunkCounts, Job, JobSpec, ReplicaCounts};
         use super::reputation::Reputation;
         use crate::store::db::ReputationRow;
         use crate::types::{BlobHash, Payload};
@@ -568,6 +570,7 @@ impl DispatchFixture {
             spec: JobSpec::default(),
             state: JobState::Running,
             counts: ChunkCounts::of(&chunks),
+            replicas: ReplicaCounts::of(&chunks),
             chunks,
             created_ms: 0,
             finished_ms: None,

@@ -503,6 +503,9 @@ pub struct Job {
     pub trust: super::TrustCounts,
     /// Its chunks by state, kept as chunks change (for the metrics gauges).
     pub counts: ChunkCounts,
+    /// Its live and withdrawn replicas per peer, kept as chunks change (placement's
+    /// per-network caps read them without walking every chunk).
+    pub replicas: ReplicaCounts,
 }
 
 /// Chunks of a job by state.
@@ -534,6 +537,49 @@ impl ChunkCounts {
             ChunkState::Failed(_) => &mut self.failed,
         };
         *slot = slot.saturating_add_signed(n);
+    }
+}
+
+/// A job's replicas per peer: those live (offered, issued or running) and those
+/// withdrawn. [`State::apply`](super::staged::State::apply) keeps it as chunks
+/// change, so a dispatch reads it in time proportional to the peers, not the chunks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaCounts {
+    /// Live replicas per peer.
+    pub live: std::collections::HashMap<PeerId, u32>,
+    /// Withdrawn replicas per peer.
+    pub withdrawn: std::collections::HashMap<PeerId, u32>,
+}
+
+impl ReplicaCounts {
+    /// Counts the replicas of `chunks`.
+    pub fn of(chunks: &[Chunk]) -> Self {
+        let mut counts = Self::default();
+        for c in chunks {
+            counts.add(c, 1);
+        }
+        counts
+    }
+
+    /// Adds (`n = 1`) or removes (`n = -1`) the replicas of `chunk`.
+    pub fn add(&mut self, chunk: &Chunk, n: i32) {
+        for r in &chunk.replicas {
+            let map = if r.state.is_live() {
+                &mut self.live
+            } else if r.state == ReplicaState::Withdrawn {
+                &mut self.withdrawn
+            } else {
+                continue;
+            };
+            if n > 0 {
+                *map.entry(r.peer).or_default() += 1;
+            } else if let Some(count) = map.get_mut(&r.peer) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    map.remove(&r.peer);
+                }
+            }
+        }
     }
 }
 

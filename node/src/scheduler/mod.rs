@@ -426,6 +426,7 @@ impl Scheduler {
                 pending: planned_len,
                 ..Default::default()
             },
+            replicas: Default::default(),
         };
         self.ask(|tx| Msg::Insert(Box::new(job), tx))
             .await

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use libp2p::PeerId;
 
 use super::job::{
-    Chunk, ChunkCounts, ChunkState, Job, JobSpec, JobState, Replica, ReplicaState, agreement_key,
+    Chunk, ChunkCounts, ChunkState, Job, JobSpec, JobState, Replica, ReplicaCounts, ReplicaState,
+    agreement_key,
 };
 use crate::store::Db;
 use crate::store::db::{ChunkRow, DbError, JobRow, ReplicaRow, Write};
@@ -204,6 +205,7 @@ pub(super) fn job_from_rows(
         spec,
         state,
         counts: ChunkCounts::of(&chunks),
+        replicas: ReplicaCounts::of(&chunks),
         chunks,
         created_ms: row.created_ms,
         finished_ms: row.finished_ms,

@@ -106,6 +106,8 @@ impl State {
             if let Some(slot) = job.chunks.get_mut(idx as usize) {
                 job.counts.add(&slot.state, -1);
                 job.counts.add(&chunk.state, 1);
+                job.replicas.add(slot, -1);
+                job.replicas.add(&chunk, 1);
                 *slot = chunk;
             }
         }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 
-use super::job::{Chunk, ChunkCounts, ChunkState, Job, JobSpec, JobState, Replica, ReplicaState};
+use super::job::{
+    Chunk, ChunkCounts, ChunkState, Job, JobSpec, JobState, Replica, ReplicaCounts, ReplicaState,
+};
 use super::reputation::Reputation;
 use super::staged::State;
 use super::trust::TrustPolicy;
@@ -56,6 +58,7 @@ pub(super) fn job(id: u8, n: usize, spec: JobSpec) -> Job {
         spec,
         state: JobState::Running,
         counts: ChunkCounts::of(&chunks),
+        replicas: ReplicaCounts::of(&chunks),
         chunks,
         created_ms: 0,
         finished_ms: None,
@@ -80,6 +83,7 @@ pub(super) fn state(jobs: Vec<Job>, trusted: &[u8]) -> State {
     let mut state = State::new(Reputation::load(rows), TrustPolicy::default(), peer(LOCAL));
     for mut job in jobs {
         job.counts = ChunkCounts::of(&job.chunks);
+        job.replicas = ReplicaCounts::of(&job.chunks);
         state.jobs.insert(job.id, job);
     }
     state

@@ -65,28 +65,23 @@ impl SimulatedPeers for Takers {
     }
 }
 
-async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+/// What [`start`] gives a test: the handle, the actor's task, its shutdown, the
+/// store, and the offers taken.
+type Started = (
+    Scheduler,
+    tokio::task::JoinHandle<()>,
+    CancellationToken,
+    Arc<Db>,
+    Arc<Mutex<Vec<(PeerId, u32, u32)>>>,
+);
 
-#[tokio::test]
-async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(Db::open(&dir.path().join("db.sqlite")).unwrap());
+/// A scheduler over a fresh store whose two simulated peers take every offer.
+fn start(dir: &std::path::Path) -> Started {
+    let db = Arc::new(Db::open(&dir.join("db.sqlite")).unwrap());
     let taken = Arc::new(Mutex::new(Vec::new()));
     let ctx = SchedulerContext {
         net: NetClient::simulated(&key(200), Takers(taken.clone())),
-        blobs: BlobStore::open(dir.path().join("blobs")).unwrap(),
+        blobs: BlobStore::open(dir.join("blobs")).unwrap(),
         db: db.clone(),
         sandbox: Sandbox::new(SandboxConfig {
             cache_dir: None,
@@ -101,6 +96,29 @@ async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_ag
     };
     let shutdown = CancellationToken::new();
     let (scheduler, task) = Scheduler::start(ctx, shutdown.clone());
+    (scheduler, task, shutdown, db, taken)
+}
+
+async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Submits a job of two chunks at fixed redundancy 2; returns its id once the two
+/// peers took both chunks, with the offers taken (peer, chunk, attempt).
+async fn two_chunks_offered_to_both(
+    scheduler: &Scheduler,
+    taken: &Mutex<Vec<(PeerId, u32, u32)>>,
+) -> (JobId, Vec<(PeerId, u32, u32)>) {
     let spec = JobSpec {
         replication: Replication::Fixed,
         ..adaptive()
@@ -112,12 +130,20 @@ async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_ag
         .await
         .unwrap()
         .unwrap();
-    // Both chunks go to both peers.
     let offers = wait_for("the offers", async || {
         let taken = taken.lock().unwrap().clone();
         (taken.len() == 4).then_some(taken)
     })
     .await;
+    (id, offers)
+}
+
+#[tokio::test]
+async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (scheduler, task, shutdown, db, taken) = start(dir.path());
+    // Both chunks go to both peers.
+    let (id, offers) = two_chunks_offered_to_both(&scheduler, &taken).await;
     let (_, _, attempt) = *offers
         .iter()
         .find(|(p, c, _)| *p == peer(1) && *c == 0)
@@ -167,6 +193,76 @@ async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_ag
     // And now a cancellation is stored.
     assert_eq!(scheduler.cancel(id).await.unwrap(), Some(()));
     assert_eq!(db.job(id).unwrap().unwrap().state, JobState::Cancelled);
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+// The store's lock is held on purpose across awaits: it is what keeps the actor busy.
+#[allow(clippy::await_holding_lock)]
+async fn result_batches_that_queue_together_are_judged_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let (scheduler, task, shutdown, db, taken) = start(dir.path());
+    let (id, offers) = two_chunks_offered_to_both(&scheduler, &taken).await;
+    wait_for("the replicas issued", async || {
+        let s = scheduler.status(Some(id)).await.pop()?;
+        (s.replicas_issued == 4).then_some(())
+    })
+    .await;
+    let attempt = |n: u8| {
+        offers
+            .iter()
+            .find(|(p, c, _)| *p == peer(n) && *c == 0)
+            .unwrap()
+            .2
+    };
+    let batch = |n: u8| ResultBatch {
+        results: vec![result(n, 1, 0, attempt(n), b"answer")],
+    };
+
+    // The actor is held in a database call (the store's lock is taken here) while
+    // both peers' results for chunk 0 queue behind it: it takes them as one burst.
+    let queued = || scheduler.tx.max_capacity() - scheduler.tx.capacity();
+    let conn = db.conn();
+    let (held, cancelled) = tokio::sync::oneshot::channel();
+    scheduler
+        .tx
+        .send(Msg::Cancel(JobId([9; 16]), held))
+        .await
+        .unwrap();
+    wait_for("the actor to take the cancel", async || {
+        (queued() == 0).then_some(())
+    })
+    .await;
+    let first = tokio::spawn({
+        let (scheduler, b) = (scheduler.clone(), batch(1));
+        async move { scheduler.results(peer(1), b).await }
+    });
+    let second = tokio::spawn({
+        let (scheduler, b) = (scheduler.clone(), batch(2));
+        async move { scheduler.results(peer(2), b).await }
+    });
+    wait_for("both batches queued", async || {
+        (queued() == 2).then_some(())
+    })
+    .await;
+    drop(conn);
+
+    assert_eq!(cancelled.await.unwrap(), Ok(None), "an unknown job");
+    assert_eq!(first.await.unwrap().stored, vec![(id, 0, attempt(1))]);
+    assert_eq!(second.await.unwrap().stored, vec![(id, 0, attempt(2))]);
+    let status = scheduler.status(Some(id)).await.pop().unwrap();
+    assert_eq!(status.results, 2);
+    assert_eq!(
+        status.chunks_verified, 1,
+        "the two matching results verify chunk 0"
+    );
+    let rows = db.replicas(id).unwrap();
+    let returned = rows
+        .iter()
+        .filter(|r| r.chunk == 0 && r.state == crate::types::ReplicaStatus::Returned)
+        .count();
+    assert_eq!(returned, 2, "both results are stored");
     shutdown.cancel();
     task.await.unwrap();
 }

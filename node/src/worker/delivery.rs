@@ -225,6 +225,12 @@ impl Worker {
                 }
                 _ = tokio::time::sleep_until(recount_at.unwrap_or_else(Instant::now)), if recount_at.is_some() => {}
             }
+            if notified {
+                // A new result may be for a submitter found empty a moment ago (its
+                // count ran ahead of the table when a delivery took a row before the
+                // row's own count was added): it must not wait for the recount.
+                idle.clear();
+            }
             if expired_at.is_none_or(|at| at.elapsed() >= EXPIRE_EVERY) {
                 expired_at = Some(Instant::now());
                 if self.expire().await {
@@ -352,7 +358,14 @@ impl Worker {
                 return Ok(());
             };
             after = Some((last.job_id, last.chunk, last.attempt));
+            // A page short of both bounds was the last one: no read to find that out.
+            // A result written since is counted, so the loop starts another round.
+            let bytes: usize = page.iter().map(|r| r.result.len()).sum();
+            let last_page = page.len() < PAGE_ROWS && bytes < PAGE_BYTES;
             self.deliver_to(submitter, page, removed).await?;
+            if last_page {
+                return Ok(());
+            }
         }
     }
 

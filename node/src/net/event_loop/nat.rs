@@ -95,11 +95,12 @@ impl NatState {
 }
 
 impl EventLoop {
-    /// At start: the declared external addresses, and the relay server off until
-    /// this node is known to be public.
+    /// At start: the declared external addresses, the relay server off until this
+    /// node is known to be public, and its byte counts read by the metrics.
     pub(super) fn nat_start(&mut self) {
         if let Some(relay) = self.swarm.behaviour_mut().relay.as_mut() {
             relay.set_status(Some(relay::Status::Disable));
+            self.metrics.nat.circuit_bytes.count(relay.circuit_bytes());
         }
         for addr in self.nat.config.external_addrs.clone() {
             self.swarm.add_external_address(addr);

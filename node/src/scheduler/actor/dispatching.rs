@@ -3,6 +3,15 @@
 
 use super::*;
 
+/// An offer's answer as it reaches the actor: job, peer, the (chunk, attempt)
+/// pairs offered, the reply.
+pub(super) type OfferReplyMsg = (
+    JobId,
+    PeerId,
+    Vec<(u32, u32)>,
+    Result<TaskReply, crate::net::RequestError>,
+);
+
 impl Actor {
     /// Cancels a job durably: `Ok(None)` for an unknown job, `Err` when the
     /// cancellation could not be stored (nothing changed).
@@ -50,6 +59,7 @@ impl Actor {
         Ok(Some(()))
     }
 
+    /// One offer's answer; see [`on_offer_replies`](Self::on_offer_replies).
     pub(super) async fn on_offer_reply(
         &mut self,
         id: JobId,
@@ -57,10 +67,55 @@ impl Actor {
         offered: Vec<(u32, u32)>,
         reply: Result<TaskReply, crate::net::RequestError>,
     ) {
-        if !self.state.jobs.contains_key(&id) {
+        self.on_offer_replies(vec![(id, peer, offered, reply)])
+            .await;
+    }
+
+    /// Offers' answers, one or several (those that queued while the actor was
+    /// busy): the accepted replicas stay offered, the refused ones go back to
+    /// pending, all in one transaction.
+    pub(super) async fn on_offer_replies(&mut self, replies: Vec<OfferReplyMsg>) {
+        let mut answered = Vec::with_capacity(replies.len());
+        for (id, peer, offered, reply) in replies {
+            if !self.state.jobs.contains_key(&id) {
+                continue;
+            }
+            let accepted = self.accepted_of(id, peer, reply);
+            answered.push((id, peer, offered, accepted));
+        }
+        if answered.is_empty() {
             return;
         }
-        let accepted: HashSet<(u32, u32)> = match reply {
+        let now = self.now();
+        let mut txn = Txn::new(&self.state);
+        for (id, peer, offered, accepted) in &answered {
+            dispatch::offer_reply(&mut txn, *id, *peer, offered, accepted, now);
+        }
+        let ch = txn.finish();
+        if self.persist_then_apply(ch).await.is_err() {
+            // The refused replicas need no write: forget them. The accepted ones stay
+            // offered; the worker's result is still taken when it comes.
+            let mut txn = Txn::new(&self.state);
+            for (id, peer, offered, accepted) in answered {
+                let refused: Vec<(u32, u32)> = offered
+                    .into_iter()
+                    .filter(|o| !accepted.contains(o))
+                    .collect();
+                dispatch::offer_reply(&mut txn, id, peer, &refused, &HashSet::new(), now);
+            }
+            self.apply(txn.finish());
+        }
+    }
+
+    /// What a peer accepted of an offer; backs off a full or failing peer and
+    /// remembers one that refuses the job for good.
+    fn accepted_of(
+        &mut self,
+        id: JobId,
+        peer: PeerId,
+        reply: Result<TaskReply, crate::net::RequestError>,
+    ) -> HashSet<(u32, u32)> {
+        match reply {
             Ok(TaskReply::Offer { accepted, rejected }) => {
                 if rejected.iter().any(|r| {
                     matches!(
@@ -86,20 +141,6 @@ impl Actor {
                     .insert(peer, self.now() + PEER_BACKOFF.as_millis() as u64);
                 HashSet::new()
             }
-        };
-        let mut txn = Txn::new(&self.state);
-        dispatch::offer_reply(&mut txn, id, peer, &offered, &accepted, self.now());
-        let ch = txn.finish();
-        if self.persist_then_apply(ch).await.is_err() {
-            // The refused replicas need no write: forget them. The accepted ones stay
-            // offered; the worker's result is still taken when it comes.
-            let refused: Vec<(u32, u32)> = offered
-                .into_iter()
-                .filter(|o| !accepted.contains(o))
-                .collect();
-            let mut txn = Txn::new(&self.state);
-            dispatch::offer_reply(&mut txn, id, peer, &refused, &HashSet::new(), self.now());
-            self.apply(txn.finish());
         }
     }
 

@@ -4,14 +4,105 @@
 
 use super::*;
 
+/// A result batch as it reaches the actor: sender, results, where the ack goes.
+pub(super) type ResultsMsg = (
+    PeerId,
+    Vec<ChunkResult>,
+    tokio::sync::oneshot::Sender<ResultAck>,
+);
+
+/// A screened batch: answered already, or ready for intake.
+enum Prepared {
+    Answered(ResultAck),
+    Ready(ReadyResults),
+}
+
+/// Results that passed screening, with their files in place.
+struct ReadyResults {
+    /// Acknowledged whatever happens (copies, replicas that are not live).
+    acked: Vec<(JobId, u32, u32)>,
+    results: Vec<ChunkResult>,
+    /// Output blobs present in the store.
+    present: HashSet<BlobHash>,
+}
+
 impl Actor {
-    /// Records results; returns the ack naming those stored (or not ours to keep).
-    /// Nothing is acknowledged unless its write committed.
+    /// Records result batches, one or several (those that queued while the actor
+    /// was busy), and answers each with the ack naming those stored (or not ours to
+    /// keep). All of them are judged in one [`Txn`] and written in one transaction,
+    /// so a burst of batches costs one commit. Nothing is acknowledged unless its
+    /// write committed.
+    pub(super) async fn on_result_batches(&mut self, batches: Vec<ResultsMsg>) {
+        let mut ready = Vec::with_capacity(batches.len());
+        for (peer, results, reply) in batches {
+            match self.prepare_results(peer, results).await {
+                Prepared::Answered(ack) => {
+                    let _ = reply.send(ack);
+                }
+                Prepared::Ready(r) => ready.push((peer, r, reply)),
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        let now = self.now();
+        let mut txn = Txn::new(&self.state);
+        let mut judged = Vec::with_capacity(ready.len());
+        for (peer, r, reply) in ready {
+            let intake = verify::intake(&mut txn, peer, r.results, &r.present, &mut self.rng, now);
+            judged.push((peer, r.acked, intake, reply));
+        }
+        let ch = txn.finish();
+        for (peer, _, intake, _) in &judged {
+            let peer = *peer;
+            if intake.bad_signatures > 0 {
+                let why = format!(
+                    "{} results signed with another key than the sender's",
+                    intake.bad_signatures
+                );
+                self.ctx.net.penalize(peer, why).await;
+            }
+            for hash in &intake.fetch {
+                if self.fetching.insert(*hash) {
+                    let (net, blobs, hash) = (self.ctx.net.clone(), self.ctx.blobs.clone(), *hash);
+                    tokio::spawn(tracing::Instrument::in_current_span(async move {
+                        if let Err(e) =
+                            crate::net::fetch::fetch_blob(&net, &blobs, hash, &[peer]).await
+                        {
+                            tracing::warn!(%peer, "cannot fetch a result output: {e}");
+                        }
+                    }));
+                }
+            }
+        }
+        // Nothing judged was stored when the write fails: acknowledge only what
+        // needed no write (the workers retry the rest).
+        let stored = self.persist_then_apply(ch).await.is_ok();
+        for (_, mut acked, intake, reply) in judged {
+            if stored {
+                for hash in &intake.fetched {
+                    self.fetching.remove(hash);
+                }
+                acked.extend(intake.stored);
+            }
+            let _ = reply.send(ResultAck { stored: acked });
+        }
+    }
+
+    /// Records one batch; returns its ack.
     pub(super) async fn on_results(
         &mut self,
         peer: PeerId,
         results: Vec<ChunkResult>,
     ) -> ResultAck {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.on_result_batches(vec![(peer, results, tx)]).await;
+        rx.await.unwrap_or(ResultAck { stored: Vec::new() })
+    }
+
+    /// Screens a batch and does its file I/O (off the runtime): either the answer
+    /// at once (nothing left to judge), or the results ready for intake.
+    async fn prepare_results(&mut self, peer: PeerId, results: Vec<ChunkResult>) -> Prepared {
         // Copies and results for replicas that are not live go first, before any
         // hash or signature is checked (see `screen`); a batch of replays is an
         // offence.
@@ -26,10 +117,10 @@ impl Actor {
         if let Some(why) = screened.offence() {
             self.ctx.net.penalize(peer, why).await;
         }
-        let mut acked = screened.stored;
+        let acked = screened.stored;
         let results = screened.keep;
         if results.is_empty() {
-            return ResultAck { stored: acked };
+            return Prepared::Answered(ResultAck { stored: acked });
         }
         // The I/O first, off the runtime: large outputs into the blob store, and which
         // fetched outputs are there.
@@ -75,41 +166,14 @@ impl Actor {
             })
             .await
         };
-        let Some((results, present)) = io else {
-            return ResultAck { stored: acked };
-        };
-        let now = self.now();
-        let mut txn = Txn::new(&self.state);
-        let intake = verify::intake(&mut txn, peer, results, &present, &mut self.rng, now);
-        let ch = txn.finish();
-        if intake.bad_signatures > 0 {
-            let why = format!(
-                "{} results signed with another key than the sender's",
-                intake.bad_signatures
-            );
-            self.ctx.net.penalize(peer, why).await;
+        match io {
+            Some((results, present)) => Prepared::Ready(ReadyResults {
+                acked,
+                results,
+                present,
+            }),
+            None => Prepared::Answered(ResultAck { stored: acked }),
         }
-        for hash in &intake.fetch {
-            if self.fetching.insert(*hash) {
-                let (net, blobs, hash) = (self.ctx.net.clone(), self.ctx.blobs.clone(), *hash);
-                tokio::spawn(tracing::Instrument::in_current_span(async move {
-                    if let Err(e) = crate::net::fetch::fetch_blob(&net, &blobs, hash, &[peer]).await
-                    {
-                        tracing::warn!(%peer, "cannot fetch a result output: {e}");
-                    }
-                }));
-            }
-        }
-        if self.persist_then_apply(ch).await.is_err() {
-            // Nothing judged was stored: acknowledge only what needed no write (the
-            // worker retries the rest).
-            return ResultAck { stored: acked };
-        }
-        for hash in &intake.fetched {
-            self.fetching.remove(hash);
-        }
-        acked.extend(intake.stored);
-        ResultAck { stored: acked }
     }
 
     /// Re-verifications that wait for finished jobs: reads them back, then re-opens
