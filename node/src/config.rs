@@ -73,6 +73,11 @@ impl DataDir {
         self.root.join("peergrid.toml")
     }
 
+    /// The measured fuel speed, kept across restarts (`sandbox::calibration`).
+    pub fn fuel_speed(&self) -> PathBuf {
+        self.root.join("fuel-speed.json")
+    }
+
     /// A manual pause and preferences changed at run time (`peergrid pause`,
     /// `peergrid prefs`), kept across restarts.
     pub fn volunteer_state(&self) -> PathBuf {

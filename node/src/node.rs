@@ -3,10 +3,12 @@
 //!
 //! # Start
 //! lock the data dir -> load (or create) the identity -> open the blob store, the
-//! database and the sandbox, calibrate fuel per second -> start the network -> wait
+//! database and the sandbox (lazy: its engine is built when the first module
+//! arrives), read the fuel speed kept in the data dir -> start the network -> wait
 //! until it listens -> start the worker and the scheduler (which resumes unfinished
-//! jobs) -> start the control API -> start the `/metrics` listener -> start the
-//! advertiser and the inbound dispatcher. One metrics registry ([`Metrics`]) is made
+//! jobs) -> start the control API -> start the `/metrics` listener -> start the fuel
+//! speed's measurement when none was kept (`node/speed.rs`, in the background), the
+//! advertiser (which waits for the speed) and the inbound dispatcher. One metrics registry ([`Metrics`]) is made
 //! first; each subsystem is given its own part of it.
 //!
 //! # Inside
@@ -38,6 +40,7 @@ use crate::config::DataDir;
 use crate::files::write_private_file;
 use crate::net::protocol::CapacityAdvert;
 use crate::net::{self, NetClient};
+use crate::sandbox::calibration::SpeedFile;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::scheduler::{Scheduler, SchedulerContext};
 use crate::settings::{BlobCacheLimit, NodeConfig};
@@ -45,6 +48,7 @@ use crate::store::{BlobStore, Db};
 use crate::worker::{Executor, SandboxExecutor, Worker};
 
 mod inbound;
+pub(crate) mod speed;
 use inbound::dispatch;
 
 /// Why a node could not start.
@@ -254,19 +258,20 @@ impl Node {
             .map_err(data_dir_error("opening the blob store", &data_dir.blobs()))?
             .with_min_free(config.min_free_disk);
         let db = Arc::new(Db::open(&data_dir.database())?.with_metrics(metrics.store.clone()));
-        let sandbox = Sandbox::with_metrics(
+        // Built when the first module arrives: an idle node never compiles (issue 19).
+        let sandbox = Sandbox::lazy(
             SandboxConfig {
                 cache_dir: Some(data_dir.module_cache()),
                 cache_bytes: config.compile_cache,
                 ..SandboxConfig::default()
             },
             metrics.sandbox.clone(),
-        )?;
-        let calibrating = sandbox.clone();
-        let fuel_per_sec =
-            tokio::task::spawn_blocking(move || calibrating.calibrate_fuel_per_sec())
-                .await
-                .unwrap_or(0);
+        );
+        // The fuel speed kept from an earlier start, else measured in the background
+        // (`node/speed.rs`).
+        let speed_file = SpeedFile::new(data_dir.fuel_speed());
+        let kept_speed = speed::kept(&speed_file);
+        let (speed_tx, fuel_speed) = tokio::sync::watch::channel(kept_speed);
 
         let shutdown = CancellationToken::new();
         let network = net::start(
@@ -305,9 +310,9 @@ impl Node {
             },
             config.memory_per_chunk,
             crate::worker::WorkerLimits {
-                max_fuel: config
-                    .max_fuel
-                    .unwrap_or_else(|| crate::worker::limits::default_max_fuel(fuel_per_sec)),
+                max_fuel: config.max_fuel.unwrap_or_else(|| {
+                    crate::worker::limits::default_max_fuel(kept_speed.unwrap_or(0))
+                }),
                 ..config.worker_limits
             },
             Some(data_dir.volunteer_state()),
@@ -348,7 +353,7 @@ impl Node {
             worker,
             scheduler,
             config,
-            fuel_per_sec,
+            fuel_speed,
             started: Instant::now(),
             metrics,
         });
@@ -356,7 +361,7 @@ impl Node {
         tracing::info!(
             peer_id = %state.net.local_peer_id(),
             listen = ?listen,
-            fuel_per_sec,
+            fuel_per_sec = ?kept_speed,
             "node started"
         );
 
@@ -379,6 +384,19 @@ impl Node {
         };
 
         let mut tasks = JoinSet::new();
+        if kept_speed.is_none() {
+            tasks.spawn(
+                speed::measure_and_keep(
+                    state.clone(),
+                    speed_tx,
+                    speed_file,
+                    sandbox.clone(),
+                    state.config.calibrate_with.clone(),
+                    shutdown.child_token(),
+                )
+                .in_current_span(),
+            );
+        }
         tasks.spawn(advertise(state.clone(), shutdown.child_token()).in_current_span());
         let cache_limit = match state.config.blob_cache {
             BlobCacheLimit::Off => None,
@@ -524,6 +542,14 @@ async fn wait_for_listeners(net: &NetClient, listeners: usize) -> Vec<String> {
 /// peer a signature check, and submitters count what they have in flight
 /// themselves, so a busy worker must not flood the topic.
 async fn advertise(state: Arc<NodeState>, shutdown: CancellationToken) {
+    // No advert before the fuel speed is known (a first start measures it in the
+    // background): queries meanwhile get "nothing published yet", and the askers,
+    // subscribed, are pushed the first advert.
+    let mut speed = state.fuel_speed.clone();
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        known = speed.wait_for(Option::is_some) => if known.is_err() { return },
+    }
     let mut tick = tokio::time::interval(state.config.advert_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Sequence numbers start from the clock so a restarted node's adverts are newer

@@ -55,6 +55,11 @@ pub struct NodeConfig {
     pub placement: PlacementPolicy,
     /// Adaptive replication's numbers (the defaults; tests change them).
     pub trust: TrustPolicy,
+    /// The peergrid binary to measure the fuel speed in, as a child process, when
+    /// the data dir keeps no figure for this binary and CPU (so this process never
+    /// compiles anything while idle); `None`: measure in this process. `peergrid
+    /// node` sets it to itself; tests and in-process grids leave it `None`.
+    pub calibrate_with: Option<std::path::PathBuf>,
 }
 
 /// The blob cache's disk limit.
@@ -181,6 +186,7 @@ impl Resolve for NodeOptions {
                 }
             },
             trust: TrustPolicy::default(),
+            calibrate_with: None,
         })
     }
 }

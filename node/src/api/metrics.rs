@@ -60,7 +60,7 @@ pub async fn sample(state: &NodeState) {
     state
         .metrics
         .worker
-        .sample(&state.worker.status(), state.fuel_per_sec);
+        .sample(&state.worker.status(), state.fuel_per_sec());
     state
         .metrics
         .worker

@@ -88,7 +88,8 @@ pub struct Status {
     pub slots_free: u32,
     /// Most memory per chunk, in bytes.
     pub memory_per_chunk: u64,
-    /// Measured fuel per second of one slot.
+    /// Measured fuel per CPU second of one slot (0 in the first second or so after
+    /// a node's first start, while it is measured).
     pub fuel_per_sec: u64,
     /// The advert last published.
     pub advert: Option<CapacityAdvert>,
@@ -214,7 +215,7 @@ async fn status(State(state): State<Arc<NodeState>>) -> Result<Json<Status>, Sta
         slots_total: worker.slots_total,
         slots_free: worker.slots_free,
         memory_per_chunk: state.config.memory_per_chunk,
-        fuel_per_sec: state.fuel_per_sec,
+        fuel_per_sec: state.fuel_per_sec(),
         advert: net.own_advert,
         offences: net.offences,
         banned_peers: net.banned_peers,

@@ -82,8 +82,9 @@ pub struct NodeState {
     pub(crate) scheduler: Scheduler,
     /// The resolved configuration.
     pub(crate) config: NodeConfig,
-    /// Measured fuel per second of one slot.
-    pub(crate) fuel_per_sec: u64,
+    /// Measured fuel per CPU second of one slot: `None` until measured (a first
+    /// start measures in the background, see `node/speed.rs`).
+    pub(crate) fuel_speed: tokio::sync::watch::Receiver<Option<u64>>,
     /// When the node started.
     pub(crate) started: Instant,
     /// The node's metrics (its own registry).
@@ -127,6 +128,11 @@ impl NodeState {
         &self.db
     }
 
+    /// Measured fuel per CPU second of one slot; 0 until measured.
+    pub fn fuel_per_sec(&self) -> u64 {
+        self.fuel_speed.borrow().unwrap_or(0)
+    }
+
     /// The advert this node publishes now.
     pub fn advert(&self, seq: u64) -> CapacityAdvert {
         let worker = self.worker.status();
@@ -143,7 +149,7 @@ impl NodeState {
             slots_free,
             cores: self.config.cpus,
             memory_limit: self.config.memory_per_chunk,
-            fuel_per_sec: self.fuel_per_sec,
+            fuel_per_sec: self.fuel_per_sec(),
             features: vec!["abi-v1".into()],
         }
     }

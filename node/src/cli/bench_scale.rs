@@ -74,6 +74,12 @@ struct ProcessRun {
     idle_io_bytes_per_s: [f64; 3],
     /// Per-node resident memory, MB: min, median, max.
     rss_mb: [f64; 3],
+    /// Of which anonymous (heap, stacks) and file-backed (the binary's pages
+    /// touched, shared with the other nodes): min, median, max.
+    rss_anon_mb: [f64; 3],
+    rss_file_mb: [f64; 3],
+    /// Per-node connected peers at the end of the window: min, median, max.
+    connections: [f64; 3],
     /// The machine's load average (1 min) at the start and end of the window.
     load: [f64; 2],
     /// The 400-chunk job: seconds to done, and whether the result is right.
@@ -111,11 +117,12 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     crate::worker::politeness::cpu::parse_process_ticks(&stat)
 }
 
-fn rss_mb(pid: u32) -> Option<f64> {
+/// A field of `/proc/PID/status` given in kB (`VmRSS`, `RssAnon`, `RssFile`), in MB.
+fn status_mb(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -144,20 +151,35 @@ fn load_average() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Application bytes (every protocol, both directions) from a node's /metrics.
-fn metric_bytes(port: u16) -> Option<f64> {
-    let body = ureq::get(format!("http://127.0.0.1:{port}/metrics"))
+/// A node's /metrics, as text.
+fn scrape(port: u16) -> Option<String> {
+    ureq::get(format!("http://127.0.0.1:{port}/metrics"))
         .call()
         .ok()?
         .body_mut()
         .read_to_string()
-        .ok()?;
-    Some(
-        body.lines()
-            .filter(|l| l.starts_with("peergrid_net_message_bytes_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum(),
-    )
+        .ok()
+}
+
+/// The sum of the samples of every series whose line starts with `prefix`.
+fn metric_sum(body: &str, prefix: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Application bytes (every protocol, both directions) from a node's /metrics.
+fn metric_bytes(port: u16) -> Option<f64> {
+    Some(metric_sum(
+        &scrape(port)?,
+        "peergrid_net_message_bytes_total{",
+    ))
+}
+
+/// Connected peers, from a node's /metrics.
+fn metric_connections(port: u16) -> Option<f64> {
+    Some(metric_sum(&scrape(port)?, "peergrid_net_connected_peers "))
 }
 
 fn spread(mut v: Vec<f64>) -> [f64; 3] {
@@ -296,13 +318,17 @@ impl ScaleBench {
                 }
             }
         }
-        // Every worker is up (listening) before the submitter starts, so the time to
-        // candidates is discovery's, not the workers' start-up on a busy machine.
+        // Every worker is up (listening, and its fuel speed measured: a first start
+        // measures it in a child process before the first advert) before the
+        // submitter starts, so the time to candidates is discovery's, not the
+        // workers' start-up on a busy machine.
         let started = Instant::now();
-        for &(ip, port) in &procs.listen {
-            while std::net::TcpStream::connect((ip, port)).is_err() {
+        for (i, &(ip, port)) in procs.listen.iter().enumerate() {
+            let speed =
+                DataDir::resolve(Some(procs._dir.path().join(format!("node{i}")))).fuel_speed();
+            while std::net::TcpStream::connect((ip, port)).is_err() || !speed.exists() {
                 if started.elapsed() > Duration::from_secs(180) {
-                    bail!("a worker did not listen within 180 s");
+                    bail!("a worker did not listen and measure its speed within 180 s");
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -376,9 +402,16 @@ impl ScaleBench {
         };
         let bytes = rate(&b0, &b1);
         let io = rate(&io0, &io1);
-        let rss: Vec<f64> = pids
+        let rss_of = |field: &str| -> Vec<f64> {
+            pids.iter()
+                .map(|p| status_mb(*p, field).unwrap_or(f64::NAN))
+                .collect()
+        };
+        let (rss, rss_anon, rss_file) = (rss_of("VmRSS"), rss_of("RssAnon"), rss_of("RssFile"));
+        let connections: Vec<f64> = procs
+            .metrics
             .iter()
-            .map(|p| rss_mb(*p).unwrap_or(f64::NAN))
+            .map(|p| metric_connections(*p).unwrap_or(f64::NAN))
             .collect();
         let (job_s, job_right) = if self.no_job {
             (None, None)
@@ -401,6 +434,9 @@ impl ScaleBench {
             idle_bytes_per_s: spread(bytes),
             idle_io_bytes_per_s: spread(io),
             rss_mb: spread(rss),
+            rss_anon_mb: spread(rss_anon),
+            rss_file_mb: spread(rss_file),
+            connections: spread(connections),
             load: [load0, load1],
             job_s,
             job_right,
@@ -461,7 +497,7 @@ async fn run_job(submitter: &crate::Node) -> anyhow::Result<(f64, bool)> {
 fn print_run(r: &ProcessRun) {
     let f = |v: [f64; 3], p: usize| format!("{:.p$}/{:.p$}/{:.p$}", v[0], v[1], v[2]);
     println!(
-        "{:>4} nodes: {} candidates in {:.1} s | idle CPU % of a core (min/median/max) {} | app bytes/s {} | all I/O bytes/s {} | RSS MB {} | load {:.1}→{:.1} | job {}",
+        "{:>4} nodes: {} candidates in {:.1} s | idle CPU % of a core (min/median/max) {} | app bytes/s {} | all I/O bytes/s {} | RSS MB {} (anon {}, file {}) | connections {} | load {:.1}→{:.1} | job {}",
         r.processes,
         r.enough,
         r.candidates_s,
@@ -469,6 +505,9 @@ fn print_run(r: &ProcessRun) {
         f(r.idle_bytes_per_s, 0),
         f(r.idle_io_bytes_per_s, 0),
         f(r.rss_mb, 1),
+        f(r.rss_anon_mb, 1),
+        f(r.rss_file_mb, 1),
+        f(r.connections, 0),
         r.load[0],
         r.load[1],
         match (r.job_s, r.job_right) {

@@ -13,6 +13,7 @@ pub mod bench_hostile;
 pub mod bench_scale;
 pub mod bench_trust;
 mod bench_wasi;
+mod calibrate;
 pub mod cancel;
 pub mod client;
 pub mod common;
@@ -74,6 +75,10 @@ enum Command {
     Demo(demo::DemoCmd),
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Measure this machine's fuel speed and print it (a node runs this as a child
+    /// process on its first start; see node/speed.rs).
+    #[command(name = crate::node::speed::CALIBRATE_COMMAND, hide = true)]
+    CalibrateFuel,
 }
 
 impl Cli {
@@ -116,6 +121,7 @@ impl Cli {
             Command::New(cmd) => cmd.execute(),
             Command::Demo(cmd) => cmd.execute(&global),
             Command::Bench(cmd) => cmd.execute(&global),
+            Command::CalibrateFuel => calibrate::execute(),
         }
     }
 }

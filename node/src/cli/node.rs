@@ -23,7 +23,9 @@ impl NodeCmd {
     pub(super) fn execute(self, global: &GlobalOpts) -> anyhow::Result<ExitCode> {
         let data_dir = DataDir::resolve(global.data_dir.clone());
         let file = NodeOptions::from_file(&data_dir.config_file())?;
-        let config = self.options.over(file).resolve(data_dir)?;
+        let mut config = self.options.over(file).resolve(data_dir)?;
+        // Measure the fuel speed (first start) in a child process of this binary.
+        config.calibrate_with = std::env::current_exe().ok();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("peergrid")

@@ -188,6 +188,11 @@ impl Discovery {
         self.queries += 1;
     }
 
+    /// Capacity queries sent and not yet answered.
+    pub(crate) fn queries_in_flight(&self) -> usize {
+        self.queries
+    }
+
     pub(crate) fn query_done(&mut self) {
         self.queries = self.queries.saturating_sub(1);
     }

@@ -511,7 +511,7 @@ impl EventLoop {
         }
         self.book.identified(peer, addrs, info.agent_version);
         let now = Instant::now();
-        let room = self.view_has_room(now);
+        let room = self.view_room(now) > 0;
         let ttl = self.discovery.config().subscription_ttl;
         if self
             .book

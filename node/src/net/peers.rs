@@ -380,6 +380,25 @@ impl PeerBook {
         )
     }
 
+    /// Whether `peer` takes a place in the view: its advert is held, or this node
+    /// is subscribed to it (a worker that had nothing to say yet pushes its first
+    /// advert to its subscribers).
+    pub(crate) fn in_view(&self, peer: &PeerId, now: Instant, ttl: Duration) -> bool {
+        self.peers.get(peer).is_some_and(|e| {
+            e.advert.is_some()
+                || e.subscribed
+                    .is_some_and(|at| now.saturating_duration_since(at) < ttl)
+        })
+    }
+
+    /// How many peers take a place in the view ([`in_view`](Self::in_view)).
+    pub(crate) fn view_len(&self, now: Instant, ttl: Duration) -> usize {
+        self.peers
+            .keys()
+            .filter(|p| self.in_view(p, now, ttl))
+            .count()
+    }
+
     pub(crate) fn advert_count(&self) -> usize {
         self.peers.values().filter(|e| e.advert.is_some()).count()
     }

@@ -110,7 +110,8 @@ pub struct CapacityAdvert {
     pub cores: u32,
     /// Largest memory per chunk, in bytes.
     pub memory_limit: u64,
-    /// Measured fuel per second of one slot (calibrated at start).
+    /// Measured fuel per CPU second of one slot (measured once per binary and CPU,
+    /// kept in the data dir; 0 when it could not be measured).
     pub fuel_per_sec: u64,
     /// Optional capabilities (bounded list of short strings).
     pub features: Vec<String>,

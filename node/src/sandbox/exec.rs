@@ -140,7 +140,11 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
 /// module doc), and the memory and table caps. The wall-clock guard, cancellation
 /// and the gate are checked by the driver between slices ([`Watch`]).
 fn new_store(inner: &Inner, limits: &Limits) -> wasmtime::Result<Store<HostState>> {
-    let mut store = Store::new(&inner.engine, HostState::new(limits));
+    let engine = &inner
+        .built()
+        .map_err(|e| wasmtime::Error::msg(e.to_string()))?
+        .engine;
+    let mut store = Store::new(engine, HostState::new(limits));
     store.limiter(|state| &mut state.memory);
     if inner.fuel {
         store.set_fuel(limits.fuel)?;
@@ -231,7 +235,7 @@ pub(crate) fn run_guarded<R>(
         None => None,
     };
     let _slot = inner.slots.acquire();
-    let _ticking = inner.ticker.as_ref().map(Ticker::enter);
+    let _ticking = inner.ticker().map(Ticker::enter);
     let mut store = new_store(inner, limits).map_err(SetupError::Store)?;
     let now = Instant::now();
     let mut watch = Watch {

@@ -28,6 +28,7 @@
 
 mod abi_v1;
 pub mod cache;
+pub mod calibration;
 mod exec;
 pub mod gate;
 mod limits;
@@ -38,7 +39,7 @@ pub mod validate;
 mod wasi;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, InstancePre, Linker, OptLevel,
@@ -179,12 +180,12 @@ pub struct Sandbox {
 }
 
 struct Inner {
-    engine: Engine,
-    linker: Linker<HostState>,
-    disk: Option<CompileCache>,
+    /// The engine and what hangs off it, built by the first call that needs them
+    /// (see [`Sandbox::lazy`]); an error is kept, as building again would fail again.
+    built: OnceLock<Result<Built, String>>,
+    /// What `built` is built from.
+    config: SandboxConfig,
     memo: ModuleMemo,
-    /// Only with [`Guard::Epochs`].
-    ticker: Option<Ticker>,
     /// Bounds the calls running at once to the instance pool's size.
     slots: Slots,
     fuel: bool,
@@ -194,10 +195,71 @@ struct Inner {
     metrics: SandboxMetrics,
 }
 
+/// The engine side of the sandbox: what costs memory and start-up time (wasmtime's
+/// engine and instance pool, Cranelift when it first compiles, the compile cache's
+/// scan of its directory), so a node builds it only when a module first arrives.
+struct Built {
+    engine: Engine,
+    linker: Linker<HostState>,
+    disk: Option<CompileCache>,
+    /// Only with [`Guard::Epochs`].
+    ticker: Option<Ticker>,
+}
+
+impl Built {
+    fn new(config: &SandboxConfig) -> Result<Self, SandboxError> {
+        let engine = Engine::new(&engine_config(config))
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        let linker = exec::linker(&engine).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let disk = match &config.cache_dir {
+            Some(dir) => Some(CompileCache::open(
+                dir.clone(),
+                &engine,
+                config.cache_bytes,
+            )?),
+            None => None,
+        };
+        let ticker = (config.guard == Guard::Epochs).then(|| Ticker::start(engine.clone()));
+        Ok(Self {
+            engine,
+            linker,
+            disk,
+            ticker,
+        })
+    }
+}
+
+impl Inner {
+    /// The engine side, built on first use.
+    fn built(&self) -> Result<&Built, SandboxError> {
+        self.built
+            .get_or_init(|| {
+                let started = std::time::Instant::now();
+                let built = Built::new(&self.config).map_err(|e| e.to_string());
+                tracing::debug!(took = ?started.elapsed(), ok = built.is_ok(), "sandbox engine built");
+                built
+            })
+            .as_ref()
+            .map_err(|e| SandboxError::Engine(e.clone()))
+    }
+
+    /// The ticker, when the engine is built with [`Guard::Epochs`].
+    fn ticker(&self) -> Option<&Ticker> {
+        self.built.get()?.as_ref().ok()?.ticker.as_ref()
+    }
+}
+
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let disk = self
+            .inner
+            .built
+            .get()
+            .and_then(|b| b.as_ref().ok())
+            .map(|b| &b.disk);
         f.debug_struct("Sandbox")
-            .field("disk_cache", &self.inner.disk)
+            .field("built", &self.inner.built.get().is_some())
+            .field("disk_cache", &disk)
             .finish_non_exhaustive()
     }
 }
@@ -290,34 +352,40 @@ impl Sandbox {
         config: SandboxConfig,
         metrics: SandboxMetrics,
     ) -> Result<Self, SandboxError> {
-        let engine = Engine::new(&engine_config(&config))
-            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        let linker = exec::linker(&engine).map_err(|e| SandboxError::Engine(e.to_string()))?;
-        let disk = match config.cache_dir {
-            Some(dir) => Some(CompileCache::open(dir, &engine, config.cache_bytes)?),
-            None => None,
-        };
-        let ticker = (config.guard == Guard::Epochs).then(|| Ticker::start(engine.clone()));
+        let sandbox = Self::lazy(config, metrics);
+        sandbox.inner.built()?;
+        Ok(sandbox)
+    }
+
+    /// A sandbox whose engine, linker and compile cache are built by the first call
+    /// that needs them ([`load`](Self::load), [`inspect`](Self::inspect),
+    /// [`engine_fingerprint`](Self::engine_fingerprint)), not now: an idle node never
+    /// builds them, and so never pays their memory (issue 19). An engine that cannot
+    /// be built fails that first load with [`ModuleError::Sandbox`].
+    pub fn lazy(config: SandboxConfig, metrics: SandboxMetrics) -> Self {
         let slots = if config.pooling {
             pool_slots() as usize
         } else {
             usize::MAX
         };
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
-                engine,
-                linker,
-                disk,
+                built: OnceLock::new(),
                 memo: ModuleMemo::default(),
-                ticker,
                 slots: Slots::new(slots),
                 fuel: config.fuel,
                 guard: config.guard,
                 fuel_slice: config.fuel_slice.max(1),
                 caps: config.caps,
                 metrics,
+                config,
             }),
-        })
+        }
+    }
+
+    /// Whether the engine has been built (a module loaded) in this process.
+    pub fn is_built(&self) -> bool {
+        self.inner.built.get().is_some()
     }
 
     /// Validates `bytes` (a binary module, or WAT text) against ABI v1 and returns it
@@ -333,7 +401,7 @@ impl Sandbox {
         let abi = validate::check_abi(&module);
         let report = abi.into_result()?;
         let pre = self
-            .inner
+            .built()?
             .linker
             .instantiate_pre(&module)
             .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
@@ -385,17 +453,18 @@ impl Sandbox {
     fn compile(&self, hash: &str, binary: &[u8]) -> Result<wasmtime::Module, ModuleError> {
         // Before the disk cache too: a cap lowered since still applies.
         shape::check(binary, &self.inner.caps)?;
-        if let Some(disk) = &self.inner.disk
-            && let Some(module) = disk.load(&self.inner.engine, hash)
+        let built = self.built()?;
+        if let Some(disk) = &built.disk
+            && let Some(module) = disk.load(&built.engine, hash)
         {
             self.inner.metrics.lookup("disk_hit");
             return Ok(module);
         }
         let started = std::time::Instant::now();
-        let module = wasmtime::Module::from_binary(&self.inner.engine, binary)
+        let module = wasmtime::Module::from_binary(&built.engine, binary)
             .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
         self.inner.metrics.compiled(started.elapsed());
-        if let Some(disk) = &self.inner.disk
+        if let Some(disk) = &built.disk
             && validate::check_abi(&module).ok()
         {
             disk.store(hash, &module);
@@ -462,39 +531,16 @@ impl Sandbox {
         self.call(module, Entry::Merge, &list, limits, None)
     }
 
-    /// Measures how much fuel one slot burns per second on this machine: a busy loop
-    /// runs out of a fixed amount of fuel, three times, and the fastest run counts.
-    /// Takes a few tens of milliseconds; adverts carry the figure.
-    pub fn calibrate_fuel_per_sec(&self) -> u64 {
-        const FUEL: u64 = 20_000_000;
-        const WAT: &str = r#"(module
-          (import "peergrid" "log" (func (param i32 i32 i32)))
-          (memory (export "memory") 1)
-          (func (export "peergrid_abi_v1"))
-          (func (export "peergrid_alloc") (param i32) (result i32) (i32.const 64))
-          (func (export "peergrid_run") (param i32 i32) (result i32)
-            (local $x i32)
-            (loop $l
-              (local.set $x (i32.add (i32.mul (local.get $x) (i32.const 31)) (i32.const 7)))
-              (br $l))
-            (i32.const 0)))"#;
-        let Ok(module) = self.load(WAT.as_bytes()) else {
-            return 0;
-        };
-        let limits = Limits {
-            fuel: FUEL,
-            ..Limits::CHUNK
-        };
-        // Straight to `abi_v1::call`: calibration is not a call for the metrics.
-        (0..3)
-            .map(|_| abi_v1::call(&self.inner, &module, Entry::Run, b"", &limits, None).elapsed)
-            .min()
-            .map_or(0, |t| (FUEL as f64 / t.as_secs_f64().max(1e-6)) as u64)
+    /// The engine's compatibility fingerprint (part of every compile-cache key).
+    /// Builds the engine if it is not yet.
+    pub fn engine_fingerprint(&self) -> Result<String, SandboxError> {
+        Ok(cache::engine_fingerprint(&self.inner.built()?.engine))
     }
 
-    /// The engine's compatibility fingerprint (part of every compile-cache key).
-    pub fn engine_fingerprint(&self) -> String {
-        cache::engine_fingerprint(&self.inner.engine)
+    fn built(&self) -> Result<&Built, ModuleError> {
+        self.inner
+            .built()
+            .map_err(|e| ModuleError::Sandbox(e.to_string()))
     }
 }
 

@@ -383,7 +383,7 @@ fn disk_cache_is_used_and_tampering_is_caught() {
         .expect("name")
         .to_string_lossy()
         .into_owned();
-    assert!(name.starts_with(&module.hash) && name.contains(&first.engine_fingerprint()));
+    assert!(name.starts_with(&module.hash) && name.contains(&first.engine_fingerprint().unwrap()));
 
     // A fresh sandbox (new engine) loads from disk and runs.
     let second = Sandbox::new(config.clone()).expect("sandbox");

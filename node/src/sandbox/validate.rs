@@ -69,6 +69,10 @@ pub enum ModuleError {
         /// What is wrong, one item per problem.
         problems: Vec<String>,
     },
+    /// This node's engine could not be built (built on the first module, see
+    /// `Sandbox::lazy`): not the module's fault.
+    #[error("this node's WebAssembly engine could not start: {0}")]
+    Sandbox(String),
 }
 
 fn wasi_hint(imports: &[String]) -> &'static str {

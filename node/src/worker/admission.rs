@@ -44,7 +44,7 @@ impl Worker {
         } else {
             RejectReason::NoFreeSlots
         };
-        let limits = self.inner.limits;
+        let limits = self.limits();
         let memory = self.inner.memory_limit;
         // The outbox: full in all refuses everyone; a submitter over its quota (its
         // results not taken) is refused alone.

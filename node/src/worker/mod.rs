@@ -105,8 +105,12 @@ struct Inner {
     /// Most chunks that may hold a thread at once (the gate decides how many run).
     slots_max: u32,
     memory_limit: u64,
-    /// What a chunk and a submitter may have here at most.
+    /// What a chunk and a submitter may have here at most (`max_fuel` aside).
     limits: WorkerLimits,
+    /// The most fuel a chunk may ask for: `limits.max_fuel` at start; with
+    /// `--max-fuel auto`, the node raises it once the fuel speed is measured
+    /// ([`Worker::set_max_fuel`]).
+    max_fuel: AtomicU64,
     /// Slots: a chunk holds one while it runs (or waits at the gate) on the pool.
     exec: Arc<Semaphore>,
     /// The threads chunks run on (`slots_max` at most).
@@ -251,6 +255,7 @@ impl Worker {
                 slots_max,
                 memory_limit,
                 limits,
+                max_fuel: limits.max_fuel.into(),
                 exec: Arc::new(Semaphore::new(slots_max as usize)),
                 pool: ChunkPool::new(slots_max as usize),
                 gate: Arc::new(Gate::new(first.allowed, first.duty_percent)),
@@ -302,8 +307,17 @@ impl Worker {
     }
 
     /// What a chunk and a submitter may have here at most.
-    pub fn limits(&self) -> &WorkerLimits {
-        &self.inner.limits
+    pub fn limits(&self) -> WorkerLimits {
+        WorkerLimits {
+            max_fuel: self.inner.max_fuel.load(Ordering::Relaxed),
+            ..self.inner.limits
+        }
+    }
+
+    /// Sets the most fuel a chunk may ask for (`--max-fuel auto`, once the node has
+    /// measured its fuel speed). Offers already taken keep what they were given.
+    pub fn set_max_fuel(&self, fuel: u64) {
+        self.inner.max_fuel.store(fuel, Ordering::Relaxed);
     }
 
     /// Resolves when the worker's capacity changed (a chunk started or ended).

@@ -285,6 +285,8 @@ impl Worker {
                 ModuleError::TooLarge(_) | ModuleError::TextFromPeer => {
                     LoadError::Hostile(e.to_string())
                 }
+                // This node's engine, not the module: never remembered as refused.
+                ModuleError::Sandbox(_) => LoadError::Unavailable(e.to_string()),
                 e => LoadError::Invalid(e.to_string()),
             })
         })

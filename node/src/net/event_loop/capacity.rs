@@ -38,16 +38,26 @@ impl EventLoop {
         let now = Instant::now();
         let ttl = self.discovery.config().subscription_ttl;
         let stale = self.config.advert_ttl / 2;
-        let room = self.view_has_room(now);
-        let due: Vec<PeerId> = self
+        // Renewals are due whatever the room; new subscriptions only while the view
+        // (adverts held, subscriptions live, queries unanswered) is under its cap,
+        // so a node that connects to many peers at once (a bootstrap node, a
+        // start-up burst) still subscribes to a bounded number.
+        let mut room = self.view_room(now);
+        let due: Vec<(PeerId, bool)> = self
             .book
             .connected_peers()
-            .filter(|p| self.book.query_due(p, now, ttl, stale, room))
-            .copied()
+            .filter(|p| self.book.query_due(p, now, ttl, stale, true))
+            .map(|p| (*p, self.book.in_view(p, now, ttl)))
             .collect();
-        for peer in due {
+        for (peer, held) in due {
+            if !held && room == 0 {
+                continue;
+            }
             if !self.query_capacity(peer, now) {
                 break;
+            }
+            if !held {
+                room -= 1;
             }
         }
         if self.discovery.should_walk(now, self.book.candidate_count()) {
@@ -105,17 +115,20 @@ impl EventLoop {
                 && connected + 8 < self.config.max_connections as usize)
     }
 
-    /// Whether the view takes adverts from peers it has none of yet: up to
-    /// `idle_view` when idle (so an idle node's subscriptions, and the connections
-    /// they keep open, stay few), up to `max_view` while there is demand.
-    pub(super) fn view_has_room(&self, now: Instant) -> bool {
+    /// How many more peers the view takes (new subscriptions): up to `idle_view`
+    /// when idle (so an idle node's subscriptions, and the connections they keep
+    /// open, stay few), up to `max_view` while there is demand; counting peers
+    /// subscribed to that have not answered with an advert yet, and queries in
+    /// flight.
+    pub(super) fn view_room(&self, now: Instant) -> usize {
         let config = self.discovery.config();
         let cap = if self.discovery.has_demand(now) {
             config.max_view
         } else {
             config.idle_view
         };
-        self.book.advert_count() < cap
+        let ttl = config.subscription_ttl;
+        cap.saturating_sub(self.book.view_len(now, ttl) + self.discovery.queries_in_flight())
     }
 
     /// Asks a connected peer for its advert and subscribes to its updates; false
