@@ -76,3 +76,61 @@ async fn a_job_in_wat_text_is_refused_at_submit_since_workers_take_binaries_only
         .expect("the same module as a binary is taken");
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_disk_keeps_no_chunk_input_after_the_chunk_read_it() {
+    // Node 0 submits only; nodes 1 and 2 run each chunk (redundancy 2). Each input
+    // is 100 KiB (over the inline limit), so it travels as a blob the workers fetch.
+    let net = TestNet::spawn_with(3, |i, c| {
+        if i == 0 {
+            c.cpus = 0;
+        }
+    })
+    .await;
+    net.wait_for_adverts(0, 2).await;
+    // The faults job's input: (index, mode Ok) in postcard, then padding it ignores.
+    let inputs: Vec<Vec<u8>> = (0..4u8)
+        .map(|i| {
+            let mut input = vec![i, 0];
+            input.resize(100 * 1024, 7);
+            input
+        })
+        .collect();
+    let hashes: Vec<_> = inputs
+        .iter()
+        .map(|b| peergrid_node::net::protocol::BlobHash::of(b))
+        .collect();
+    let spec = JobSpec {
+        soft_timeout: Duration::from_secs(60),
+        replication: Replication::Fixed,
+        ..JobSpec::default()
+    };
+    let wasm = peergrid_jobs::find("faults").expect("faults").wasm;
+    let id = net
+        .submit_module(0, "faults", wasm, None, Some(inputs), spec)
+        .await
+        .expect("submitted");
+    let status = net.wait_job(0, id, Duration::from_secs(120)).await;
+    assert_eq!(status.state, JobState::Done, "{status:?}");
+    for worker in [1, 2] {
+        let state = net.node(worker).state();
+        assert_eq!(
+            state.worker().status().executed,
+            4,
+            "node {worker} ran every chunk"
+        );
+        for hash in &hashes {
+            assert!(
+                !state.blobs().contains(hash),
+                "node {worker} still holds a chunk input after running it"
+            );
+        }
+    }
+    // The submitter keeps its own inputs.
+    assert!(
+        hashes
+            .iter()
+            .all(|h| net.node(0).state().blobs().contains(h))
+    );
+    net.shutdown().await;
+}

@@ -193,6 +193,14 @@ impl BlobStore {
         }
     }
 
+    /// Removes a blob (nothing if it is not there).
+    pub fn remove(&self, hash: &BlobHash) -> io::Result<()> {
+        match fs::remove_file(self.path(hash)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Reads at most `len` bytes at `offset`; returns the blob's total size too.
     pub fn read_piece(
         &self,

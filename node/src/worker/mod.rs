@@ -128,6 +128,8 @@ struct Inner {
     modules: Mutex<HashMap<BlobHash, JobModule>>,
     /// Modules refused here (over a cap, WAT, invalid), by blob hash.
     refused_modules: Mutex<run::RefusedModules>,
+    /// Chunk inputs (blobs) being fetched or read now, with how many chunks use each.
+    inputs: Mutex<HashMap<BlobHash, u32>>,
     /// Results in the outbox, as last counted (plus those written since).
     outbox_len: AtomicU64,
     /// The same per submitter, with bytes (for the quotas).
@@ -265,6 +267,7 @@ impl Worker {
                 waiting: Mutex::new(HashMap::new()),
                 modules: Mutex::new(HashMap::new()),
                 refused_modules: Mutex::default(),
+                inputs: Mutex::default(),
                 local_scheduler: OnceLock::new(),
                 // Counted by the delivery task as it starts (off the async threads).
                 outbox_len: 0.into(),

@@ -151,27 +151,10 @@ impl Worker {
         };
         let input = match &a.input {
             Payload::Inline(bytes) => bytes.clone(),
-            Payload::Blob { hash, .. } => {
-                if let Err(e) =
-                    fetch_blob(&self.inner.net, &self.inner.blobs, *hash, &[submitter]).await
-                {
-                    tracing::warn!(%submitter, "cannot fetch a chunk input: {e}");
-                    return None;
-                }
-                let (blobs, hash) = (self.inner.blobs.clone(), *hash);
-                match tokio::task::spawn_blocking(move || blobs.get(&hash)).await {
-                    Ok(Ok(Some(bytes))) => bytes,
-                    Ok(Ok(None)) => {
-                        tracing::warn!(%submitter, "a chunk input vanished from the store");
-                        return None;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(%submitter, error = %e, "cannot read a chunk input");
-                        return None;
-                    }
-                    Err(_) => return None,
-                }
-            }
+            Payload::Blob { hash, .. } => match self.fetch_input(submitter, *hash).await {
+                Some(bytes) => bytes,
+                None => return None,
+            },
         };
         let executor = self.inner.executor.clone();
         let limits = a.limits;
@@ -193,6 +176,52 @@ impl Worker {
                 None
             }
         }
+    }
+
+    /// Fetches a chunk's input and reads it into memory. An input this node did not
+    /// hold before (a submitter's data, used once here) leaves the blob store as soon
+    /// as it is read, unless another chunk here is using it: inputs take disk only
+    /// while their chunks start, so a submitter cannot fill a volunteer's disk with
+    /// them (the blob cache's limit still bounds everything else).
+    async fn fetch_input(&self, submitter: PeerId, hash: BlobHash) -> Option<Vec<u8>> {
+        let _use = InputUse::start(self, hash);
+        let blobs = self.inner.blobs.clone();
+        let had = {
+            let blobs = blobs.clone();
+            tokio::task::spawn_blocking(move || blobs.contains(&hash))
+                .await
+                .unwrap_or(true)
+        };
+        if let Err(e) = fetch_blob(&self.inner.net, &blobs, hash, &[submitter]).await {
+            tracing::warn!(%submitter, "cannot fetch a chunk input: {e}");
+            return None;
+        }
+        let worker = self.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let read = blobs.get(&hash);
+            let inputs = worker.inputs();
+            if !had && inputs.get(&hash).is_none_or(|n| *n <= 1) {
+                let _ = blobs.remove(&hash);
+            }
+            read
+        })
+        .await;
+        match read {
+            Ok(Ok(Some(bytes))) => Some(bytes),
+            Ok(Ok(None)) => {
+                tracing::warn!(%submitter, "a chunk input vanished from the store");
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%submitter, error = %e, "cannot read a chunk input");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn inputs(&self) -> std::sync::MutexGuard<'_, HashMap<BlobHash, u32>> {
+        self.inner.inputs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn load_module(&self, submitter: PeerId, hash: BlobHash) -> Result<JobModule, LoadError> {
@@ -349,5 +378,35 @@ fn withdrawn_result(job_id: JobId, a: &Assignment) -> ChunkResult {
         fuel_used: 0,
         exec_micros: 0,
         signature: Vec::new(),
+    }
+}
+
+/// A chunk's use of an input blob, counted while it is fetched and read
+/// ([`Worker::fetch_input`]); the count drops when this does, even if the chunk is
+/// cancelled meanwhile.
+struct InputUse {
+    worker: Worker,
+    hash: BlobHash,
+}
+
+impl InputUse {
+    fn start(worker: &Worker, hash: BlobHash) -> Self {
+        *worker.inputs().entry(hash).or_default() += 1;
+        Self {
+            worker: worker.clone(),
+            hash,
+        }
+    }
+}
+
+impl Drop for InputUse {
+    fn drop(&mut self) {
+        let mut inputs = self.worker.inputs();
+        if let Some(n) = inputs.get_mut(&self.hash) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                inputs.remove(&self.hash);
+            }
+        }
     }
 }
