@@ -119,6 +119,12 @@ impl Worker {
         a: &Assignment,
         control: Arc<ChunkControl>,
     ) -> Option<Execution> {
+        // A large input is fetched before a slot is taken: a submitter that serves
+        // its input slowly (or a large one) holds no slot meanwhile.
+        let fetched = match &a.input {
+            Payload::Inline(_) => None,
+            Payload::Blob { hash, .. } => Some(self.fetch_input(submitter, *hash).await?),
+        };
         // Wait for a slot, looking at cancellation (or withdrawal) now and then.
         let _slot = loop {
             tokio::select! {
@@ -149,12 +155,10 @@ impl Worker {
                 return None;
             }
         };
-        let input = match &a.input {
-            Payload::Inline(bytes) => bytes.clone(),
-            Payload::Blob { hash, .. } => match self.fetch_input(submitter, *hash).await {
-                Some(bytes) => bytes,
-                None => return None,
-            },
+        let input = match (&a.input, fetched) {
+            (Payload::Inline(bytes), _) => bytes.clone(),
+            (Payload::Blob { .. }, Some(fetched)) => self.read_input(submitter, fetched).await?,
+            (Payload::Blob { .. }, None) => return None,
         };
         let executor = self.inner.executor.clone();
         let limits = a.limits;
@@ -178,31 +182,37 @@ impl Worker {
         }
     }
 
-    /// Fetches a chunk's input and reads it into memory. An input this node did not
-    /// hold before (a submitter's data, used once here) leaves the blob store as soon
-    /// as it is read, unless another chunk here is using it: inputs take disk only
-    /// while their chunks start, so a submitter cannot fill a volunteer's disk with
-    /// them (the blob cache's limit still bounds everything else).
-    async fn fetch_input(&self, submitter: PeerId, hash: BlobHash) -> Option<Vec<u8>> {
-        let _use = InputUse::start(self, hash);
+    /// Fetches a chunk's input into the blob store (before the chunk takes a slot);
+    /// [`read_input`](Self::read_input) reads it once the chunk has one.
+    async fn fetch_input(&self, submitter: PeerId, hash: BlobHash) -> Option<FetchedInput> {
+        let used = InputUse::start(self, hash);
         let blobs = self.inner.blobs.clone();
-        let had = {
-            let blobs = blobs.clone();
-            tokio::task::spawn_blocking(move || blobs.contains(&hash))
-                .await
-                .unwrap_or(true)
-        };
-        if let Err(e) = fetch_blob(&self.inner.net, &blobs, hash, &[submitter]).await {
+        let had = tokio::task::spawn_blocking(move || blobs.contains(&hash))
+            .await
+            .unwrap_or(true);
+        if let Err(e) = fetch_blob(&self.inner.net, &self.inner.blobs, hash, &[submitter]).await {
             tracing::warn!(%submitter, "cannot fetch a chunk input: {e}");
             return None;
         }
-        let worker = self.clone();
+        Some(FetchedInput { used, had })
+    }
+
+    /// Reads a fetched input into memory. An input this node did not hold before (a
+    /// submitter's data, used once here) leaves the blob store as soon as it is
+    /// read, unless another chunk here is using it: inputs take disk only between
+    /// their fetch and their chunk's start, so a submitter cannot fill a
+    /// volunteer's disk with them (the blob cache's limit still bounds the rest).
+    async fn read_input(&self, submitter: PeerId, fetched: FetchedInput) -> Option<Vec<u8>> {
+        let (worker, blobs) = (self.clone(), self.inner.blobs.clone());
         let read = tokio::task::spawn_blocking(move || {
+            let hash = fetched.used.hash;
             let read = blobs.get(&hash);
             let inputs = worker.inputs();
-            if !had && inputs.get(&hash).is_none_or(|n| *n <= 1) {
+            if !fetched.had && inputs.get(&hash).is_none_or(|n| *n <= 1) {
                 let _ = blobs.remove(&hash);
             }
+            drop(inputs);
+            drop(fetched);
             read
         })
         .await;
@@ -381,9 +391,15 @@ fn withdrawn_result(job_id: JobId, a: &Assignment) -> ChunkResult {
     }
 }
 
-/// A chunk's use of an input blob, counted while it is fetched and read
-/// ([`Worker::fetch_input`]); the count drops when this does, even if the chunk is
-/// cancelled meanwhile.
+/// An input fetched for a chunk: its use, and whether this node held it before.
+struct FetchedInput {
+    used: InputUse,
+    had: bool,
+}
+
+/// A chunk's use of an input blob, counted from its fetch until it is read
+/// ([`Worker::fetch_input`], [`Worker::read_input`]); the count drops when this
+/// does, even if the chunk is cancelled meanwhile.
 struct InputUse {
     worker: Worker,
     hash: BlobHash,
