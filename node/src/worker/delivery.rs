@@ -358,14 +358,7 @@ impl Worker {
                 return Ok(());
             };
             after = Some((last.job_id, last.chunk, last.attempt));
-            // A page short of both bounds was the last one: no read to find that out.
-            // A result written since is counted, so the loop starts another round.
-            let bytes: usize = page.iter().map(|r| r.result.len()).sum();
-            let last_page = page.len() < PAGE_ROWS && bytes < PAGE_BYTES;
             self.deliver_to(submitter, page, removed).await?;
-            if last_page {
-                return Ok(());
-            }
         }
     }
 
