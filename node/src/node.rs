@@ -270,7 +270,9 @@ impl Node {
         // The fuel speed kept from an earlier start, else measured in the background
         // (`node/speed.rs`).
         let speed_file = SpeedFile::new(data_dir.fuel_speed());
-        let kept_speed = speed::kept(&speed_file);
+        // Keyed by this binary and CPU, read once: the measurement stores under it.
+        let speed_key = crate::sandbox::calibration::speed_key();
+        let kept_speed = speed::kept(&speed_file, &speed_key);
         let (speed_tx, fuel_speed) = tokio::sync::watch::channel(kept_speed);
 
         let shutdown = CancellationToken::new();
@@ -390,6 +392,7 @@ impl Node {
                     state.clone(),
                     speed_tx,
                     speed_file,
+                    speed_key,
                     sandbox.clone(),
                     state.config.calibrate_with.clone(),
                     shutdown.child_token(),

@@ -36,19 +36,21 @@ pub(crate) const CALIBRATE_COMMAND: &str = "calibrate-fuel";
 /// How long the child may take (it needs well under a second).
 const CHILD_DEADLINE: Duration = Duration::from_secs(60);
 
-/// The figure kept for this binary and CPU, if any.
-pub(super) fn kept(file: &SpeedFile) -> Option<u64> {
-    file.load(&calibration::speed_key())
+/// The figure kept under `key` (this binary and CPU, [`calibration::speed_key`]), if
+/// any.
+pub(super) fn kept(file: &SpeedFile, key: &str) -> Option<u64> {
+    file.load(key)
 }
 
 /// Measures the fuel speed (in a child running `binary`, else in `sandbox`),
-/// keeps it in `file`, publishes it on `speed` and, with `--max-fuel auto`, raises
+/// keeps it in `file` under `key`, publishes it on `speed` and, with `--max-fuel auto`, raises
 /// the worker's fuel maximum to match. A measurement that fails publishes 0 (the
 /// advert goes out all the same, saying nothing of the speed), with a warning.
 pub(super) async fn measure_and_keep(
     state: Arc<NodeState>,
     speed: watch::Sender<Option<u64>>,
     file: SpeedFile,
+    key: String,
     sandbox: Sandbox,
     binary: Option<PathBuf>,
     shutdown: CancellationToken,
@@ -74,7 +76,6 @@ pub(super) async fn measure_and_keep(
     let fuel = match fuel {
         Some(fuel) => {
             tracing::info!(fuel_per_sec = fuel, took = ?started.elapsed(), how, "fuel speed measured");
-            let key = calibration::speed_key();
             let file = file.clone();
             let kept = tokio::task::spawn_blocking(move || file.store(&key, fuel)).await;
             if let Ok(Err(e)) = kept {
