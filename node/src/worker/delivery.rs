@@ -8,7 +8,10 @@
 //! a slow or silent submitter holds one task, never the others' deliveries. Each
 //! task reads only its submitter's results, in keyset pages bounded by rows and
 //! bytes (`Db::outbox_page_of`), and sends them in batches that fit a message; only
-//! an acknowledgement removes a result. Every [`EXPIRE_EVERY`] the loop drops
+//! an acknowledgement removes a result. A submitter that answers a batch but takes
+//! none of it is backed off from like one that does not answer (2 s, doubling up
+//! to a minute), so one that never acknowledges is not sent its outbox again and
+//! again. Every [`EXPIRE_EVERY`] the loop drops
 //! results older than the worker's `outbox_expiry`. The counts admission and the
 //! loop read (rows and bytes per submitter, [`OutboxCounts`]) grow with each result
 //! written, shrink by what each delivery removed, and are recounted from the
@@ -247,8 +250,10 @@ impl Worker {
                 idle.clear();
             }
             let now = Instant::now();
-            backoff.retain(|_, (until, _)| *until > now);
-            let started = self.start_deliveries(&mut running, &mut busy, &idle, &backoff);
+            // A submitter's wait is remembered past its end (so the next failure
+            // doubles it) until a delivery succeeds, or a longest wait after.
+            backoff.retain(|_, (until, _)| *until + MAX_BACKOFF > now);
+            let started = self.start_deliveries(&mut running, &mut busy, &idle, &backoff, now);
             if notified && started == 0 && recount_at.is_none() {
                 // Nothing to do for a new result: the counts may be stale.
                 recount_at = Some((last_recount + RECOUNT_GAP).max(now));
@@ -289,6 +294,7 @@ impl Worker {
         busy: &mut HashSet<String>,
         idle: &HashSet<String>,
         backoff: &Backoff,
+        now: Instant,
     ) -> usize {
         if running.len() >= DELIVERY_CONCURRENCY {
             return 0;
@@ -298,7 +304,10 @@ impl Worker {
             .per
             .iter()
             .filter(|(s, (rows, _))| {
-                *rows > 0 && !busy.contains(*s) && !idle.contains(*s) && !backoff.contains_key(*s)
+                *rows > 0
+                    && !busy.contains(*s)
+                    && !idle.contains(*s)
+                    && backoff.get(*s).is_none_or(|(until, _)| *until <= now)
             })
             .map(|(s, _)| s.clone())
             .take(DELIVERY_CONCURRENCY - running.len())
@@ -438,6 +447,7 @@ impl Worker {
         peer: PeerId,
         results: Vec<ChunkResult>,
     ) -> Result<Vec<(JobId, u32, u32)>, String> {
+        let sent = results.len();
         let batch = ResultBatch { results };
         let ack = match self.inner.local_scheduler.get() {
             Some(local) if peer == self.inner.net.local_peer_id() => (local.0)(peer, batch).await,
@@ -448,6 +458,13 @@ impl Worker {
                 .await
                 .map_err(|e| e.to_string())?,
         };
+        if ack.stored.is_empty() {
+            // It answered but took nothing (its store failed, or it never takes
+            // anything): a failure like no answer, backed off from, not a batch
+            // to send again at once (a submitter that acknowledged nothing had a
+            // worker send it its whole outbox several times a second).
+            return Err(format!("the submitter took none of {sent} results"));
+        }
         self.delete(&peer.to_string(), ack.stored.clone()).await;
         Ok(ack.stored)
     }

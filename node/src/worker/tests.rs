@@ -857,3 +857,60 @@ async fn a_module_no_honest_peer_sends_is_an_offence_and_a_merely_invalid_one_is
     assert!(takers.1.lock().unwrap().iter().all(|(p, _)| *p == stranger));
     f.stop().await;
 }
+
+/// Answers every result batch and takes none of it; records when each came.
+#[derive(Clone, Default)]
+struct Hoarder(Arc<Mutex<Vec<tokio::time::Instant>>>);
+
+impl SimulatedPeers for Hoarder {
+    fn peers(&mut self) -> Vec<PeerInfo> {
+        Vec::new()
+    }
+
+    fn task(
+        &mut self,
+        _peer: PeerId,
+        _request: crate::net::protocol::TaskRequest,
+    ) -> Result<TaskReply, RequestError> {
+        Err(RequestError::Unreachable)
+    }
+
+    fn results(&mut self, _peer: PeerId, _batch: ResultBatch) -> Result<ResultAck, RequestError> {
+        self.0.lock().unwrap().push(tokio::time::Instant::now());
+        Ok(ResultAck { stored: Vec::new() })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_submitter_that_takes_none_of_its_results_is_backed_off_not_sent_them_again_and_again() {
+    let hoarder = PeerId::random();
+    let rows: Vec<OutboxRow> = (0..3)
+        .map(|c| outbox_row(hoarder, c, vec![7; 100]))
+        .collect();
+    let sends = Hoarder::default();
+    let f = Fixture::build(
+        lend(1),
+        Arc::new(TestClock::default()),
+        &local_key(),
+        rows,
+        WorkerLimits::default(),
+        sends.clone(),
+    );
+    until("five deliveries to the hoarder", || {
+        sends.0.lock().unwrap().len() >= 5
+    })
+    .await;
+    let at = sends.0.lock().unwrap().clone();
+    // 2 s after the first, then 4, 8, 16: not every second (or faster), as when
+    // an answer that took nothing counted as a delivery done.
+    for (i, pair) in at.windows(2).take(4).enumerate() {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_secs(2 << i),
+            "delivery {} came {gap:?} after the one before",
+            i + 2
+        );
+    }
+    assert_eq!(f.worker.status().outbox, 3, "nothing was taken");
+    f.stop().await;
+}
