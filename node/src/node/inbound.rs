@@ -9,7 +9,10 @@
 //! once. No peer takes more than its share ([`fair`]): at most [`BLOB_PER_PEER`] of
 //! the blob backlog and [`RESULTS_PER_PEER`] of the result backlog, offers and
 //! cancels at a rate per peer; what is over is refused (the channel dropped, the
-//! peer sees a failure), and a peer that keeps flooding is penalised.
+//! peer sees a failure), and a peer that keeps flooding is penalised. The blob
+//! pieces one peer is served are also paced ([`serving`]: bytes a second, pieces at
+//! once, and repeats of one piece an offence), so a peer that keeps asking costs
+//! this node a bounded share of its CPU and upload, never the chunks it runs.
 
 use std::sync::Arc;
 
@@ -25,6 +28,7 @@ use crate::net::NetEvent;
 use crate::net::protocol::{BLOB_PIECE_BYTES, BlobReply, BlobRequest, TaskReply, TaskRequest};
 
 mod fair;
+mod serving;
 use fair::{Allow, Buckets, Shares};
 
 /// Concurrent blob pieces served.
@@ -72,6 +76,8 @@ pub(super) async fn dispatch(
     let mut result_shares = Shares::new(RESULT_BACKLOG, RESULTS_PER_PEER);
     let mut offers = Buckets::new(OFFERS.0, OFFERS.1);
     let mut cancels = Buckets::new(CANCELS.0, CANCELS.1);
+    let budget = serving::Shared::default();
+    let mut pruned = tokio::time::Instant::now();
     loop {
         let event = tokio::select! {
             biased;
@@ -100,16 +106,21 @@ pub(super) async fn dispatch(
                 channel,
                 held: _,
             } => {
-                if !blob_shares.admit(peer) {
+                let now = tokio::time::Instant::now();
+                if now.duration_since(pruned) >= serving::REPEAT_WINDOW {
+                    serving::lock(&budget).prune(now);
+                    pruned = now;
+                }
+                let slots = serving::lock(&budget).slots(peer, now);
+                let Some(slots) = slots.filter(|_| blob_shares.admit(peer)) else {
                     tracing::debug!(%peer, "refusing a blob request: backlog or the peer's share full");
                     drop(channel);
                     continue;
-                }
-                let state = state.clone();
-                let servers = servers.clone();
+                };
+                let (state, servers, budget) = (state.clone(), servers.clone(), budget.clone());
                 blob_tasks.spawn(
                     async move {
-                        serve_blob(state, servers, request, channel).await;
+                        serve_blob(&state, peer, &slots, &servers, &budget, request, channel).await;
                         peer
                     }
                     .in_current_span(),
@@ -177,17 +188,33 @@ pub(super) async fn dispatch(
     result_tasks.shutdown().await;
 }
 
-/// Serves one blob piece when a server is free, reading it on a blocking thread.
+/// Serves one blob piece to `peer` in its turn: one of its [`serving::SERVING_PER_PEER`]
+/// places, its bucket out of debt, then a server; reads the piece on a blocking
+/// thread, charges the peer for it, and penalises a run of repeats.
 async fn serve_blob(
-    state: Arc<NodeState>,
-    servers: Arc<Semaphore>,
+    state: &NodeState,
+    peer: PeerId,
+    slots: &Arc<Semaphore>,
+    servers: &Arc<Semaphore>,
+    budget: &serving::Shared,
     request: BlobRequest,
     channel: libp2p::request_response::ResponseChannel<BlobReply>,
 ) {
-    let Ok(_permit) = servers.acquire_owned().await else {
+    let Ok(_mine) = slots.acquire().await else {
+        return;
+    };
+    loop {
+        let turn = serving::lock(budget).turn(peer, tokio::time::Instant::now());
+        match turn {
+            serving::Turn::Go => break,
+            serving::Turn::Wait(d) => tokio::time::sleep(d).await,
+        }
+    }
+    let Ok(_permit) = servers.acquire().await else {
         return;
     };
     let blobs = state.blobs.clone();
+    let (hash, offset) = (request.hash, request.offset);
     let piece = tokio::task::spawn_blocking(move || {
         blobs.read_piece(
             &request.hash,
@@ -199,10 +226,28 @@ async fn serve_blob(
     let reply = match piece {
         Ok(Ok(Some((total, bytes)))) => BlobReply::Piece {
             total,
-            offset: request.offset,
+            offset,
             bytes,
         },
         _ => BlobReply::NotFound,
     };
+    let sent = match &reply {
+        BlobReply::Piece { bytes, .. } => bytes.len() as u64,
+        _ => 0,
+    };
+    let offence =
+        serving::lock(budget).charge(peer, hash, offset, sent, tokio::time::Instant::now());
+    if offence {
+        state
+            .net
+            .penalize(
+                peer,
+                format!(
+                    "asked for the same blob pieces over and over ({} repeats)",
+                    serving::REPEATS_PER_OFFENCE
+                ),
+            )
+            .await;
+    }
     state.net.respond_blob(channel, reply).await;
 }
