@@ -48,8 +48,9 @@ mod runs;
 /// How often the actor re-dispatches even when nothing happened (timeouts, peers
 /// that left or joined).
 const TICK: Duration = Duration::from_millis(250);
-/// A peer that refused or failed an offer is skipped for this long.
-const PEER_BACKOFF: Duration = Duration::from_secs(1);
+/// A peer that refused or failed an offer is skipped for this long, or until
+/// results come from it (they free room there).
+pub(super) const PEER_BACKOFF: Duration = Duration::from_secs(1);
 /// Progress is published to watchers at most this often per job.
 const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// Finished jobs whose trust counters are remembered (they are not stored).

@@ -10,7 +10,9 @@ use libp2p::PeerId;
 
 use super::testkit::{adaptive, job, key, peer, result};
 use super::*;
-use crate::net::protocol::{CapacityAdvert, PROTOCOL_VERSION, TaskReply, TaskRequest};
+use crate::net::protocol::{
+    CapacityAdvert, PROTOCOL_VERSION, RejectReason, TaskReply, TaskRequest,
+};
 use crate::net::sim::SimulatedPeers;
 use crate::net::{PeerInfo, RequestError};
 use crate::sandbox::SandboxConfig;
@@ -263,6 +265,112 @@ async fn result_batches_that_queue_together_are_judged_together() {
         .filter(|r| r.chunk == 0 && r.state == crate::types::ReplicaStatus::Returned)
         .count();
     assert_eq!(returned, 2, "both results are stored");
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+/// Peer 1 holds one replica at a time (a worker whose other places another
+/// submitter holds) and refuses the rest for want of room; peer 2 takes
+/// everything. Peer 1's accepted offers are recorded with when they came.
+#[derive(Clone, Default)]
+struct Narrow {
+    held: Arc<Mutex<Option<(u32, u32)>>>,
+    offers: Arc<Mutex<Vec<(u32, u32, tokio::time::Instant)>>>,
+}
+
+impl SimulatedPeers for Narrow {
+    fn peers(&mut self) -> Vec<PeerInfo> {
+        Takers(Arc::default()).peers()
+    }
+
+    fn task(&mut self, peer: PeerId, request: TaskRequest) -> Result<TaskReply, RequestError> {
+        let TaskRequest::Offer { assignments, .. } = request else {
+            return Ok(TaskReply::Cancelled);
+        };
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        let mut held = self.held.lock().unwrap();
+        for a in assignments {
+            if peer != self::peer(1) {
+                accepted.push((a.chunk, a.attempt));
+            } else if held.is_none() {
+                *held = Some((a.chunk, a.attempt));
+                self.offers
+                    .lock()
+                    .unwrap()
+                    .push((a.chunk, a.attempt, tokio::time::Instant::now()));
+                accepted.push((a.chunk, a.attempt));
+            } else {
+                rejected.push((a.chunk, a.attempt, RejectReason::NoFreeSlots));
+            }
+        }
+        Ok(TaskReply::Offer { accepted, rejected })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_refusing_for_room_is_offered_again_as_soon_as_its_results_free_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(Db::open(&dir.path().join("db.sqlite")).unwrap());
+    let narrow = Narrow::default();
+    let ctx = SchedulerContext {
+        net: NetClient::simulated(&key(200), narrow.clone()),
+        blobs: BlobStore::open(dir.path().join("blobs")).unwrap(),
+        db,
+        sandbox: Sandbox::new(SandboxConfig {
+            cache_dir: None,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+        metrics: Default::default(),
+        local_worker: None,
+        trust: Default::default(),
+        placement: Default::default(),
+        seed: None,
+    };
+    let shutdown = CancellationToken::new();
+    let (scheduler, task) = Scheduler::start(ctx, shutdown.clone());
+    let spec = JobSpec {
+        replication: Replication::Fixed,
+        ..adaptive()
+    };
+    scheduler
+        .ask(|tx| Msg::Insert(Box::new(job(1, 3, spec)), tx))
+        .await
+        .unwrap()
+        .unwrap();
+    // Peer 1 takes one chunk and refuses the others (it is backed off).
+    for n in 1..=3 {
+        let (chunk, attempt, _) = wait_for("peer 1 to take a chunk", async || {
+            narrow.offers.lock().unwrap().get(n - 1).copied()
+        })
+        .await;
+        // It runs it and returns its result, which frees its place.
+        *narrow.held.lock().unwrap() = None;
+        let returned = tokio::time::Instant::now();
+        let batch = ResultBatch {
+            results: vec![result(1, 1, chunk, attempt, b"answer")],
+        };
+        assert_eq!(
+            scheduler.results(peer(1), batch).await.stored,
+            vec![(JobId([1; 16]), chunk, attempt)]
+        );
+        if n == 3 {
+            break;
+        }
+        let (_, _, offered) = wait_for("peer 1's next chunk", async || {
+            narrow.offers.lock().unwrap().get(n).copied()
+        })
+        .await;
+        // Offered again as its result came, not when the backoff ran out (the
+        // actor's backoff is in wall-clock time, which hardly moves while tokio's
+        // paused clock runs ahead: without results clearing it, this times out).
+        assert!(
+            offered - returned < actor::PEER_BACKOFF / 2,
+            "peer 1 waited {:?} for its next chunk",
+            offered - returned
+        );
+    }
     shutdown.cancel();
     task.await.unwrap();
 }

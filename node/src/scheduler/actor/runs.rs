@@ -35,6 +35,11 @@ impl Actor {
     pub(super) async fn on_result_batches(&mut self, batches: Vec<ResultsMsg>) {
         let mut ready = Vec::with_capacity(batches.len());
         for (peer, results, reply) in batches {
+            // Results free room at their worker: one backed off for refusing an
+            // offer for want of room is offered again now, not when the backoff
+            // ends (a worker sharing its slots with another submitter took half
+            // of each offer, then sat a second idle for this one).
+            self.backoff.remove(&peer);
             match self.prepare_results(peer, results).await {
                 Prepared::Answered(ack) => {
                     let _ = reply.send(ack);
