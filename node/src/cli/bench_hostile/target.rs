@@ -106,6 +106,7 @@ impl HonestGrid {
             let config = NodeOptions {
                 advert_interval: None,
                 advert_ttl: None,
+                listen: vec![honest_listen_addr()?],
                 ..NodeOptions::loopback(bootstrap, cpus)
             }
             .resolve(DataDir::resolve(Some(dir.path().to_path_buf())))?;
@@ -294,6 +295,17 @@ impl Drop for Target {
     }
 }
 
+/// A listen address for an honest node: a loopback address of its own /24, on a
+/// port free on *every* address. libp2p dials from its listening port, bound to
+/// 0.0.0.0 (port reuse); a port the kernel chose as free on the node's own address
+/// may be taken on another loopback address (the attacker's sockets, bound to its
+/// own address, or their TIME_WAIT remains), and the honest node's dial to the
+/// target then failed with "Address already in use".
+fn honest_listen_addr() -> anyhow::Result<String> {
+    let port = free_port(Ipv4Addr::UNSPECIFIED)?;
+    Ok(format!("/ip4/{}/tcp/{port}", next_loopback_ip()))
+}
+
 fn free_port(ip: Ipv4Addr) -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind((ip, 0)).context("finding a free port")?;
     Ok(l.local_addr()?.port())
@@ -304,7 +316,8 @@ impl Target {
     /// loopback address of its own, and waits until it listens.
     pub(super) fn start(binary: &Path, dir: &Path) -> anyhow::Result<Self> {
         let ip = next_loopback_ip();
-        let port = free_port(ip)?;
+        // Free on every address, as the honest nodes' (`honest_listen_addr`).
+        let port = free_port(Ipv4Addr::UNSPECIFIED)?;
         let metrics_port = free_port(Ipv4Addr::LOCALHOST)?;
         let api_port = free_port(Ipv4Addr::LOCALHOST)?;
         let data_dir = dir.join("data");
