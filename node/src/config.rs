@@ -180,7 +180,7 @@ pub struct NodeOptions {
     #[arg(long, value_name = "N")]
     pub outbox_results_per_submitter: Option<u64>,
     /// Most bytes of undelivered results (large outputs included) kept for one
-    /// submitter, e.g. 512MiB. [default: 512MiB]
+    /// submitter, e.g. 256MiB. [default: 64MiB]
     #[arg(long, value_name = "SIZE")]
     pub outbox_bytes_per_submitter: Option<String>,
     /// Undelivered results older than this are dropped, e.g. 1d. [default: 1d]

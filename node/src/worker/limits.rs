@@ -52,7 +52,10 @@ impl Default for WorkerLimits {
             max_timeout: Limits::CHUNK.timeout,
             max_output_bytes: Limits::CHUNK.max_output_bytes,
             outbox_results_per_submitter: 2_000,
-            outbox_bytes_per_submitter: 512 * 1024 * 1024,
+            // 64 MiB: one submitter that never takes its results may make a
+            // volunteer's disk grow this much, not more (bench hostile's
+            // outbox-fill grew it 267 MB under 512 MiB).
+            outbox_bytes_per_submitter: 64 * 1024 * 1024,
             outbox_results: 10_000,
             outbox_bytes: 2 * 1024 * 1024 * 1024,
             outbox_expiry: Duration::from_secs(24 * 3600),

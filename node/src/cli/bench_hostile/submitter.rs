@@ -177,8 +177,12 @@ pub(super) async fn outbox_fill(env: Env) -> anyhow::Result<Findings> {
             let inputs = (0..16).map(|i| Payload::Inline(modules::sized_input(size, salt + i)));
             s.offer(&env, module, inputs, MODEST).await;
         }
+        // Under way once its outbox quota is full (its offers are refused as
+        // `OutboxFull`: the most it can hold there), or after many results.
         if !engaged
-            && (s.results() >= engage_at || started.elapsed() > Duration::from_secs(env.n(60, 20)))
+            && (s.rejected.contains_key("OutboxFull")
+                || s.accepted >= engage_at
+                || started.elapsed() > Duration::from_secs(env.n(40, 20)))
         {
             env.engage();
             engaged = true;
