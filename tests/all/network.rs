@@ -637,6 +637,56 @@ async fn fresh_identities_from_one_address_are_limited_and_their_offences_ban_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_peer_that_keeps_reconnecting_gets_its_address_banned() {
+    // Loopback counts here, as a stranger's address would (it is exempt by default).
+    let net = TestNet::spawn_with(1, |_, config| {
+        config.net.guard.exempt_loopback = false;
+    })
+    .await;
+    let target = net.node(0).peer_id();
+    let addr = net.node(0).listen_addrs().await[0].clone();
+    let mut raw = raw_peer(protocol::IDENTIFY_PROTOCOL);
+    assert!(raw_try_connect(&mut raw, addr.clone()).await);
+    // Garbage until its identity is banned (5 offences, 5 against its address).
+    for i in 0..5 {
+        let _ = raw_request(&mut raw, target, Proto::Task, vec![0x17; 64]).await;
+        wait_for(
+            "the offence to be counted",
+            Duration::from_secs(10),
+            || async {
+                let status = net.node(0).net().status().await?;
+                (status.offences as usize > i).then_some(())
+            },
+        )
+        .await;
+    }
+    wait_for("the peer's ban", Duration::from_secs(10), || async {
+        let status = net.node(0).net().status().await?;
+        (status.banned_peers == 1).then_some(())
+    })
+    .await;
+    // Each reconnection is a full handshake before the block list denies it: the
+    // banned identity dialling again and again gets its address banned, and the
+    // address is then refused before any handshake, under any identity.
+    let mut tries = 0;
+    loop {
+        assert!(!raw_try_connect(&mut raw, addr.clone()).await, "banned");
+        tries += 1;
+        let status = net.node(0).net().status().await.expect("status");
+        if status.banned_addresses == 1 {
+            break;
+        }
+        assert!(
+            tries < 200,
+            "{tries} reconnections of a banned peer, its address not banned"
+        );
+    }
+    let mut fresh = raw_peer(protocol::IDENTIFY_PROTOCOL);
+    assert!(!raw_try_connect(&mut fresh, addr).await);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_cancels_from_one_peer_is_cut_to_its_rate_and_others_are_still_answered() {
     use peergrid_node::net::protocol::{JobId, TaskReply, TaskRequest};
     let net = TestNet::spawn(3).await;

@@ -23,12 +23,21 @@ pub(crate) const ADDRESS_OFFENCE_THRESHOLD: u32 = 2 * OFFENCE_THRESHOLD;
 pub(crate) const BAN_TIME: Duration = Duration::from_secs(600);
 /// Most addresses with offences remembered.
 pub(crate) const MAX_ADDRESSES: usize = 4096;
+/// Connections of banned peer ids from one address (each a full handshake, then
+/// denied) that count as one offence against the address: a banned peer that
+/// keeps reconnecting gets its address banned, refused before any handshake.
+pub(crate) const BANNED_RETRIES_PER_OFFENCE: u32 = 16;
+/// Retries of banned peers are counted in windows this long: an honest peer,
+/// banned, redials at discovery's pace, a few times a minute at most.
+pub(crate) const RETRY_WINDOW: Duration = Duration::from_secs(60);
 
 /// Offences and bans by address.
 #[derive(Debug, Default)]
 pub(crate) struct AddressOffences {
     counts: HashMap<IpAddr, u32>,
     bans: HashMap<IpAddr, Instant>,
+    /// Connections of banned peer ids per address in the current window.
+    retries: HashMap<IpAddr, (u32, Instant)>,
 }
 
 impl AddressOffences {
@@ -58,6 +67,29 @@ impl AddressOffences {
         true
     }
 
+    /// A banned peer id connected again from `ip` (and was denied after its
+    /// handshake); true when this makes an offence against the address (every
+    /// [`BANNED_RETRIES_PER_OFFENCE`] within [`RETRY_WINDOW`]).
+    pub(crate) fn banned_retry(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let ip = canonical(ip);
+        if !self.retries.contains_key(&ip) && self.retries.len() >= MAX_ADDRESSES {
+            self.retries
+                .retain(|_, (_, since)| now.saturating_duration_since(*since) < RETRY_WINDOW);
+            if self.retries.len() >= MAX_ADDRESSES {
+                // Counted from the start next time: a flood of fresh addresses
+                // each retrying is refused by the connection limits anyway.
+                self.retries.clear();
+            }
+        }
+        let (n, since) = self.retries.entry(ip).or_insert((0, now));
+        if now.saturating_duration_since(*since) >= RETRY_WINDOW {
+            *n = 0;
+            *since = now;
+        }
+        *n += 1;
+        n.is_multiple_of(BANNED_RETRIES_PER_OFFENCE)
+    }
+
     /// The bans that ended by `now` (their addresses start afresh).
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<IpAddr> {
         let ended: Vec<IpAddr> = self
@@ -69,6 +101,8 @@ impl AddressOffences {
         for ip in &ended {
             self.bans.remove(ip);
         }
+        self.retries
+            .retain(|_, (_, since)| now.saturating_duration_since(*since) < RETRY_WINDOW);
         ended
     }
 
@@ -112,6 +146,26 @@ mod tests {
         assert_eq!(o.expire(t0 + BAN_TIME), vec![ip]);
         assert!(!o.is_banned(ip));
         assert!(!o.offence(ip, t0 + BAN_TIME), "it starts afresh");
+    }
+
+    #[test]
+    fn a_banned_peer_reconnecting_again_and_again_is_an_offence_against_its_address() {
+        let mut o = AddressOffences::default();
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        let t0 = Instant::now();
+        let offences = (0..3 * BANNED_RETRIES_PER_OFFENCE)
+            .filter(|_| o.banned_retry(ip, t0))
+            .count();
+        assert_eq!(offences, 3);
+        // A peer redialling at discovery's pace never adds up to one.
+        let slow: IpAddr = "203.0.113.8".parse().unwrap();
+        let mut now = t0;
+        for _ in 0..10 * BANNED_RETRIES_PER_OFFENCE {
+            now += RETRY_WINDOW / (BANNED_RETRIES_PER_OFFENCE - 1);
+            assert!(!o.banned_retry(slow, now));
+        }
+        o.expire(now + RETRY_WINDOW);
+        assert!(o.retries.is_empty(), "forgotten after a quiet window");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use libp2p::{Multiaddr, PeerId};
 
 use super::super::codec::Offence;
 use super::super::guard::{HANDSHAKE_TIMEOUT, REFUSALS_PER_OFFENCE, canonical, is_local_source};
-use super::super::offences::{BAN_TIME, OFFENCE_THRESHOLD};
+use super::super::offences::{BAN_TIME, BANNED_RETRIES_PER_OFFENCE, OFFENCE_THRESHOLD};
 use super::EventLoop;
 
 impl EventLoop {
@@ -86,8 +86,29 @@ impl EventLoop {
     /// An inbound connection that failed before it was established: one that never
     /// finished its handshake within [`HANDSHAKE_TIMEOUT`] (a silent socket
     /// holding a pending slot; an honest peer takes a few round trips) is an
-    /// offence against its address. Refusals and broken handshakes are not.
+    /// offence against its address, and so is every
+    /// [`BANNED_RETRIES_PER_OFFENCE`]th connection of a banned peer id from one
+    /// address (each costs a full handshake before the block list denies it; a
+    /// banned flooder reconnected hundreds of times a second). Refusals and broken
+    /// handshakes are not.
     pub(super) fn on_incoming_error(&mut self, from: &Multiaddr, error: &ListenError) {
+        if let ListenError::Denied { cause } = error
+            && cause
+                .downcast_ref::<libp2p::allow_block_list::Blocked>()
+                .is_some()
+        {
+            let Some(ip) = super::super::peers::ip_of(from) else {
+                return;
+            };
+            if !(self.config.guard.exempt_loopback && is_local_source(ip))
+                && self.address_offences.banned_retry(ip, Instant::now())
+            {
+                self.metrics.penalties.inc();
+                tracing::warn!(%ip, "banned peers connected {BANNED_RETRIES_PER_OFFENCE} more times from this address");
+                self.address_offence(ip);
+            }
+            return;
+        }
         let ListenError::Transport(TransportError::Other(e)) = error else {
             return;
         };
