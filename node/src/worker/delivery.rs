@@ -65,6 +65,9 @@ pub(super) struct OutboxCounts {
     per: HashMap<String, (u64, u64)>,
     rows: u64,
     bytes: u64,
+    /// Results counted in since start: a recount that overlapped one (this changed
+    /// between its read and its assignment) is stale.
+    writes: u64,
 }
 
 impl OutboxCounts {
@@ -86,6 +89,10 @@ pub(super) struct Removed {
     bytes: u64,
     recount: bool,
 }
+
+/// A delivery task's end: to whom, what it removed, how it ended, and the
+/// delivery loop's recount epoch when it started.
+type Delivered = (String, Removed, Result<(), String>, u64);
 
 /// A result's size as the outbox counts it: encoded, plus a large output's blob.
 fn counted_bytes(encoded: usize, result: &ChunkResult) -> u64 {
@@ -126,9 +133,9 @@ impl Worker {
                     mine.1 = mine.1.saturating_add(size);
                     counts.rows += 1;
                     counts.bytes = counts.bytes.saturating_add(size);
+                    counts.writes += 1;
+                    self.inner.outbox_len.store(counts.rows, Ordering::Relaxed);
                 }
-                self.inner.outbox_len.fetch_add(1, Ordering::Relaxed);
-                self.inner.outbox_writes.fetch_add(1, Ordering::Release);
                 self.inner.deliver.notify_one();
             }
             Err(e) => {
@@ -142,24 +149,29 @@ impl Worker {
     }
 
     /// Counts the outbox again, per submitter (after deliveries, expiry and cancels).
-    /// A result written while the count is read wakes the delivery loop, which
-    /// counts again: the counts never stay behind a write.
+    /// A result counted in while the table is read (checked under the counts' lock,
+    /// which every count takes) wakes the delivery loop, which counts again: the
+    /// counts never stay behind a write.
     pub(super) async fn refresh_outbox_len(&self) {
-        let written = self.inner.outbox_writes.load(Ordering::Acquire);
+        let written = self.outbox_counts().writes;
         match self.inner.db.run(|db| db.outbox_usage()).await {
             Ok(usage) => {
-                if self.inner.outbox_writes.load(Ordering::Acquire) != written {
+                let mut counts = self.outbox_counts();
+                if counts.writes != written {
                     self.inner.outbox_stale.store(true, Ordering::Release);
                     self.inner.deliver.notify_one();
                 }
-                let mut counts = OutboxCounts::default();
+                let mut fresh = OutboxCounts {
+                    writes: counts.writes,
+                    ..OutboxCounts::default()
+                };
                 for u in usage {
-                    counts.rows += u.rows;
-                    counts.bytes = counts.bytes.saturating_add(u.bytes);
-                    counts.per.insert(u.submitter, (u.rows, u.bytes));
+                    fresh.rows += u.rows;
+                    fresh.bytes = fresh.bytes.saturating_add(u.bytes);
+                    fresh.per.insert(u.submitter, (u.rows, u.bytes));
                 }
-                self.inner.outbox_len.store(counts.rows, Ordering::Relaxed);
-                *self.outbox_counts() = counts;
+                self.inner.outbox_len.store(fresh.rows, Ordering::Relaxed);
+                *counts = fresh;
             }
             Err(e) => tracing::warn!(error = %e, "cannot count the outbox"),
         }
@@ -177,12 +189,22 @@ impl Worker {
     /// never leaves a result undelivered until the next one arrives (a one-chunk job
     /// once waited its 120 s soft timeout that way), and a busy worker does not
     /// recount once per result.
+    ///
+    /// Only this loop recounts, and a delivery that a recount overlapped takes
+    /// nothing off the counts: the recount may already have read the table without
+    /// the rows that delivery removed, and subtracting them again would count
+    /// another submitter's waiting result (or a newer one of the same) out, leaving
+    /// it undelivered with nothing to wake the loop. Such a delivery asks for
+    /// another recount instead; the counts meanwhile run ahead, never behind.
     pub(super) async fn deliver_loop(&self) {
         self.refresh_outbox_len().await;
+        // Recounts done by this loop: a delivery started in an earlier epoch was
+        // overlapped by one.
+        let mut epoch: u64 = 0;
         let mut last_recount = Instant::now();
         let mut recount_at: Option<Instant> = None;
         let mut backoff = Backoff::new();
-        let mut running: JoinSet<(String, Removed, Result<(), String>)> = JoinSet::new();
+        let mut running: JoinSet<Delivered> = JoinSet::new();
         let mut busy: HashSet<String> = HashSet::new();
         // Submitters whose last delivery found nothing although counted: not tried
         // again before the next recount.
@@ -195,12 +217,16 @@ impl Worker {
                 biased;
                 _ = self.inner.shutdown.cancelled() => break,
                 Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok((submitter, removed, outcome)) = done {
+                    if let Ok((submitter, removed, outcome, started)) = done {
                         busy.remove(&submitter);
                         if removed.recount {
                             recount_at.get_or_insert_with(Instant::now);
                         }
-                        self.uncount(&submitter, &removed);
+                        if started == epoch {
+                            self.uncount(&submitter, &removed);
+                        } else if removed.rows > 0 {
+                            recount_at.get_or_insert(last_recount + RECOUNT_GAP);
+                        }
                         match outcome {
                             Ok(()) => {
                                 backoff.remove(&submitter);
@@ -242,13 +268,14 @@ impl Worker {
             }
             if recount_at.is_some_and(|at| at <= Instant::now()) {
                 self.refresh_outbox_len().await;
+                epoch += 1;
                 last_recount = Instant::now();
                 recount_at = None;
                 idle.clear();
             }
             let now = Instant::now();
             backoff.retain(|_, (until, _)| *until > now);
-            let started = self.start_deliveries(&mut running, &mut busy, &idle, &backoff);
+            let started = self.start_deliveries(&mut running, &mut busy, &idle, &backoff, epoch);
             if notified && started == 0 && recount_at.is_none() {
                 // Nothing to do for a new result: the counts may be stale.
                 recount_at = Some((last_recount + RECOUNT_GAP).max(now));
@@ -285,10 +312,11 @@ impl Worker {
     /// Returns how many it started.
     fn start_deliveries(
         &self,
-        running: &mut JoinSet<(String, Removed, Result<(), String>)>,
+        running: &mut JoinSet<Delivered>,
         busy: &mut HashSet<String>,
         idle: &HashSet<String>,
         backoff: &Backoff,
+        epoch: u64,
     ) -> usize {
         if running.len() >= DELIVERY_CONCURRENCY {
             return 0;
@@ -310,7 +338,7 @@ impl Worker {
             running.spawn(tracing::Instrument::in_current_span(async move {
                 let mut removed = Removed::default();
                 let outcome = worker.deliver_submitter(&submitter, &mut removed).await;
-                (submitter, removed, outcome)
+                (submitter, removed, outcome, epoch)
             }));
         }
         started

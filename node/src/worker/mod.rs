@@ -134,9 +134,6 @@ struct Inner {
     outbox_len: AtomicU64,
     /// The same per submitter, with bytes (for the quotas).
     outbox: Mutex<delivery::OutboxCounts>,
-    /// Results written to the outbox since start (a recount that overlaps one
-    /// counts again).
-    outbox_writes: AtomicU64,
     /// Set when a recount overlapped a write: the delivery loop counts again.
     outbox_stale: std::sync::atomic::AtomicBool,
     /// Tests only: take every offer and advertise the most slots a peer may claim
@@ -272,7 +269,6 @@ impl Worker {
                 // Counted by the delivery task as it starts (off the async threads).
                 outbox_len: 0.into(),
                 outbox: Mutex::default(),
-                outbox_writes: 0.into(),
                 outbox_stale: false.into(),
                 #[cfg(feature = "test-utils")]
                 greedy: false.into(),
