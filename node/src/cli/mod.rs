@@ -85,8 +85,12 @@ impl Cli {
     /// Sets up `tracing` from `RUST_LOG`, or from `-v` (default: warnings only).
     pub fn init_logging(&self) {
         let default = match self.global.verbose {
+            // libp2p's request-response warns once per stream it drops over the
+            // streams-per-connection limit: a flood of streams would be a flood
+            // of log lines (3 000 in a second in bench hostile's cancel-flood),
+            // filling the volunteer's disk or journal.
             0 if matches!(self.command, Command::Node(_)) => {
-                "info,libp2p_swarm=warn,libp2p_kad=error"
+                "info,libp2p_swarm=warn,libp2p_kad=error,libp2p_request_response=error"
             }
             0 => "warn",
             1 => "peergrid_node=debug,info",

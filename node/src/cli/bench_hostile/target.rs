@@ -347,7 +347,8 @@ impl Target {
             .args(["--no-mdns", "--cpus", "1", "--lend-when-busy"])
             .args(["--api", &format!("127.0.0.1:{api_port}")])
             .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
-            .env("RUST_LOG", "info")
+            // The node's own default (what a volunteer's log shows).
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)
