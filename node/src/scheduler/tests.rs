@@ -374,3 +374,94 @@ async fn a_worker_refusing_for_room_is_offered_again_as_soon_as_its_results_free
     shutdown.cancel();
     task.await.unwrap();
 }
+
+/// Peer 1 advertises room and refuses every offer (`NotAccepting`); peer 2 takes
+/// everything. Counts the offers peer 1 got.
+#[derive(Clone, Default)]
+struct Refuser(Arc<Mutex<u32>>);
+
+impl SimulatedPeers for Refuser {
+    fn peers(&mut self) -> Vec<PeerInfo> {
+        Takers(Arc::default()).peers()
+    }
+
+    fn task(&mut self, peer: PeerId, request: TaskRequest) -> Result<TaskReply, RequestError> {
+        let TaskRequest::Offer { assignments, .. } = request else {
+            return Ok(TaskReply::Cancelled);
+        };
+        if peer != self::peer(1) {
+            return Ok(TaskReply::Offer {
+                accepted: assignments.iter().map(|a| (a.chunk, a.attempt)).collect(),
+                rejected: Vec::new(),
+            });
+        }
+        *self.0.lock().unwrap() += 1;
+        Ok(TaskReply::Offer {
+            accepted: Vec::new(),
+            rejected: assignments
+                .iter()
+                .map(|a| (a.chunk, a.attempt, RejectReason::NotAccepting))
+                .collect(),
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_advertises_room_and_refuses_everything_is_backed_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let refuser = Refuser::default();
+    let ctx = SchedulerContext {
+        net: NetClient::simulated(&key(200), refuser.clone()),
+        blobs: BlobStore::open(dir.path().join("blobs")).unwrap(),
+        db: Arc::new(Db::open(&dir.path().join("db.sqlite")).unwrap()),
+        sandbox: Sandbox::new(SandboxConfig {
+            cache_dir: None,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+        metrics: Default::default(),
+        local_worker: None,
+        trust: Default::default(),
+        placement: Default::default(),
+        seed: None,
+    };
+    let shutdown = CancellationToken::new();
+    let (scheduler, task) = Scheduler::start(ctx, shutdown.clone());
+    let spec = JobSpec {
+        replication: Replication::Fixed,
+        ..adaptive()
+    };
+    scheduler
+        .ask(|tx| Msg::Insert(Box::new(job(1, 4, spec)), tx))
+        .await
+        .unwrap()
+        .unwrap();
+    wait_for("peer 1's first refusal", async || {
+        (*refuser.0.lock().unwrap() > 0).then_some(())
+    })
+    .await;
+    // Many dispatches later (a tick is 250 ms of tokio's paused clock; the
+    // backoff is a second of wall-clock time, which hardly moves meanwhile), it
+    // was not offered the refused replicas again and again. A guard in real time:
+    // an actor that never idles never lets the paused clock move.
+    let (tx, mut guard) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        let _ = tx.send(());
+    });
+    let window = tokio::time::sleep(Duration::from_secs(5));
+    tokio::pin!(window);
+    loop {
+        let offers = *refuser.0.lock().unwrap();
+        assert!(offers <= 2, "a refusing peer was offered {offers} times");
+        tokio::select! {
+            _ = &mut window => break,
+            _ = &mut guard => break,
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+    let offers = *refuser.0.lock().unwrap();
+    assert!(offers <= 2, "a refusing peer was offered {offers} times");
+    shutdown.cancel();
+    task.await.unwrap();
+}

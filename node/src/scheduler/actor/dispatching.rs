@@ -117,10 +117,17 @@ impl Actor {
     ) -> HashSet<(u32, u32)> {
         match reply {
             Ok(TaskReply::Offer { accepted, rejected }) => {
+                // Every refusal but one for good (limits, module) backs the peer
+                // off: a worker that advertises room and refuses everything
+                // (`NotAccepting`, `Suspended`) was offered replicas again at every
+                // dispatch, and they waited there instead of going elsewhere.
                 if rejected.iter().any(|r| {
                     matches!(
                         r.2,
-                        RejectReason::NoFreeSlots | RejectReason::OutboxFull { .. }
+                        RejectReason::NoFreeSlots
+                            | RejectReason::OutboxFull { .. }
+                            | RejectReason::NotAccepting
+                            | RejectReason::Suspended
                     )
                 }) {
                     self.backoff
