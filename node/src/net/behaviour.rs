@@ -28,6 +28,8 @@ const CAPACITY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
     pub(crate) guard: ConnectionGuard,
+    /// Which connections stay open when idle (`keep_alive.rs`).
+    pub(crate) keep_alive: super::keep_alive::KeepAlive,
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) memory: memory_connection_limits::Behaviour,
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
@@ -160,6 +162,7 @@ impl Behaviour {
 
         Ok(Self {
             guard: ConnectionGuard::new(config.guard.clone(), metrics.clone()),
+            keep_alive: super::keep_alive::KeepAlive::default(),
             limits: connection_limits::Behaviour::new(limits),
             // New connections (both ways) are refused while the process's resident
             // memory is above the cap; open ones go on.
