@@ -74,6 +74,9 @@ pub(crate) struct EventLoop {
     walk_new: usize,
     /// When each connected peer last exchanged work with this node (`keep.rs`).
     work: HashMap<PeerId, Instant>,
+    /// Connections closed since the heap was last trimmed, and when (`keep.rs`).
+    closed_since_trim: usize,
+    last_trim: Instant,
     own_advert: Option<CapacityAdvert>,
     pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
     pending_task: PendingMap<TaskReply>,
@@ -131,6 +134,8 @@ impl EventLoop {
             walks: HashSet::new(),
             walk_new: 0,
             work: HashMap::new(),
+            closed_since_trim: 0,
+            last_trim: Instant::now(),
             config,
             own_advert: None,
             pending_dial: HashMap::new(),
@@ -369,6 +374,7 @@ impl EventLoop {
                 ..
             } => {
                 self.nat_closed(peer_id, connection_id);
+                self.closed_since_trim += 1;
                 if num_established > 0 {
                     return;
                 }

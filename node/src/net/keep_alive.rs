@@ -1,6 +1,6 @@
 //! Which connections stay open when idle. libp2p closes a connection once no
 //! handler asks to keep it and it has carried no stream for the swarm's idle
-//! timeout ([`NetConfig::idle_timeout`](super::NetConfig::idle_timeout), 10 s). No
+//! timeout ([`NetConfig::idle_timeout`](super::NetConfig::idle_timeout), 3 s). No
 //! protocol peergrid speaks keeps a connection by itself between messages, so a
 //! Kademlia lookup, which connects to every peer it asks, used to leave a connection
 //! to each of them open for the idle timeout (then 5 minutes): on 100 processes

@@ -106,7 +106,7 @@ impl Default for NetConfig {
             advert_ttl: Duration::from_secs(180),
             random_walk_interval: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3),
             max_connections: 256,
             max_inbound: 192,
             guard: guard::GuardConfig::default(),

@@ -7,7 +7,8 @@
 //! the connections Kademlia's lookups open close once they are done.
 //!
 //! Marked at once when a subscription is made or work is exchanged, and swept every
-//! tick (what stopped being needed is let go).
+//! tick (what stopped being needed is let go). After connections close, the heap's
+//! free pages go back to the OS (at most once a minute).
 //!
 //! [`KeepAlive`]: super::super::keep_alive::KeepAlive
 
@@ -21,6 +22,26 @@ use super::EventLoop;
 /// How long a connection that carried work stays kept after its last message:
 /// the idle timeout connections had before they were kept on purpose.
 pub(super) const WORK_HOLD: Duration = Duration::from_secs(300);
+
+/// Least time between two returns of freed heap memory to the OS.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+
+/// Hands the heap's free pages back to the OS. glibc's allocator keeps what a
+/// burst of connections freed (their buffers, handlers, the Kademlia lookups'
+/// state) for reuse, so an idle node's resident memory stayed at its peak: after a
+/// start on 40 processes, about 1 MB of 7 MB of anonymous memory (measured with
+/// `malloc_trim` called from gdb).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: `malloc_trim` only walks and madvises the allocator's own free
+    // lists, under its locks; any thread may call it at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
 
 impl EventLoop {
     /// Keeps `peer`'s connections open from now (a subscription, or work).
@@ -55,5 +76,13 @@ impl EventLoop {
             .collect();
         self.metrics.kept_peers.set(kept.len() as i64);
         self.swarm.behaviour_mut().keep_alive.set_kept(&kept);
+        // Connections closed since the heap was last trimmed: give back what they
+        // freed, at most once a [`TRIM_EVERY`] (it takes a fraction of a
+        // millisecond on an idle node's heap).
+        if self.closed_since_trim > 0 && self.last_trim.elapsed() >= TRIM_EVERY {
+            self.closed_since_trim = 0;
+            self.last_trim = now;
+            trim_heap();
+        }
     }
 }
