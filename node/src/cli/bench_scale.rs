@@ -32,7 +32,9 @@ pub struct ScaleBench {
     #[arg(long, value_name = "N", value_delimiter = ',')]
     pub processes: Vec<usize>,
     /// How long idle use is measured.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::config::parse_duration)]
+    /// CPU time is counted in the kernel's 10 ms ticks: an idle node's 0.1 % of a
+    /// core is 6 ticks a minute, so a short window cannot tell 0.07 from 0.17.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::config::parse_duration)]
     pub window: Duration,
     /// How long the grid settles before the window.
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = crate::config::parse_duration)]
@@ -312,6 +314,11 @@ impl ScaleBench {
                 ])
                 .args(["--metrics", &format!("127.0.0.1:{metrics}")])
                 .args(["--cpus", "1"])
+                // Discovery is measured, not politeness: on a machine shared with
+                // builds, a volunteer lends nothing while other programs keep the
+                // cores busy (advertising 0 slots, so no candidate), which made the
+                // time to candidates depend on the others' load (32 s at load 8).
+                .arg("--lend-when-busy")
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -28,8 +28,6 @@ const CAPACITY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
     pub(crate) guard: ConnectionGuard,
-    /// Which connections stay open when idle (`keep_alive.rs`).
-    pub(crate) keep_alive: super::keep_alive::KeepAlive,
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) memory: memory_connection_limits::Behaviour,
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
@@ -56,6 +54,9 @@ pub(crate) struct Behaviour {
     pub(crate) autonat_server: super::gate::Gated<autonat::v2::server::Behaviour>,
     /// Port mapping on the home router (`--no-upnp` turns it off).
     pub(crate) upnp: Toggle<upnp::tokio::Behaviour>,
+    /// Which connections stay open when idle (`keep_alive.rs`). Last, so that a
+    /// connection refused by any behaviour above never gets its handler.
+    pub(crate) keep_alive: super::keep_alive::KeepAlive,
 }
 
 /// The most streams (requests in flight, both ways: requests over it fail at once)
@@ -162,7 +163,6 @@ impl Behaviour {
 
         Ok(Self {
             guard: ConnectionGuard::new(config.guard.clone(), metrics.clone()),
-            keep_alive: super::keep_alive::KeepAlive::default(),
             limits: connection_limits::Behaviour::new(limits),
             // New connections (both ways) are refused while the process's resident
             // memory is above the cap; open ones go on.
@@ -236,6 +236,7 @@ impl Behaviour {
             autonat: autonat::v2::client::Behaviour::default(),
             autonat_server: super::gate::Gated::new(autonat::v2::server::Behaviour::default()),
             upnp: config.nat.upnp.then(upnp::tokio::Behaviour::default).into(),
+            keep_alive: super::keep_alive::KeepAlive::default(),
         })
     }
 }

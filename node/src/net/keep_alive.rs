@@ -22,8 +22,8 @@ use libp2p::core::upgrade::DeniedUpgrade;
 use libp2p::swarm::handler::ConnectionEvent;
 use libp2p::swarm::{
     ConnectionClosed, ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId,
-    FromSwarm, NetworkBehaviour, NotifyHandler, SubstreamProtocol, THandler, THandlerInEvent,
-    THandlerOutEvent, ToSwarm,
+    DialFailure, FromSwarm, ListenFailure, NetworkBehaviour, NotifyHandler, SubstreamProtocol,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 use libp2p::{Multiaddr, PeerId};
 
@@ -102,19 +102,33 @@ impl NetworkBehaviour for KeepAlive {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
-        if let FromSwarm::ConnectionClosed(ConnectionClosed {
-            peer_id,
-            connection_id,
-            ..
-        }) = event
-            && let Some(ids) = self.connections.get_mut(&peer_id)
-        {
-            ids.retain(|id| *id != connection_id);
+        // A connection this behaviour made a handler for ends closed, or refused by
+        // a behaviour asked after this one (the connection limits, the ban list).
+        let (peer, connection) = match event {
+            FromSwarm::ConnectionClosed(ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            }) => (peer_id, connection_id),
+            FromSwarm::DialFailure(DialFailure {
+                peer_id: Some(peer_id),
+                connection_id,
+                ..
+            })
+            | FromSwarm::ListenFailure(ListenFailure {
+                peer_id: Some(peer_id),
+                connection_id,
+                ..
+            }) => (peer_id, connection_id),
+            _ => return,
+        };
+        if let Some(ids) = self.connections.get_mut(&peer) {
+            ids.retain(|id| *id != connection);
             if ids.is_empty() {
-                self.connections.remove(&peer_id);
+                self.connections.remove(&peer);
                 // A peer with no connection keeps no flag: the set stays bounded by
                 // the connections open, and the event loop sets it again if needed.
-                self.kept.remove(&peer_id);
+                self.kept.remove(&peer);
             }
         }
     }
@@ -174,5 +188,73 @@ impl ConnectionHandler for Handler {
         _event: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol>,
     ) {
         // No protocol: nothing is ever negotiated on this handler's behalf.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libp2p::core::ConnectedPoint;
+    use libp2p::core::transport::Endpoint as Role;
+
+    use super::*;
+
+    fn poll(k: &mut KeepAlive) -> Vec<(ConnectionId, bool)> {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let mut out = Vec::new();
+        while let Poll::Ready(ToSwarm::NotifyHandler {
+            handler: NotifyHandler::One(id),
+            event,
+            ..
+        }) = k.poll(&mut cx)
+        {
+            out.push((id, event));
+        }
+        out
+    }
+
+    #[test]
+    fn handlers_follow_the_kept_set_and_a_peer_leaves_it_with_its_last_connection() {
+        let mut k = KeepAlive::default();
+        let (peer, other) = (PeerId::random(), PeerId::random());
+        let addr = Multiaddr::empty();
+        let (a, b) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+        );
+        let h = k
+            .handle_established_inbound_connection(a, peer, &addr, &addr)
+            .expect("accepted");
+        assert!(!h.connection_keep_alive(), "not kept unless asked");
+        k.set_kept(&HashSet::from([peer]));
+        assert_eq!(poll(&mut k), vec![(a, true)], "the open connection is told");
+        let h = k
+            .handle_established_outbound_connection(b, peer, &addr, Role::Dialer, PortUse::New)
+            .expect("accepted");
+        assert!(h.connection_keep_alive(), "a new connection starts kept");
+        k.set(peer, true);
+        assert!(poll(&mut k).is_empty(), "no change, no message");
+        // Letting go tells both connections; a peer with none is not told.
+        k.set_kept(&HashSet::from([other]));
+        let mut told = poll(&mut k);
+        told.sort_by_key(|(id, _)| format!("{id:?}"));
+        assert_eq!(told, vec![(a, false), (b, false)]);
+        // The last connection closing forgets the peer's flag.
+        k.set(peer, true);
+        poll(&mut k);
+        let endpoint = ConnectedPoint::Listener {
+            local_addr: addr.clone(),
+            send_back_addr: addr.clone(),
+        };
+        for (id, left) in [(a, 1), (b, 0)] {
+            k.on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+                peer_id: peer,
+                connection_id: id,
+                endpoint: &endpoint,
+                cause: None,
+                remaining_established: left,
+            }));
+        }
+        assert!(!k.kept.contains(&peer));
+        assert!(k.connections.is_empty());
     }
 }
