@@ -194,7 +194,6 @@ impl ConnectionHandler for Handler {
 #[cfg(test)]
 mod tests {
     use libp2p::core::ConnectedPoint;
-    use libp2p::core::transport::Endpoint as Role;
 
     use super::*;
 
@@ -228,7 +227,7 @@ mod tests {
         k.set_kept(&HashSet::from([peer]));
         assert_eq!(poll(&mut k), vec![(a, true)], "the open connection is told");
         let h = k
-            .handle_established_outbound_connection(b, peer, &addr, Role::Dialer, PortUse::New)
+            .handle_established_outbound_connection(b, peer, &addr, Endpoint::Dialer, PortUse::New)
             .expect("accepted");
         assert!(h.connection_keep_alive(), "a new connection starts kept");
         k.set(peer, true);
