@@ -69,7 +69,7 @@ fn start_node_with(
         .args(["--advert-interval", "500ms", "--advert-ttl", "3s"])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(stderr_file(dir));
     if let Some(b) = bootstrap {
         cmd.args(["--bootstrap", b]);
     }
@@ -83,9 +83,13 @@ fn start_node_with(
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the node prints its listen address");
+    let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(addr) => addr,
+        Err(e) => panic!(
+            "the node prints its listen address: {e}; its log ends:\n{}",
+            stderr_tail(dir)
+        ),
+    };
     NodeProcess {
         child,
         addr,
@@ -207,6 +211,21 @@ fn a_node_restarted_on_its_data_dir_keeps_its_peer_id_and_the_api_wants_the_toke
     drop(node);
     let node = start_node(dir.path(), None);
     assert_eq!(node.addr.rsplit('/').next().unwrap_or_default(), first_id);
+}
+
+/// Where a node started in `dir` logs: a file in its data dir, shown when it fails
+/// to start.
+fn stderr_file(dir: &Path) -> Stdio {
+    std::fs::File::create(dir.join("node.stderr.log"))
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
+}
+
+/// The last lines a node started in `dir` logged.
+fn stderr_tail(dir: &Path) -> String {
+    let log = std::fs::read_to_string(dir.join("node.stderr.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// A GET without a token; `Err(status)` on an HTTP error.

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use libp2p::PeerId;
 use tokio::time::{Duration, Instant};
@@ -223,7 +224,10 @@ impl Worker {
                 if let Err(e) = worker.inner.db.run(move |db| db.apply(&writes)).await {
                     tracing::warn!(error = %e, "could not drop cancelled results from the outbox");
                 }
-                worker.refresh_outbox_len().await;
+                // The delivery loop counts again (a recount there never races a
+                // delivery's own count of what it removed).
+                worker.inner.outbox_stale.store(true, Ordering::Release);
+                worker.inner.deliver.notify_one();
             }
             .in_current_span(),
         );

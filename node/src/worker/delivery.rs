@@ -10,9 +10,10 @@
 //! bytes (`Db::outbox_page_of`), and sends them in batches that fit a message; only
 //! an acknowledgement removes a result. Every [`EXPIRE_EVERY`] the loop drops
 //! results older than the worker's `outbox_expiry`. The counts admission and the
-//! loop read (rows and bytes per submitter, [`OutboxCounts`]) grow with each result
-//! written, shrink by what each delivery removed, and are recounted from the
-//! database now and then (see [`Worker::deliver_loop`]).
+//! loop read (rows and bytes per submitter, [`OutboxCounts`]) change only together
+//! with the rows they count (under the worker's outbox gate): grown by each result
+//! written, shrunk by each acknowledged batch as it is deleted, and recounted from
+//! the database now and then (see [`Worker::deliver_loop`]).
 //! This node's own results go to its scheduler directly
 //! ([`LocalResults`](super::LocalResults)). Every database call runs through
 //! [`Db::run`](crate::store::Db::run), off the async threads.
@@ -58,8 +59,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Submitters not tried until a time, with the wait that got them there.
 type Backoff = HashMap<String, (Instant, Duration)>;
 
-/// What the outbox holds, as last counted plus what was written since: per
-/// submitter (rows, bytes), and in all. Bounded by the outbox's own rows.
+/// What the outbox holds: per submitter (rows, bytes), and in all. Bounded by the
+/// outbox's own rows. Changed only under the outbox gate, together with the rows.
 #[derive(Debug, Default)]
 pub(super) struct OutboxCounts {
     per: HashMap<String, (u64, u64)>,
@@ -87,6 +88,9 @@ pub(super) struct Removed {
     recount: bool,
 }
 
+/// A delivery task's end: to whom, what it removed, and how it ended.
+type Delivered = (String, Removed, Result<(), String>);
+
 /// A result's size as the outbox counts it: encoded, plus a large output's blob.
 fn counted_bytes(encoded: usize, result: &ChunkResult) -> u64 {
     let blob = match &result.output {
@@ -112,6 +116,7 @@ impl Worker {
             result: bytes,
         };
         let who = row.submitter.clone();
+        let gate = self.inner.outbox_gate.lock().await;
         match self
             .inner
             .db
@@ -126,9 +131,9 @@ impl Worker {
                     mine.1 = mine.1.saturating_add(size);
                     counts.rows += 1;
                     counts.bytes = counts.bytes.saturating_add(size);
+                    self.inner.outbox_len.store(counts.rows, Ordering::Relaxed);
                 }
-                self.inner.outbox_len.fetch_add(1, Ordering::Relaxed);
-                self.inner.outbox_writes.fetch_add(1, Ordering::Release);
+                drop(gate);
                 self.inner.deliver.notify_one();
             }
             Err(e) => {
@@ -141,17 +146,13 @@ impl Worker {
         self.inner.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts the outbox again, per submitter (after deliveries, expiry and cancels).
-    /// A result written while the count is read wakes the delivery loop, which
-    /// counts again: the counts never stay behind a write.
+    /// Counts the outbox again, per submitter (at start, after expiry, cancels and
+    /// rows dropped as undeliverable). Under the outbox gate: no write or
+    /// acknowledged delete lands between the read and the new counts.
     pub(super) async fn refresh_outbox_len(&self) {
-        let written = self.inner.outbox_writes.load(Ordering::Acquire);
+        let _gate = self.inner.outbox_gate.lock().await;
         match self.inner.db.run(|db| db.outbox_usage()).await {
             Ok(usage) => {
-                if self.inner.outbox_writes.load(Ordering::Acquire) != written {
-                    self.inner.outbox_stale.store(true, Ordering::Release);
-                    self.inner.deliver.notify_one();
-                }
                 let mut counts = OutboxCounts::default();
                 for u in usage {
                     counts.rows += u.rows;
@@ -168,21 +169,25 @@ impl Worker {
     /// Sends outbox entries to their submitters until shutdown; an entry leaves the
     /// outbox only when acknowledged (or expired).
     ///
-    /// Whom to deliver to comes from the counts per submitter: grown by each result
-    /// written (before its notification), shrunk by what each delivery removed, and
-    /// recounted from the database at start, every [`RETRY_EVERY`] while results
-    /// wait, after an expiry or a cancel, when a recount overlapped a write, and when
-    /// a notification finds nobody to deliver to (at most every [`RECOUNT_GAP`]). So a
-    /// stale count (a recount that read the table just before a new row was written)
-    /// never leaves a result undelivered until the next one arrives (a one-chunk job
-    /// once waited its 120 s soft timeout that way), and a busy worker does not
-    /// recount once per result.
+    /// Whom to deliver to comes from the counts per submitter. They change only
+    /// under the outbox gate, together with the rows: a result's count is added
+    /// with its write (before its notification), an acknowledged batch's counts are
+    /// taken off with its delete, and a recount reads the table and replaces the
+    /// counts without a write or delete in between. (They once moved apart: a
+    /// delivery took its rows off at its end, after a recount had already read the
+    /// table without them, so another waiting result was counted out; with the
+    /// outbox looking empty nothing woke the loop and the result was never
+    /// delivered.) The loop still recounts at start, every [`RETRY_EVERY`] while
+    /// results wait, after an expiry, a cancel or rows dropped as undeliverable, and
+    /// when a notification finds nobody to deliver to (at most every
+    /// [`RECOUNT_GAP`]), so that a count gone wrong any other way costs a moment,
+    /// not a result.
     pub(super) async fn deliver_loop(&self) {
         self.refresh_outbox_len().await;
         let mut last_recount = Instant::now();
         let mut recount_at: Option<Instant> = None;
         let mut backoff = Backoff::new();
-        let mut running: JoinSet<(String, Removed, Result<(), String>)> = JoinSet::new();
+        let mut running: JoinSet<Delivered> = JoinSet::new();
         let mut busy: HashSet<String> = HashSet::new();
         // Submitters whose last delivery found nothing although counted: not tried
         // again before the next recount.
@@ -200,7 +205,6 @@ impl Worker {
                         if removed.recount {
                             recount_at.get_or_insert_with(Instant::now);
                         }
-                        self.uncount(&submitter, &removed);
                         match outcome {
                             Ok(()) => {
                                 backoff.remove(&submitter);
@@ -260,23 +264,24 @@ impl Worker {
         while running.join_next().await.is_some() {}
     }
 
-    /// Takes what a delivery removed off the counts.
-    fn uncount(&self, submitter: &str, removed: &Removed) {
-        if removed.rows == 0 {
+    /// Takes `rows` results of `bytes` off `submitter`'s counts (called under the
+    /// outbox gate, with their deletion).
+    fn uncount(&self, submitter: &str, rows: u64, bytes: u64) {
+        if rows == 0 {
             return;
         }
         let mut counts = self.outbox_counts();
         let mut gone = false;
         if let Some(mine) = counts.per.get_mut(submitter) {
-            mine.0 = mine.0.saturating_sub(removed.rows);
-            mine.1 = mine.1.saturating_sub(removed.bytes);
+            mine.0 = mine.0.saturating_sub(rows);
+            mine.1 = mine.1.saturating_sub(bytes);
             gone = mine.0 == 0;
         }
         if gone {
             counts.per.remove(submitter);
         }
-        counts.rows = counts.rows.saturating_sub(removed.rows);
-        counts.bytes = counts.bytes.saturating_sub(removed.bytes);
+        counts.rows = counts.rows.saturating_sub(rows);
+        counts.bytes = counts.bytes.saturating_sub(bytes);
         self.inner.outbox_len.store(counts.rows, Ordering::Relaxed);
     }
 
@@ -285,7 +290,7 @@ impl Worker {
     /// Returns how many it started.
     fn start_deliveries(
         &self,
-        running: &mut JoinSet<(String, Removed, Result<(), String>)>,
+        running: &mut JoinSet<Delivered>,
         busy: &mut HashSet<String>,
         idle: &HashSet<String>,
         backoff: &Backoff,
@@ -419,20 +424,30 @@ impl Worker {
                 }
             }
             if !results.is_empty() {
-                let stored = self.send(peer, results).await?;
-                // Only what was sent and acknowledged leaves the counts.
-                for key in stored {
-                    if let Some(bytes) = sizes.remove(&key) {
-                        removed.rows += 1;
-                        removed.bytes = removed.bytes.saturating_add(bytes);
+                let acknowledged = self.send(peer, results).await?;
+                // Only what was sent and acknowledged leaves the outbox, and its
+                // counts with it.
+                let mut gone = Vec::with_capacity(acknowledged.len());
+                let (mut rows, mut bytes) = (0u64, 0u64);
+                for key in acknowledged {
+                    if let Some(size) = sizes.remove(&key) {
+                        gone.push(key);
+                        rows += 1;
+                        bytes = bytes.saturating_add(size);
                     }
+                }
+                let _gate = self.inner.outbox_gate.lock().await;
+                if self.delete(submitter, gone).await {
+                    self.uncount(submitter, rows, bytes);
+                    removed.rows += rows;
+                    removed.bytes = removed.bytes.saturating_add(bytes);
                 }
             }
         }
         Ok(())
     }
 
-    /// Sends one batch and drops what the submitter acknowledged; returns that.
+    /// Sends one batch; returns what the submitter acknowledged.
     async fn send(
         &self,
         peer: PeerId,
@@ -448,21 +463,25 @@ impl Worker {
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        self.delete(&peer.to_string(), ack.stored.clone()).await;
         Ok(ack.stored)
     }
 
-    /// Drops `submitter`'s acknowledged (or undeliverable) results.
-    async fn delete(&self, submitter: &str, keys: Vec<(JobId, u32, u32)>) {
+    /// Drops `submitter`'s acknowledged (or undeliverable) results; whether they
+    /// are gone.
+    async fn delete(&self, submitter: &str, keys: Vec<(JobId, u32, u32)>) -> bool {
         if keys.is_empty() {
-            return;
+            return true;
         }
         let writes: Vec<Write> = keys
             .into_iter()
             .map(|(j, c, a)| Write::OutboxDelete(submitter.to_string(), j, c, a))
             .collect();
-        if let Err(e) = self.inner.db.run(move |db| db.apply(&writes)).await {
-            tracing::warn!(error = %e, "cannot clear acknowledged results");
+        match self.inner.db.run(move |db| db.apply(&writes)).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot clear acknowledged results");
+                false
+            }
         }
     }
 }

@@ -134,10 +134,11 @@ struct Inner {
     outbox_len: AtomicU64,
     /// The same per submitter, with bytes (for the quotas).
     outbox: Mutex<delivery::OutboxCounts>,
-    /// Results written to the outbox since start (a recount that overlaps one
-    /// counts again).
-    outbox_writes: AtomicU64,
-    /// Set when a recount overlapped a write: the delivery loop counts again.
+    /// Taken around every change to the outbox's rows together with the change to
+    /// their counts, and around a recount: the counts move only with the rows.
+    outbox_gate: tokio::sync::Mutex<()>,
+    /// Set when rows left the outbox uncounted (a cancel): the delivery loop
+    /// counts again.
     outbox_stale: std::sync::atomic::AtomicBool,
     /// Tests only: take every offer and advertise the most slots a peer may claim
     /// (an inflating peer; see `Seams::inflater`).
@@ -272,7 +273,7 @@ impl Worker {
                 // Counted by the delivery task as it starts (off the async threads).
                 outbox_len: 0.into(),
                 outbox: Mutex::default(),
-                outbox_writes: 0.into(),
+                outbox_gate: tokio::sync::Mutex::new(()),
                 outbox_stale: false.into(),
                 #[cfg(feature = "test-utils")]
                 greedy: false.into(),
