@@ -444,6 +444,11 @@ impl ScaleBench {
             .iter()
             .map(|p| metric_connections(*p).unwrap_or((f64::NAN, f64::NAN)))
             .unzip();
+        for (i, c) in connections.iter().enumerate() {
+            if *c == 0.0 {
+                eprintln!("worker {i} is connected to nobody at the end of the window");
+            }
+        }
         let (job_s, job_right) = if self.no_job {
             (None, None)
         } else {
