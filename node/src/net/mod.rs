@@ -44,10 +44,12 @@ pub mod reachability;
 pub mod relay;
 pub mod scale_sim;
 pub mod sim;
+mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use libp2p::core::Transport as _;
 use libp2p::{Multiaddr, PeerId, identity, request_response};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -426,13 +428,19 @@ pub fn start(
     let behaviour_budget = budget.clone();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default().nodelay(true),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .map_err(|e| setup(&e))?
         .with_quic()
+        // TCP as libp2p-tcp, with a fall-back for dials from a taken port.
+        .with_other_transport(|key| {
+            let noise = libp2p::noise::Config::new(key)
+                .map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string()))?;
+            Ok(
+                transport::Tcp::new(libp2p::tcp::Config::default().nodelay(true))
+                    .upgrade(libp2p::core::upgrade::Version::V1)
+                    .authenticate(noise)
+                    .multiplex(libp2p::yamux::Config::default()),
+            )
+        })
+        .map_err(|e| setup(&e))?
         // `/dns4/…` and `/dns6/…` bootstrap addresses (the system resolver).
         .with_dns()
         .map_err(|e| setup(&e))?
