@@ -94,3 +94,58 @@ async fn the_fuel_speed_is_measured_once_kept_and_advertised_only_when_known() {
     );
     net.shutdown().await;
 }
+
+/// An idle node keeps open the connections it needs (its subscriptions, both
+/// ways) and lets the others close: the Kademlia lookups of a growing grid connect
+/// it to most of its peers, and before issue 19's fix each of those connections
+/// stayed open for 5 idle minutes (100 node processes formed a full mesh). Here a
+/// connection idle for 1 s closes unless kept, and workers push their adverts
+/// every 4 s, so a subscription that keeps delivering adverts for longer than
+/// their time to live is one whose connection was kept on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_node_keeps_its_subscriptions_open_and_lets_lookup_connections_close() {
+    const N: usize = 16;
+    const IDLE_VIEW: usize = 2;
+    // Subscriptions each way, plus one for whichever peer it met first.
+    const MEDIAN_BOUND: usize = 2 * IDLE_VIEW + 1;
+    const ADVERT_TTL: Duration = Duration::from_secs(12);
+    let net = TestNet::spawn_with(N, |_, config| {
+        config.net.idle_timeout = Duration::from_secs(1);
+        config.net.discovery.idle_view = IDLE_VIEW;
+        config.advert_interval = Duration::from_secs(4);
+        config.net.advert_ttl = ADVERT_TTL;
+    })
+    .await;
+    // Node 0, everyone's bootstrap, has every node as a subscriber: not idle.
+    let settled = std::sync::Mutex::new(None::<std::time::Instant>);
+    let connections = wait_for(
+        "every idle node to hold its idle view's adverts, on few connections, \
+         for longer than an advert lives",
+        Duration::from_secs(120),
+        || async {
+            let mut connected = Vec::new();
+            let mut full = true;
+            for i in 1..N {
+                // `status`, not `peers`: asking for peers is demand.
+                let status = net.node(i).net().status().await.expect("running");
+                connected.push(status.connected_peers);
+                full &= status.adverts >= IDLE_VIEW;
+            }
+            connected.sort_unstable();
+            let median = connected[connected.len() / 2];
+            let mut since = settled.lock().expect("not poisoned");
+            if !full || median > MEDIAN_BOUND {
+                *since = None;
+                return None;
+            }
+            let at = *since.get_or_insert_with(std::time::Instant::now);
+            (at.elapsed() > ADVERT_TTL + Duration::from_secs(2)).then_some(connected)
+        },
+    )
+    .await;
+    assert!(
+        connections[connections.len() / 2] <= MEDIAN_BOUND,
+        "{connections:?}"
+    );
+    net.shutdown().await;
+}

@@ -3,7 +3,8 @@
 //! peers (`--simulate`).
 //!
 //! For each N it starts N worker processes (this binary, each in a loopback /24 of
-//! its own, 127.a.b.1, bootstrapped from the first), then a submitter inside this
+//! its own, 127.a.b.1, started `--stagger` apart, each bootstrapped from up to two
+//! started before it), then a submitter inside this
 //! process, and measures: how long the submitter takes to see `--enough` candidates;
 //! after the grid settles, each worker's CPU time (from `/proc/PID/stat`) and
 //! capacity-protocol and other application bytes (from its `/metrics`) over the
@@ -16,6 +17,8 @@ use std::process::{Child, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
 use crate::config::{DataDir, NodeOptions, next_loopback_ip};
@@ -29,7 +32,9 @@ pub struct ScaleBench {
     #[arg(long, value_name = "N", value_delimiter = ',')]
     pub processes: Vec<usize>,
     /// How long idle use is measured.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::config::parse_duration)]
+    /// CPU time is counted in the kernel's 10 ms ticks: an idle node's 0.1 % of a
+    /// core is 6 ticks a minute, so a short window cannot tell 0.07 from 0.17.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::config::parse_duration)]
     pub window: Duration,
     /// How long the grid settles before the window.
     #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = crate::config::parse_duration)]
@@ -38,6 +43,13 @@ pub struct ScaleBench {
     /// a chunk needs by default.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub enough: usize,
+    /// Time between two worker starts: a grid grows node by node, and each node
+    /// bootstraps from up to two of those already up (chosen at random), as
+    /// volunteers given a list of known peers do. 100 first starts in the same
+    /// second (each measuring its fuel speed) on a 2-core machine is no grid anyone
+    /// runs.
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = crate::config::parse_duration)]
+    pub stagger: Duration,
     /// Skip the 400-chunk job.
     #[arg(long)]
     pub no_job: bool,
@@ -78,8 +90,12 @@ struct ProcessRun {
     /// touched, shared with the other nodes): min, median, max.
     rss_anon_mb: [f64; 3],
     rss_file_mb: [f64; 3],
+    /// Per-node peak resident memory since start (`VmHWM`), MB: min, median, max.
+    rss_peak_mb: [f64; 3],
     /// Per-node connected peers at the end of the window: min, median, max.
     connections: [f64; 3],
+    /// Of which kept open when idle (subscriptions either way, recent work).
+    kept: [f64; 3],
     /// The machine's load average (1 min) at the start and end of the window.
     load: [f64; 2],
     /// The 400-chunk job: seconds to done, and whether the result is right.
@@ -177,9 +193,13 @@ fn metric_bytes(port: u16) -> Option<f64> {
     ))
 }
 
-/// Connected peers, from a node's /metrics.
-fn metric_connections(port: u16) -> Option<f64> {
-    Some(metric_sum(&scrape(port)?, "peergrid_net_connected_peers "))
+/// Connected peers and those kept open, from a node's /metrics.
+fn metric_connections(port: u16) -> Option<(f64, f64)> {
+    let body = scrape(port)?;
+    Some((
+        metric_sum(&body, "peergrid_net_connected_peers "),
+        metric_sum(&body, "peergrid_net_kept_peers "),
+    ))
 }
 
 fn spread(mut v: Vec<f64>) -> [f64; 3] {
@@ -273,6 +293,7 @@ impl ScaleBench {
             _dir: dir,
         };
         let mut bootstrap = String::new();
+        let mut rng = StdRng::seed_from_u64(self.seed);
         for i in 0..n {
             let ip = next_loopback_ip();
             let port = free_port(ip)?;
@@ -293,12 +314,20 @@ impl ScaleBench {
                 ])
                 .args(["--metrics", &format!("127.0.0.1:{metrics}")])
                 .args(["--cpus", "1"])
+                // Discovery is measured, not politeness: on a machine shared with
+                // builds, a volunteer lends nothing while other programs keep the
+                // cores busy (advertising 0 slots, so no candidate), which made the
+                // time to candidates depend on the others' load (32 s at load 8).
+                .arg("--lend-when-busy")
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            if i > 0 {
-                cmd.args(["--bootstrap", &bootstrap]);
+            // Up to two of the nodes already up (the first is every node's when
+            // it is the only one).
+            for _ in 0..i.min(2) {
+                let (ip, port) = procs.listen[rng.random_range(0..i)];
+                cmd.args(["--bootstrap", &format!("/ip4/{ip}/tcp/{port}")]);
             }
             let child = cmd
                 .spawn()
@@ -317,6 +346,7 @@ impl ScaleBench {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
+            std::thread::sleep(self.stagger);
         }
         // Every worker is up (listening, and its fuel speed measured: a first start
         // measures it in a child process before the first advert) before the
@@ -408,11 +438,17 @@ impl ScaleBench {
                 .collect()
         };
         let (rss, rss_anon, rss_file) = (rss_of("VmRSS"), rss_of("RssAnon"), rss_of("RssFile"));
-        let connections: Vec<f64> = procs
+        let rss_peak = rss_of("VmHWM");
+        let (connections, kept): (Vec<f64>, Vec<f64>) = procs
             .metrics
             .iter()
-            .map(|p| metric_connections(*p).unwrap_or(f64::NAN))
-            .collect();
+            .map(|p| metric_connections(*p).unwrap_or((f64::NAN, f64::NAN)))
+            .unzip();
+        for (i, c) in connections.iter().enumerate() {
+            if *c == 0.0 {
+                eprintln!("worker {i} is connected to nobody at the end of the window");
+            }
+        }
         let (job_s, job_right) = if self.no_job {
             (None, None)
         } else {
@@ -436,7 +472,9 @@ impl ScaleBench {
             rss_mb: spread(rss),
             rss_anon_mb: spread(rss_anon),
             rss_file_mb: spread(rss_file),
+            rss_peak_mb: spread(rss_peak),
             connections: spread(connections),
+            kept: spread(kept),
             load: [load0, load1],
             job_s,
             job_right,
@@ -497,7 +535,7 @@ async fn run_job(submitter: &crate::Node) -> anyhow::Result<(f64, bool)> {
 fn print_run(r: &ProcessRun) {
     let f = |v: [f64; 3], p: usize| format!("{:.p$}/{:.p$}/{:.p$}", v[0], v[1], v[2]);
     println!(
-        "{:>4} nodes: {} candidates in {:.1} s | idle CPU % of a core (min/median/max) {} | app bytes/s {} | all I/O bytes/s {} | RSS MB {} (anon {}, file {}) | connections {} | load {:.1}→{:.1} | job {}",
+        "{:>4} nodes: {} candidates in {:.1} s | idle CPU % of a core (min/median/max) {} | app bytes/s {} | all I/O bytes/s {} | RSS MB {} (anon {}, file {}; peak {}) | connections {} (kept {}) | load {:.1}→{:.1} | job {}",
         r.processes,
         r.enough,
         r.candidates_s,
@@ -507,7 +545,9 @@ fn print_run(r: &ProcessRun) {
         f(r.rss_mb, 1),
         f(r.rss_anon_mb, 1),
         f(r.rss_file_mb, 1),
+        f(r.rss_peak_mb, 1),
         f(r.connections, 0),
+        f(r.kept, 0),
         r.load[0],
         r.load[1],
         match (r.job_s, r.job_right) {

@@ -54,6 +54,9 @@ pub(crate) struct Behaviour {
     pub(crate) autonat_server: super::gate::Gated<autonat::v2::server::Behaviour>,
     /// Port mapping on the home router (`--no-upnp` turns it off).
     pub(crate) upnp: Toggle<upnp::tokio::Behaviour>,
+    /// Which connections stay open when idle (`keep_alive.rs`). Last, so that a
+    /// connection refused by any behaviour above never gets its handler.
+    pub(crate) keep_alive: super::keep_alive::KeepAlive,
 }
 
 /// The most streams (requests in flight, both ways: requests over it fail at once)
@@ -233,6 +236,7 @@ impl Behaviour {
             autonat: autonat::v2::client::Behaviour::default(),
             autonat_server: super::gate::Gated::new(autonat::v2::server::Behaviour::default()),
             upnp: config.nat.upnp.then(upnp::tokio::Behaviour::default).into(),
+            keep_alive: super::keep_alive::KeepAlive::default(),
         })
     }
 }

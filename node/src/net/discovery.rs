@@ -130,6 +130,11 @@ impl Discovery {
         self.subscribers.remove(peer);
     }
 
+    /// Whether `peer` is a live subscriber.
+    pub(crate) fn is_subscriber(&self, peer: &PeerId, now: Instant) -> bool {
+        self.subscribers.get(peer).is_some_and(|u| *u > now)
+    }
+
     /// The live subscribers (expired ones are dropped).
     pub(crate) fn subscribers(&mut self, now: Instant) -> Vec<PeerId> {
         self.subscribers.retain(|_, u| *u > now);

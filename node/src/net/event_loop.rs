@@ -36,6 +36,7 @@ use super::{NetConfig, NetEvent, RequestError};
 
 mod bans;
 mod capacity;
+mod keep;
 mod nat;
 
 /// How often a node connected to nobody dials its bootstrap peers again.
@@ -71,6 +72,11 @@ pub(crate) struct EventLoop {
     walks: HashSet<kad::QueryId>,
     /// Peers known before the current walks, to count what a walk found new.
     walk_new: usize,
+    /// When each connected peer last exchanged work with this node (`keep.rs`).
+    work: HashMap<PeerId, Instant>,
+    /// Connections closed since the heap was last trimmed, and when (`keep.rs`).
+    closed_since_trim: usize,
+    last_trim: Instant,
     own_advert: Option<CapacityAdvert>,
     pending_dial: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
     pending_task: PendingMap<TaskReply>,
@@ -127,6 +133,9 @@ impl EventLoop {
             discovery: Discovery::new(config.discovery.clone()),
             walks: HashSet::new(),
             walk_new: 0,
+            work: HashMap::new(),
+            closed_since_trim: 0,
+            last_trim: Instant::now(),
             config,
             own_advert: None,
             pending_dial: HashMap::new(),
@@ -180,6 +189,7 @@ impl EventLoop {
         self.discover();
         self.nat_tick();
         self.expire_bans(Instant::now());
+        self.sweep_kept(Instant::now());
         self.record_gauges();
     }
 
@@ -364,10 +374,12 @@ impl EventLoop {
                 ..
             } => {
                 self.nat_closed(peer_id, connection_id);
+                self.closed_since_trim += 1;
                 if num_established > 0 {
                     return;
                 }
                 self.book.disconnected(&peer_id);
+                self.work.remove(&peer_id);
                 self.metrics
                     .connected_peers
                     .set(self.swarm.connected_peers().count() as i64);
@@ -538,6 +550,7 @@ impl EventLoop {
                     request, channel, ..
                 } => match request {
                     Ok(request) => {
+                        self.worked_with(peer, Instant::now());
                         let weight = request.weight();
                         self.deliver(weight, |held| inbound(peer, request, channel, held))
                     }
@@ -549,6 +562,7 @@ impl EventLoop {
                     response,
                 } => {
                     self.metrics.request(protocol, Ok(()));
+                    self.worked_with(peer, Instant::now());
                     if let Some(reply) = pending(self).remove(&request_id) {
                         let _ = reply.send(Ok(response));
                     }

@@ -37,6 +37,9 @@ pub const DENIED_REASONS: [&str; 4] = ["banned_ip", "per_ip", "per_subnet", "pen
 pub struct NetMetrics {
     /// Peers with an open connection.
     pub connected_peers: IntGauge,
+    /// Connected peers whose connections are kept open when idle (subscriptions
+    /// either way, recent work; see `net::keep_alive`).
+    pub kept_peers: IntGauge,
     /// Peers in the peer book.
     pub known_peers: IntGauge,
     /// Peers with a fresh capacity advert.
@@ -77,6 +80,11 @@ impl NetMetrics {
                 registry,
                 "peergrid_net_connected_peers",
                 "Peers with an open connection.",
+            ),
+            kept_peers: gauge(
+                registry,
+                "peergrid_net_kept_peers",
+                "Connected peers whose connections stay open when idle: subscribed to, subscribing, or exchanging work; the others close after the idle timeout.",
             ),
             known_peers: gauge(
                 registry,

@@ -34,6 +34,7 @@ pub mod fetch;
 mod gate;
 pub mod guard;
 pub mod held;
+mod keep_alive;
 pub mod metrics;
 pub mod nat_metrics;
 mod offences;
@@ -73,7 +74,9 @@ pub struct NetConfig {
     pub random_walk_interval: Duration,
     /// How long a request may take before it fails.
     pub request_timeout: Duration,
-    /// Close connections idle for this long.
+    /// Close connections idle for this long, unless they carry a subscription
+    /// (either way) or recent work (`keep_alive.rs`): Kademlia's lookups connect to
+    /// every peer they ask, and those connections close soon after.
     pub idle_timeout: Duration,
     /// Most connections in total (inbound and this node's own dials).
     pub max_connections: u32,
@@ -105,7 +108,7 @@ impl Default for NetConfig {
             advert_ttl: Duration::from_secs(180),
             random_walk_interval: Duration::from_secs(300),
             request_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(3),
             max_connections: 256,
             max_inbound: 192,
             guard: guard::GuardConfig::default(),

@@ -43,6 +43,11 @@ impl EventLoop {
         // so a node that connects to many peers at once (a bootstrap node, a
         // start-up burst) still subscribes to a bounded number.
         let mut room = self.view_room(now);
+        // Without demand, subscriptions beyond the idle view (taken while a job
+        // looked for candidates) are not renewed: they lapse, and the connections
+        // they kept close, until the idle view's number is left.
+        let renew = self.discovery.has_demand(now)
+            || self.book.view_len(now, ttl) <= self.discovery.config().idle_view;
         let due: Vec<(PeerId, bool)> = self
             .book
             .connected_peers()
@@ -50,7 +55,7 @@ impl EventLoop {
             .map(|p| (*p, self.book.in_view(p, now, ttl)))
             .collect();
         for (peer, held) in due {
-            if !held && room == 0 {
+            if (!held && room == 0) || (held && !renew) {
                 continue;
             }
             if !self.query_capacity(peer, now) {
@@ -196,6 +201,7 @@ impl EventLoop {
                         Ok(CapacityRequest::Query { subscribe }) => {
                             if subscribe && !self.bans.contains_key(&peer) {
                                 self.discovery.subscribe(peer, now);
+                                self.keep(peer);
                             }
                             CapacityReply::Advert(self.own_advert.clone())
                         }
@@ -220,6 +226,7 @@ impl EventLoop {
                     if let CapacityReply::Advert(advert) = response {
                         self.discovery.query_done();
                         self.book.subscribed(peer, now);
+                        self.keep(peer);
                         if let Some(advert) = advert {
                             self.take_advert(peer, advert);
                         }

@@ -618,12 +618,13 @@ impl ConnectionHandler for Handler {
         }
     }
 
+    // peergrid: keep a connection only while it holds a reservation. Upstream kept
+    // every connection for 10 s after its handler was first polled idle, but the
+    // swarm reads this only when the connection wakes, so a connection that carried
+    // one Kademlia lookup stayed open until its next ping (a minute). Circuits keep
+    // their connections by their streams; the swarm's idle timeout is the grace.
     fn connection_keep_alive(&self) -> bool {
-        let Some(idle_at) = self.idle_at else {
-            return true;
-        };
-
-        Instant::now().duration_since(idle_at) <= Duration::from_secs(10)
+        self.active_reservation.is_some()
     }
 
     #[tracing::instrument(level = "trace", name = "ConnectionHandler::poll", skip(self, cx))]
