@@ -433,6 +433,7 @@ impl Worker {
                 }
             }
             if !results.is_empty() {
+                let sent = results.len();
                 let acknowledged = self.send(peer, results).await?;
                 // Only what was sent and acknowledged leaves the outbox, and its
                 // counts with it.
@@ -444,6 +445,14 @@ impl Worker {
                         rows += 1;
                         bytes = bytes.saturating_add(size);
                     }
+                }
+                if gone.is_empty() {
+                    // It answered but took nothing of this batch (its store failed,
+                    // it never takes anything, or it acknowledged other keys): a
+                    // failure like no answer, backed off from, not a batch to send
+                    // again at once (a submitter that acknowledged nothing had a
+                    // worker send it its whole outbox several times a second).
+                    return Err(format!("the submitter took none of {sent} results"));
                 }
                 let _gate = self.inner.outbox_gate.lock().await;
                 if self.delete(submitter, gone).await {
@@ -462,7 +471,6 @@ impl Worker {
         peer: PeerId,
         results: Vec<ChunkResult>,
     ) -> Result<Vec<(JobId, u32, u32)>, String> {
-        let sent = results.len();
         let batch = ResultBatch { results };
         let ack = match self.inner.local_scheduler.get() {
             Some(local) if peer == self.inner.net.local_peer_id() => (local.0)(peer, batch).await,
@@ -473,13 +481,6 @@ impl Worker {
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        if ack.stored.is_empty() {
-            // It answered but took nothing (its store failed, or it never takes
-            // anything): a failure like no answer, backed off from, not a batch
-            // to send again at once (a submitter that acknowledged nothing had a
-            // worker send it its whole outbox several times a second).
-            return Err(format!("the submitter took none of {sent} results"));
-        }
         Ok(ack.stored)
     }
 
