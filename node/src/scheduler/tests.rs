@@ -77,14 +77,12 @@ type Started = (
     Arc<Mutex<Vec<(PeerId, u32, u32)>>>,
 );
 
-/// A scheduler over a fresh store whose two simulated peers take every offer.
-fn start(dir: &std::path::Path) -> Started {
-    let db = Arc::new(Db::open(&dir.join("db.sqlite")).unwrap());
-    let taken = Arc::new(Mutex::new(Vec::new()));
-    let ctx = SchedulerContext {
-        net: NetClient::simulated(&key(200), Takers(taken.clone())),
+/// A scheduler's context over a fresh store in `dir` and the simulated `peers`.
+fn context(dir: &std::path::Path, peers: impl SimulatedPeers) -> SchedulerContext {
+    SchedulerContext {
+        net: NetClient::simulated(&key(200), peers),
         blobs: BlobStore::open(dir.join("blobs")).unwrap(),
-        db: db.clone(),
+        db: Arc::new(Db::open(&dir.join("db.sqlite")).unwrap()),
         sandbox: Sandbox::new(SandboxConfig {
             cache_dir: None,
             ..SandboxConfig::default()
@@ -95,7 +93,14 @@ fn start(dir: &std::path::Path) -> Started {
         trust: Default::default(),
         placement: Default::default(),
         seed: None,
-    };
+    }
+}
+
+/// A scheduler over a fresh store whose two simulated peers take every offer.
+fn start(dir: &std::path::Path) -> Started {
+    let taken = Arc::new(Mutex::new(Vec::new()));
+    let ctx = context(dir, Takers(taken.clone()));
+    let db = ctx.db.clone();
     let shutdown = CancellationToken::new();
     let (scheduler, task) = Scheduler::start(ctx, shutdown.clone());
     (scheduler, task, shutdown, db, taken)
@@ -311,23 +316,8 @@ impl SimulatedPeers for Narrow {
 #[tokio::test(start_paused = true)]
 async fn a_worker_refusing_for_room_is_offered_again_as_soon_as_its_results_free_room() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(Db::open(&dir.path().join("db.sqlite")).unwrap());
     let narrow = Narrow::default();
-    let ctx = SchedulerContext {
-        net: NetClient::simulated(&key(200), narrow.clone()),
-        blobs: BlobStore::open(dir.path().join("blobs")).unwrap(),
-        db,
-        sandbox: Sandbox::new(SandboxConfig {
-            cache_dir: None,
-            ..SandboxConfig::default()
-        })
-        .unwrap(),
-        metrics: Default::default(),
-        local_worker: None,
-        trust: Default::default(),
-        placement: Default::default(),
-        seed: None,
-    };
+    let ctx = context(dir.path(), narrow.clone());
     let shutdown = CancellationToken::new();
     let (scheduler, task) = Scheduler::start(ctx, shutdown.clone());
     let spec = JobSpec {
@@ -410,21 +400,7 @@ impl SimulatedPeers for Refuser {
 async fn a_worker_that_advertises_room_and_refuses_everything_is_backed_off() {
     let dir = tempfile::tempdir().unwrap();
     let refuser = Refuser::default();
-    let ctx = SchedulerContext {
-        net: NetClient::simulated(&key(200), refuser.clone()),
-        blobs: BlobStore::open(dir.path().join("blobs")).unwrap(),
-        db: Arc::new(Db::open(&dir.path().join("db.sqlite")).unwrap()),
-        sandbox: Sandbox::new(SandboxConfig {
-            cache_dir: None,
-            ..SandboxConfig::default()
-        })
-        .unwrap(),
-        metrics: Default::default(),
-        local_worker: None,
-        trust: Default::default(),
-        placement: Default::default(),
-        seed: None,
-    };
+    let ctx = context(dir.path(), refuser.clone());
     let shutdown = CancellationToken::new();
     let (scheduler, task) = Scheduler::start(ctx, shutdown.clone());
     let spec = JobSpec {
