@@ -106,6 +106,27 @@ fn start(dir: &std::path::Path) -> Started {
     (scheduler, task, shutdown, db, taken)
 }
 
+/// A scheduler over a fresh store and the simulated `peers`, running job 1 of
+/// `chunks` chunks with fixed replication.
+async fn start_fixed_job(
+    dir: &std::path::Path,
+    peers: impl SimulatedPeers,
+    chunks: usize,
+) -> (Scheduler, tokio::task::JoinHandle<()>, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let (scheduler, task) = Scheduler::start(context(dir, peers), shutdown.clone());
+    let spec = JobSpec {
+        replication: Replication::Fixed,
+        ..adaptive()
+    };
+    scheduler
+        .ask(|tx| Msg::Insert(Box::new(job(1, chunks, spec)), tx))
+        .await
+        .unwrap()
+        .unwrap();
+    (scheduler, task, shutdown)
+}
+
 async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -317,18 +338,7 @@ impl SimulatedPeers for Narrow {
 async fn a_worker_refusing_for_room_is_offered_again_as_soon_as_its_results_free_room() {
     let dir = tempfile::tempdir().unwrap();
     let narrow = Narrow::default();
-    let ctx = context(dir.path(), narrow.clone());
-    let shutdown = CancellationToken::new();
-    let (scheduler, task) = Scheduler::start(ctx, shutdown.clone());
-    let spec = JobSpec {
-        replication: Replication::Fixed,
-        ..adaptive()
-    };
-    scheduler
-        .ask(|tx| Msg::Insert(Box::new(job(1, 3, spec)), tx))
-        .await
-        .unwrap()
-        .unwrap();
+    let (scheduler, task, shutdown) = start_fixed_job(dir.path(), narrow.clone(), 3).await;
     // Peer 1 takes one chunk and refuses the others (it is backed off).
     for n in 1..=3 {
         let (chunk, attempt, _) = wait_for("peer 1 to take a chunk", async || {
@@ -400,18 +410,8 @@ impl SimulatedPeers for Refuser {
 async fn a_worker_that_advertises_room_and_refuses_everything_is_backed_off() {
     let dir = tempfile::tempdir().unwrap();
     let refuser = Refuser::default();
-    let ctx = context(dir.path(), refuser.clone());
-    let shutdown = CancellationToken::new();
-    let (scheduler, task) = Scheduler::start(ctx, shutdown.clone());
-    let spec = JobSpec {
-        replication: Replication::Fixed,
-        ..adaptive()
-    };
-    scheduler
-        .ask(|tx| Msg::Insert(Box::new(job(1, 4, spec)), tx))
-        .await
-        .unwrap()
-        .unwrap();
+    // The handle is held to the end of the test, as in the others.
+    let (_scheduler, task, shutdown) = start_fixed_job(dir.path(), refuser.clone(), 4).await;
     wait_for("peer 1's first refusal", async || {
         (*refuser.0.lock().unwrap() > 0).then_some(())
     })

@@ -81,13 +81,12 @@ impl OutboxCounts {
     }
 }
 
-/// What one delivery removed from the outbox: results and bytes sent and
-/// acknowledged, and whether it dropped others (undeliverable) so that only a
-/// recount knows the counts.
+/// What one delivery removed from the outbox: how many results were sent and
+/// acknowledged (their counts went with them), and whether it dropped others
+/// (undeliverable) so that only a recount knows the counts.
 #[derive(Debug, Default)]
 pub(super) struct Removed {
     rows: u64,
-    bytes: u64,
     recount: bool,
 }
 
@@ -458,7 +457,6 @@ impl Worker {
                 if self.delete(submitter, gone).await {
                     self.uncount(submitter, rows, bytes);
                     removed.rows += rows;
-                    removed.bytes = removed.bytes.saturating_add(bytes);
                 }
             }
         }
