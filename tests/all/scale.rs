@@ -149,3 +149,49 @@ async fn an_idle_node_keeps_its_subscriptions_open_and_lets_lookup_connections_c
     );
     net.shutdown().await;
 }
+
+/// Idle subscriptions go to the peers nearest in the DHT's key space, not to the
+/// first met: every node here bootstraps from node 0, and before this rule every
+/// one of them subscribed to it (at 100 node processes the first nodes held 34
+/// subscribers and the connections they keep, against about 8 on average).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_node_is_not_everyones_idle_subscription() {
+    const N: usize = 16;
+    const IDLE_VIEW: usize = 2;
+    let net = TestNet::spawn_with(N, |_, config| {
+        config.net.discovery.idle_view = IDLE_VIEW;
+    })
+    .await;
+    // Once every view is full no node takes another idle subscription, so node 0's
+    // subscribers are then as many as they will be.
+    let subscribers = wait_for(
+        "every node to hold its idle view's adverts",
+        Duration::from_secs(120),
+        || async {
+            for i in 1..N {
+                // `status`, not `peers`: asking for peers is demand.
+                let status = net.node(i).net().status().await.expect("running");
+                if status.adverts < IDLE_VIEW {
+                    return None;
+                }
+            }
+            Some(
+                net.node(0)
+                    .net()
+                    .status()
+                    .await
+                    .expect("running")
+                    .subscribers,
+            )
+        },
+    )
+    .await;
+    // By chance alone (each node picking its 2 nearest of 15) node 0 has at most 6
+    // subscribers in 20 000 simulated grids; taking the first met gives it 15.
+    assert!(
+        subscribers < N / 2,
+        "node 0, everyone's bootstrap, has {subscribers} of {} nodes subscribed",
+        N - 1
+    );
+    net.shutdown().await;
+}

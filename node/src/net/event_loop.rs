@@ -267,6 +267,7 @@ impl EventLoop {
             connected_peers: self.swarm.connected_peers().count(),
             known_peers: self.book.len(),
             adverts: self.book.advert_count(),
+            subscribers: self.discovery.subscriber_count(Instant::now()),
             own_advert: self.own_advert.clone(),
             offences: self.book.total_offences(),
             banned_peers: self.bans.len(),
@@ -358,6 +359,7 @@ impl EventLoop {
                 for reply in self.pending_dial.remove(&peer_id).unwrap_or_default() {
                     let _ = reply.send(Ok(()));
                 }
+                self.discovery.connected(Instant::now());
                 if !self.bootstrapped {
                     self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
                 }
@@ -464,6 +466,10 @@ impl EventLoop {
                     self.discovery.walk_done(found);
                 }
             }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::Bootstrap(_),
+                ..
+            }) => self.discovery.lookup_settled(),
             BehaviourEvent::Capacity(event) => self.on_capacity(event),
             BehaviourEvent::Task(event) => self.on_request_response(
                 event,
@@ -523,7 +529,9 @@ impl EventLoop {
         }
         self.book.identified(peer, addrs, info.agent_version);
         let now = Instant::now();
-        let room = self.view_room(now) > 0;
+        // Without demand a new subscription waits for the next discovery round,
+        // which picks the nearest peers (`Discovery::nearest`), not the first met.
+        let room = self.view_room(now) > 0 && self.discovery.has_demand(now);
         let ttl = self.discovery.config().subscription_ttl;
         if self
             .book

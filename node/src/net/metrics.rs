@@ -40,6 +40,8 @@ pub struct NetMetrics {
     /// Connected peers whose connections are kept open when idle (subscriptions
     /// either way, recent work; see `net::keep_alive`).
     pub kept_peers: IntGauge,
+    /// Peers subscribed to this node's advert.
+    pub subscribers: IntGauge,
     /// Peers in the peer book.
     pub known_peers: IntGauge,
     /// Peers with a fresh capacity advert.
@@ -85,6 +87,11 @@ impl NetMetrics {
                 registry,
                 "peergrid_net_kept_peers",
                 "Connected peers whose connections stay open when idle: subscribed to, subscribing, or exchanging work; the others close after the idle timeout.",
+            ),
+            subscribers: gauge(
+                registry,
+                "peergrid_net_subscribers",
+                "Peers subscribed to this node's capacity advert (it pushes its changes to them); at most 64, about 8 on average in a grid.",
             ),
             known_peers: gauge(
                 registry,

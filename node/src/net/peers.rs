@@ -116,6 +116,9 @@ pub struct NetStatus {
     pub known_peers: usize,
     /// Fresh capacity adverts in the view.
     pub adverts: usize,
+    /// Peers subscribed to this node's advert (it pushes its changes to them).
+    #[serde(default)]
+    pub subscribers: usize,
     /// The advert this node last published.
     pub own_advert: Option<CapacityAdvert>,
     /// Offences counted against all peers.

@@ -46,6 +46,7 @@ pub(super) async fn serve(mut commands: mpsc::Receiver<Command>, mut peers: impl
                     connected_peers: view.len(),
                     known_peers: view.len(),
                     adverts: view.iter().filter(|p| p.advert.is_some()).count(),
+                    subscribers: 0,
                     own_advert: None,
                     offences: 0,
                     banned_peers: 0,

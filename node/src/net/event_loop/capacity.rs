@@ -46,22 +46,38 @@ impl EventLoop {
         // Without demand, subscriptions beyond the idle view (taken while a job
         // looked for candidates) are not renewed: they lapse, and the connections
         // they kept close, until the idle view's number is left.
-        let renew = self.discovery.has_demand(now)
-            || self.book.view_len(now, ttl) <= self.discovery.config().idle_view;
-        let due: Vec<(PeerId, bool)> = self
+        let demand = self.discovery.has_demand(now);
+        let renew = demand || self.book.view_len(now, ttl) <= self.discovery.config().idle_view;
+        let (held, new): (Vec<PeerId>, Vec<PeerId>) = self
             .book
             .connected_peers()
             .filter(|p| self.book.query_due(p, now, ttl, stale, true))
-            .map(|p| (*p, self.book.in_view(p, now, ttl)))
-            .collect();
-        for (peer, held) in due {
-            if (!held && room == 0) || (held && !renew) {
-                continue;
+            .copied()
+            .partition(|p| self.book.in_view(p, now, ttl));
+        // Idle: new subscriptions only once the first lookup has settled, and to the
+        // nearest peers (see `discovery::nearest`); with demand, to everyone
+        // connected, as fast as the budget allows.
+        let new = if demand {
+            new
+        } else if room > 0 && self.discovery.is_settled(now) {
+            let local = *self.swarm.local_peer_id();
+            crate::net::discovery::nearest(&local, new, room)
+        } else {
+            Vec::new()
+        };
+        let held = if renew { held } else { Vec::new() };
+        for (peer, is_new) in held
+            .into_iter()
+            .map(|p| (p, false))
+            .chain(new.into_iter().map(|p| (p, true)))
+        {
+            if is_new && room == 0 {
+                break;
             }
             if !self.query_capacity(peer, now) {
                 break;
             }
-            if !held {
+            if is_new {
                 room -= 1;
             }
         }

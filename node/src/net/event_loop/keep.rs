@@ -75,6 +75,9 @@ impl EventLoop {
             .copied()
             .collect();
         self.metrics.kept_peers.set(kept.len() as i64);
+        self.metrics
+            .subscribers
+            .set(self.discovery.subscriber_count(now) as i64);
         self.swarm.behaviour_mut().keep_alive.set_kept(&kept);
         // Connections closed since the heap was last trimmed: give back what they
         // freed, at most once a [`TRIM_EVERY`] (it takes a fraction of a
