@@ -5,7 +5,7 @@
 //! files, the capacity view), calls a pure core ([`verify`](super::verify),
 //! [`dispatch`](super::dispatch), [`trust_ops`](super::trust_ops)) on a [`Txn`] over
 //! its [`State`], writes the staged [`Write`]s in one transaction through
-//! [`Db::run`](crate::store::Db::run) (off the async threads), and only then applies
+//! [`Db::write`](crate::store::Db::write) (never waiting on an async thread), and only then applies
 //! the changes to memory and acts on them (acks, offers, runs, merges). A write
 //! that fails changes nothing in memory and is reported to whoever asked: a result
 //! batch is not acknowledged (the worker retries), a cancel answers an error.
@@ -354,7 +354,11 @@ impl Actor {
             .zip(keep)
             .filter_map(|(w, keep)| keep.then_some(w))
             .collect();
-        let result = self.db(move |db| db.apply(&writes)).await;
+        let result = if self.logical_ms.is_some() {
+            self.ctx.db.apply(&writes)
+        } else {
+            self.ctx.db.write(writes).await
+        };
         if let Err(e) = &result {
             tracing::error!(error = %e, "cannot write scheduler state; nothing was changed");
         }

@@ -175,6 +175,36 @@ pub enum Write {
     OutboxDeleteJob(String, JobId),
 }
 
+impl Write {
+    /// What this write adds to a transaction: (rows, bytes of its payloads). Decides
+    /// whether a batch is small enough to commit inline (see `Db::write`).
+    pub fn weight(&self) -> (usize, usize) {
+        let len = |v: &Option<Vec<u8>>| v.as_ref().map_or(0, Vec::len);
+        match self {
+            Write::InsertJob(_, chunks) => (
+                1 + chunks.len(),
+                chunks
+                    .iter()
+                    .map(|c| len(&c.input_data) + len(&c.outcome))
+                    .sum(),
+            ),
+            Write::JobState { error, .. } => (1, error.as_ref().map_or(0, String::len)),
+            Write::ChunkState {
+                outcome,
+                output_data,
+                ..
+            } => (1, len(outcome) + len(output_data)),
+            Write::Replica(_, r) => (1, len(&r.outcome) + len(&r.output_data) + len(&r.signature)),
+            Write::OutboxPut(row) => (1, row.result.len()),
+            Write::ChunkOutputFromReplica { .. }
+            | Write::Reputation(_)
+            | Write::OutboxDelete(..) => (1, 0),
+            // Deletes every row of a job's outbox: as many as there are.
+            Write::OutboxDeleteJob(..) => (usize::MAX, 0),
+        }
+    }
+}
+
 /// Stored states are their names (`running`, `verified`, `timed_out`, ...), so the
 /// database stays readable with the `sqlite3` shell and older rows keep decoding.
 macro_rules! stored_as_name {

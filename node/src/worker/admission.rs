@@ -221,7 +221,7 @@ impl Worker {
         let worker = self.clone();
         self.inner.tasks.spawn(
             async move {
-                if let Err(e) = worker.inner.db.run(move |db| db.apply(&writes)).await {
+                if let Err(e) = worker.inner.db.write(writes).await {
                     tracing::warn!(error = %e, "could not drop cancelled results from the outbox");
                 }
                 // The delivery loop counts again (a recount there never races a

@@ -18,8 +18,9 @@
 //! written, shrunk by each acknowledged batch as it is deleted, and recounted from
 //! the database now and then (see [`Worker::deliver_loop`]).
 //! This node's own results go to its scheduler directly
-//! ([`LocalResults`](super::LocalResults)). Every database call runs through
-//! [`Db::run`](crate::store::Db::run), off the async threads.
+//! ([`LocalResults`](super::LocalResults)). Reads run through
+//! [`Db::run`](crate::store::Db::run), off the async threads; writes through
+//! [`Db::write`](crate::store::Db::write), which never waits on one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -119,12 +120,7 @@ impl Worker {
         };
         let who = row.submitter.clone();
         let gate = self.inner.outbox_gate.lock().await;
-        match self
-            .inner
-            .db
-            .run(move |db| db.apply(&[Write::OutboxPut(row)]))
-            .await
-        {
+        match self.inner.db.write(vec![Write::OutboxPut(row)]).await {
             Ok(()) => {
                 {
                     let mut counts = self.outbox_counts();
@@ -492,7 +488,7 @@ impl Worker {
             .into_iter()
             .map(|(j, c, a)| Write::OutboxDelete(submitter.to_string(), j, c, a))
             .collect();
-        match self.inner.db.run(move |db| db.apply(&writes)).await {
+        match self.inner.db.write(writes).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot clear acknowledged results");

@@ -28,7 +28,8 @@
 //!   their submitters reissue them elsewhere at no cost to this worker's standing.
 //!
 //! Nothing here blocks an async thread: database calls go through
-//! [`Db::run`](crate::store::Db::run), blob files through `spawn_blocking`, chunks
+//! [`Db::run`](crate::store::Db::run) (small write batches through
+//! [`Db::write`](crate::store::Db::write)), blob files through `spawn_blocking`, chunks
 //! through the pool.
 
 mod admission;
