@@ -96,6 +96,8 @@ struct ProcessRun {
     connections: [f64; 3],
     /// Of which kept open when idle (subscriptions either way, recent work).
     kept: [f64; 3],
+    /// Per-node peers subscribed to its advert: min, median, max.
+    subscribers: [f64; 3],
     /// The machine's load average (1 min) at the start and end of the window.
     load: [f64; 2],
     /// The 400-chunk job: seconds to done, and whether the result is right.
@@ -193,13 +195,52 @@ fn metric_bytes(port: u16) -> Option<f64> {
     ))
 }
 
-/// Connected peers and those kept open, from a node's /metrics.
-fn metric_connections(port: u16) -> Option<(f64, f64)> {
+/// Connected peers, those kept open, and subscribers, from a node's /metrics.
+fn metric_connections(port: u16) -> Option<(f64, f64, f64)> {
     let body = scrape(port)?;
     Some((
         metric_sum(&body, "peergrid_net_connected_peers "),
         metric_sum(&body, "peergrid_net_kept_peers "),
+        metric_sum(&body, "peergrid_net_subscribers "),
     ))
+}
+
+/// A process's anonymous memory by kind of mapping (heap, stacks and other
+/// anonymous maps, the binary's relocated data), from `/proc/PID/smaps`, and its
+/// thread count: where the memory of the node that holds the most goes.
+fn anon_by_mapping(pid: u32) -> String {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return String::new();
+    };
+    let mut kinds: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut kind = String::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some(w)
+                if w.contains('-') && w.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) =>
+            {
+                let name = words.nth(4).unwrap_or("[anon]");
+                kind = if name.starts_with('/') {
+                    "binary and libraries".into()
+                } else {
+                    name.to_string()
+                };
+            }
+            Some("Anonymous:") => {
+                let kb: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                *kinds.entry(kind.clone()).or_default() += kb;
+            }
+            _ => {}
+        }
+    }
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    let parts: Vec<String> = kinds
+        .iter()
+        .filter(|(_, kb)| **kb >= 64)
+        .map(|(k, kb)| format!("{k} {:.1} MB", *kb as f64 / 1024.0))
+        .collect();
+    format!("anonymous: {}; {threads} threads", parts.join(", "))
 }
 
 fn spread(mut v: Vec<f64>) -> [f64; 3] {
@@ -439,16 +480,39 @@ impl ScaleBench {
         };
         let (rss, rss_anon, rss_file) = (rss_of("VmRSS"), rss_of("RssAnon"), rss_of("RssFile"));
         let rss_peak = rss_of("VmHWM");
-        let (connections, kept): (Vec<f64>, Vec<f64>) = procs
+        let scraped: Vec<(f64, f64, f64)> = procs
             .metrics
             .iter()
-            .map(|p| metric_connections(*p).unwrap_or((f64::NAN, f64::NAN)))
-            .unzip();
-        for (i, c) in connections.iter().enumerate() {
+            .map(|p| metric_connections(*p).unwrap_or((f64::NAN, f64::NAN, f64::NAN)))
+            .collect();
+        for (i, (c, _, _)) in scraped.iter().enumerate() {
             if *c == 0.0 {
                 eprintln!("worker {i} is connected to nobody at the end of the window");
             }
         }
+        if let Some((i, (c, k, s))) = scraped
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.0.total_cmp(&b.1.0))
+        {
+            eprintln!(
+                "worker {i} (started {i}th) has the most connections: {c} ({k} kept, {s} subscribers), RSS {:.1} MB",
+                rss.get(i).copied().unwrap_or(f64::NAN)
+            );
+        }
+        if let Some((i, r)) = rss.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) {
+            eprintln!(
+                "worker {i} has the most memory: RSS {r:.1} MB (anon {:.1}, peak {:.1}), {} connections; {}",
+                rss_anon.get(i).copied().unwrap_or(f64::NAN),
+                rss_peak.get(i).copied().unwrap_or(f64::NAN),
+                scraped.get(i).map_or(f64::NAN, |x| x.0),
+                pids.get(i)
+                    .map_or_else(String::new, |p| anon_by_mapping(*p))
+            );
+        }
+        let connections: Vec<f64> = scraped.iter().map(|x| x.0).collect();
+        let kept: Vec<f64> = scraped.iter().map(|x| x.1).collect();
+        let subscribers: Vec<f64> = scraped.iter().map(|x| x.2).collect();
         let (job_s, job_right) = if self.no_job {
             (None, None)
         } else {
@@ -475,6 +539,7 @@ impl ScaleBench {
             rss_peak_mb: spread(rss_peak),
             connections: spread(connections),
             kept: spread(kept),
+            subscribers: spread(subscribers),
             load: [load0, load1],
             job_s,
             job_right,
@@ -535,7 +600,7 @@ async fn run_job(submitter: &crate::Node) -> anyhow::Result<(f64, bool)> {
 fn print_run(r: &ProcessRun) {
     let f = |v: [f64; 3], p: usize| format!("{:.p$}/{:.p$}/{:.p$}", v[0], v[1], v[2]);
     println!(
-        "{:>4} nodes: {} candidates in {:.1} s | idle CPU % of a core (min/median/max) {} | app bytes/s {} | all I/O bytes/s {} | RSS MB {} (anon {}, file {}; peak {}) | connections {} (kept {}) | load {:.1}→{:.1} | job {}",
+        "{:>4} nodes: {} candidates in {:.1} s | idle CPU % of a core (min/median/max) {} | app bytes/s {} | all I/O bytes/s {} | RSS MB {} (anon {}, file {}; peak {}) | connections {} (kept {}; subscribers {}) | load {:.1}→{:.1} | job {}",
         r.processes,
         r.enough,
         r.candidates_s,
@@ -548,6 +613,7 @@ fn print_run(r: &ProcessRun) {
         f(r.rss_peak_mb, 1),
         f(r.connections, 0),
         f(r.kept, 0),
+        f(r.subscribers, 0),
         r.load[0],
         r.load[1],
         match (r.job_s, r.job_right) {

@@ -114,6 +114,28 @@ pub(crate) fn nearest(local: &PeerId, mut peers: Vec<PeerId>, n: usize) -> Vec<P
     peers
 }
 
+/// Whether an idle node should move one subscription nearer: the connected peer
+/// (of `candidates`, not subscribed to) nearest `local`, if it is nearer than the
+/// farthest of `subscribed`; then (the one to drop, the one to take). Each swap
+/// makes the subscriptions strictly nearer, so they settle (no back and forth) on
+/// the nearest peers the node meets, as the grid grows around it: a grid that
+/// grows node by node otherwise leaves its first nodes subscribed to by most
+/// later ones (each joiner's nearest among the few nodes up then).
+pub(crate) fn swap(
+    local: &PeerId,
+    subscribed: &[PeerId],
+    candidates: &[PeerId],
+) -> Option<(PeerId, PeerId)> {
+    let local = libp2p::kad::KBucketKey::from(*local);
+    let distance = |p: &PeerId| local.distance(&libp2p::kad::KBucketKey::from(*p));
+    let farthest = subscribed.iter().max_by_key(|p| distance(p))?;
+    let nearest = candidates
+        .iter()
+        .filter(|p| !subscribed.contains(p))
+        .min_by_key(|p| distance(p))?;
+    (distance(nearest) < distance(farthest)).then_some((*farthest, *nearest))
+}
+
 impl Discovery {
     pub(crate) fn new(config: DiscoveryConfig) -> Self {
         Self {
@@ -368,6 +390,37 @@ mod tests {
         }
         let most = subscribers.values().copied().max().unwrap();
         assert!(most <= 24, "the busiest node has {most} subscribers");
+    }
+
+    #[test]
+    fn an_idle_node_moves_a_subscription_only_to_a_nearer_peer() {
+        let local = PeerId::random();
+        let mut peers: Vec<PeerId> = (0..12).map(|_| PeerId::random()).collect();
+        let key = libp2p::kad::KBucketKey::from(local);
+        peers.sort_by_key(|p| key.distance(&libp2p::kad::KBucketKey::from(*p)));
+        // Subscribed to the 4 farthest; the nearest connected peer replaces the
+        // farthest subscription.
+        let subscribed = peers[8..].to_vec();
+        assert_eq!(
+            swap(&local, &subscribed, &peers),
+            Some((peers[11], peers[0]))
+        );
+        // Already on the nearest: nothing moves, whoever else is connected.
+        let subscribed = peers[..4].to_vec();
+        assert_eq!(swap(&local, &subscribed, &peers), None);
+        assert_eq!(swap(&local, &subscribed, &peers[4..]), None);
+        assert_eq!(swap(&local, &[], &peers), None, "nothing to move");
+        // Swapping until nothing moves ends on the nearest of those met.
+        let mut subscribed = peers[6..10].to_vec();
+        let mut moves = 0;
+        while let Some((drop, take)) = swap(&local, &subscribed, &peers) {
+            subscribed.retain(|p| *p != drop);
+            subscribed.push(take);
+            moves += 1;
+            assert!(moves <= 4, "each swap is strictly nearer");
+        }
+        subscribed.sort_by_key(|p| key.distance(&libp2p::kad::KBucketKey::from(*p)));
+        assert_eq!(subscribed, peers[..4].to_vec());
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub(crate) struct EventLoop {
     discovery: Discovery,
     /// This node's random walks in flight (the DHT's own bootstrap is not one).
     walks: HashSet<kad::QueryId>,
+    /// Unsubscribing queries in flight (`Query { subscribe: false }`), whose
+    /// answers are not subscriptions. Bounded by the query budget.
+    unsubscribing: HashSet<request_response::OutboundRequestId>,
     /// Peers known before the current walks, to count what a walk found new.
     walk_new: usize,
     /// When each connected peer last exchanged work with this node (`keep.rs`).
@@ -132,6 +135,7 @@ impl EventLoop {
             book: PeerBook::new(config.advert_ttl),
             discovery: Discovery::new(config.discovery.clone()),
             walks: HashSet::new(),
+            unsubscribing: HashSet::new(),
             walk_new: 0,
             work: HashMap::new(),
             closed_since_trim: 0,

@@ -251,6 +251,29 @@ impl PeerBook {
         self.entry(peer).subscribed = Some(now);
     }
 
+    /// This node told `peer` it no longer subscribes: its advert leaves the view,
+    /// and it is not asked again before a query is due (see `query_due`).
+    pub(crate) fn unsubscribed(&mut self, peer: &PeerId, now: Instant) {
+        if let Some(e) = self.peers.get_mut(peer) {
+            e.subscribed = None;
+            e.advert = None;
+            e.queried = Some(now);
+        }
+    }
+
+    /// The peers this node is subscribed to (answered a subscribing query within
+    /// `ttl`).
+    pub(crate) fn subscriptions(&self, now: Instant, ttl: Duration) -> Vec<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, e)| {
+                e.subscribed
+                    .is_some_and(|at| now.saturating_duration_since(at) < ttl)
+            })
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     /// Whether `peer` answered a subscribing query within `ttl`: only such a peer's
     /// pushed updates are taken.
     pub(crate) fn subscribed_to(&self, peer: &PeerId, now: Instant, ttl: Duration) -> bool {

@@ -142,12 +142,13 @@ impl Db {
     ///
     /// The rule: a small batch (at most [`INLINE_ROWS`] rows and [`INLINE_BYTES`]
     /// of payloads) commits on the calling thread **if the connection is free right
-    /// now** and no checkpoint is due; anything else goes through [`run`](Self::run).
-    /// Such a commit is bounded: in WAL mode with `synchronous = NORMAL` it appends
-    /// a few pages to the WAL without an fsync (tens of microseconds; see
+    /// now**; anything else goes through [`run`](Self::run). Such a commit is
+    /// bounded: in WAL mode with `synchronous = NORMAL` it appends a few pages to
+    /// the WAL without an fsync (tens of microseconds; see
     /// `peergrid_store_write_seconds`), it never waits for the lock (another
     /// caller's long read holds it: the batch goes to the blocking pool), and
-    /// checkpoints, which do fsync, run only on the blocking pool. The hop to a
+    /// checkpoints, which do fsync, run on their own connection on a blocking
+    /// thread ([`CHECKPOINT_EVERY`]). The hop to a
     /// blocking thread and back costs more than such a commit (about 50 µs on a
     /// 2-core machine): a one-chunk job passes eight of them between submit and
     /// verified, which put its latency 0.3 ms behind the first wave's.

@@ -57,9 +57,13 @@ impl EventLoop {
         // Idle: new subscriptions only once the first lookup has settled, and to the
         // nearest peers (see `discovery::nearest`); with demand, to everyone
         // connected, as fast as the budget allows.
+        let settled = !demand && self.discovery.is_settled(now);
+        if settled && room == 0 {
+            self.move_nearer(&new, now, ttl);
+        }
         let new = if demand {
             new
-        } else if room > 0 && self.discovery.is_settled(now) {
+        } else if room > 0 && settled {
             let local = *self.swarm.local_peer_id();
             crate::net::discovery::nearest(&local, new, room)
         } else {
@@ -93,6 +97,35 @@ impl EventLoop {
                 .get_closest_peers(PeerId::random());
             self.walks.insert(id);
         }
+    }
+
+    /// An idle node with a full view moves one subscription to a connected peer
+    /// nearer than its farthest one (`discovery::swap`): it tells the farthest it
+    /// no longer subscribes (`Query { subscribe: false }`, so that peer stops
+    /// pushing and lets the connection close) and subscribes to the nearer. One move
+    /// a round; the subscriptions settle on the nearest peers met.
+    fn move_nearer(&mut self, candidates: &[PeerId], now: Instant, ttl: std::time::Duration) {
+        let subscribed = self.book.subscriptions(now, ttl);
+        let local = *self.swarm.local_peer_id();
+        let Some((drop, take)) = crate::net::discovery::swap(&local, &subscribed, candidates)
+        else {
+            return;
+        };
+        if !self.discovery.may_query() {
+            return;
+        }
+        self.book.unsubscribed(&drop, now);
+        self.metrics.view_peers.set(self.book.advert_count() as i64);
+        if self.swarm.is_connected(&drop) {
+            self.discovery.query_started();
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .capacity
+                .send_request(&drop, Ok(CapacityRequest::Query { subscribe: false }));
+            self.unsubscribing.insert(id);
+        }
+        self.query_capacity(take, now);
     }
 
     /// Every `random_walk_interval`, two lookups keep the routing table fresh: one
@@ -218,6 +251,10 @@ impl EventLoop {
                             if subscribe && !self.bans.contains_key(&peer) {
                                 self.discovery.subscribe(peer, now);
                                 self.keep(peer);
+                            } else if !subscribe {
+                                // "What do you lend? And stop pushing to me": a
+                                // subscriber that moved to a nearer peer.
+                                self.discovery.unsubscribe(&peer);
                             }
                             CapacityReply::Advert(self.own_advert.clone())
                         }
@@ -237,8 +274,16 @@ impl EventLoop {
                         .capacity
                         .send_response(channel, reply);
                 }
-                request_response::Message::Response { response, .. } => {
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
                     self.metrics.request(CAPACITY_PROTOCOL, Ok(()));
+                    if self.unsubscribing.remove(&request_id) {
+                        // The answer to "stop pushing to me": not a subscription.
+                        self.discovery.query_done();
+                        return;
+                    }
                     if let CapacityReply::Advert(advert) = response {
                         self.discovery.query_done();
                         self.book.subscribed(peer, now);
@@ -252,9 +297,10 @@ impl EventLoop {
             request_response::Event::OutboundFailure {
                 peer,
                 error,
-                request_id: _,
+                request_id,
                 ..
             } => {
+                self.unsubscribing.remove(&request_id);
                 // Queries and updates are not told apart here: the budget is a
                 // bound, and an update that failed releases nothing.
                 self.discovery.query_done();

@@ -23,8 +23,12 @@ use super::EventLoop;
 /// the idle timeout connections had before they were kept on purpose.
 pub(super) const WORK_HOLD: Duration = Duration::from_secs(300);
 
-/// Least time between two returns of freed heap memory to the OS.
+/// Least time between two returns of freed heap memory to the OS...
 const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// ... or, after a burst of at least [`TRIM_BURST`] connections closed, this long.
+const TRIM_AFTER_BURST: Duration = Duration::from_secs(10);
+/// Connections closed that make a burst worth trimming after soon.
+const TRIM_BURST: usize = 8;
 
 /// Hands the heap's free pages back to the OS. glibc's allocator keeps what a
 /// burst of connections freed (their buffers, handlers, the Kademlia lookups'
@@ -80,9 +84,16 @@ impl EventLoop {
             .set(self.discovery.subscriber_count(now) as i64);
         self.swarm.behaviour_mut().keep_alive.set_kept(&kept);
         // Connections closed since the heap was last trimmed: give back what they
-        // freed, at most once a [`TRIM_EVERY`] (it takes a fraction of a
-        // millisecond on an idle node's heap).
-        if self.closed_since_trim > 0 && self.last_trim.elapsed() >= TRIM_EVERY {
+        // freed, at most once a [`TRIM_EVERY`], or a [`TRIM_AFTER_BURST`] after a
+        // burst (a fraction of a millisecond on an idle node's heap). A node that
+        // joined a grid of 100 had its start-up burst (its lookups' connections)
+        // closed just after a trim and kept 1-2 MB more than the others until the
+        // next.
+        let since = self.last_trim.elapsed();
+        if self.closed_since_trim > 0
+            && (since >= TRIM_EVERY
+                || (self.closed_since_trim >= TRIM_BURST && since >= TRIM_AFTER_BURST))
+        {
             self.closed_since_trim = 0;
             self.last_trim = now;
             trim_heap();
