@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::GlobalOpts;
-use crate::sandbox::{Guard, JobModule, Limits, Outcome, Sandbox, SandboxConfig};
+use crate::sandbox::{Guard, JobModule, Limits, NanMode, Outcome, Sandbox, SandboxConfig};
 
 /// Benchmarks.
 #[derive(Debug, clap::Subcommand)]
@@ -156,12 +156,12 @@ impl Variants {
                 ..production.clone()
             })?,
             no_nan_canon: Sandbox::new(SandboxConfig {
-                nan_canonicalization: false,
+                nan: NanMode::Off,
                 ..production.clone()
             })?,
             no_fuel: Sandbox::new(unguarded.clone())?,
             bare: Sandbox::new(SandboxConfig {
-                nan_canonicalization: false,
+                nan: NanMode::Off,
                 ..unguarded
             })?,
             production: Sandbox::new(production)?,

@@ -14,17 +14,21 @@ use std::sync::Mutex;
 
 use wasmtime::{Engine, Module};
 
-use super::{JobModule, SandboxError};
+use super::{JobModule, NanMode, SandboxError};
 
 /// How many compiled modules stay in memory.
 const MEMO_CAPACITY: usize = 64;
 const MAC_LEN: usize = 32;
 
 /// A fingerprint of everything that makes compiled code compatible: the engine's
-/// configuration and wasmtime's version.
-pub fn engine_fingerprint(engine: &Engine) -> String {
+/// configuration, wasmtime's version, and what is done to a module before it is
+/// compiled (the NaN mode, and the version of the NaN rewrite).
+pub fn engine_fingerprint(engine: &Engine, nan: NanMode) -> String {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
+    if nan == NanMode::Observable {
+        ("nan-rewrite", super::nan::REWRITE_VERSION).hash(&mut hasher);
+    }
     format!("{:016x}", hasher.finish())
 }
 
@@ -53,7 +57,12 @@ impl std::fmt::Debug for CompileCache {
 impl CompileCache {
     /// Opens (creating if needed) the cache in `dir`, with its MAC key, holding at
     /// most `max_bytes` of artifacts.
-    pub fn open(dir: PathBuf, engine: &Engine, max_bytes: u64) -> Result<Self, SandboxError> {
+    pub fn open(
+        dir: PathBuf,
+        engine: &Engine,
+        nan: NanMode,
+        max_bytes: u64,
+    ) -> Result<Self, SandboxError> {
         let err = |source| SandboxError::Cache {
             dir: dir.clone(),
             source,
@@ -61,7 +70,7 @@ impl CompileCache {
         std::fs::create_dir_all(&dir).map_err(err)?;
         let key = load_or_create_key(&dir.join("key")).map_err(err)?;
         let cache = Self {
-            fingerprint: engine_fingerprint(engine),
+            fingerprint: engine_fingerprint(engine, nan),
             dir,
             key,
             max_bytes,
@@ -221,7 +230,7 @@ mod tests {
             .path()
             .join(format!("{}-0000000000000000.cwasm", "0".repeat(64)));
         std::fs::write(&stale, b"old engine").unwrap();
-        let cache = CompileCache::open(dir.path().into(), &engine, max).unwrap();
+        let cache = CompileCache::open(dir.path().into(), &engine, NanMode::Observable, max).unwrap();
         assert!(!stale.exists(), "another engine's artifact is dropped");
         let set_age = |hash: &str, secs: u64| {
             let file = std::fs::File::options()

@@ -2,7 +2,8 @@
 //!
 //! # What it owns
 //! One wasmtime [`Engine`] per process, configured for determinism (NaN
-//! canonicalisation, no threads, deterministic relaxed SIMD, fuel metering, a bounded
+//! canonicalisation where a NaN's bits can be seen, by the module rewrite of [`nan`]
+//! before compiling; no threads, deterministic relaxed SIMD, fuel metering, a bounded
 //! wasm stack) and for speed (a pool of pre-reserved instance slots, copy-on-write
 //! memory images, guard regions instead of bounds checks), one [`Linker`] with the
 //! host calls a job may import (`peergrid.log` for ABI v1, the deterministic
@@ -12,7 +13,8 @@
 //! # Message flow
 //! - Callers (`peergrid run`, the worker, the submitter's scheduler) hand module bytes
 //!   to [`Sandbox::load`]; [`validate`] decides which ABI the module speaks (ABI v1 or
-//!   wasi-v1) and checks it, and the compile cache returns a ready [`JobModule`]
+//!   wasi-v1) and checks it, [`nan`] canonicalises the NaNs it can see, and the
+//!   compile cache returns a ready [`JobModule`]
 //!   (imports already resolved; a wasi-v1 module's entries probed once).
 //! - [`Sandbox::call`] runs one entry point (`run`, `split` or `merge`) through the
 //!   per-call path of `exec`: a fresh `Store` with every limit of [`Limits`]
@@ -33,6 +35,7 @@ mod exec;
 pub mod gate;
 mod limits;
 pub mod metrics;
+mod nan;
 mod outcome;
 pub mod shape;
 pub mod validate;
@@ -49,6 +52,7 @@ use wasmtime::{
 pub use abi_v1::Entry;
 pub use gate::Gate;
 pub use limits::{ChunkControl, Limits};
+pub use nan::NanSummary;
 pub use outcome::{Execution, Outcome, TrapKind};
 pub use shape::{ModuleCaps, Shape};
 pub use validate::{Abi, AbiReport, ModuleError, ModuleInfo};
@@ -76,6 +80,22 @@ pub enum Guard {
     Off,
 }
 
+/// How NaNs that arithmetic produces get their bits (see `docs/ABI.md`, Determinism).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NanMode {
+    /// The module is rewritten (see [`nan`]) so that every NaN-producing result whose
+    /// bits can be seen is canonicalised, and compiled with Cranelift's
+    /// canonicalisation off: the same behaviour as [`NanMode::EveryOp`], most of the
+    /// speed of [`NanMode::Off`]. Production.
+    #[default]
+    Observable,
+    /// Cranelift canonicalises the result of every NaN-producing instruction (how the
+    /// sandbox ran before). For benches and the equivalence tests.
+    EveryOp,
+    /// No canonicalisation: NaN bits depend on the CPU. Benches only.
+    Off,
+}
+
 /// How the sandbox is set up. Everything but `cache_dir` is for benches and tests:
 /// the defaults are what every peer runs.
 #[derive(Debug, Clone)]
@@ -91,8 +111,9 @@ pub struct SandboxConfig {
     /// checks the wall-clock guard, cancellation and the gate. The fuel a call uses
     /// does not depend on it.
     pub fuel_slice: u64,
-    /// NaN canonicalisation (see `docs/ABI.md`, Determinism). Always on for real work.
-    pub nan_canonicalization: bool,
+    /// NaN canonicalisation (see `docs/ABI.md`, Determinism): [`NanMode::Observable`]
+    /// for real work.
+    pub nan: NanMode,
     /// Instances come from a pool of pre-reserved slots (memory, tables, stacks)
     /// reused between calls, instead of fresh mappings per call.
     pub pooling: bool,
@@ -118,7 +139,7 @@ impl Default for SandboxConfig {
             fuel: true,
             guard: Guard::FuelSlices,
             fuel_slice: FUEL_SLICE,
-            nan_canonicalization: true,
+            nan: NanMode::Observable,
             pooling: true,
             explicit_bounds_checks: false,
             caps: ModuleCaps::default(),
@@ -215,6 +236,7 @@ impl Built {
             Some(dir) => Some(CompileCache::open(
                 dir.clone(),
                 &engine,
+                config.nan,
                 config.cache_bytes,
             )?),
             None => None,
@@ -292,8 +314,9 @@ fn pool_slots() -> u32 {
 fn engine_config(config: &SandboxConfig) -> Config {
     let mut c = Config::new();
     c.cranelift_opt_level(OptLevel::Speed)
-        // Determinism: every NaN a guest produces has the canonical bit pattern.
-        .cranelift_nan_canonicalization(config.nan_canonicalization)
+        // Determinism: every NaN a guest produces has the canonical bit pattern, or
+        // (production) every NaN whose bits can be seen, by the rewrite in `nan`.
+        .cranelift_nan_canonicalization(config.nan == NanMode::EveryOp)
         // Relaxed SIMD instructions take their deterministic semantics on every CPU.
         .wasm_relaxed_simd(true)
         .relaxed_simd_deterministic(true)
@@ -461,8 +484,11 @@ impl Sandbox {
             return Ok(module);
         }
         let started = std::time::Instant::now();
-        let module = wasmtime::Module::from_binary(&built.engine, binary)
-            .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        let module = match self.inner.config.nan {
+            NanMode::Observable => self.compile_rewritten(&built.engine, binary)?,
+            NanMode::EveryOp | NanMode::Off => wasmtime::Module::from_binary(&built.engine, binary)
+                .map_err(|e| ModuleError::Compile(format!("{e:#}")))?,
+        };
         self.inner.metrics.compiled(started.elapsed());
         if let Some(disk) = &built.disk
             && validate::check_abi(&module).ok()
@@ -470,6 +496,38 @@ impl Sandbox {
             disk.store(hash, &module);
         }
         Ok(module)
+    }
+
+    /// Compiles `binary` after [`nan::canonicalise_observable_nans`]. A module the
+    /// rewrite refuses (it validates as it goes) is compiled as it is, so that the
+    /// error is wasmtime's, as for every other invalid module; should wasmtime accept
+    /// it, the rewrite's error stands (it never runs without canonicalisation).
+    fn compile_rewritten(
+        &self,
+        engine: &Engine,
+        binary: &[u8],
+    ) -> Result<wasmtime::Module, ModuleError> {
+        let compile = |code: &[u8]| {
+            wasmtime::Module::from_binary(engine, code)
+                .map_err(|e| ModuleError::Compile(format!("{e:#}")))
+        };
+        match nan::canonicalise_observable_nans(binary) {
+            Ok(rewritten) => compile(&rewritten.wasm),
+            Err(e) => {
+                compile(binary)?;
+                Err(ModuleError::Compile(e.to_string()))
+            }
+        }
+    }
+
+    /// What the NaN rewrite finds in `bytes` (a binary module or WAT): how many
+    /// NaN-producing operators it has and how many get canonicalised. For `bench
+    /// sandbox` and tests.
+    pub fn nan_summary(bytes: &[u8]) -> Result<NanSummary, ModuleError> {
+        let binary = validate::to_binary(bytes)?;
+        nan::canonicalise_observable_nans(&binary)
+            .map(|r| r.summary)
+            .map_err(|e| ModuleError::Compile(e.to_string()))
     }
 
     /// Runs one entry point of `module` on `input` under `limits`. Blocks the thread
@@ -534,7 +592,10 @@ impl Sandbox {
     /// The engine's compatibility fingerprint (part of every compile-cache key).
     /// Builds the engine if it is not yet.
     pub fn engine_fingerprint(&self) -> Result<String, SandboxError> {
-        Ok(cache::engine_fingerprint(&self.inner.built()?.engine))
+        Ok(cache::engine_fingerprint(
+            &self.inner.built()?.engine,
+            self.inner.config.nan,
+        ))
     }
 
     fn built(&self) -> Result<&Built, ModuleError> {
