@@ -5,7 +5,9 @@
 //! production setting on, as the grid runs them) on long chunks (≥ 0.25 s of native
 //! work each, so per-call setup does not weigh on the ratio), alternating rounds and
 //! keeping each side's best round; it also runs them with NaN canonicalisation, fuel,
-//! or all checks off, and with epochs as the guard, to show what each costs, and times
+//! or all checks off, with Cranelift's canonicalisation of every NaN-producing
+//! instruction instead of the rewrite, and with epochs as the guard, to show what each
+//! costs, and times
 //! an empty call (instantiation and teardown) with and without the instance pool.
 //!
 //! `bench grid` starts in-process grids on loopback (real network, store and
@@ -114,12 +116,16 @@ const OVERHEAD_CALLS: usize = 301;
 /// The engine variants measured, all in the same run.
 struct Variants {
     /// Every production setting: fuel in slices as the only interruption mechanism,
-    /// NaN canonicalisation, the instance pool.
+    /// NaN canonicalisation where a NaN can be seen (the module rewrite), the
+    /// instance pool.
     production: Sandbox,
+    /// Production with Cranelift canonicalising every NaN-producing instruction
+    /// instead of the rewrite (how the sandbox ran before).
+    every_op: Sandbox,
     /// Production with epochs (a ticker thread) on top of fuel for the guard, as the
     /// sandbox ran before issue 18.
     epochs: Sandbox,
-    /// Production without NaN canonicalisation.
+    /// Production without any NaN canonicalisation.
     no_nan_canon: Sandbox,
     /// Production without fuel (so without any guard).
     no_fuel: Sandbox,
@@ -159,6 +165,10 @@ impl Variants {
                 nan: NanMode::Off,
                 ..production.clone()
             })?,
+            every_op: Sandbox::new(SandboxConfig {
+                nan: NanMode::EveryOp,
+                ..production.clone()
+            })?,
             no_fuel: Sandbox::new(unguarded.clone())?,
             bare: Sandbox::new(SandboxConfig {
                 nan: NanMode::Off,
@@ -168,7 +178,7 @@ impl Variants {
         })
     }
 
-    fn all(&self) -> [&Sandbox; 6] {
+    fn all(&self) -> [&Sandbox; 7] {
         [
             &self.production,
             &self.epochs,
@@ -176,6 +186,7 @@ impl Variants {
             &self.no_fuel,
             &self.bare,
             &self.bounds_checked,
+            &self.every_op,
         ]
     }
 }
@@ -196,11 +207,24 @@ struct JobFigures {
     wasm_epochs_s: f64,
     ratio_epochs: f64,
     wasm_no_nan_canon_s: f64,
+    /// Production with Cranelift's canonicalisation of every NaN-producing
+    /// instruction instead of the rewrite.
+    wasm_every_op_s: f64,
+    ratio_every_op: f64,
     wasm_no_fuel_s: f64,
     wasm_bare_s: f64,
     ratio_bare: f64,
-    /// wasm_s / wasm_no_nan_canon_s − 1.
+    /// wasm_s / wasm_no_nan_canon_s − 1: what production's NaN canonicalisation (the
+    /// rewrite: only where a NaN's bits can be seen) costs against none.
     nan_canon_cost: f64,
+    /// wasm_every_op_s / wasm_no_nan_canon_s − 1: what Cranelift's canonicalisation
+    /// after every NaN-producing instruction costs against none.
+    nan_every_op_cost: f64,
+    /// The job module's NaN-producing operators: scalar ones, scalar ones the rewrite
+    /// canonicalises (their bits can be seen), SIMD ones (always canonicalised).
+    nan_scalar_sites: u64,
+    nan_scalar_canonicalised: u64,
+    nan_simd_sites: u64,
     /// wasm_s / wasm_no_fuel_s − 1 (fuel metering and its slice checks).
     fuel_cost: f64,
     /// wasm_epochs_s / wasm_s − 1: what epochs added on top of fuel.
@@ -210,8 +234,13 @@ struct JobFigures {
     wasm_bounds_checked_s: f64,
     /// wasm_bounds_checked_s / wasm_s − 1: what the guard regions save.
     bounds_check_cost: f64,
-    /// Fuel used by all chunks (the same in every fuelled variant, checked).
+    /// Fuel used by all chunks (the same in every fuelled variant that runs the
+    /// rewritten module, checked).
     fuel: u64,
+    /// Fuel used by the module as sent (no rewrite: the no-canonicalisation and
+    /// every-op variants, checked equal): the rewrite's inserted operators are
+    /// fuel − this.
+    fuel_without_rewrite: u64,
     /// Median time of a call that does nothing (the job's `run` on empty input,
     /// which fails to decode at once): instantiation, the ABI sequence, teardown.
     call_overhead_us: f64,
@@ -252,13 +281,14 @@ impl SandboxBench {
             );
         } else {
             println!(
-                "{:<11} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+                "{:<11} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
                 "job",
                 "chunk s",
                 "ratio",
                 "epochs",
                 "bare",
                 "nan",
+                "nan all",
                 "fuel",
                 "+epochs",
                 "+bounds",
@@ -267,13 +297,14 @@ impl SandboxBench {
             );
             for r in &rows {
                 println!(
-                    "{:<11} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>9.1} {:>9.1}",
+                    "{:<11} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>9.1} {:>9.1}",
                     r.job,
                     r.shortest_chunk_native_s,
                     r.ratio,
                     r.ratio_epochs,
                     r.ratio_bare,
                     r.nan_canon_cost * 100.0,
+                    r.nan_every_op_cost * 100.0,
                     r.fuel_cost * 100.0,
                     r.epoch_cost * 100.0,
                     r.bounds_check_cost * 100.0,
@@ -289,7 +320,9 @@ impl SandboxBench {
                 "\nratio = sandbox with every production setting / native, best of {} \
                  alternating rounds;\nepochs = the same with fuel + epochs (the guard before \
                  issue 18); bare = no fuel, no guard, no NaN canonicalisation;\nnan/fuel = \
-                 what each adds to production; +epochs = what epochs would add on top of \
+                 what each adds to production (nan: canonicalisation where a NaN can be seen, \
+                 against none);\nnan all = what Cranelift's canonicalisation of every \
+                 NaN-producing instruction adds instead; +epochs = what epochs would add on top of \
                  fuel;\n+bounds = what explicit bounds checks would add (no guard regions);\ncall µs = median time of the job's `run` on empty input (no pool: \
                  fresh mappings per call)",
                 self.rounds
@@ -327,9 +360,10 @@ impl SandboxBench {
             ..Limits::CHUNK
         };
 
-        let mut best = [f64::INFINITY; 7];
+        let mut best = [f64::INFINITY; 8];
         let mut shortest_chunk = f64::INFINITY;
         let mut fuel = 0;
+        let mut fuel_without_rewrite = 0;
         for _ in 0..self.rounds.max(1) {
             let mut native_out = Vec::with_capacity(inputs.len());
             let mut total = 0.0;
@@ -352,12 +386,19 @@ impl SandboxBench {
                         example.name
                     );
                 }
-                // Variants 0–2 and 5 meter fuel: the same module and inputs must use the
-                // same fuel whatever the guard and the NaN handling.
+                // Variants 0–2, 5 and 6 meter fuel: the same module and inputs must use
+                // the same fuel whatever the guard. Those that run the rewritten module
+                // (0, 1, 5) agree with production; those that run it as sent (2: no
+                // canonicalisation, 6: every op) agree with each other.
                 match k {
                     0 => fuel = used,
-                    1 | 2 | 5 if used != fuel => bail!(
+                    1 | 5 if used != fuel => bail!(
                         "{}: variant {k} used {used} fuel, production {fuel}",
+                        example.name
+                    ),
+                    2 => fuel_without_rewrite = used,
+                    6 if used != fuel_without_rewrite => bail!(
+                        "{}: every-op canonicalisation used {used} fuel, none {fuel_without_rewrite}",
                         example.name
                     ),
                     _ => {}
@@ -379,7 +420,9 @@ impl SandboxBench {
             no_fuel,
             bare,
             bounds,
+            every_op,
         ] = best;
+        let sites = Sandbox::nan_summary(example.wasm)?;
         Ok(JobFigures {
             job: example.name,
             params: params.to_string(),
@@ -395,12 +438,19 @@ impl SandboxBench {
             wasm_no_fuel_s: no_fuel,
             wasm_bare_s: bare,
             ratio_bare: bare / native_s,
+            wasm_every_op_s: every_op,
+            ratio_every_op: every_op / native_s,
             nan_canon_cost: wasm_s / no_nan_canon - 1.0,
+            nan_every_op_cost: every_op / no_nan_canon - 1.0,
+            nan_scalar_sites: sites.scalar_sites,
+            nan_scalar_canonicalised: sites.scalar_canonicalised,
+            nan_simd_sites: sites.simd_sites,
             fuel_cost: wasm_s / no_fuel - 1.0,
             epoch_cost: epochs / wasm_s - 1.0,
             wasm_bounds_checked_s: bounds,
             bounds_check_cost: bounds / wasm_s - 1.0,
             fuel,
+            fuel_without_rewrite,
             call_overhead_us: overhead_us(&variants.production, &modules[0]),
             call_overhead_no_pool_us: overhead_us(
                 &variants.no_pool,

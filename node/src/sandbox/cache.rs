@@ -230,7 +230,8 @@ mod tests {
             .path()
             .join(format!("{}-0000000000000000.cwasm", "0".repeat(64)));
         std::fs::write(&stale, b"old engine").unwrap();
-        let cache = CompileCache::open(dir.path().into(), &engine, NanMode::Observable, max).unwrap();
+        let cache =
+            CompileCache::open(dir.path().into(), &engine, NanMode::Observable, max).unwrap();
         assert!(!stale.exists(), "another engine's artifact is dropped");
         let set_age = |hash: &str, secs: u64| {
             let file = std::fs::File::options()

@@ -62,8 +62,8 @@ use std::collections::HashMap;
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{Encode, Function, Instruction, ValType};
 use wasmparser::{
-    FuncValidator, FuncValidatorAllocations, FunctionBody, Operator, Parser, Payload,
-    ValidPayload, Validator, ValidatorResources, WasmFeatures,
+    FuncValidator, FuncValidatorAllocations, FunctionBody, Operator, Parser, Payload, ValidPayload,
+    Validator, ValidatorResources, WasmFeatures,
 };
 
 /// The version of this rewrite; part of the compile cache's engine fingerprint, so a

@@ -95,13 +95,15 @@ fn every_way_a_nan_can_be_seen_gets_its_site_canonicalised() {
         ),
         ("a call argument", format!("(call $h {div})"), ""),
         ("a return value", div.to_string(), "(result f32)"),
-        ("an explicit return", format!("(return {div})"), "(result f32)"),
+        (
+            "an explicit return",
+            format!("(return {div})"),
+            "(result f32)",
+        ),
         ("a global", format!("(global.set $g {div})"), ""),
         (
             "a local later stored",
-            format!(
-                "(local.set $t {div}) (f32.store (i32.const 0) (f32.neg (local.get $t)))"
-            ),
+            format!("(local.set $t {div}) (f32.store (i32.const 0) (f32.neg (local.get $t)))"),
             "",
         ),
         (
@@ -124,9 +126,7 @@ fn every_way_a_nan_can_be_seen_gets_its_site_canonicalised() {
         ),
         (
             "a select stored",
-            format!(
-                "(f32.store (i32.const 0) (select {div} (f32.const 1) (i32.const 1)))"
-            ),
+            format!("(f32.store (i32.const 0) (select {div} (f32.const 1) (i32.const 1)))"),
             "",
         ),
     ];
@@ -160,7 +160,11 @@ fn a_nan_that_only_meets_insensitive_uses_is_left_alone() {
         assert_eq!(canonicalised, 0, "{body} ({sites} sites)");
     }
     for outer in ["f32.sqrt", "f64.promote_f32"] {
-        let store = if outer == "f32.sqrt" { "f32.store" } else { "f64.store" };
+        let store = if outer == "f32.sqrt" {
+            "f32.store"
+        } else {
+            "f64.store"
+        };
         let (sites, canonicalised) = counts(&func(
             &format!("({store} (i32.const 0) ({outer} {div}))"),
             "",
@@ -422,7 +426,7 @@ impl ProgramGen {
                     "(f32.reinterpret_i32 (i32.load offset={} (i32.const 0)))",
                     4 * self.rng.below(8)
                 ),
-                3 => format!("(f32.convert_i32_s (i32.load8_s offset=3 (i32.const 0)))"),
+                3 => "(f32.convert_i32_s (i32.load8_s offset=3 (i32.const 0)))".to_string(),
                 _ => format!("(local.get {})", self.f32_local()),
             };
         }
@@ -430,8 +434,9 @@ impl ProgramGen {
         match self.rng.below(12) {
             0..=2 => format!(
                 "({} {} {})",
-                self.rng
-                    .pick(&["f32.add", "f32.sub", "f32.mul", "f32.div", "f32.min", "f32.max"]),
+                self.rng.pick(&[
+                    "f32.add", "f32.sub", "f32.mul", "f32.div", "f32.min", "f32.max"
+                ]),
                 self.f32(d),
                 self.f32(d)
             ),
@@ -449,12 +454,7 @@ impl ProgramGen {
                 self.f32(d)
             ),
             4 => format!("(f32.copysign {} {})", self.f32(d), self.f32(d)),
-            5 => format!(
-                "(select {} {} {})",
-                self.f32(d),
-                self.f32(d),
-                self.cond(d)
-            ),
+            5 => format!("(select {} {} {})", self.f32(d), self.f32(d), self.cond(d)),
             6 => format!("(f32.demote_f64 {})", self.f64(d)),
             7 => format!("(block (result f32) {})", self.f32(d)),
             8 => format!(
@@ -497,8 +497,9 @@ impl ProgramGen {
         match self.rng.below(10) {
             0..=2 => format!(
                 "({} {} {})",
-                self.rng
-                    .pick(&["f64.add", "f64.sub", "f64.mul", "f64.div", "f64.min", "f64.max"]),
+                self.rng.pick(&[
+                    "f64.add", "f64.sub", "f64.mul", "f64.div", "f64.min", "f64.max"
+                ]),
                 self.f64(d),
                 self.f64(d)
             ),
@@ -516,12 +517,7 @@ impl ProgramGen {
                 self.f64(d)
             ),
             4 => format!("(f64.copysign {} {})", self.f64(d), self.f64(d)),
-            5 => format!(
-                "(select {} {} {})",
-                self.f64(d),
-                self.f64(d),
-                self.cond(d)
-            ),
+            5 => format!("(select {} {} {})", self.f64(d), self.f64(d), self.cond(d)),
             6 => format!("(f64.promote_f32 {})", self.f32(d)),
             7 => format!("(local.tee {} {})", self.f64_local(), self.f64(d)),
             8 if !self.in_helper => format!("(call $h {} {})", self.f32(d), self.f64(d)),
@@ -541,8 +537,16 @@ impl ProgramGen {
     fn stmt(&mut self, depth: u32) -> String {
         let d = 3;
         match self.rng.below(if depth == 0 { 10 } else { 12 }) {
-            0 => format!("(f32.store offset={} (i32.const 0) {})", self.address(4), self.f32(d)),
-            1 => format!("(f64.store offset={} (i32.const 0) {})", self.address(8), self.f64(d)),
+            0 => format!(
+                "(f32.store offset={} (i32.const 0) {})",
+                self.address(4),
+                self.f32(d)
+            ),
+            1 => format!(
+                "(f64.store offset={} (i32.const 0) {})",
+                self.address(8),
+                self.f64(d)
+            ),
             2 => format!(
                 "(i32.store offset={} (i32.const 0) (i32.reinterpret_f32 {}))",
                 self.address(4),
@@ -691,5 +695,8 @@ fn rewritten_without_canonicalisation_behaves_as_the_original_with_it() {
         "only {} of {cases} programs show their NaN bits without canonicalisation",
         differed.get()
     );
-    assert!(elided.get() > u64::from(cases), "the rewrite elides some sites");
+    assert!(
+        elided.get() > u64::from(cases),
+        "the rewrite elides some sites"
+    );
 }
