@@ -2,8 +2,11 @@
 //! native build, and the same output and fuel in two separately built engines: the
 //! production one, and one that hands fuel out in tiny slices (thousands of suspensions
 //! per chunk) without the instance pool. The `floats` job checks that NaN bits agree.
+//! Every output is also the same, byte for byte, as with Cranelift canonicalising the
+//! result of every NaN-producing instruction (what production's module rewrite
+//! promises; only fuel differs, by the rewrite's inserted operators).
 
-use peergrid_node::sandbox::{Limits, Outcome, Sandbox, SandboxConfig, TrapKind};
+use peergrid_node::sandbox::{Limits, NanMode, Outcome, Sandbox, SandboxConfig, TrapKind};
 use peergrid_tests::{run_example_in_sandbox, run_example_natively, sandbox};
 
 /// A second engine, built differently from production in everything that must not
@@ -13,6 +16,16 @@ fn other_engine() -> Sandbox {
     Sandbox::new(SandboxConfig {
         fuel_slice: 9_973,
         pooling: false,
+        ..SandboxConfig::default()
+    })
+    .expect("the engine builds")
+}
+
+/// Production, but with Cranelift canonicalising every NaN-producing instruction of
+/// the module as sent, instead of the rewrite.
+fn every_op_engine() -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        nan: NanMode::EveryOp,
         ..SandboxConfig::default()
     })
     .expect("the engine builds")
@@ -33,6 +46,15 @@ fn run_everywhere(name: &str, params: &str) -> Vec<u8> {
         "{name}: two engines disagree on the fuel used"
     );
     assert!(fuel_a.iter().all(|&f| f > 0));
+    let (c, fuel_c) = run_example_in_sandbox(&every_op_engine(), name, params).expect(name);
+    assert_eq!(
+        a, c,
+        "{name}: the rewrite and every-op canonicalisation disagree on the output"
+    );
+    assert!(
+        fuel_a.iter().zip(&fuel_c).all(|(a, c)| a >= c),
+        "{name}: the rewrite only adds operators"
+    );
     let native = run_example_natively(name, params).expect(name);
     assert_eq!(a, native, "{name}: sandbox and native disagree");
     a
@@ -216,6 +238,11 @@ fn nan_bits_agree_across_engines_and_arithmetic_nans_are_canonical() {
     let (b, fuel_b) = run_example_in_sandbox(&other_engine(), "floats", "{}").expect("runs");
     assert_eq!(a, b, "two engines disagree on NaN bits");
     assert_eq!(fuel_a, fuel_b, "two engines disagree on the fuel used");
+    let (c, _) = run_example_in_sandbox(&every_op_engine(), "floats", "{}").expect("runs");
+    assert_eq!(
+        a, c,
+        "canonicalising where a NaN can be seen and after every operation disagree"
+    );
 
     let [f64s, f32s, ieee64, ieee32] = float_words(&a, values, 4);
     let is_nan64 = |w: &u64| f64::from_bits(*w).is_nan();

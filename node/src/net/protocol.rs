@@ -20,22 +20,26 @@ pub use crate::types::{
 /// Version 4: a worker refuses limits over its own maxima with
 /// [`RejectReason::LimitsTooHigh`] carrying them, and a submitter whose undelivered
 /// results fill its share of the outbox with [`RejectReason::OutboxFull`].
-pub const PROTOCOL_VERSION: u16 = 4;
+/// Version 5: the sandbox canonicalises NaNs by rewriting the module (only where a
+/// NaN's bits can be seen, see `docs/ABI.md`), so a float module uses other fuel
+/// than on a version-4 peer; outputs are unchanged, but fuel decides outcomes and
+/// credit, so the two must not verify each other's results.
+pub const PROTOCOL_VERSION: u16 = 5;
 /// identify's protocol version string; peers with another one are not added to the DHT.
-pub const IDENTIFY_PROTOCOL: &str = "/peergrid/4.0.0";
+pub const IDENTIFY_PROTOCOL: &str = "/peergrid/5.0.0";
 /// The Kademlia protocol: peergrid's own DHT, never the public IPFS one.
-pub const KAD_PROTOCOL: &str = "/peergrid/kad/4.0.0";
+pub const KAD_PROTOCOL: &str = "/peergrid/kad/5.0.0";
 /// Submitter <-> worker: capacity queries, subscriptions and pushed updates.
-pub const CAPACITY_PROTOCOL: &str = "/peergrid/capacity/4";
+pub const CAPACITY_PROTOCOL: &str = "/peergrid/capacity/5";
 /// The name capacity messages are counted under in metrics (the protocol itself;
 /// adverts no longer travel on a gossip topic).
 pub const CAPACITY_TOPIC: &str = CAPACITY_PROTOCOL;
 /// Submitter -> worker: offers of chunks, cancels.
-pub const TASK_PROTOCOL: &str = "/peergrid/task/4";
+pub const TASK_PROTOCOL: &str = "/peergrid/task/5";
 /// Worker -> submitter: chunk results.
-pub const RESULT_PROTOCOL: &str = "/peergrid/result/4";
+pub const RESULT_PROTOCOL: &str = "/peergrid/result/5";
 /// Anyone -> holder: blob pieces by BLAKE3 hash.
-pub const BLOB_PROTOCOL: &str = "/peergrid/blob/4";
+pub const BLOB_PROTOCOL: &str = "/peergrid/blob/5";
 
 /// Splits `items`, in order, into batches of at most `max_items` items whose
 /// `size`s sum to at most `max_bytes`, so that each batch fits one message; an item
@@ -343,7 +347,7 @@ mod tests {
                 "{other:?}"
             );
         }
-        assert!(foreign_version_reason("/peergrid/3.0.0").contains("/peergrid/4.0.0"));
+        assert!(foreign_version_reason("/peergrid/4.0.0").contains("/peergrid/5.0.0"));
     }
 
     #[test]
