@@ -52,7 +52,8 @@
 //! # Bounds
 //! The rewrite runs on modules peers send, after [`shape::check`](super::shape):
 //! time and memory are linear in the module's size (one graph node and at most two
-//! edges per operator, the validator's own state). Each canonicalised site adds six
+//! edges per operator, the validator's own state; a function's simulated operand stack
+//! is capped at [`MAX_STACK`] values). Each canonicalised site adds six
 //! operators (at most 31 bytes), so a body grows at most ≈ 16×; the rewritten module
 //! must still pass wasmtime's own validation (a function body of at most 7 654 321
 //! bytes). A module without NaN-producing operators comes back byte for byte.
@@ -65,6 +66,11 @@ use wasmparser::{
     FuncValidator, FuncValidatorAllocations, FunctionBody, Operator, Parser, Payload, ValidPayload,
     Validator, ValidatorResources, WasmFeatures,
 };
+
+/// The most values a function's operand stack may hold here. Blocks with many
+/// results can grow the stack by up to 1 000 values per operator; no real module
+/// comes near this, and the rewrite's memory stays bounded (8 MiB per function).
+pub(crate) const MAX_STACK: usize = 1 << 20;
 
 /// The version of this rewrite; part of the compile cache's engine fingerprint, so a
 /// changed rewrite never loads code compiled from an older one.
@@ -86,6 +92,9 @@ pub(crate) enum NanRewriteError {
     /// A component, not a core module.
     #[error("not a core WebAssembly module")]
     NotAModule,
+    /// A function's operand stack grows past [`MAX_STACK`] values.
+    #[error("a function's operand stack grows past {MAX_STACK} values (at offset {0})")]
+    TooDeep(usize),
 }
 
 /// The type of a NaN-producing result.
@@ -463,6 +472,9 @@ fn analyse_function(
         }
         if stack.len() != after || stack.len() != base + pushes {
             return Err(out_of_step);
+        }
+        if stack.len() > MAX_STACK {
+            return Err(NanRewriteError::TooDeep(offset));
         }
         index = index.saturating_add(1);
     }

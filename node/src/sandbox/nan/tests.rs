@@ -252,6 +252,16 @@ fn other_sections_are_kept_byte_for_byte() {
     }
 }
 
+#[test]
+fn a_module_that_piles_up_its_operand_stack_is_refused_not_followed() {
+    // Blocks of 1 000 results each, made from nothing in unreachable code.
+    let results = "i32 ".repeat(1000);
+    let blocks = "(block (type $t) (unreachable))\n".repeat(MAX_STACK / 1000 + 1);
+    let wat = format!("(module (type $t (func (result {results}))) (func {blocks} (unreachable)))");
+    let err = canonicalise_observable_nans(&wasm(&wat)).expect_err("too deep");
+    assert!(matches!(err, NanRewriteError::TooDeep(_)), "{err}");
+}
+
 // ---------------------------------------------------------------------------
 // Differential: random float programs, original + Cranelift's canonicalisation
 // against rewritten + none.
