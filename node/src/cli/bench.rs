@@ -225,6 +225,10 @@ struct JobFigures {
     nan_scalar_sites: u64,
     nan_scalar_canonicalised: u64,
     nan_simd_sites: u64,
+    /// The job module's first load in production (the NaN rewrite, Cranelift,
+    /// resolving imports), and the NaN rewrite alone.
+    load_ms: f64,
+    nan_rewrite_ms: f64,
     /// wasm_s / wasm_no_fuel_s − 1 (fuel metering and its slice checks).
     fuel_cost: f64,
     /// wasm_epochs_s / wasm_s − 1: what epochs added on top of fuel.
@@ -351,9 +355,18 @@ impl SandboxBench {
             .map(<[u8]>::to_vec)
             .collect();
         let sandboxes = variants.all();
+        let mut load_ms = 0.0;
         let modules = sandboxes
             .iter()
-            .map(|s| s.load(example.wasm).context(example.name))
+            .enumerate()
+            .map(|(k, s)| {
+                let started = Instant::now();
+                let module = s.load(example.wasm).context(example.name);
+                if k == 0 {
+                    load_ms = started.elapsed().as_secs_f64() * 1e3;
+                }
+                module
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let limits = Limits {
             timeout: Duration::from_secs(3600),
@@ -422,7 +435,9 @@ impl SandboxBench {
             bounds,
             every_op,
         ] = best;
+        let started = Instant::now();
         let sites = Sandbox::nan_summary(example.wasm)?;
+        let nan_rewrite_ms = started.elapsed().as_secs_f64() * 1e3;
         Ok(JobFigures {
             job: example.name,
             params: params.to_string(),
@@ -445,6 +460,8 @@ impl SandboxBench {
             nan_scalar_sites: sites.scalar_sites,
             nan_scalar_canonicalised: sites.scalar_canonicalised,
             nan_simd_sites: sites.simd_sites,
+            load_ms,
+            nan_rewrite_ms,
             fuel_cost: wasm_s / no_fuel - 1.0,
             epoch_cost: epochs / wasm_s - 1.0,
             wasm_bounds_checked_s: bounds,

@@ -39,6 +39,14 @@ pub(super) struct WasiFigures {
     native_s: Option<f64>,
     ratio: Option<f64>,
     fuel: u64,
+    /// The module's size, and the time its first load took (the NaN rewrite,
+    /// Cranelift, resolving imports) and the NaN rewrite alone.
+    module_bytes: usize,
+    load_ms: f64,
+    nan_rewrite_ms: f64,
+    /// Scalar NaN-producing operators, and those canonicalised (see `bench sandbox`).
+    nan_scalar_sites: u64,
+    nan_scalar_canonicalised: u64,
 }
 
 /// Runs the wasi-v1 examples named in `jobs` (all when empty).
@@ -58,7 +66,12 @@ pub(super) fn bench(
             continue;
         }
         let params = long_params(example.name);
+        let started = Instant::now();
         let module = sandbox.load(example.wasm).context(example.name)?;
+        let load_ms = started.elapsed().as_secs_f64() * 1e3;
+        let started = Instant::now();
+        let sites = Sandbox::nan_summary(example.wasm)?;
+        let nan_rewrite_ms = started.elapsed().as_secs_f64() * 1e3;
         let (split, inputs) = sandbox.split(&module, params.as_bytes(), &Limits::SUBMITTER);
         let inputs =
             inputs.with_context(|| format!("{}: split: {}", example.name, split.outcome))?;
@@ -105,6 +118,11 @@ pub(super) fn bench(
             native_s,
             ratio: native_s.map(|n| wasm_best / n.max(1e-9)),
             fuel,
+            module_bytes: example.wasm.len(),
+            load_ms,
+            nan_rewrite_ms,
+            nan_scalar_sites: sites.scalar_sites,
+            nan_scalar_canonicalised: sites.scalar_canonicalised,
         });
     }
     Ok(rows)
