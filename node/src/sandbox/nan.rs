@@ -593,7 +593,8 @@ fn instrument(body: &FunctionBody<'_>, plan: &FuncPlan) -> Result<Function, NanR
                 Kind::F64 => 1,
                 Kind::F32x4 | Kind::F64x2 => 2,
             };
-            let t = scratch[slot].ok_or(NanRewriteError::OutOfStep(0))?;
+            let t = scratch[slot]
+                .ok_or_else(|| NanRewriteError::Encode("no scratch local for a site".into()))?;
             f.instruction(&Instruction::LocalTee(t));
             f.instruction(&match kind {
                 Kind::F32 => Instruction::F32Const(wasm_encoder::Ieee32::new(CANONICAL_F32)),
