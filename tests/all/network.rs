@@ -409,6 +409,19 @@ async fn garbled_truncated_and_oversized_messages_are_refused_counted_and_punish
     assert!(!reply.is_empty());
     assert_eq!(offences_of(&net, 0, raw_id).await, 0);
 
+    // A stream closed empty is a requester that gave up (its timeout fired after the
+    // stream opened, as on a loaded machine), not garbage: no offence, and the peer
+    // is still served.
+    for _ in 0..6 {
+        let empty = raw_request(&mut raw, target, Proto::Capacity, Vec::new()).await;
+        assert!(empty.is_err(), "an empty request is not answered: {empty:?}");
+    }
+    let reply = raw_request(&mut raw, target, Proto::Blob, good.clone())
+        .await
+        .expect("still answered");
+    assert!(!reply.is_empty());
+    assert_eq!(offences_of(&net, 0, raw_id).await, 0);
+
     // Garbage on each protocol, a truncated message, an oversized one.
     let attacks: Vec<(Proto, Vec<u8>)> = vec![
         (Proto::Blob, vec![0xff; 7]),
@@ -579,15 +592,36 @@ async fn raw_try_connect(swarm: &mut Swarm<Raw>, addr: Multiaddr) -> bool {
         .unwrap_or(false)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fresh_identities_from_one_address_are_limited_and_their_offences_ban_the_address() {
-    // Loopback counts here, as a stranger's address would (it is exempt by default).
+/// One node whose guard treats loopback as it would a stranger's address (loopback
+/// is exempt by default): the node, its peer id and its listen address.
+async fn guarded_node() -> (TestNet, PeerId, Multiaddr) {
     let net = TestNet::spawn_with(1, |_, config| {
         config.net.guard.exempt_loopback = false;
     })
     .await;
     let target = net.node(0).peer_id();
     let addr = net.node(0).listen_addrs().await[0].clone();
+    (net, target, addr)
+}
+
+/// Sends node 0 a garbled task request from `raw`, and waits until it has counted
+/// more than `before` offences.
+async fn offend(net: &TestNet, raw: &mut Swarm<Raw>, target: PeerId, before: usize) {
+    let _ = raw_request(raw, target, Proto::Task, vec![0x17; 64]).await;
+    wait_for(
+        "the offence to be counted",
+        Duration::from_secs(10),
+        || async {
+            let status = net.node(0).net().status().await?;
+            (status.offences as usize > before).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_identities_from_one_address_are_limited_and_their_offences_ban_the_address() {
+    let (net, target, addr) = guarded_node().await;
     let per_ip = peergrid_node::net::guard::GuardConfig::default().per_ip as usize;
     let mut raws = Vec::new();
     for _ in 0..per_ip + 3 {
@@ -606,16 +640,7 @@ async fn fresh_identities_from_one_address_are_limited_and_their_offences_ban_th
     let threshold = 10;
     for i in 0..threshold {
         let raw = &mut raws[i % per_ip];
-        let _ = raw_request(raw, target, Proto::Task, vec![0x17; 64]).await;
-        wait_for(
-            "the offence to be counted",
-            Duration::from_secs(10),
-            || async {
-                let status = net.node(0).net().status().await?;
-                (status.offences as usize > i).then_some(())
-            },
-        )
-        .await;
+        offend(&net, raw, target, i).await;
     }
     let status = wait_for(
         "the address to be banned",
@@ -638,27 +663,12 @@ async fn fresh_identities_from_one_address_are_limited_and_their_offences_ban_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_banned_peer_that_keeps_reconnecting_gets_its_address_banned() {
-    // Loopback counts here, as a stranger's address would (it is exempt by default).
-    let net = TestNet::spawn_with(1, |_, config| {
-        config.net.guard.exempt_loopback = false;
-    })
-    .await;
-    let target = net.node(0).peer_id();
-    let addr = net.node(0).listen_addrs().await[0].clone();
+    let (net, target, addr) = guarded_node().await;
     let mut raw = raw_peer(protocol::IDENTIFY_PROTOCOL);
     assert!(raw_try_connect(&mut raw, addr.clone()).await);
     // Garbage until its identity is banned (5 offences, 5 against its address).
     for i in 0..5 {
-        let _ = raw_request(&mut raw, target, Proto::Task, vec![0x17; 64]).await;
-        wait_for(
-            "the offence to be counted",
-            Duration::from_secs(10),
-            || async {
-                let status = net.node(0).net().status().await?;
-                (status.offences as usize > i).then_some(())
-            },
-        )
-        .await;
+        offend(&net, &mut raw, target, i).await;
     }
     wait_for("the peer's ban", Duration::from_secs(10), || async {
         let status = net.node(0).net().status().await?;

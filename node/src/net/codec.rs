@@ -130,6 +130,17 @@ impl<Req, Resp> PostcardCodec<Req, Resp> {
         R: AsyncRead + Unpin + Send,
     {
         let buf = read_bytes(io, limit, protocol, budget).await?;
+        // A stream closed with nothing on it is a peer that gave up, not a garbled
+        // message: no message of ours encodes to zero bytes. A requester whose
+        // request timed out after the stream opened (a loaded machine), or a responder
+        // that dropped the request (busy, or over a bound), closes it so. No offence:
+        // counting one made honest peers on a loaded machine ban each other.
+        if buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the peer closed the {protocol} stream without a message (it gave up, or was busy)"),
+            ));
+        }
         if let Some(metrics) = &self.metrics {
             metrics.message(protocol, Direction::In, buf.len());
         }
@@ -296,20 +307,8 @@ where
     where
         T: AsyncRead + Unpin + Send,
     {
-        let buf = read_bytes(io, self.max_response, protocol.as_ref(), None).await?;
-        // A stream closed with nothing on it is the peer refusing to answer (busy, or
-        // over a bound: it dropped the request), not a garbled answer: no message of
-        // ours encodes to zero bytes. No offence.
-        if buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the peer closed the stream without answering (busy or refused)",
-            ));
-        }
-        if let Some(metrics) = &self.metrics {
-            metrics.message(protocol.as_ref(), Direction::In, buf.len());
-        }
-        decode(&buf, protocol.as_ref())
+        self.receive(io, self.max_response, protocol.as_ref(), None)
+            .await
     }
 
     async fn write_request<T>(
@@ -424,6 +423,41 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         assert!(Offence::from_io(&err).is_none());
+    }
+
+    /// A requester whose request timed out after its stream opened closes the stream
+    /// empty: that is not a garbled request (honest peers on a loaded machine were
+    /// banning each other for it). Half a message still is one.
+    #[test]
+    fn an_empty_request_is_a_peer_giving_up_not_an_offence() {
+        let mut codec = PostcardCodec::<BlobRequest, TaskRequest>::new(100, 100)
+            .with_budget(Budget::new(1 << 20));
+        let protocol = StreamProtocol::new("/t/1");
+        let mut read = |bytes: &[u8]| {
+            futures::executor::block_on(request_response::Codec::read_request(
+                &mut codec,
+                &protocol,
+                &mut &bytes[..],
+            ))
+        };
+        let err = read(&[]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(Offence::from_io(&err).is_none());
+        let whole = encode(
+            &BlobRequest {
+                hash: crate::net::protocol::BlobHash::of(b"x"),
+                offset: 5,
+                len: 7,
+            },
+            100,
+        )
+        .expect("encodes");
+        let half = read(&whole[..whole.len() / 2]).expect("read to the end");
+        assert!(
+            matches!(half, Err(Offence::Garbled { .. })),
+            "a truncated request is an offence: {half:?}"
+        );
+        assert!(matches!(read(&whole), Ok(Ok(_))));
     }
 
     #[test]

@@ -14,10 +14,14 @@ use super::protocol::{ResultAck, ResultBatch, TaskReply, TaskRequest};
 
 /// The peers a simulated network pretends to reach.
 pub trait SimulatedPeers: Send + 'static {
-    /// The capacity view (what a real node's peer book would hold).
-    fn peers(&mut self) -> Vec<PeerInfo>;
-    /// A task request to one peer, answered at once.
-    fn task(&mut self, peer: PeerId, request: TaskRequest) -> Result<TaskReply, RequestError>;
+    /// The capacity view (what a real node's peer book would hold); by default empty.
+    fn peers(&mut self) -> Vec<PeerInfo> {
+        Vec::new()
+    }
+    /// A task request to one peer, answered at once; by default nobody is reachable.
+    fn task(&mut self, _peer: PeerId, _request: TaskRequest) -> Result<TaskReply, RequestError> {
+        Err(RequestError::Unreachable)
+    }
     /// A batch of results to one peer (a worker's delivery), answered at once; by
     /// default nobody is reachable.
     fn results(&mut self, _peer: PeerId, _batch: ResultBatch) -> Result<ResultAck, RequestError> {

@@ -30,19 +30,7 @@ use crate::store::{BlobStore, Db};
 /// No peer is reachable.
 struct Nobody;
 
-impl SimulatedPeers for Nobody {
-    fn peers(&mut self) -> Vec<PeerInfo> {
-        Vec::new()
-    }
-
-    fn task(
-        &mut self,
-        _peer: PeerId,
-        _request: crate::net::protocol::TaskRequest,
-    ) -> Result<TaskReply, RequestError> {
-        Err(RequestError::Unreachable)
-    }
-}
+impl SimulatedPeers for Nobody {}
 
 /// Echoes the input; records the nice value and name of the thread it ran on; while
 /// `hold` is set, waits (like a chunk paused at the gate) until it is cancelled.
@@ -632,18 +620,6 @@ struct Takers(
 );
 
 impl SimulatedPeers for Takers {
-    fn peers(&mut self) -> Vec<PeerInfo> {
-        Vec::new()
-    }
-
-    fn task(
-        &mut self,
-        _peer: PeerId,
-        _request: crate::net::protocol::TaskRequest,
-    ) -> Result<TaskReply, RequestError> {
-        Err(RequestError::Unreachable)
-    }
-
     fn penalize(&mut self, peer: PeerId, reason: String) {
         self.1.lock().unwrap().push((peer, reason));
     }
@@ -863,18 +839,6 @@ async fn a_module_no_honest_peer_sends_is_an_offence_and_a_merely_invalid_one_is
 struct Hoarder(Arc<Mutex<Vec<tokio::time::Instant>>>);
 
 impl SimulatedPeers for Hoarder {
-    fn peers(&mut self) -> Vec<PeerInfo> {
-        Vec::new()
-    }
-
-    fn task(
-        &mut self,
-        _peer: PeerId,
-        _request: crate::net::protocol::TaskRequest,
-    ) -> Result<TaskReply, RequestError> {
-        Err(RequestError::Unreachable)
-    }
-
     fn results(&mut self, _peer: PeerId, _batch: ResultBatch) -> Result<ResultAck, RequestError> {
         self.0.lock().unwrap().push(tokio::time::Instant::now());
         Ok(ResultAck { stored: Vec::new() })
