@@ -499,9 +499,10 @@ impl Sandbox {
     }
 
     /// Compiles `binary` after [`nan::canonicalise_observable_nans`]. A module the
-    /// rewrite refuses (it validates as it goes) is compiled as it is, so that the
-    /// error is wasmtime's, as for every other invalid module; should wasmtime accept
-    /// it, the rewrite's error stands (it never runs without canonicalisation).
+    /// rewrite finds invalid (it validates as it goes) is compiled as it is, so that
+    /// the error is wasmtime's, as for every other invalid module; should wasmtime
+    /// accept it, the rewrite's error stands (it never runs without
+    /// canonicalisation). Other refusals (a stack too deep to follow) stand at once.
     fn compile_rewritten(
         &self,
         engine: &Engine,
@@ -513,10 +514,11 @@ impl Sandbox {
         };
         match nan::canonicalise_observable_nans(binary) {
             Ok(rewritten) => compile(&rewritten.wasm),
-            Err(e) => {
+            Err(e @ nan::NanRewriteError::Invalid(_)) => {
                 compile(binary)?;
                 Err(ModuleError::Compile(e.to_string()))
             }
+            Err(e) => Err(ModuleError::Compile(e.to_string())),
         }
     }
 
