@@ -253,4 +253,15 @@ mod tests {
         assert!(cache.path("c").exists(), "just stored: kept");
         assert!(cache.trim() <= max);
     }
+
+    #[test]
+    fn code_compiled_from_the_rewritten_module_never_loads_for_the_module_as_sent() {
+        // The same engine configuration (Cranelift's canonicalisation off) compiles
+        // the rewritten module in production and the module as sent with `Off`.
+        let engine = Engine::default();
+        assert_ne!(
+            engine_fingerprint(&engine, NanMode::Observable),
+            engine_fingerprint(&engine, NanMode::Off)
+        );
+    }
 }
