@@ -56,8 +56,5 @@ fn packs_relative_relocations() -> bool {
         .arg(&program)
         .output()
         .is_ok_and(|o| o.status.success());
-    linked
-        && Command::new(&program)
-            .status()
-            .is_ok_and(|s| s.success())
+    linked && Command::new(&program).status().is_ok_and(|s| s.success())
 }

@@ -414,7 +414,10 @@ async fn garbled_truncated_and_oversized_messages_are_refused_counted_and_punish
     // is still served.
     for _ in 0..6 {
         let empty = raw_request(&mut raw, target, Proto::Capacity, Vec::new()).await;
-        assert!(empty.is_err(), "an empty request is not answered: {empty:?}");
+        assert!(
+            empty.is_err(),
+            "an empty request is not answered: {empty:?}"
+        );
     }
     let reply = raw_request(&mut raw, target, Proto::Blob, good.clone())
         .await

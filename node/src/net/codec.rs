@@ -138,7 +138,9 @@ impl<Req, Resp> PostcardCodec<Req, Resp> {
         if buf.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("the peer closed the {protocol} stream without a message (it gave up, or was busy)"),
+                format!(
+                    "the peer closed the {protocol} stream without a message (it gave up, or was busy)"
+                ),
             ));
         }
         if let Some(metrics) = &self.metrics {

@@ -22,7 +22,7 @@ use crate::net::protocol::{
     WireOutcome,
 };
 use crate::net::sim::SimulatedPeers;
-use crate::net::{NetClient, PeerInfo, RequestError};
+use crate::net::{NetClient, RequestError};
 use crate::sandbox::{ChunkControl, Execution, JobModule, Limits, Outcome, Sandbox, SandboxConfig};
 use crate::store::db::{OutboxRow, Write};
 use crate::store::{BlobStore, Db};
