@@ -234,7 +234,7 @@ impl Node {
         let data_dir = config.data_dir.clone();
         let root = data_dir.root().to_path_buf();
         std::fs::create_dir_all(&root).map_err(data_dir_error("creating the data dir", &root))?;
-        let lock = lock_data_dir(&data_dir)?;
+        let lock = wait_for_data_dir_lock(&data_dir).await?;
         let keypair = load_or_create_identity(&data_dir)?;
         // Every task the node starts carries this span (`node = ` the short peer id),
         // so the logs of several nodes in one process (TestNet, demo) can be told apart.
@@ -504,6 +504,27 @@ impl Node {
     }
 }
 
+/// How long a start waits for the data dir's lock before saying another node holds
+/// it. A node killed a moment ago can still hold it for a few milliseconds: a child
+/// process it was starting (the fuel calibration) shares the lock from its fork until
+/// its exec, which a loaded machine can delay. A restart right after a kill then
+/// failed with "already running" (seen in the test loop at load 7).
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// [`lock_data_dir`], tried again every 50 ms for [`LOCK_WAIT`] while another
+/// process holds the lock.
+async fn wait_for_data_dir_lock(data_dir: &DataDir) -> Result<std::fs::File, NodeError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match lock_data_dir(data_dir) {
+            Err(NodeError::Locked(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 fn lock_data_dir(data_dir: &DataDir) -> Result<std::fs::File, NodeError> {
     let path = data_dir.lock_file();
     let file = std::fs::OpenOptions::new()
@@ -631,3 +652,28 @@ async fn keep_blob_cache(state: Arc<NodeState>, limit: u64, shutdown: Cancellati
 
 /// A capacity change is advertised at once only when the last advert is older.
 const ADVERT_MIN_GAP: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lock let go of soon after (a killed node's child finishing its exec) is
+    /// waited for; one held on is reported as another node.
+    #[tokio::test]
+    async fn a_start_waits_briefly_for_a_lock_that_is_being_let_go() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = DataDir::resolve(Some(dir.path().to_path_buf()));
+        let held = lock_data_dir(&data_dir).expect("first lock");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let lock = wait_for_data_dir_lock(&data_dir).await.expect("taken once let go");
+        release.join().expect("released");
+        let started = Instant::now();
+        let err = wait_for_data_dir_lock(&data_dir).await.expect_err("held");
+        assert!(matches!(err, NodeError::Locked(_)), "{err}");
+        assert!(started.elapsed() >= LOCK_WAIT, "it waited before saying so");
+        drop(lock);
+    }
+}
