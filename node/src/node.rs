@@ -668,7 +668,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(300));
             drop(held);
         });
-        let lock = wait_for_data_dir_lock(&data_dir).await.expect("taken once let go");
+        let lock = wait_for_data_dir_lock(&data_dir)
+            .await
+            .expect("taken once let go");
         release.join().expect("released");
         let started = Instant::now();
         let err = wait_for_data_dir_lock(&data_dir).await.expect_err("held");
