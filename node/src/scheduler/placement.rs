@@ -13,7 +13,8 @@
 //! peers, a random draw weighted by what this submitter *measured* of each (its
 //! agreed results and its score, [`measured_weight`]), never by what a peer claims
 //! (its advertised slots only bound its room, and room is capped by what it has
-//! delivered, [`measured_room`]); no two in one network or source; a network that
+//! delivered, [`measured_room`], and by what a typical peer offers, [`bound_rooms`]);
+//! no two in one network or source; a network that
 //! holds its share of the job already ([`network_cap`]) or withdrew too much of it
 //! ([`NETWORK_WITHDRAW_BUDGET`]) takes no more; and in an adaptive job a trusted peer
 //! for the last replica when none holds one yet.
@@ -110,6 +111,35 @@ pub fn measured_room(row: Option<&ReputationRow>) -> i64 {
 
 /// Replicas a peer never seen before may hold at once.
 pub const NEW_PEER_ROOM: i64 = 4;
+
+/// Bounds each peer's room (before the replicas it holds are taken off) by what a
+/// typical peer offers: at most the larger of the median room and [`NETWORK_SHARE`]
+/// of the others' rooms, each of those counted at most at the median.
+///
+/// Delivered results cannot tell two real slots from two hundred when chunks take
+/// microseconds (a round trip, not the CPU, sets how fast either returns them), so a
+/// peer that advertises more than it has, and queues, would otherwise grow its room
+/// with every result and take the share its honest neighbours leave while they wait
+/// for their next offer. In a small grid no peer may hold much more than a typical
+/// one; in a large one a big machine keeps its room as long as it stays a small share
+/// of the grid. The others count at most at the median so that Sybils cannot lift
+/// each other's bound. The cost: a genuinely large machine among a few small ones
+/// is used like a typical one.
+pub(super) fn bound_rooms(rooms: &mut [i64]) {
+    let mut sorted: Vec<i64> = rooms.iter().copied().filter(|&r| r > 0).collect();
+    if sorted.len() < 2 {
+        return;
+    }
+    sorted.sort_unstable();
+    // The upper median: in a grid of a few peers of two sizes, the larger is typical.
+    let median = sorted[sorted.len() / 2];
+    let counted: i64 = rooms.iter().map(|&r| r.clamp(0, median)).sum();
+    for room in rooms.iter_mut() {
+        let others = counted - (*room).clamp(0, median);
+        let share = (others as f64 * NETWORK_SHARE) as i64;
+        *room = (*room).min(median.max(share));
+    }
+}
 
 /// Chooses up to `need.n` candidates (indexes into `candidates`) for one chunk: a
 /// draw without replacement weighted by [`Candidate::score`] (Efraimidis-Spirakis
@@ -379,6 +409,40 @@ mod tests {
         // A network's share of a job.
         assert_eq!(network_cap(0), NETWORK_MIN);
         assert_eq!(network_cap(800), 100);
+    }
+
+    #[test]
+    fn no_peer_holds_much_more_than_a_typical_one_in_a_small_grid() {
+        let bound = |rooms: &[i64]| {
+            let mut r = rooms.to_vec();
+            bound_rooms(&mut r);
+            r
+        };
+        // Two honest peers with 2 slots (room 8) and one whose advert is inflated and
+        // whose delivered results have grown its room to 60: it gets a typical room.
+        assert_eq!(bound(&[8, 8, 60]), [8, 8, 8]);
+        // Alone, or with nobody else able to take work, nothing to compare with.
+        assert_eq!(bound(&[60]), [60]);
+        assert_eq!(bound(&[0, 60]), [0, 60]);
+        // Smaller rooms are never raised, and in a small grid of two sizes the larger
+        // is typical.
+        assert_eq!(bound(&[4, 8, 8, 2]), [4, 8, 8, 2]);
+        assert_eq!(bound(&[4, 4, 8, 8]), [4, 4, 8, 8]);
+        // A big machine in a large grid keeps its room: 100 peers of room 16, one of
+        // 160, which is 1/10 of the grid.
+        let mut grid = vec![16; 100];
+        grid.push(160);
+        assert_eq!(bound(&grid)[100], 160);
+        // ... but not a room that is a large share of it (1/8 of the others: 200).
+        grid[100] = 1_000;
+        assert_eq!(bound(&grid)[100], 200);
+        // Sybils do not lift each other: ten inflated identities among eleven honest
+        // peers count as ten typical ones in each other's bound (1/8 of 20 x 8).
+        let mut mixed = vec![8; 11];
+        mixed.extend([5_000; 10]);
+        let bounded = bound(&mixed);
+        assert!(bounded[11..].iter().all(|&r| r == 20), "{bounded:?}");
+        assert!(bounded[..11].iter().all(|&r| r == 8), "{bounded:?}");
     }
 
     #[test]

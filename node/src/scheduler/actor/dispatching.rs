@@ -236,13 +236,18 @@ impl Actor {
             candidates.push(Candidate {
                 peer,
                 memory: advert.memory_limit,
-                room: advertised.min(crate::scheduler::placement::measured_room(row))
-                    - inflight(&peer),
+                room: advertised.min(crate::scheduler::placement::measured_room(row)),
                 score: crate::scheduler::placement::measured_weight(row),
                 standing: self.state.standing(&peer),
                 group: placement.group(p),
                 source: placement.source(p).map(str::to_string),
             });
+        }
+        // No peer holds much more than a typical one; then less what each holds.
+        let mut rooms: Vec<i64> = candidates.iter().map(|c| c.room).collect();
+        crate::scheduler::placement::bound_rooms(&mut rooms);
+        for (c, room) in candidates.iter_mut().zip(rooms) {
+            c.room = room - inflight(&c.peer);
         }
         // This node's own worker, offered directly.
         if let Some(worker) = &self.ctx.local_worker
