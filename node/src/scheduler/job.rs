@@ -309,6 +309,9 @@ impl Chunk {
     /// In an adaptive job, a chunk given to one trusted peer alone ([`Chunk::solo`])
     /// is verified by that peer's result; any other chunk needs `quorum` agreeing
     /// peers of which at least one is trusted.
+    ///
+    /// Until one replica has answered, a chunk has at most one out: the first answer
+    /// is given blind (see the comment at the end of [`Chunk::judge`]).
     pub fn evaluate(&self, spec: &JobSpec, standing: &dyn Fn(&PeerId) -> Standing) -> Verdict {
         self.judge(spec, standing, None)
     }
@@ -435,6 +438,18 @@ impl Chunk {
             .saturating_sub(live + returned)
             .max(spec.quorum.saturating_sub(best + live));
         let can = needed.min(room).min(total_room);
+        // Until one replica has answered, only one is out at a time: the peer that
+        // answers first cannot know whether anyone else will hold the chunk, so a
+        // coalition cannot wait until it holds every replica to lie. It must lie
+        // blind, and meets an honest answer (and the referee) unless every later
+        // replica is its own too. Once an answer is in, every other is judged
+        // against it, and the rest go out together.
+        // (An answer that counts: an excluded peer's does not.)
+        let can = match (returned > 0, live) {
+            (true, _) => can,
+            (false, 0) => can.min(1),
+            (false, _) => 0,
+        };
         if can > 0 {
             return Verdict::Need(can);
         }
@@ -635,8 +650,34 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_chunk_needs_redundancy_replicas() {
-        assert_eq!(chunk().evaluate(&fixed(), &all_trusted), Verdict::Need(2));
+    fn a_fresh_chunk_gets_one_replica_then_the_rest_once_it_answered() {
+        let spec = JobSpec {
+            redundancy: 3,
+            max_replicas: 4,
+            ..fixed()
+        };
+        // One at a time until an answer is in: whoever answers first cannot know
+        // whether anyone else will hold the chunk.
+        let mut c = chunk();
+        assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Need(1));
+        c.replicas.push(issued(PeerId::random()));
+        assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Wait);
+        // Lost before it answered: the next goes out alone too.
+        c.replicas[0].state = ReplicaState::TimedOut(0);
+        assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Need(1));
+        // An excluded peer's answer does not count as one.
+        let x = PeerId::random();
+        c.replicas.push(returned(x, b"lie"));
+        let excluded = |p: &PeerId| {
+            if *p == x {
+                Standing::Excluded
+            } else {
+                Standing::Trusted
+            }
+        };
+        assert_eq!(c.evaluate(&spec, &excluded), Verdict::Need(1));
+        // Once an answer counts, the rest of the redundancy goes out together.
+        assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Need(2));
     }
 
     #[test]
@@ -772,7 +813,9 @@ mod tests {
                 check: false,
             });
         }
-        assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Need(2));
+        assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Need(1));
+        c.replicas.push(returned(PeerId::random(), b"x"));
+        assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Need(1));
     }
 
     #[test]
@@ -835,9 +878,10 @@ mod tests {
         // Demoted to probation: its answer is one vote, and needs a trusted second.
         let probation = |_: &PeerId| Standing::Probation;
         assert_eq!(c.evaluate(&spec, &probation), Verdict::Need(1));
-        // Excluded: its answer does not count at all.
+        // Excluded: its answer does not count at all (and the chunk starts again
+        // with one replica).
         let excluded = |_: &PeerId| Standing::Excluded;
-        assert_eq!(c.evaluate(&spec, &excluded), Verdict::Need(2));
+        assert_eq!(c.evaluate(&spec, &excluded), Verdict::Need(1));
     }
 
     #[test]

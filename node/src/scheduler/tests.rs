@@ -141,8 +141,10 @@ async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     }
 }
 
-/// Submits a job of two chunks at fixed redundancy 2; returns its id once the two
-/// peers took both chunks, with the offers taken (peer, chunk, attempt).
+/// Submits a job of two chunks at fixed redundancy 2, answers each chunk's first
+/// replica (`answer`; a chunk's second replica goes out only then), and returns its
+/// id once both replicas of both chunks are issued, with each chunk's second
+/// replica (peer, chunk, attempt), chunk 0 first.
 async fn two_chunks_offered_to_both(
     scheduler: &Scheduler,
     taken: &Mutex<Vec<(PeerId, u32, u32)>>,
@@ -158,43 +160,67 @@ async fn two_chunks_offered_to_both(
         .await
         .unwrap()
         .unwrap();
-    let offers = wait_for("the offers", async || {
+    let first = wait_for("the first replicas", async || {
         let taken = taken.lock().unwrap().clone();
-        (taken.len() == 4).then_some(taken)
+        (taken.len() == 2).then_some(taken)
     })
     .await;
-    (id, offers)
+    wait_for("the first replicas issued", async || {
+        let s = scheduler.status(Some(id)).await.pop()?;
+        (s.replicas_issued == 2).then_some(())
+    })
+    .await;
+    for &(p, chunk, attempt) in &first {
+        let n = (1..=2u8).find(|&n| peer(n) == p).unwrap();
+        let batch = ResultBatch {
+            results: vec![result(n, 1, chunk, attempt, b"answer")],
+        };
+        assert_eq!(scheduler.results(p, batch).await.stored.len(), 1);
+    }
+    let mut second = wait_for("the second replicas", async || {
+        let taken = taken.lock().unwrap().clone();
+        (taken.len() == 4).then(|| taken[2..].to_vec())
+    })
+    .await;
+    second.sort_by_key(|&(_, chunk, _)| chunk);
+    for (c, (p, chunk, _)) in second.iter().enumerate() {
+        assert_eq!(*chunk, c as u32);
+        assert!(
+            first.iter().any(|f| f.1 == *chunk && f.0 != *p),
+            "the other peer"
+        );
+    }
+    wait_for("the replicas issued", async || {
+        let s = scheduler.status(Some(id)).await.pop()?;
+        (s.replicas_issued == 4).then_some(())
+    })
+    .await;
+    (id, second)
 }
 
 #[tokio::test]
 async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_again() {
     let dir = tempfile::tempdir().unwrap();
     let (scheduler, task, shutdown, db, taken) = start(dir.path());
-    // Both chunks go to both peers.
-    let (id, offers) = two_chunks_offered_to_both(&scheduler, &taken).await;
-    let (_, _, attempt) = *offers
-        .iter()
-        .find(|(p, c, _)| *p == peer(1) && *c == 0)
-        .unwrap();
+    // Both chunks go to both peers; each has one answer in.
+    let (id, second) = two_chunks_offered_to_both(&scheduler, &taken).await;
+    let (holder, _, attempt) = second[0];
+    let n = (1..=2u8).find(|&n| peer(n) == holder).unwrap();
     let batch = ResultBatch {
-        results: vec![result(1, 1, 0, attempt, b"answer")],
+        results: vec![result(n, 1, 0, attempt, b"answer")],
     };
-    wait_for("the replicas issued", async || {
-        let s = scheduler.status(Some(id)).await.pop()?;
-        (s.replicas_issued == 4).then_some(())
-    })
-    .await;
 
     // The store fails: nothing is acknowledged, nothing changes.
     db.fail_writes_for_test(u32::MAX);
-    let ack = scheduler.results(peer(1), batch.clone()).await;
+    let ack = scheduler.results(holder, batch.clone()).await;
     assert!(
         ack.stored.is_empty(),
         "acknowledged a result it did not store"
     );
     let status = scheduler.status(Some(id)).await.pop().unwrap();
     assert_eq!(
-        status.results, 0,
+        (status.results, status.chunks_verified),
+        (2, 0),
         "memory changed although the write failed"
     );
 
@@ -206,7 +232,7 @@ async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_ag
 
     // The store recovers: the worker's retry is written, then acknowledged.
     db.fail_writes_for_test(0);
-    let ack = scheduler.results(peer(1), batch).await;
+    let ack = scheduler.results(holder, batch).await;
     assert_eq!(ack.stored, vec![(id, 0, attempt)]);
     let row = db
         .replicas(id)
@@ -216,7 +242,8 @@ async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_ag
         .unwrap();
     assert_eq!(row.state, crate::types::ReplicaStatus::Returned);
     assert_eq!(row.output_data.as_deref(), Some(&b"answer"[..]));
-    assert_eq!(scheduler.status(Some(id)).await.pop().unwrap().results, 1);
+    let status = scheduler.status(Some(id)).await.pop().unwrap();
+    assert_eq!((status.results, status.chunks_verified), (3, 1));
 
     // And now a cancellation is stored.
     assert_eq!(scheduler.cancel(id).await.unwrap(), Some(()));
@@ -231,25 +258,19 @@ async fn a_result_whose_write_fails_is_not_acknowledged_and_is_kept_when_sent_ag
 async fn result_batches_that_queue_together_are_judged_together() {
     let dir = tempfile::tempdir().unwrap();
     let (scheduler, task, shutdown, db, taken) = start(dir.path());
-    let (id, offers) = two_chunks_offered_to_both(&scheduler, &taken).await;
-    wait_for("the replicas issued", async || {
-        let s = scheduler.status(Some(id)).await.pop()?;
-        (s.replicas_issued == 4).then_some(())
-    })
-    .await;
-    let attempt = |n: u8| {
-        offers
-            .iter()
-            .find(|(p, c, _)| *p == peer(n) && *c == 0)
-            .unwrap()
-            .2
-    };
-    let batch = |n: u8| ResultBatch {
-        results: vec![result(n, 1, 0, attempt(n), b"answer")],
+    let (id, second) = two_chunks_offered_to_both(&scheduler, &taken).await;
+    // The second replica of chunk `c`: its peer and its result.
+    let holder = |c: usize| second[c].0;
+    let attempt = |c: usize| second[c].2;
+    let batch = |c: usize| {
+        let n = (1..=2u8).find(|&n| peer(n) == holder(c)).unwrap();
+        ResultBatch {
+            results: vec![result(n, 1, c as u32, attempt(c), b"answer")],
+        }
     };
 
     // The actor is held in a database call (the store's lock is taken here) while
-    // both peers' results for chunk 0 queue behind it: it takes them as one burst.
+    // the second results of both chunks queue behind it: it takes them as one burst.
     let queued = || scheduler.tx.max_capacity() - scheduler.tx.capacity();
     let conn = db.conn();
     let (held, cancelled) = tokio::sync::oneshot::channel();
@@ -263,12 +284,12 @@ async fn result_batches_that_queue_together_are_judged_together() {
     })
     .await;
     let first = tokio::spawn({
-        let (scheduler, b) = (scheduler.clone(), batch(1));
-        async move { scheduler.results(peer(1), b).await }
+        let (scheduler, b, p) = (scheduler.clone(), batch(0), holder(0));
+        async move { scheduler.results(p, b).await }
     });
-    let second = tokio::spawn({
-        let (scheduler, b) = (scheduler.clone(), batch(2));
-        async move { scheduler.results(peer(2), b).await }
+    let other = tokio::spawn({
+        let (scheduler, b, p) = (scheduler.clone(), batch(1), holder(1));
+        async move { scheduler.results(p, b).await }
     });
     wait_for("both batches queued", async || {
         (queued() == 2).then_some(())
@@ -277,27 +298,28 @@ async fn result_batches_that_queue_together_are_judged_together() {
     drop(conn);
 
     assert_eq!(cancelled.await.unwrap(), Ok(None), "an unknown job");
-    assert_eq!(first.await.unwrap().stored, vec![(id, 0, attempt(1))]);
-    assert_eq!(second.await.unwrap().stored, vec![(id, 0, attempt(2))]);
+    assert_eq!(first.await.unwrap().stored, vec![(id, 0, attempt(0))]);
+    assert_eq!(other.await.unwrap().stored, vec![(id, 1, attempt(1))]);
     let status = scheduler.status(Some(id)).await.pop().unwrap();
-    assert_eq!(status.results, 2);
+    assert_eq!(status.results, 4);
     assert_eq!(
-        status.chunks_verified, 1,
-        "the two matching results verify chunk 0"
+        status.chunks_verified, 2,
+        "each chunk's two matching results verify it"
     );
     let rows = db.replicas(id).unwrap();
     let returned = rows
         .iter()
-        .filter(|r| r.chunk == 0 && r.state == crate::types::ReplicaStatus::Returned)
+        .filter(|r| r.state == crate::types::ReplicaStatus::Returned)
         .count();
-    assert_eq!(returned, 2, "both results are stored");
+    assert_eq!(returned, 4, "every result is stored");
     shutdown.cancel();
     task.await.unwrap();
 }
 
 /// Peer 1 holds one replica at a time (a worker whose other places another
-/// submitter holds) and refuses the rest for want of room; peer 2 takes
-/// everything. Peer 1's accepted offers are recorded with when they came.
+/// submitter holds) and refuses the rest for want of room; peer 2 refuses the job
+/// (so each chunk's first replica waits for peer 1). Peer 1's accepted offers are
+/// recorded with when they came.
 #[derive(Clone, Default)]
 struct Narrow {
     held: Arc<Mutex<Option<(u32, u32)>>>,
@@ -318,7 +340,7 @@ impl SimulatedPeers for Narrow {
         let mut held = self.held.lock().unwrap();
         for a in assignments {
             if peer != self::peer(1) {
-                accepted.push((a.chunk, a.attempt));
+                rejected.push((a.chunk, a.attempt, RejectReason::NotAccepting));
             } else if held.is_none() {
                 *held = Some((a.chunk, a.attempt));
                 self.offers

@@ -36,7 +36,9 @@ pub enum Strategy {
     Lazy,
     /// Advertises the most slots a real peer could (65 536) to win placement.
     Inflate,
-    /// Colluders that lie only when two of them hold the same chunk.
+    /// Colluders that lie only when they hold every replica of a chunk given so far
+    /// (at least two) and none of them has answered it honestly: they never
+    /// contradict an honest answer they could know of.
     CoPlaced,
     /// Honest until it has a long record, then lies at `--lie-rate`.
     TrustThenLie,
@@ -190,6 +192,8 @@ pub(super) struct Population {
     round: u64,
     /// Adversaries offered each input (for co-placement).
     holders: HashMap<BlobHash, HashSet<usize>>,
+    /// Inputs an adversary answered honestly (the coalition knows its own answers).
+    answered_honestly: HashSet<BlobHash>,
     /// Identities that ever lied or played (for the figures).
     pub adversary_ids: HashSet<PeerId>,
     /// Honest identities.
@@ -280,6 +284,7 @@ impl Population {
             next: 0,
             round: 0,
             holders: HashMap::new(),
+            answered_honestly: HashSet::new(),
             adversary_ids,
             honest_ids,
         }
@@ -348,6 +353,9 @@ impl Population {
                 let (outcome, honest) = self.honest.answer(input, &a.limits);
                 let lie = p.action == Action::LateLie || self.lies(i, input, a.attempt);
                 self.peers[i].answered += 1;
+                if !lie && !self.peers[i].honest() {
+                    self.answered_honestly.insert(BlobHash::of(input));
+                }
                 if lie {
                     let mut h = blake3::Hasher::new();
                     h.update(&honest);
@@ -394,10 +402,14 @@ impl Population {
         }
         let plays: Vec<Strategy> = peer.plays.clone();
         let answered = peer.answered;
+        // Every replica so far (attempts 0..=this one) is the coalition's, and none
+        // of it answered honestly: a lie now meets no answer it knows of.
+        let key = BlobHash::of(input);
         let co_placed = self
             .holders
-            .get(&BlobHash::of(input))
-            .is_some_and(|h| h.len() >= 2);
+            .get(&key)
+            .is_some_and(|h| h.len() >= 2 && h.len() as u64 > u64::from(attempt))
+            && !self.answered_honestly.contains(&key);
         let mut lie = false;
         for s in plays {
             lie |= match s {
