@@ -727,6 +727,12 @@ mod tests {
     fn dispatch_reissues_and_places_by_the_table() {
         // The peer seed 1 draws first among two equal candidates.
         const FIRST: u8 = 2;
+        fn two_on_probation() -> Vec<Candidate> {
+            vec![
+                cand(2, 4, Standing::Probation),
+                cand(3, 4, Standing::Probation),
+            ]
+        }
         struct Case {
             name: &'static str,
             spec: JobSpec,
@@ -752,12 +758,7 @@ mod tests {
                 },
                 before: |_| {},
                 alive: &[2, 3],
-                candidates: || {
-                    vec![
-                        cand(2, 4, Standing::Probation),
-                        cand(3, 4, Standing::Probation),
-                    ]
-                },
+                candidates: two_on_probation,
                 local_slots: 1,
                 replicas: &["offered"],
                 offered: &[FIRST],
@@ -772,12 +773,7 @@ mod tests {
                 },
                 before: |c| c.replicas = vec![returned(2, 0, b"a")],
                 alive: &[2, 3],
-                candidates: || {
-                    vec![
-                        cand(2, 4, Standing::Probation),
-                        cand(3, 4, Standing::Probation),
-                    ]
-                },
+                candidates: two_on_probation,
                 local_slots: 1,
                 replicas: &["returned", "offered"],
                 offered: &[3],

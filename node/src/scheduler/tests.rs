@@ -432,8 +432,11 @@ impl SimulatedPeers for Refuser {
 async fn a_worker_that_advertises_room_and_refuses_everything_is_backed_off() {
     let dir = tempfile::tempdir().unwrap();
     let refuser = Refuser::default();
-    // The handle is held to the end of the test, as in the others.
-    let (_scheduler, task, shutdown) = start_fixed_job(dir.path(), refuser.clone(), 4).await;
+    // The handle is held to the end of the test, as in the others. Eight chunks: a
+    // chunk's first replica goes out alone, and peer 2 (a newcomer, room 4) cannot
+    // take all eight, so peer 1 is offered some in the first dispatch. (With four,
+    // all could go to peer 2, which never answers, and peer 1 would never be asked.)
+    let (_scheduler, task, shutdown) = start_fixed_job(dir.path(), refuser.clone(), 8).await;
     wait_for("peer 1's first refusal", async || {
         (*refuser.0.lock().unwrap() > 0).then_some(())
     })
