@@ -310,8 +310,9 @@ impl Chunk {
     /// is verified by that peer's result; any other chunk needs `quorum` agreeing
     /// peers of which at least one is trusted.
     ///
-    /// Until one replica has answered, a chunk has at most one out: the first answer
-    /// is given blind (see the comment at the end of [`Chunk::judge`]).
+    /// Until one replica has answered, a chunk with a quorum of two or more has at
+    /// most one out: the first answer is given blind (see the comment at the end of
+    /// [`Chunk::judge`]).
     pub fn evaluate(&self, spec: &JobSpec, standing: &dyn Fn(&PeerId) -> Standing) -> Verdict {
         self.judge(spec, standing, None)
     }
@@ -445,10 +446,14 @@ impl Chunk {
         // replica is its own too. Once an answer is in, every other is judged
         // against it, and the rest go out together.
         // (An answer that counts: an excluded peer's does not.)
-        let can = match (returned > 0, live) {
-            (true, _) => can,
-            (false, 0) => can.min(1),
-            (false, _) => 0,
+        // With a quorum of one, one answer decides anyway and there is no quorum to
+        // wait for: the replicas asked for beyond it race for speed, and go out
+        // together.
+        let blind = returned == 0 && spec.quorum >= 2;
+        let can = match (blind, live) {
+            (false, _) => can,
+            (true, 0) => can.min(1),
+            (true, _) => 0,
         };
         if can > 0 {
             return Verdict::Need(can);
@@ -678,6 +683,23 @@ mod tests {
         assert_eq!(c.evaluate(&spec, &excluded), Verdict::Need(1));
         // Once an answer counts, the rest of the redundancy goes out together.
         assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Need(2));
+    }
+
+    #[test]
+    fn with_a_quorum_of_one_every_replica_goes_out_at_once() {
+        // Redundancy 2, quorum 1: the submitter races two peers and takes the first
+        // answer; holding the second back until the first answered would defeat it.
+        let spec = JobSpec {
+            redundancy: 2,
+            quorum: 1,
+            ..fixed()
+        };
+        let mut c = chunk();
+        assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Need(2));
+        c.replicas.push(issued(PeerId::random()));
+        assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Need(1));
+        c.replicas.push(issued(PeerId::random()));
+        assert_eq!(c.evaluate(&spec, &all_trusted), Verdict::Wait);
     }
 
     #[test]
