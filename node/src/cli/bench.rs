@@ -6,9 +6,10 @@
 //! work each, so per-call setup does not weigh on the ratio), alternating rounds and
 //! keeping each side's best round; it also runs them with NaN canonicalisation, fuel,
 //! or all checks off, with Cranelift's canonicalisation of every NaN-producing
-//! instruction instead of the rewrite, and with epochs as the guard, to show what each
-//! costs, and times
-//! an empty call (instantiation and teardown) with and without the instance pool.
+//! instruction instead of the rewrite, with epochs as the guard, with fuel charged
+//! only at branches and calls, and with epochs and no fuel, to show what each costs;
+//! and it times an empty call (instantiation and teardown) with and without the
+//! instance pool.
 //!
 //! `bench grid` starts in-process grids on loopback (real network, store and
 //! scheduler code) and measures the overhead of distributing and verifying work:
@@ -131,6 +132,11 @@ struct Variants {
     no_fuel: Sandbox,
     /// No fuel, no guard, no NaN canonicalisation: wasmtime's plain speed.
     bare: Sandbox,
+    /// Production with fuel charged only at branches and calls ([`branches_only`]):
+    /// the loop-header checks stay, most per-block updates go.
+    branch_fuel: Sandbox,
+    /// No fuel; epochs (a ticker thread) as the guard: the loop-header check alone.
+    epochs_only: Sandbox,
     /// Production without the instance pool (fresh mappings per call); timed for the
     /// per-call overhead only.
     no_pool: Sandbox,
@@ -169,6 +175,14 @@ impl Variants {
                 nan: NanMode::EveryOp,
                 ..production.clone()
             })?,
+            branch_fuel: Sandbox::new(SandboxConfig {
+                operator_cost: Some(branches_only()?),
+                ..production.clone()
+            })?,
+            epochs_only: Sandbox::new(SandboxConfig {
+                guard: Guard::Epochs,
+                ..unguarded.clone()
+            })?,
             no_fuel: Sandbox::new(unguarded.clone())?,
             bare: Sandbox::new(SandboxConfig {
                 nan: NanMode::Off,
@@ -178,7 +192,7 @@ impl Variants {
         })
     }
 
-    fn all(&self) -> [&Sandbox; 7] {
+    fn all(&self) -> [&Sandbox; 9] {
         [
             &self.production,
             &self.epochs,
@@ -187,8 +201,38 @@ impl Variants {
             &self.bare,
             &self.bounds_checked,
             &self.every_op,
+            &self.branch_fuel,
+            &self.epochs_only,
         ]
     }
+}
+
+/// wasmtime's operator-cost table with every operator free except those that branch
+/// or call: fuel then counts control transfers, not operators (a bench variant only;
+/// the grid's fuel is wasmtime's default table).
+fn branches_only() -> anyhow::Result<wasmtime::OperatorCost> {
+    const CHARGED: [&str; 10] = [
+        "If",
+        "Br",
+        "BrIf",
+        "BrTable",
+        "Call",
+        "CallIndirect",
+        "CallRef",
+        "ReturnCall",
+        "ReturnCallIndirect",
+        "ReturnCallRef",
+    ];
+    // The table has a field per operator and no way to walk them; its serde form does.
+    let mut table = serde_json::to_value(wasmtime::OperatorCost::default())?;
+    if let Some(fields) = table.as_object_mut() {
+        for (name, cost) in fields.iter_mut() {
+            if cost.is_u64() {
+                *cost = serde_json::json!(u8::from(CHARGED.contains(&name.as_str())));
+            }
+        }
+    }
+    Ok(serde_json::from_value(table)?)
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -233,6 +277,16 @@ struct JobFigures {
     fuel_cost: f64,
     /// wasm_epochs_s / wasm_s − 1: what epochs added on top of fuel.
     epoch_cost: f64,
+    /// Production with fuel charged only at branches and calls (most per-block fuel
+    /// updates gone, the loop-header checks kept); not the grid's fuel.
+    wasm_branch_fuel_s: f64,
+    /// wasm_branch_fuel_s / wasm_no_fuel_s − 1, to set against `fuel_cost`.
+    branch_fuel_cost: f64,
+    /// No fuel, epochs as the guard: a check at every loop header and function entry,
+    /// nothing else.
+    wasm_epochs_only_s: f64,
+    /// wasm_epochs_only_s / wasm_no_fuel_s − 1, to set against `fuel_cost`.
+    epochs_only_cost: f64,
     /// Production with explicit bounds checks on every memory access (no guard
     /// regions).
     wasm_bounds_checked_s: f64,
@@ -285,7 +339,7 @@ impl SandboxBench {
             );
         } else {
             println!(
-                "{:<11} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+                "{:<11} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
                 "job",
                 "chunk s",
                 "ratio",
@@ -296,12 +350,14 @@ impl SandboxBench {
                 "fuel",
                 "+epochs",
                 "+bounds",
+                "br fuel",
+                "ep only",
                 "call µs",
                 "no pool"
             );
             for r in &rows {
                 println!(
-                    "{:<11} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>9.1} {:>9.1}",
+                    "{:<11} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>9.1} {:>9.1}",
                     r.job,
                     r.shortest_chunk_native_s,
                     r.ratio,
@@ -312,6 +368,8 @@ impl SandboxBench {
                     r.fuel_cost * 100.0,
                     r.epoch_cost * 100.0,
                     r.bounds_check_cost * 100.0,
+                    r.branch_fuel_cost * 100.0,
+                    r.epochs_only_cost * 100.0,
                     r.call_overhead_us,
                     r.call_overhead_no_pool_us,
                 );
@@ -327,7 +385,9 @@ impl SandboxBench {
                  what each adds to production (nan: canonicalisation where a NaN can be seen, \
                  against none);\nnan all = what Cranelift's canonicalisation of every \
                  NaN-producing instruction adds instead; +epochs = what epochs would add on top of \
-                 fuel;\n+bounds = what explicit bounds checks would add (no guard regions);\ncall µs = median time of the job's `run` on empty input (no pool: \
+                 fuel;\n+bounds = what explicit bounds checks would add (no guard regions);\nbr fuel = \
+                 what fuel charged only at branches and calls costs against none (fuel: \
+                 production's table);\nep only = what epochs alone (no fuel) cost against none;\ncall µs = median time of the job's `run` on empty input (no pool: \
                  fresh mappings per call)",
                 self.rounds
             );
@@ -373,7 +433,7 @@ impl SandboxBench {
             ..Limits::CHUNK
         };
 
-        let mut best = [f64::INFINITY; 8];
+        let mut best = [f64::INFINITY; 10];
         let mut shortest_chunk = f64::INFINITY;
         let mut fuel = 0;
         let mut fuel_without_rewrite = 0;
@@ -402,7 +462,8 @@ impl SandboxBench {
                 // Variants 0–2, 5 and 6 meter fuel: the same module and inputs must use
                 // the same fuel whatever the guard. Those that run the rewritten module
                 // (0, 1, 5) agree with production; those that run it as sent (2: no
-                // canonicalisation, 6: every op) agree with each other.
+                // canonicalisation, 6: every op) agree with each other. Variant 7
+                // meters with another table, and 8 not at all.
                 match k {
                     0 => fuel = used,
                     1 | 5 if used != fuel => bail!(
@@ -434,6 +495,8 @@ impl SandboxBench {
             bare,
             bounds,
             every_op,
+            branch_fuel,
+            epochs_only,
         ] = best;
         let started = Instant::now();
         let sites = Sandbox::nan_summary(example.wasm)?;
@@ -464,6 +527,10 @@ impl SandboxBench {
             nan_rewrite_ms,
             fuel_cost: wasm_s / no_fuel - 1.0,
             epoch_cost: epochs / wasm_s - 1.0,
+            wasm_branch_fuel_s: branch_fuel,
+            branch_fuel_cost: branch_fuel / no_fuel - 1.0,
+            wasm_epochs_only_s: epochs_only,
+            epochs_only_cost: epochs_only / no_fuel - 1.0,
             wasm_bounds_checked_s: bounds,
             bounds_check_cost: bounds / wasm_s - 1.0,
             fuel,

@@ -121,6 +121,11 @@ pub struct SandboxConfig {
     /// every access's bounds explicitly. Off for real work; `bench sandbox` turns it
     /// on (with `pooling` off) to measure what the guard regions save.
     pub explicit_bounds_checks: bool,
+    /// Fuel per operator: `None` (real work) is wasmtime's table (one per operator,
+    /// block structure free). `bench sandbox` sets one that charges only branches and
+    /// calls, to measure what the per-block fuel updates cost; fuel figures under any
+    /// other table are not the grid's.
+    pub operator_cost: Option<wasmtime::OperatorCost>,
     /// Size and shape caps checked before a module is compiled.
     pub caps: ModuleCaps,
     /// Most bytes of compiled modules kept in `cache_dir`.
@@ -142,6 +147,7 @@ impl Default for SandboxConfig {
             nan: NanMode::Observable,
             pooling: true,
             explicit_bounds_checks: false,
+            operator_cost: None,
             caps: ModuleCaps::default(),
             cache_bytes: cache::DEFAULT_COMPILE_CACHE_BYTES,
         }
@@ -335,6 +341,9 @@ fn engine_config(config: &SandboxConfig) -> Config {
     // guard region for every 32-bit memory, so Cranelift elides explicit bounds
     // checks (an access out of bounds faults in the guard region and becomes a trap).
     // The pool keeps that: its slots are `MAX_MEMORY` large.
+    if let Some(cost) = &config.operator_cost {
+        c.operator_cost(cost.clone());
+    }
     if config.explicit_bounds_checks {
         c.memory_reservation(0)
             .memory_guard_size(0)
