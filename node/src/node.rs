@@ -163,6 +163,10 @@ impl std::fmt::Debug for Seams {
 
 impl Seams {
     /// A worker that lies on about `probability` of chunks (see `LyingExecutor`).
+    #[allow(
+        clippy::needless_update,
+        reason = "the other fields exist only with the test-utils feature"
+    )]
     pub fn liar(probability: f64, salt: u64) -> Self {
         Self {
             executor: Some(Box::new(move |sandbox: &Sandbox| {
