@@ -100,12 +100,12 @@ fn long_params(job: &str) -> Option<&'static str> {
         // hundreds to thousands of iterations (interior points end early: cardioid
         // test, cycle detection).
         "mandelbrot" => {
-            r#"{"width": 2048, "height": 1024, "max_iter": 20000, "center_x": -0.7436, "center_y": 0.1318, "scale": 0.002, "rows_per_chunk": 512}"#
+            r#"{"width": 3072, "height": 1536, "max_iter": 20000, "center_x": -0.7436, "center_y": 0.1318, "scale": 0.002, "rows_per_chunk": 768}"#
         }
-        "primes" => r#"{"limit": 1500000000, "chunks": 3}"#,
+        "primes" => r#"{"limit": 1500000000, "chunks": 2}"#,
         "montecarlo" => r#"{"samples": 500000000, "chunks": 2, "seed": 42}"#,
         "pow" => {
-            r#"{"data": "peergrid", "difficulty": 40, "max_nonce": 6291456, "chunk_size": 2097152}"#
+            r#"{"data": "peergrid", "difficulty": 40, "max_nonce": 6291456, "chunk_size": 3145728}"#
         }
         _ => return None,
     })
