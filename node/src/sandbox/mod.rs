@@ -337,13 +337,14 @@ fn engine_config(config: &SandboxConfig) -> Config {
         // Calls run on their own fiber stack (so that they can suspend between fuel
         // slices): the wasm stack plus room for host calls.
         .async_stack_size(MAX_WASM_STACK + 512 * 1024);
+    // Fuel per operator: wasmtime's table, unless a bench asks for another.
+    if let Some(cost) = &config.operator_cost {
+        c.operator_cost(cost.clone());
+    }
     // Bounds checks: wasmtime's defaults on 64-bit hosts reserve 4 GiB plus a 32 MiB
     // guard region for every 32-bit memory, so Cranelift elides explicit bounds
     // checks (an access out of bounds faults in the guard region and becomes a trap).
     // The pool keeps that: its slots are `MAX_MEMORY` large.
-    if let Some(cost) = &config.operator_cost {
-        c.operator_cost(cost.clone());
-    }
     if config.explicit_bounds_checks {
         c.memory_reservation(0)
             .memory_guard_size(0)
