@@ -4,7 +4,8 @@
 //! per chunk) without the instance pool. The `floats` job checks that NaN bits agree.
 //! Every output is also the same, byte for byte, as with Cranelift canonicalising the
 //! result of every NaN-producing instruction (what production's module rewrite
-//! promises; only fuel differs, by the rewrite's inserted operators).
+//! promises; only fuel differs, by the rewrite's inserted operators), and the same
+//! output and fuel as with loops left rolled (what unrolling promises).
 
 use peergrid_node::sandbox::{Limits, NanMode, Outcome, Sandbox, SandboxConfig, TrapKind};
 use peergrid_tests::{run_example_in_sandbox, run_example_natively, sandbox};
@@ -16,6 +17,16 @@ fn other_engine() -> Sandbox {
     Sandbox::new(SandboxConfig {
         fuel_slice: 9_973,
         pooling: false,
+        ..SandboxConfig::default()
+    })
+    .expect("the engine builds")
+}
+
+/// Production without loop unrolling: the same outputs, and the same fuel (the
+/// unrolled module runs the same operators, or an inverted comparison for one).
+fn rolled_engine() -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        unroll_loops: false,
         ..SandboxConfig::default()
     })
     .expect("the engine builds")
@@ -54,6 +65,12 @@ fn run_everywhere(name: &str, params: &str) -> Vec<u8> {
     assert!(
         fuel_a.iter().zip(&fuel_c).all(|(a, c)| a >= c),
         "{name}: the rewrite only adds operators"
+    );
+    let (d, fuel_d) = run_example_in_sandbox(&rolled_engine(), name, params).expect(name);
+    assert_eq!(a, d, "{name}: unrolled and rolled loops disagree on the output");
+    assert_eq!(
+        fuel_a, fuel_d,
+        "{name}: unrolled and rolled loops disagree on the fuel used"
     );
     let native = run_example_natively(name, params).expect(name);
     assert_eq!(a, native, "{name}: sandbox and native disagree");

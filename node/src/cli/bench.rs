@@ -130,13 +130,16 @@ struct Variants {
     no_nan_canon: Sandbox,
     /// Production without fuel (so without any guard).
     no_fuel: Sandbox,
-    /// No fuel, no guard, no NaN canonicalisation: wasmtime's plain speed.
+    /// No fuel, no guard, no NaN canonicalisation, no loop unrolling: wasmtime's
+    /// plain speed on the module as sent.
     bare: Sandbox,
     /// Production with fuel charged only at branches and calls ([`branches_only`]):
     /// the loop-header checks stay, most per-block updates go.
     branch_fuel: Sandbox,
     /// No fuel; epochs (a ticker thread) as the guard: the loop-header check alone.
     epochs_only: Sandbox,
+    /// Production without loop unrolling: a fuel check at every loop header.
+    no_unroll: Sandbox,
     /// Production without the instance pool (fresh mappings per call); timed for the
     /// per-call overhead only.
     no_pool: Sandbox,
@@ -183,16 +186,21 @@ impl Variants {
                 guard: Guard::Epochs,
                 ..unguarded.clone()
             })?,
+            no_unroll: Sandbox::new(SandboxConfig {
+                unroll_loops: false,
+                ..production.clone()
+            })?,
             no_fuel: Sandbox::new(unguarded.clone())?,
             bare: Sandbox::new(SandboxConfig {
                 nan: NanMode::Off,
+                unroll_loops: false,
                 ..unguarded
             })?,
             production: Sandbox::new(production)?,
         })
     }
 
-    fn all(&self) -> [&Sandbox; 9] {
+    fn all(&self) -> [&Sandbox; 10] {
         [
             &self.production,
             &self.epochs,
@@ -203,6 +211,7 @@ impl Variants {
             &self.every_op,
             &self.branch_fuel,
             &self.epochs_only,
+            &self.no_unroll,
         ]
     }
 }
@@ -287,6 +296,19 @@ struct JobFigures {
     wasm_epochs_only_s: f64,
     /// wasm_epochs_only_s / wasm_no_fuel_s − 1, to set against `fuel_cost`.
     epochs_only_cost: f64,
+    /// Production without loop unrolling (a fuel check at every loop header).
+    wasm_no_unroll_s: f64,
+    ratio_no_unroll: f64,
+    /// wasm_s / wasm_no_unroll_s − 1: what unrolling gains (negative: faster).
+    unroll_gain: f64,
+    /// The job module's innermost loops that loop, and those unrolled.
+    innermost_loops: u64,
+    loops_unrolled: u64,
+    /// Bytes the rewrite adds to the (NaN-rewritten) module.
+    unroll_bytes_added: u64,
+    /// Fuel used by all chunks without unrolling: fuel − this is one `br` per exit
+    /// from a copy other than the last.
+    fuel_without_unroll: u64,
     /// Production with explicit bounds checks on every memory access (no guard
     /// regions).
     wasm_bounds_checked_s: f64,
@@ -339,7 +361,7 @@ impl SandboxBench {
             );
         } else {
             println!(
-                "{:<11} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+                "{:<11} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
                 "job",
                 "chunk s",
                 "ratio",
@@ -352,12 +374,13 @@ impl SandboxBench {
                 "+bounds",
                 "br fuel",
                 "ep only",
+                "unroll",
                 "call µs",
                 "no pool"
             );
             for r in &rows {
                 println!(
-                    "{:<11} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>9.1} {:>9.1}",
+                    "{:<11} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>7.1}% {:>9.1} {:>9.1}",
                     r.job,
                     r.shortest_chunk_native_s,
                     r.ratio,
@@ -370,6 +393,7 @@ impl SandboxBench {
                     r.bounds_check_cost * 100.0,
                     r.branch_fuel_cost * 100.0,
                     r.epochs_only_cost * 100.0,
+                    r.unroll_gain * 100.0,
                     r.call_overhead_us,
                     r.call_overhead_no_pool_us,
                 );
@@ -381,13 +405,14 @@ impl SandboxBench {
             println!(
                 "\nratio = sandbox with every production setting / native, best of {} \
                  alternating rounds;\nepochs = the same with fuel + epochs (the guard before \
-                 issue 18); bare = no fuel, no guard, no NaN canonicalisation;\nnan/fuel = \
+                 issue 18); bare = no fuel, no guard, no NaN canonicalisation, no unrolling;\nnan/fuel = \
                  what each adds to production (nan: canonicalisation where a NaN can be seen, \
                  against none);\nnan all = what Cranelift's canonicalisation of every \
                  NaN-producing instruction adds instead; +epochs = what epochs would add on top of \
                  fuel;\n+bounds = what explicit bounds checks would add (no guard regions);\nbr fuel = \
                  what fuel charged only at branches and calls costs against none (fuel: \
-                 production's table);\nep only = what epochs alone (no fuel) cost against none;\ncall µs = median time of the job's `run` on empty input (no pool: \
+                 production's table);\nep only = what epochs alone (no fuel) cost against none;\nunroll = what \
+                 unrolling small innermost loops changes in production (negative: faster);\ncall µs = median time of the job's `run` on empty input (no pool: \
                  fresh mappings per call)",
                 self.rounds
             );
@@ -433,10 +458,11 @@ impl SandboxBench {
             ..Limits::CHUNK
         };
 
-        let mut best = [f64::INFINITY; 10];
+        let mut best = [f64::INFINITY; 11];
         let mut shortest_chunk = f64::INFINITY;
         let mut fuel = 0;
         let mut fuel_without_rewrite = 0;
+        let mut fuel_without_unroll = 0;
         for _ in 0..self.rounds.max(1) {
             let mut native_out = Vec::with_capacity(inputs.len());
             let mut total = 0.0;
@@ -459,11 +485,12 @@ impl SandboxBench {
                         example.name
                     );
                 }
-                // Variants 0–2, 5 and 6 meter fuel: the same module and inputs must use
-                // the same fuel whatever the guard. Those that run the rewritten module
-                // (0, 1, 5) agree with production; those that run it as sent (2: no
-                // canonicalisation, 6: every op) agree with each other. Variant 7
-                // meters with another table, and 8 not at all.
+                // Variants 0–2, 5, 6 and 9 meter fuel: the same module and inputs must
+                // use the same fuel whatever the guard. Those that run both rewrites
+                // (0, 1, 5) agree with production; those that run the loops unrolled but
+                // NaNs as sent (2: no canonicalisation, 6: every op) agree with each
+                // other. Variant 7 meters with another table, 8 not at all, and 9 runs
+                // the loops as sent.
                 match k {
                     0 => fuel = used,
                     1 | 5 if used != fuel => bail!(
@@ -475,6 +502,7 @@ impl SandboxBench {
                         "{}: every-op canonicalisation used {used} fuel, none {fuel_without_rewrite}",
                         example.name
                     ),
+                    9 => fuel_without_unroll = used,
                     _ => {}
                 }
             }
@@ -497,10 +525,12 @@ impl SandboxBench {
             every_op,
             branch_fuel,
             epochs_only,
+            no_unroll,
         ] = best;
         let started = Instant::now();
         let sites = Sandbox::nan_summary(example.wasm)?;
         let nan_rewrite_ms = started.elapsed().as_secs_f64() * 1e3;
+        let loops = Sandbox::unroll_summary(example.wasm)?;
         Ok(JobFigures {
             job: example.name,
             params: params.to_string(),
@@ -531,6 +561,13 @@ impl SandboxBench {
             branch_fuel_cost: branch_fuel / no_fuel - 1.0,
             wasm_epochs_only_s: epochs_only,
             epochs_only_cost: epochs_only / no_fuel - 1.0,
+            wasm_no_unroll_s: no_unroll,
+            ratio_no_unroll: no_unroll / native_s,
+            unroll_gain: wasm_s / no_unroll - 1.0,
+            innermost_loops: loops.loops,
+            loops_unrolled: loops.unrolled,
+            unroll_bytes_added: loops.bytes_added,
+            fuel_without_unroll,
             wasm_bounds_checked_s: bounds,
             bounds_check_cost: bounds / wasm_s - 1.0,
             fuel,

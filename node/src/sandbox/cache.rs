@@ -22,12 +22,16 @@ const MAC_LEN: usize = 32;
 
 /// A fingerprint of everything that makes compiled code compatible: the engine's
 /// configuration, wasmtime's version, and what is done to a module before it is
-/// compiled (the NaN mode, and the version of the NaN rewrite).
-pub fn engine_fingerprint(engine: &Engine, nan: NanMode) -> String {
+/// compiled (the NaN mode, whether loops are unrolled, and the versions of those
+/// rewrites).
+pub fn engine_fingerprint(engine: &Engine, nan: NanMode, unroll: bool) -> String {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     if nan == NanMode::Observable {
         ("nan-rewrite", super::nan::REWRITE_VERSION).hash(&mut hasher);
+    }
+    if unroll {
+        ("unroll", super::unroll::UNROLL_VERSION).hash(&mut hasher);
     }
     format!("{:016x}", hasher.finish())
 }
@@ -61,6 +65,7 @@ impl CompileCache {
         dir: PathBuf,
         engine: &Engine,
         nan: NanMode,
+        unroll: bool,
         max_bytes: u64,
     ) -> Result<Self, SandboxError> {
         let err = |source| SandboxError::Cache {
@@ -70,7 +75,7 @@ impl CompileCache {
         std::fs::create_dir_all(&dir).map_err(err)?;
         let key = load_or_create_key(&dir.join("key")).map_err(err)?;
         let cache = Self {
-            fingerprint: engine_fingerprint(engine, nan),
+            fingerprint: engine_fingerprint(engine, nan, unroll),
             dir,
             key,
             max_bytes,
@@ -231,7 +236,7 @@ mod tests {
             .join(format!("{}-0000000000000000.cwasm", "0".repeat(64)));
         std::fs::write(&stale, b"old engine").unwrap();
         let cache =
-            CompileCache::open(dir.path().into(), &engine, NanMode::Observable, max).unwrap();
+            CompileCache::open(dir.path().into(), &engine, NanMode::Observable, true, max).unwrap();
         assert!(!stale.exists(), "another engine's artifact is dropped");
         let set_age = |hash: &str, secs: u64| {
             let file = std::fs::File::options()
@@ -260,8 +265,13 @@ mod tests {
         // the rewritten module in production and the module as sent with `Off`.
         let engine = Engine::default();
         assert_ne!(
-            engine_fingerprint(&engine, NanMode::Observable),
-            engine_fingerprint(&engine, NanMode::Off)
+            engine_fingerprint(&engine, NanMode::Observable, true),
+            engine_fingerprint(&engine, NanMode::Off, true)
+        );
+        assert_ne!(
+            engine_fingerprint(&engine, NanMode::Observable, true),
+            engine_fingerprint(&engine, NanMode::Observable, false),
+            "nor code from unrolled loops for the loops as sent"
         );
     }
 }

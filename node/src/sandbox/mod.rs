@@ -13,8 +13,9 @@
 //! # Message flow
 //! - Callers (`peergrid run`, the worker, the submitter's scheduler) hand module bytes
 //!   to [`Sandbox::load`]; [`validate`] decides which ABI the module speaks (ABI v1 or
-//!   wasi-v1) and checks it, [`nan`] canonicalises the NaNs it can see, and the
-//!   compile cache returns a ready [`JobModule`]
+//!   wasi-v1) and checks it, [`nan`] canonicalises the NaNs it can see, [`unroll`]
+//!   unrolls small innermost loops (so that fuel's loop-header check runs once per
+//!   several iterations), and the compile cache returns a ready [`JobModule`]
 //!   (imports already resolved; a wasi-v1 module's entries probed once).
 //! - [`Sandbox::call`] runs one entry point (`run`, `split` or `merge`) through the
 //!   per-call path of `exec`: a fresh `Store` with every limit of [`Limits`]
@@ -37,10 +38,13 @@ mod limits;
 pub mod metrics;
 mod nan;
 mod outcome;
+mod rewrite;
 pub mod shape;
+mod unroll;
 pub mod validate;
 mod wasi;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -55,6 +59,7 @@ pub use limits::{ChunkControl, Limits};
 pub use nan::NanSummary;
 pub use outcome::{Execution, Outcome, TrapKind};
 pub use shape::{ModuleCaps, Shape};
+pub use unroll::UnrollSummary;
 pub use validate::{Abi, AbiReport, ModuleError, ModuleInfo};
 pub use wasi::WALL_CLOCK_START;
 
@@ -114,6 +119,10 @@ pub struct SandboxConfig {
     /// NaN canonicalisation (see `docs/ABI.md`, Determinism): [`NanMode::Observable`]
     /// for real work.
     pub nan: NanMode,
+    /// Small innermost loops are unrolled before compiling (see [`unroll`]), so that
+    /// fuel's check at every loop header runs once per several iterations. On for
+    /// real work; `bench sandbox` turns it off to measure what it saves.
+    pub unroll_loops: bool,
     /// Instances come from a pool of pre-reserved slots (memory, tables, stacks)
     /// reused between calls, instead of fresh mappings per call.
     pub pooling: bool,
@@ -145,6 +154,7 @@ impl Default for SandboxConfig {
             guard: Guard::FuelSlices,
             fuel_slice: FUEL_SLICE,
             nan: NanMode::Observable,
+            unroll_loops: true,
             pooling: true,
             explicit_bounds_checks: false,
             operator_cost: None,
@@ -243,6 +253,7 @@ impl Built {
                 dir.clone(),
                 &engine,
                 config.nan,
+                config.unroll_loops,
                 config.cache_bytes,
             )?),
             None => None,
@@ -494,11 +505,7 @@ impl Sandbox {
             return Ok(module);
         }
         let started = std::time::Instant::now();
-        let module = match self.inner.config.nan {
-            NanMode::Observable => self.compile_rewritten(&built.engine, binary)?,
-            NanMode::EveryOp | NanMode::Off => wasmtime::Module::from_binary(&built.engine, binary)
-                .map_err(|e| ModuleError::Compile(format!("{e:#}")))?,
-        };
+        let module = self.compile_rewritten(&built.engine, binary)?;
         self.inner.metrics.compiled(started.elapsed());
         if let Some(disk) = &built.disk
             && validate::check_abi(&module).ok()
@@ -508,11 +515,15 @@ impl Sandbox {
         Ok(module)
     }
 
-    /// Compiles `binary` after [`nan::canonicalise_observable_nans`]. A module the
-    /// rewrite finds invalid (it validates as it goes) is compiled as it is, so that
-    /// the error is wasmtime's, as for every other invalid module; should wasmtime
-    /// accept it, the rewrite's error stands (it never runs without
-    /// canonicalisation). Other refusals (a stack too deep to follow) stand at once.
+    /// Compiles `binary` after the rewrites the configuration asks for:
+    /// [`nan::canonicalise_observable_nans`] (production), then
+    /// [`unroll::unroll_inner_loops`] (production).
+    ///
+    /// A module a rewrite cannot follow, or whose rewritten form wasmtime refuses, is
+    /// compiled as it was sent, so that the error is wasmtime's, as for every other
+    /// invalid module. Should wasmtime accept it, the rewrite's error stands (the
+    /// module never runs without its rewrites). Other refusals (a stack too deep to
+    /// follow) stand at once.
     fn compile_rewritten(
         &self,
         engine: &Engine,
@@ -522,14 +533,43 @@ impl Sandbox {
             wasmtime::Module::from_binary(engine, code)
                 .map_err(|e| ModuleError::Compile(format!("{e:#}")))
         };
-        match nan::canonicalise_observable_nans(binary) {
-            Ok(rewritten) => compile(&rewritten.wasm),
-            Err(e @ nan::NanRewriteError::Invalid(_)) => {
+        let config = &self.inner.config;
+        let canonical = match config.nan {
+            NanMode::Observable => match nan::canonicalise_observable_nans(binary) {
+                Ok(rewritten) => Cow::Owned(rewritten.wasm),
+                Err(e @ nan::NanRewriteError::Invalid(_)) => {
+                    compile(binary)?;
+                    return Err(ModuleError::Compile(e.to_string()));
+                }
+                Err(e) => return Err(ModuleError::Compile(e.to_string())),
+            },
+            NanMode::EveryOp | NanMode::Off => Cow::Borrowed(binary),
+        };
+        if !config.unroll_loops {
+            return compile(&canonical);
+        }
+        match unroll::unroll_inner_loops(&canonical) {
+            Ok(unrolled) => compile(&unrolled.wasm).or_else(|e| {
+                compile(binary)?;
+                Err(ModuleError::Compile(format!(
+                    "loop unrolling made a module wasmtime refuses (a bug in peergrid: \
+                     please report it with the module): {e}"
+                )))
+            }),
+            Err(e) => {
                 compile(binary)?;
                 Err(ModuleError::Compile(e.to_string()))
             }
-            Err(e) => Err(ModuleError::Compile(e.to_string())),
         }
+    }
+
+    /// What the loop rewrite finds in `bytes` (a binary module or WAT): how many
+    /// innermost loops it has and how many it unrolls. For `bench sandbox` and tests.
+    pub fn unroll_summary(bytes: &[u8]) -> Result<UnrollSummary, ModuleError> {
+        let binary = validate::to_binary(bytes)?;
+        unroll::unroll_inner_loops(&binary)
+            .map(|u| u.summary)
+            .map_err(|e| ModuleError::Compile(e.to_string()))
     }
 
     /// What the NaN rewrite finds in `bytes` (a binary module or WAT): how many
@@ -607,6 +647,7 @@ impl Sandbox {
         Ok(cache::engine_fingerprint(
             &self.inner.built()?.engine,
             self.inner.config.nan,
+            self.inner.config.unroll_loops,
         ))
     }
 

@@ -61,7 +61,7 @@
 use std::collections::HashMap;
 
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
-use wasm_encoder::{Encode, Function, Instruction, ValType};
+use wasm_encoder::{Function, Instruction, ValType};
 use wasmparser::{
     FuncValidator, FuncValidatorAllocations, FunctionBody, Operator, Parser, Payload, ValidPayload,
     Validator, ValidatorResources, WasmFeatures,
@@ -508,44 +508,12 @@ const CANONICAL_F64: u64 = 0x7ff8_0000_0000_0000;
 /// The module with its code section rewritten after `plans`; every other byte as it
 /// was.
 fn emit(wasm: &[u8], plans: &[FuncPlan]) -> Result<Vec<u8>, NanRewriteError> {
-    let mut out = Vec::with_capacity(wasm.len() + wasm.len() / 4);
-    // Where the previous section's contents end: the next section's header starts.
-    let mut previous_end = 0;
-    for payload in Parser::new(0).parse_all(wasm) {
-        let payload = payload?;
-        if let Payload::Version { range, .. } = &payload {
-            previous_end = range.end;
-            continue;
+    super::rewrite::rewrite_code_section(wasm, |i, body| {
+        match plans.get(i).filter(|p| !p.sites.is_empty()) {
+            None => Ok(None),
+            Some(plan) => Ok(Some(instrument(body, plan)?.into_raw_body())),
         }
-        if let Payload::CodeSectionStart { range, .. } = &payload {
-            out.extend_from_slice(&wasm[..previous_end]);
-            let reader = wasmparser::CodeSectionReader::new(wasmparser::BinaryReader::new(
-                &wasm[range.clone()],
-                range.start,
-            ))?;
-            let mut code = wasm_encoder::CodeSection::new();
-            for (i, body) in reader.into_iter().enumerate() {
-                let body = body?;
-                match plans.get(i).filter(|p| !p.sites.is_empty()) {
-                    None => {
-                        code.raw(body.as_bytes());
-                    }
-                    Some(plan) => {
-                        code.function(&instrument(&body, plan)?);
-                    }
-                }
-            }
-            out.push(wasm_encoder::SectionId::Code as u8);
-            code.encode(&mut out);
-            out.extend_from_slice(&wasm[range.end..]);
-            return Ok(out);
-        }
-        if let Some((_, range)) = payload.as_section() {
-            previous_end = range.end;
-        }
-    }
-    // No code section: nothing to rewrite.
-    Ok(wasm.to_vec())
+    })
 }
 
 /// One function body with the canonicalisation sequences of `plan` inserted.

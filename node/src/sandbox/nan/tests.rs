@@ -6,6 +6,7 @@ use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use wasmtime::{Config, Engine, Instance, Module, Store, Val};
 
 use super::*;
+use crate::sandbox::rewrite::testing::Rng;
 
 fn wasm(wat: &str) -> Vec<u8> {
     wat::parse_str(wat).expect("test WAT parses")
@@ -303,25 +304,6 @@ fn execute(engine: &Engine, wasm: &[u8], input: &[u8]) -> Observed {
     Observed {
         result,
         memory: memory.data(&store)[..4096].to_vec(),
-    }
-}
-
-/// SplitMix64: the generator's own randomness, from proptest's seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
     }
 }
 
