@@ -67,7 +67,10 @@ fn run_everywhere(name: &str, params: &str) -> Vec<u8> {
         "{name}: the rewrite only adds operators"
     );
     let (d, fuel_d) = run_example_in_sandbox(&rolled_engine(), name, params).expect(name);
-    assert_eq!(a, d, "{name}: unrolled and rolled loops disagree on the output");
+    assert_eq!(
+        a, d,
+        "{name}: unrolled and rolled loops disagree on the output"
+    );
     assert_eq!(
         fuel_a, fuel_d,
         "{name}: unrolled and rolled loops disagree on the fuel used"
