@@ -130,8 +130,8 @@ struct Variants {
     no_nan_canon: Sandbox,
     /// Production without fuel (so without any guard).
     no_fuel: Sandbox,
-    /// No fuel, no guard, no NaN canonicalisation, no loop unrolling: wasmtime's
-    /// plain speed on the module as sent.
+    /// No fuel, no guard, no NaN canonicalisation, no loop unrolling, no multiply
+    /// rewrite: wasmtime's plain speed on the module as sent.
     bare: Sandbox,
     /// Production with fuel charged only at branches and calls ([`branches_only`]):
     /// the loop-header checks stay, most per-block updates go.
@@ -194,6 +194,7 @@ impl Variants {
             bare: Sandbox::new(SandboxConfig {
                 nan: NanMode::Off,
                 unroll_loops: false,
+                reduce_multiplies: false,
                 ..unguarded
             })?,
             production: Sandbox::new(production)?,
@@ -278,9 +279,11 @@ struct JobFigures {
     nan_scalar_sites: u64,
     nan_scalar_canonicalised: u64,
     nan_simd_sites: u64,
-    /// The job module's first load in production (the NaN rewrite, Cranelift,
-    /// resolving imports), and the NaN rewrite alone.
+    /// The job module's first load in production (the NaN rewrite, unrolling,
+    /// Cranelift, resolving imports), and the NaN rewrite alone.
     load_ms: f64,
+    /// The same load without unrolling loops.
+    load_no_unroll_ms: f64,
     nan_rewrite_ms: f64,
     /// wasm_s / wasm_no_fuel_s − 1 (fuel metering and its slice checks).
     fuel_cost: f64,
@@ -405,7 +408,7 @@ impl SandboxBench {
             println!(
                 "\nratio = sandbox with every production setting / native, best of {} \
                  alternating rounds;\nepochs = the same with fuel + epochs (the guard before \
-                 issue 18); bare = no fuel, no guard, no NaN canonicalisation, no unrolling;\nnan/fuel = \
+                 issue 18); bare = no fuel, no guard, no rewrite of the module;\nnan/fuel = \
                  what each adds to production (nan: canonicalisation where a NaN can be seen, \
                  against none);\nnan all = what Cranelift's canonicalisation of every \
                  NaN-producing instruction adds instead; +epochs = what epochs would add on top of \
@@ -440,15 +443,18 @@ impl SandboxBench {
             .map(<[u8]>::to_vec)
             .collect();
         let sandboxes = variants.all();
-        let mut load_ms = 0.0;
+        // The first load in production and without unrolling (variant 9).
+        let mut load_ms = [0.0; 2];
         let modules = sandboxes
             .iter()
             .enumerate()
             .map(|(k, s)| {
                 let started = Instant::now();
                 let module = s.load(example.wasm).context(example.name);
-                if k == 0 {
-                    load_ms = started.elapsed().as_secs_f64() * 1e3;
+                match k {
+                    0 => load_ms[0] = started.elapsed().as_secs_f64() * 1e3,
+                    9 => load_ms[1] = started.elapsed().as_secs_f64() * 1e3,
+                    _ => {}
                 }
                 module
             })
@@ -553,7 +559,8 @@ impl SandboxBench {
             nan_scalar_sites: sites.scalar_sites,
             nan_scalar_canonicalised: sites.scalar_canonicalised,
             nan_simd_sites: sites.simd_sites,
-            load_ms,
+            load_ms: load_ms[0],
+            load_no_unroll_ms: load_ms[1],
             nan_rewrite_ms,
             fuel_cost: wasm_s / no_fuel - 1.0,
             epoch_cost: epochs / wasm_s - 1.0,

@@ -2,7 +2,7 @@
 //!
 //! # Who talks to whom
 //! - [`start`] builds the `Swarm` (TCP + Noise + Yamux, and QUIC; identify, ping,
-//!   Kademlia on `/peergrid/kad/5.0.0`, mDNS, connection limits (in total, inbound,
+//!   Kademlia on `/peergrid/kad/6.0.0`, mDNS, connection limits (in total, inbound,
 //!   per IP and per network: [`guard`]), a ban list and four
 //!   request-response protocols with a size-capped postcard codec), starts listening
 //!   and spawns the [`event_loop`], the only task that touches the Swarm.

@@ -24,22 +24,25 @@ pub use crate::types::{
 /// NaN's bits can be seen, see `docs/ABI.md`), so a float module uses other fuel
 /// than on a version-4 peer; outputs are unchanged, but fuel decides outcomes and
 /// credit, so the two must not verify each other's results.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// Version 6: the sandbox rewrites multiplications by 3, 5 and 9 into a shift and an
+/// add (`docs/ABI.md`), +3 fuel each, so such a module uses other fuel than on a
+/// version-5 peer (unrolling loops changes no fuel).
+pub const PROTOCOL_VERSION: u16 = 6;
 /// identify's protocol version string; peers with another one are not added to the DHT.
-pub const IDENTIFY_PROTOCOL: &str = "/peergrid/5.0.0";
+pub const IDENTIFY_PROTOCOL: &str = "/peergrid/6.0.0";
 /// The Kademlia protocol: peergrid's own DHT, never the public IPFS one.
-pub const KAD_PROTOCOL: &str = "/peergrid/kad/5.0.0";
+pub const KAD_PROTOCOL: &str = "/peergrid/kad/6.0.0";
 /// Submitter <-> worker: capacity queries, subscriptions and pushed updates.
-pub const CAPACITY_PROTOCOL: &str = "/peergrid/capacity/5";
+pub const CAPACITY_PROTOCOL: &str = "/peergrid/capacity/6";
 /// The name capacity messages are counted under in metrics (the protocol itself;
 /// adverts no longer travel on a gossip topic).
 pub const CAPACITY_TOPIC: &str = CAPACITY_PROTOCOL;
 /// Submitter -> worker: offers of chunks, cancels.
-pub const TASK_PROTOCOL: &str = "/peergrid/task/5";
+pub const TASK_PROTOCOL: &str = "/peergrid/task/6";
 /// Worker -> submitter: chunk results.
-pub const RESULT_PROTOCOL: &str = "/peergrid/result/5";
+pub const RESULT_PROTOCOL: &str = "/peergrid/result/6";
 /// Anyone -> holder: blob pieces by BLAKE3 hash.
-pub const BLOB_PROTOCOL: &str = "/peergrid/blob/5";
+pub const BLOB_PROTOCOL: &str = "/peergrid/blob/6";
 
 /// Splits `items`, in order, into batches of at most `max_items` items whose
 /// `size`s sum to at most `max_bytes`, so that each batch fits one message; an item
@@ -72,8 +75,8 @@ pub fn split_by_size<T>(
 /// Why a peer of another protocol version is refused, for logs and `peergrid peers`.
 pub fn foreign_version_reason(theirs: &str) -> String {
     format!(
-        "speaks {theirs}, this node speaks {IDENTIFY_PROTOCOL}: refused (its offers and refusals \
-         are encoded differently; upgrade that node)"
+        "speaks {theirs}, this node speaks {IDENTIFY_PROTOCOL}: refused (it counts fuel or \
+         encodes messages differently; upgrade that node)"
     )
 }
 
@@ -347,7 +350,7 @@ mod tests {
                 "{other:?}"
             );
         }
-        assert!(foreign_version_reason("/peergrid/4.0.0").contains("/peergrid/5.0.0"));
+        assert!(foreign_version_reason("/peergrid/4.0.0").contains("/peergrid/6.0.0"));
     }
 
     #[test]

@@ -22,18 +22,43 @@ const MAC_LEN: usize = 32;
 
 /// A fingerprint of everything that makes compiled code compatible: the engine's
 /// configuration, wasmtime's version, and what is done to a module before it is
-/// compiled (the NaN mode, whether loops are unrolled, and the versions of those
-/// rewrites).
-pub fn engine_fingerprint(engine: &Engine, nan: NanMode, unroll: bool) -> String {
+/// compiled ([`Rewrites`]).
+pub fn engine_fingerprint(engine: &Engine, rewrites: Rewrites) -> String {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut hasher);
-    if nan == NanMode::Observable {
+    if rewrites.nan == NanMode::Observable {
         ("nan-rewrite", super::nan::REWRITE_VERSION).hash(&mut hasher);
     }
-    if unroll {
+    if rewrites.unroll_loops {
         ("unroll", super::unroll::UNROLL_VERSION).hash(&mut hasher);
     }
+    if rewrites.reduce_multiplies {
+        ("strength", super::strength::STRENGTH_VERSION).hash(&mut hasher);
+    }
     format!("{:016x}", hasher.finish())
+}
+
+/// What is done to a module's bytes before Cranelift compiles it, as far as it makes
+/// compiled code differ (each rewrite's version goes into the fingerprint too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewrites {
+    /// How NaNs are canonicalised.
+    pub nan: NanMode,
+    /// Whether small innermost loops are unrolled.
+    pub unroll_loops: bool,
+    /// Whether multiplications by 3, 5 and 9 become a shift and an add.
+    pub reduce_multiplies: bool,
+}
+
+impl Rewrites {
+    /// The rewrites `config` asks for.
+    pub fn of(config: &super::SandboxConfig) -> Self {
+        Self {
+            nan: config.nan,
+            unroll_loops: config.unroll_loops,
+            reduce_multiplies: config.reduce_multiplies,
+        }
+    }
 }
 
 /// The on-disk cache of compiled modules, kept under a size: least recently used
@@ -64,8 +89,7 @@ impl CompileCache {
     pub fn open(
         dir: PathBuf,
         engine: &Engine,
-        nan: NanMode,
-        unroll: bool,
+        rewrites: Rewrites,
         max_bytes: u64,
     ) -> Result<Self, SandboxError> {
         let err = |source| SandboxError::Cache {
@@ -75,7 +99,7 @@ impl CompileCache {
         std::fs::create_dir_all(&dir).map_err(err)?;
         let key = load_or_create_key(&dir.join("key")).map_err(err)?;
         let cache = Self {
-            fingerprint: engine_fingerprint(engine, nan, unroll),
+            fingerprint: engine_fingerprint(engine, rewrites),
             dir,
             key,
             max_bytes,
@@ -219,6 +243,12 @@ impl ModuleMemo {
 mod tests {
     use super::*;
 
+    const PRODUCTION: Rewrites = Rewrites {
+        nan: NanMode::Observable,
+        unroll_loops: true,
+        reduce_multiplies: true,
+    };
+
     #[test]
     fn the_disk_cache_keeps_the_most_recently_used_under_its_size_and_drops_stale_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -235,8 +265,7 @@ mod tests {
             .path()
             .join(format!("{}-0000000000000000.cwasm", "0".repeat(64)));
         std::fs::write(&stale, b"old engine").unwrap();
-        let cache =
-            CompileCache::open(dir.path().into(), &engine, NanMode::Observable, true, max).unwrap();
+        let cache = CompileCache::open(dir.path().into(), &engine, PRODUCTION, max).unwrap();
         assert!(!stale.exists(), "another engine's artifact is dropped");
         let set_age = |hash: &str, secs: u64| {
             let file = std::fs::File::options()
@@ -264,14 +293,22 @@ mod tests {
         // The same engine configuration (Cranelift's canonicalisation off) compiles
         // the rewritten module in production and the module as sent with `Off`.
         let engine = Engine::default();
-        assert_ne!(
-            engine_fingerprint(&engine, NanMode::Observable, true),
-            engine_fingerprint(&engine, NanMode::Off, true)
-        );
-        assert_ne!(
-            engine_fingerprint(&engine, NanMode::Observable, true),
-            engine_fingerprint(&engine, NanMode::Observable, false),
-            "nor code from unrolled loops for the loops as sent"
-        );
+        let production = engine_fingerprint(&engine, PRODUCTION);
+        for other in [
+            Rewrites {
+                nan: NanMode::Off,
+                ..PRODUCTION
+            },
+            Rewrites {
+                unroll_loops: false,
+                ..PRODUCTION
+            },
+            Rewrites {
+                reduce_multiplies: false,
+                ..PRODUCTION
+            },
+        ] {
+            assert_ne!(production, engine_fingerprint(&engine, other), "{other:?}");
+        }
     }
 }

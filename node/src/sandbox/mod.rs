@@ -40,6 +40,7 @@ mod nan;
 mod outcome;
 mod rewrite;
 pub mod shape;
+mod strength;
 mod unroll;
 pub mod validate;
 mod wasi;
@@ -123,6 +124,10 @@ pub struct SandboxConfig {
     /// fuel's check at every loop header runs once per several iterations. On for
     /// real work; `bench sandbox` turns it off to measure what it saves.
     pub unroll_loops: bool,
+    /// Multiplications by 3, 5 and 9 become a shift and an add before compiling (see
+    /// [`strength`]; Cranelift uses `imul` for them where `lea` does). On for real
+    /// work.
+    pub reduce_multiplies: bool,
     /// Instances come from a pool of pre-reserved slots (memory, tables, stacks)
     /// reused between calls, instead of fresh mappings per call.
     pub pooling: bool,
@@ -155,6 +160,7 @@ impl Default for SandboxConfig {
             fuel_slice: FUEL_SLICE,
             nan: NanMode::Observable,
             unroll_loops: true,
+            reduce_multiplies: true,
             pooling: true,
             explicit_bounds_checks: false,
             operator_cost: None,
@@ -252,8 +258,7 @@ impl Built {
             Some(dir) => Some(CompileCache::open(
                 dir.clone(),
                 &engine,
-                config.nan,
-                config.unroll_loops,
+                cache::Rewrites::of(config),
                 config.cache_bytes,
             )?),
             None => None,
@@ -515,9 +520,9 @@ impl Sandbox {
         Ok(module)
     }
 
-    /// Compiles `binary` after the rewrites the configuration asks for:
-    /// [`nan::canonicalise_observable_nans`] (production), then
-    /// [`unroll::unroll_inner_loops`] (production).
+    /// Compiles `binary` after the rewrites the configuration asks for (all of them
+    /// in production): [`nan::canonicalise_observable_nans`], then
+    /// [`unroll::unroll_inner_loops`], then [`strength::reduce_multiplies`].
     ///
     /// A module a rewrite cannot follow, or whose rewritten form wasmtime refuses, is
     /// compiled as it was sent, so that the error is wasmtime's, as for every other
@@ -545,22 +550,35 @@ impl Sandbox {
             },
             NanMode::EveryOp | NanMode::Off => Cow::Borrowed(binary),
         };
-        if !config.unroll_loops {
-            return compile(&canonical);
-        }
-        match unroll::unroll_inner_loops(&canonical) {
-            Ok(unrolled) => compile(&unrolled.wasm).or_else(|e| {
-                compile(binary)?;
-                Err(ModuleError::Compile(format!(
-                    "loop unrolling made a module wasmtime refuses (a bug in peergrid: \
-                     please report it with the module): {e}"
-                )))
-            }),
-            Err(e) => {
-                compile(binary)?;
-                Err(ModuleError::Compile(e.to_string()))
+        // The other rewrites do not validate: a module they cannot follow, or
+        // whose rewritten form wasmtime refuses, gets wasmtime's error on the
+        // module as sent.
+        let refused = |e: String| {
+            compile(binary)?;
+            Err(ModuleError::Compile(e))
+        };
+        let unrolled = if config.unroll_loops {
+            match unroll::unroll_inner_loops(&canonical) {
+                Ok(unrolled) => Cow::Owned(unrolled.wasm),
+                Err(e) => return refused(e.to_string()),
             }
-        }
+        } else {
+            canonical
+        };
+        let reduced = if config.reduce_multiplies {
+            match strength::reduce_multiplies(&unrolled) {
+                Ok((wasm, _)) => Cow::Owned(wasm),
+                Err(e) => return refused(e.to_string()),
+            }
+        } else {
+            unrolled
+        };
+        compile(&reduced).or_else(|e| {
+            refused(format!(
+                "a module rewrite made a module wasmtime refuses (a bug in peergrid: \
+                 please report it with the module): {e}"
+            ))
+        })
     }
 
     /// What the loop rewrite finds in `bytes` (a binary module or WAT): how many
@@ -646,8 +664,7 @@ impl Sandbox {
     pub fn engine_fingerprint(&self) -> Result<String, SandboxError> {
         Ok(cache::engine_fingerprint(
             &self.inner.built()?.engine,
-            self.inner.config.nan,
-            self.inner.config.unroll_loops,
+            cache::Rewrites::of(&self.inner.config),
         ))
     }
 
