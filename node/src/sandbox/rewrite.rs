@@ -67,6 +67,23 @@ fn truncated(offset: usize) -> BinaryReaderError {
 /// What the rewrites' random-program tests share.
 #[cfg(test)]
 pub(crate) mod testing {
+    use proptest::test_runner::{Config, TestRunner};
+
+    /// A proptest runner for `cases` random programs, or as many as the environment
+    /// variable `var` says; and that number.
+    pub(crate) fn runner(var: &str, cases: u32) -> (TestRunner, u32) {
+        let cases = std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cases);
+        let runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        (runner, cases)
+    }
+
     /// SplitMix64: the generator's own randomness, from proptest's seed.
     pub(crate) struct Rng(pub(crate) u64);
 

@@ -2,7 +2,7 @@
 //! rewritten module without Cranelift's canonicalisation behaves exactly as the
 //! original with it (random float programs, run in both).
 
-use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use wasmtime::{Config, Engine, Instance, Module, Store, Val};
 
 use super::*;
@@ -637,15 +637,7 @@ impl ProgramGen {
 #[test]
 fn rewritten_without_canonicalisation_behaves_as_the_original_with_it() {
     let (every_op, off) = (engine(true), engine(false));
-    let cases: u32 = std::env::var("NAN_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
-    let mut runner = TestRunner::new(RunnerConfig {
-        cases,
-        failure_persistence: None,
-        ..RunnerConfig::default()
-    });
+    let (mut runner, cases) = crate::sandbox::rewrite::testing::runner("NAN_CASES", 300);
     let differed = std::cell::Cell::new(0u32);
     let elided = std::cell::Cell::new(0u64);
     runner

@@ -447,15 +447,7 @@ impl ProgramGen {
 #[test]
 fn unrolled_programs_behave_as_the_originals_for_the_same_fuel() {
     let engine = engine();
-    let cases: u32 = std::env::var("UNROLL_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
-    let mut runner = TestRunner::new(RunnerConfig {
-        cases,
-        failure_persistence: None,
-        ..RunnerConfig::default()
-    });
+    let (mut runner, cases) = crate::sandbox::rewrite::testing::runner("UNROLL_CASES", 300);
     let unrolled_any = std::cell::Cell::new(0u32);
     runner
         .run(&proptest::prelude::any::<u64>(), |seed| {
