@@ -7,7 +7,8 @@
 //! keeping each side's best round; it also runs them with NaN canonicalisation, fuel,
 //! or all checks off, with Cranelift's canonicalisation of every NaN-producing
 //! instruction instead of the rewrite, with epochs as the guard, with fuel charged
-//! only at branches and calls, and with epochs and no fuel, to show what each costs;
+//! only at branches and calls, with epochs and no fuel, and without loop unrolling,
+//! to show what each costs;
 //! and it times an empty call (instantiation and teardown) with and without the
 //! instance pool.
 //!
@@ -307,10 +308,10 @@ struct JobFigures {
     /// The job module's innermost loops that loop, and those unrolled.
     innermost_loops: u64,
     loops_unrolled: u64,
-    /// Bytes the rewrite adds to the (NaN-rewritten) module.
+    /// Bytes unrolling adds to the module as sent.
     unroll_bytes_added: u64,
-    /// Fuel used by all chunks without unrolling: fuel − this is one `br` per exit
-    /// from a copy other than the last.
+    /// Fuel used by all chunks without unrolling (checked equal to `fuel`: unrolling
+    /// changes no fuel count).
     fuel_without_unroll: u64,
     /// Production with explicit bounds checks on every memory access (no guard
     /// regions).
@@ -495,8 +496,8 @@ impl SandboxBench {
                 // use the same fuel whatever the guard. Those that run both rewrites
                 // (0, 1, 5) agree with production; those that run the loops unrolled but
                 // NaNs as sent (2: no canonicalisation, 6: every op) agree with each
-                // other. Variant 7 meters with another table, 8 not at all, and 9 runs
-                // the loops as sent.
+                // other. Variant 7 meters with another table, 8 not at all; 9 runs the
+                // loops as sent, which must use production's fuel too.
                 match k {
                     0 => fuel = used,
                     1 | 5 if used != fuel => bail!(
@@ -506,6 +507,10 @@ impl SandboxBench {
                     2 => fuel_without_rewrite = used,
                     6 if used != fuel_without_rewrite => bail!(
                         "{}: every-op canonicalisation used {used} fuel, none {fuel_without_rewrite}",
+                        example.name
+                    ),
+                    9 if used != fuel => bail!(
+                        "{}: without unrolling the chunks used {used} fuel, production {fuel}",
                         example.name
                     ),
                     9 => fuel_without_unroll = used,

@@ -15,7 +15,8 @@
 //!   to [`Sandbox::load`]; [`validate`] decides which ABI the module speaks (ABI v1 or
 //!   wasi-v1) and checks it, [`nan`] canonicalises the NaNs it can see, [`unroll`]
 //!   unrolls small innermost loops (so that fuel's loop-header check runs once per
-//!   several iterations), and the compile cache returns a ready [`JobModule`]
+//!   several iterations), [`strength`] turns multiplications by 3, 5 and 9 into a
+//!   shift and an add, and the compile cache returns a ready [`JobModule`]
 //!   (imports already resolved; a wasi-v1 module's entries probed once).
 //! - [`Sandbox::call`] runs one entry point (`run`, `split` or `merge`) through the
 //!   per-call path of `exec`: a fresh `Store` with every limit of [`Limits`]

@@ -520,31 +520,26 @@ fn emit(wasm: &[u8], plans: &[FuncPlan]) -> Result<Vec<u8>, NanRewriteError> {
 fn instrument(body: &FunctionBody<'_>, plan: &FuncPlan) -> Result<Function, NanRewriteError> {
     let enc = |e: wasm_encoder::reencode::Error| NanRewriteError::Encode(e.to_string());
     let mut re = RoundtripReencoder;
-    let mut locals = Vec::new();
-    for pair in body.get_locals_reader()? {
-        let (count, ty) = pair?;
-        locals.push((count, re.val_type(ty).map_err(enc)?));
-    }
+    let (mut locals, _) = super::rewrite::declared_locals(body, NanRewriteError::Encode)?;
     // Scratch locals, one per type used, after every existing local.
-    let mut scratch = [None; 3];
-    let mut next = plan.locals;
-    for (slot, ty) in [ValType::F32, ValType::F64, ValType::V128]
-        .into_iter()
-        .enumerate()
-    {
-        let used = plan.sites.iter().any(|&(_, kind)| {
+    let used = |slot: usize| {
+        plan.sites.iter().any(|&(_, kind)| {
             slot == match kind {
                 Kind::F32 => 0,
                 Kind::F64 => 1,
                 Kind::F32x4 | Kind::F64x2 => 2,
             }
-        });
-        if used {
-            scratch[slot] = Some(next);
-            locals.push((1, ty));
-            next = next.saturating_add(1);
-        }
-    }
+        })
+    };
+    let scratch = super::rewrite::add_scratch(
+        &mut locals,
+        plan.locals,
+        [
+            (ValType::F32, used(0)),
+            (ValType::F64, used(1)),
+            (ValType::V128, used(2)),
+        ],
+    );
     let mut f = Function::new(locals);
     let mut ops = body.get_operators_reader()?;
     let mut sites = plan.sites.iter().peekable();

@@ -5,9 +5,11 @@
 //! A rewrite hands [`rewrite_code_section`] a function that sees each body in
 //! code-section order and returns either a new raw body (locals and operators, as
 //! `wasm_encoder::Function::into_raw_body` gives it) or `None` to keep the body byte
-//! for byte.
+//! for byte. Rewrites that need scratch locals build a body's locals with
+//! [`declared_locals`] and [`add_scratch`].
 
-use wasm_encoder::Encode;
+use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
+use wasm_encoder::{Encode, ValType};
 use wasmparser::{BinaryReaderError, FunctionBody, Parser, Payload};
 
 /// `wasm` with each function body replaced by what `body` returns for it (`None`:
@@ -26,10 +28,12 @@ pub(crate) fn rewrite_code_section<E: From<BinaryReaderError>>(
         }
         if let Payload::CodeSectionStart { range, .. } = &payload {
             // The parser announces a section before reading it: a truncated module
-            // ends inside it.
-            let Some(section) = wasm.get(range.clone()) else {
-                return Err(truncated(range.start).into());
-            };
+            // ends inside it, and reading it gives wasmparser's own error.
+            let section = wasmparser::BinaryReader::new(
+                wasm.get(range.start..).unwrap_or_default(),
+                range.start,
+            )
+            .read_bytes(range.len())?;
             let mut out = Vec::with_capacity(wasm.len() + wasm.len() / 4);
             out.extend_from_slice(&wasm[..previous_end]);
             let reader = wasmparser::CodeSectionReader::new(wasmparser::BinaryReader::new(
@@ -56,12 +60,40 @@ pub(crate) fn rewrite_code_section<E: From<BinaryReaderError>>(
     Ok(wasm.to_vec())
 }
 
-/// wasmparser's own error for a module that ends at `offset`, inside a section.
-fn truncated(offset: usize) -> BinaryReaderError {
-    match wasmparser::BinaryReader::new(&[], offset).read_u8() {
-        Err(e) => e,
-        Ok(_) => unreachable!("an empty reader has no byte to read"),
+/// A body's declared locals, re-encoded for `wasm_encoder::Function::new`, and how
+/// many there are. `encode` wraps a re-encoding error.
+pub(crate) fn declared_locals<E: From<BinaryReaderError>>(
+    body: &FunctionBody<'_>,
+    encode: impl Fn(String) -> E,
+) -> Result<(Vec<(u32, ValType)>, u64), E> {
+    let mut re = RoundtripReencoder;
+    let mut locals = Vec::new();
+    let mut declared = 0u64;
+    for pair in body.get_locals_reader()? {
+        let (count, ty) = pair?;
+        declared += u64::from(count);
+        locals.push((count, re.val_type(ty).map_err(|e| encode(e.to_string()))?));
     }
+    Ok((locals, declared))
+}
+
+/// Appends one scratch local to `locals` for each type of `wanted` marked used, the
+/// first numbered `first` (the function's parameters plus its declared locals);
+/// returns their indices, `None` where unused.
+pub(crate) fn add_scratch<const N: usize>(
+    locals: &mut Vec<(u32, ValType)>,
+    first: u32,
+    wanted: [(ValType, bool); N],
+) -> [Option<u32>; N] {
+    let mut next = first;
+    wanted.map(|(ty, used)| {
+        used.then(|| {
+            locals.push((1, ty));
+            let index = next;
+            next = next.saturating_add(1);
+            index
+        })
+    })
 }
 
 /// What the rewrites' random-program tests share.

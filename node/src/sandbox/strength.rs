@@ -24,7 +24,6 @@
 //! function that would pass wasmtime's size limit, or whose locals are at the shape
 //! cap's ceiling, is left as it is. Memory is the output plus one function's sites.
 
-use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{Function, Instruction, ValType};
 use wasmparser::{FunctionBody, Operator, Parser, Payload};
 
@@ -147,28 +146,18 @@ fn rewrite_function(
     if found.is_empty() {
         return Ok(None);
     }
-    let enc = |e: wasm_encoder::reencode::Error| StrengthError::Encode(e.to_string());
-    let mut re = RoundtripReencoder;
-    let mut locals = Vec::new();
-    let mut declared = u64::from(params);
-    for pair in body.get_locals_reader()? {
-        let (count, ty) = pair?;
-        declared += u64::from(count);
-        locals.push((count, re.val_type(ty).map_err(enc)?));
-    }
+    let (mut locals, declared) = super::rewrite::declared_locals(body, StrengthError::Encode)?;
+    let declared = declared + u64::from(params);
     if declared + 2 > MAX_LOCALS {
         return Ok(None);
     }
     // One scratch local per type used, after every existing one.
-    let mut scratch = [None, None];
-    let mut next_local = u32::try_from(declared).unwrap_or(u32::MAX);
-    for (slot, ty) in [ValType::I32, ValType::I64].into_iter().enumerate() {
-        if found.iter().any(|&(.., wide)| usize::from(wide) == slot) {
-            scratch[slot] = Some(next_local);
-            locals.push((1, ty));
-            next_local += 1;
-        }
-    }
+    let used = |wide: bool| found.iter().any(|&(.., w)| w == wide);
+    let scratch = super::rewrite::add_scratch(
+        &mut locals,
+        u32::try_from(declared).unwrap_or(u32::MAX),
+        [(ValType::I32, used(false)), (ValType::I64, used(true))],
+    );
     let mut f = Function::new(locals);
     let mut copied = first_op;
     for &(start, end, shift, wide) in &found {

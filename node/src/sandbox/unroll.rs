@@ -150,7 +150,7 @@ struct Candidate {
     end: usize,
     /// Just past the loop's `end`.
     after: usize,
-    /// 1: left alone (too large, or a shape the rewrite does not follow).
+    /// At least 2.
     copies: usize,
     /// The body's closing integer comparison (before its `br_if 0`): its offset,
     /// and the opcode of its inverse.
@@ -185,26 +185,28 @@ impl Frame {
     }
 }
 
-/// The innermost loops of one body that branch back to themselves (offsets relative
-/// to the body's bytes), in code order; `copies` is 1 for those left alone.
-fn find_loops(body: &FunctionBody<'_>, base: usize) -> Result<Vec<Candidate>, UnrollError> {
+/// The innermost loops of one body that branch back to themselves: how many, and
+/// those to unroll (offsets relative to the body's bytes), in code order.
+fn find_loops(body: &FunctionBody<'_>, base: usize) -> Result<(u64, Vec<Candidate>), UnrollError> {
     let mut ops = body.get_operators_reader()?;
     let mut frames = vec![Frame::new(None, 0)];
+    let mut innermost = 0;
     let mut found = Vec::new();
     let mut count = 0usize;
-    // The last two operators, where integer comparisons: (offset, the inverse
-    // comparison); and whether the last one is `br_if 0`.
-    let mut compared: [Option<(usize, u8)>; 2] = [None, None];
-    let mut branched_back = false;
+    // The last operator, if an integer comparison: (offset, its inverse).
+    let mut compared: Option<(usize, u8)> = None;
+    // Whether the last two operators were such a comparison and `br_if 0`: the same.
+    let mut closed: Option<(usize, u8)> = None;
     while !ops.eof() {
         let (op, offset) = ops.read_with_offset()?;
         let at = offset - base;
         let next = ops.original_position() - base;
         let malformed = || UnrollError::Malformed(offset);
         count += 1;
-        let (before_compared, before_branched_back) = (compared[0], branched_back);
-        compared = [compared[1], inverse(&op).map(|inv| (at, inv))];
-        branched_back = matches!(op, Operator::BrIf { relative_depth: 0 });
+        // What the operators before this one closed with.
+        let tail = closed;
+        closed = compared.filter(|_| matches!(op, Operator::BrIf { relative_depth: 0 }));
+        compared = inverse(&op).map(|inv| (at, inv));
         match op {
             Operator::Loop { blockty } => {
                 let empty = blockty == BlockType::Empty;
@@ -222,18 +224,23 @@ fn find_loops(body: &FunctionBody<'_>, base: usize) -> Result<Vec<Candidate>, Un
                     && frame.targeted
                     && !frame.has_loop
                 {
+                    innermost += 1;
                     // Operators after the `loop` and before its `end`.
-                    let body_ops = count.saturating_sub(frame.first_op + 1);
-                    let tail = before_compared.filter(|_| before_branched_back);
-                    let fits = empty && !frame.refused && tail.is_some();
-                    found.push(Candidate {
-                        start,
-                        body,
-                        end: at,
-                        after: next,
-                        copies: if fits { copies(body_ops) } else { 1 },
-                        tail: tail.unwrap_or_default(),
-                    });
+                    let copies = copies(count.saturating_sub(frame.first_op + 1));
+                    if let Some(tail) = tail
+                        && empty
+                        && !frame.refused
+                        && copies >= 2
+                    {
+                        found.push(Candidate {
+                            start,
+                            body,
+                            end: at,
+                            after: next,
+                            copies,
+                            tail,
+                        });
+                    }
                 }
                 if let Some(parent) = frames.last_mut() {
                     parent.has_loop |= frame.has_loop || frame.is_loop.is_some();
@@ -260,7 +267,7 @@ fn find_loops(body: &FunctionBody<'_>, base: usize) -> Result<Vec<Candidate>, Un
             _ => {}
         }
     }
-    Ok(found)
+    Ok((innermost, found))
 }
 
 /// The opcode of the integer comparison that is true exactly when `op` is false.
@@ -313,15 +320,15 @@ fn unroll_function(
 ) -> Result<Option<Vec<u8>>, UnrollError> {
     let base = body.range().start;
     let bytes = body.as_bytes();
-    let loops = find_loops(body, base)?;
-    summary.loops += loops.len() as u64;
-    if loops.iter().all(|c| c.copies < 2) || *budget == 0 {
+    let (innermost, loops) = find_loops(body, base)?;
+    summary.loops += innermost;
+    if loops.is_empty() || *budget == 0 {
         return Ok(None);
     }
     let mut out = Vec::with_capacity(bytes.len() * 2);
     let mut copied = 0;
     let mut unrolled = 0;
-    for c in loops.iter().filter(|c| c.copies >= 2) {
+    for c in &loops {
         out.extend_from_slice(&bytes[copied..c.start]);
         let mark = out.len();
         emit_unrolled(&mut out, bytes, base, c)?;
