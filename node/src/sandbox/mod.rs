@@ -16,7 +16,8 @@
 //!   wasi-v1) and checks it, [`nan`] canonicalises the NaNs it can see, [`unroll`]
 //!   unrolls small innermost loops (so that fuel's loop-header check runs once per
 //!   several iterations), [`strength`] turns multiplications by 3, 5 and 9 into a
-//!   shift and an add, and the compile cache returns a ready [`JobModule`]
+//!   shift and an add (the three run in order by `rewrite::compile`, on a
+//!   compile-cache miss), and the compile cache returns a ready [`JobModule`]
 //!   (imports already resolved; a wasi-v1 module's entries probed once).
 //! - [`Sandbox::call`] runs one entry point (`run`, `split` or `merge`) through the
 //!   per-call path of `exec`: a fresh `Store` with every limit of [`Limits`]
@@ -46,7 +47,6 @@ mod unroll;
 pub mod validate;
 mod wasi;
 
-use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -511,7 +511,7 @@ impl Sandbox {
             return Ok(module);
         }
         let started = std::time::Instant::now();
-        let module = self.compile_rewritten(&built.engine, binary)?;
+        let module = rewrite::compile(&built.engine, &self.inner.config, binary)?;
         self.inner.metrics.compiled(started.elapsed());
         if let Some(disk) = &built.disk
             && validate::check_abi(&module).ok()
@@ -519,67 +519,6 @@ impl Sandbox {
             disk.store(hash, &module);
         }
         Ok(module)
-    }
-
-    /// Compiles `binary` after the rewrites the configuration asks for (all of them
-    /// in production): [`nan::canonicalise_observable_nans`], then
-    /// [`unroll::unroll_inner_loops`], then [`strength::reduce_multiplies`].
-    ///
-    /// A module a rewrite cannot follow, or whose rewritten form wasmtime refuses, is
-    /// compiled as it was sent, so that the error is wasmtime's, as for every other
-    /// invalid module. Should wasmtime accept it, the rewrite's error stands (the
-    /// module never runs without its rewrites). Other refusals (a stack too deep to
-    /// follow) stand at once.
-    fn compile_rewritten(
-        &self,
-        engine: &Engine,
-        binary: &[u8],
-    ) -> Result<wasmtime::Module, ModuleError> {
-        let compile = |code: &[u8]| {
-            wasmtime::Module::from_binary(engine, code)
-                .map_err(|e| ModuleError::Compile(format!("{e:#}")))
-        };
-        let config = &self.inner.config;
-        let canonical = match config.nan {
-            NanMode::Observable => match nan::canonicalise_observable_nans(binary) {
-                Ok(rewritten) => Cow::Owned(rewritten.wasm),
-                Err(e @ nan::NanRewriteError::Invalid(_)) => {
-                    compile(binary)?;
-                    return Err(ModuleError::Compile(e.to_string()));
-                }
-                Err(e) => return Err(ModuleError::Compile(e.to_string())),
-            },
-            NanMode::EveryOp | NanMode::Off => Cow::Borrowed(binary),
-        };
-        // The other rewrites do not validate: a module they cannot follow, or
-        // whose rewritten form wasmtime refuses, gets wasmtime's error on the
-        // module as sent.
-        let refused = |e: String| {
-            compile(binary)?;
-            Err(ModuleError::Compile(e))
-        };
-        let unrolled = if config.unroll_loops {
-            match unroll::unroll_inner_loops(&canonical) {
-                Ok(unrolled) => Cow::Owned(unrolled.wasm),
-                Err(e) => return refused(e.to_string()),
-            }
-        } else {
-            canonical
-        };
-        let reduced = if config.reduce_multiplies {
-            match strength::reduce_multiplies(&unrolled) {
-                Ok((wasm, _)) => Cow::Owned(wasm),
-                Err(e) => return refused(e.to_string()),
-            }
-        } else {
-            unrolled
-        };
-        compile(&reduced).or_else(|e| {
-            refused(format!(
-                "a module rewrite made a module wasmtime refuses (a bug in peergrid: \
-                 please report it with the module): {e}"
-            ))
-        })
     }
 
     /// What the loop rewrite finds in `bytes` (a binary module or WAT): how many

@@ -1,6 +1,9 @@
-//! The frame shared by the module rewrites run before Cranelift compiles a job
-//! ([`nan`](super::nan) and [`unroll`](super::unroll)): a module's code section
-//! rebuilt function by function, every other byte kept as it was.
+//! The module rewrites run before Cranelift compiles a job, and the frame they
+//! share. [`compile`] (called by `Sandbox::compile` on a compile-cache miss) runs
+//! [`nan`](super::nan), [`unroll`](super::unroll) and [`strength`](super::strength)
+//! in that order and compiles the result; each rewrite rebuilds a module's code
+//! section function by function through [`rewrite_code_section`], every other byte
+//! kept as it was.
 //!
 //! A rewrite hands [`rewrite_code_section`] a function that sees each body in
 //! code-section order and returns either a new raw body (locals and operators, as
@@ -8,9 +11,74 @@
 //! for byte. Rewrites that need scratch locals build a body's locals with
 //! [`declared_locals`] and [`add_scratch`].
 
+use std::borrow::Cow;
+
 use wasm_encoder::reencode::{Reencode, RoundtripReencoder};
 use wasm_encoder::{Encode, ValType};
 use wasmparser::{BinaryReaderError, FunctionBody, Parser, Payload};
+use wasmtime::Engine;
+
+use super::{ModuleError, NanMode, SandboxConfig, nan, strength, unroll};
+
+/// Compiles `binary` after the rewrites the configuration asks for (all of them
+/// in production): [`nan::canonicalise_observable_nans`], then
+/// [`unroll::unroll_inner_loops`], then [`strength::reduce_multiplies`].
+///
+/// A module a rewrite cannot follow, or whose rewritten form wasmtime refuses, is
+/// compiled as it was sent, so that the error is wasmtime's, as for every other
+/// invalid module. Should wasmtime accept it, the rewrite's error stands (the
+/// module never runs without its rewrites). Other refusals (a stack too deep to
+/// follow) stand at once.
+pub(super) fn compile(
+    engine: &Engine,
+    config: &SandboxConfig,
+    binary: &[u8],
+) -> Result<wasmtime::Module, ModuleError> {
+    let compile = |code: &[u8]| {
+        wasmtime::Module::from_binary(engine, code)
+            .map_err(|e| ModuleError::Compile(format!("{e:#}")))
+    };
+    let canonical = match config.nan {
+        NanMode::Observable => match nan::canonicalise_observable_nans(binary) {
+            Ok(rewritten) => Cow::Owned(rewritten.wasm),
+            Err(e @ nan::NanRewriteError::Invalid(_)) => {
+                compile(binary)?;
+                return Err(ModuleError::Compile(e.to_string()));
+            }
+            Err(e) => return Err(ModuleError::Compile(e.to_string())),
+        },
+        NanMode::EveryOp | NanMode::Off => Cow::Borrowed(binary),
+    };
+    // The other rewrites do not validate: a module they cannot follow, or
+    // whose rewritten form wasmtime refuses, gets wasmtime's error on the
+    // module as sent.
+    let refused = |e: String| {
+        compile(binary)?;
+        Err(ModuleError::Compile(e))
+    };
+    let unrolled = if config.unroll_loops {
+        match unroll::unroll_inner_loops(&canonical) {
+            Ok(unrolled) => Cow::Owned(unrolled.wasm),
+            Err(e) => return refused(e.to_string()),
+        }
+    } else {
+        canonical
+    };
+    let reduced = if config.reduce_multiplies {
+        match strength::reduce_multiplies(&unrolled) {
+            Ok((wasm, _)) => Cow::Owned(wasm),
+            Err(e) => return refused(e.to_string()),
+        }
+    } else {
+        unrolled
+    };
+    compile(&reduced).or_else(|e| {
+        refused(format!(
+            "a module rewrite made a module wasmtime refuses (a bug in peergrid: \
+             please report it with the module): {e}"
+        ))
+    })
+}
 
 /// `wasm` with each function body replaced by what `body` returns for it (`None`:
 /// unchanged). A module without a code section comes back as it is.
