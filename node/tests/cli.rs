@@ -244,6 +244,58 @@ fn bench_trust_accepts_no_wrong_result_from_a_quarter_of_liars() {
     );
 }
 
+/// `bench sandbox` on small chunks: every engine variant gives native code's output
+/// (the bench fails otherwise), and fuel is the same with loops unrolled or rolled;
+/// on a float job the NaN rewrite's inserted operators cost fuel the bench reports.
+#[test]
+fn bench_sandbox_runs_every_variant_to_native_output_and_equal_fuel() {
+    let dir = tempfile::tempdir().unwrap();
+    for (job, params) in [
+        ("primes", r#"{"limit": 20000, "chunks": 2}"#),
+        (
+            "mandelbrot",
+            r#"{"width": 96, "height": 32, "max_iter": 300, "rows_per_chunk": 16}"#,
+        ),
+    ] {
+        let out = peergrid(
+            &[
+                "bench", "sandbox", "--job", job, "--params", params, "--rounds", "1", "--json",
+            ],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{job}: {}", text(&out.stderr));
+        let figures: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("one JSON object");
+        let rows = figures["sandbox"]
+            .as_array()
+            .expect("a sandbox row per job");
+        assert_eq!(rows.len(), 1, "{figures}");
+        let row = &rows[0];
+        assert_eq!(row["job"], job);
+        let fuel = row["fuel"].as_u64().unwrap();
+        assert!(fuel > 0, "{row}");
+        assert_eq!(row["fuel_without_unroll"], fuel, "{row}");
+        let loops = row["innermost_loops"].as_u64().unwrap();
+        let unrolled = row["loops_unrolled"].as_u64().unwrap();
+        assert!(unrolled > 0 && unrolled <= loops, "{row}");
+        for field in [
+            "wasm_s",
+            "wasm_bare_s",
+            "wasm_no_unroll_s",
+            "wasm_every_op_s",
+            "wasm_bounds_checked_s",
+            "wasm_epochs_only_s",
+            "call_overhead_us",
+        ] {
+            assert!(row[field].as_f64().unwrap() > 0.0, "{field}: {row}");
+        }
+        if job == "mandelbrot" {
+            let without = row["fuel_without_rewrite"].as_u64().unwrap();
+            assert!(without < fuel, "{row}");
+        }
+    }
+}
+
 /// The systemd unit in `dist/` runs the node politely (its own user, lowest
 /// priority, a memory ceiling, restarts).
 #[test]

@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::GlobalOpts;
-use crate::sandbox::{Guard, JobModule, Limits, NanMode, Outcome, Sandbox, SandboxConfig};
+use super::bench_variants::{PerVariant, Variant, Variants};
+use crate::sandbox::{JobModule, Limits, Outcome, Sandbox};
 
 /// Benchmarks.
 #[derive(Debug, clap::Subcommand)]
@@ -115,137 +116,6 @@ fn long_params(job: &str) -> Option<&'static str> {
 /// Calls timed for the per-call overhead (the median counts).
 const OVERHEAD_CALLS: usize = 301;
 
-/// The engine variants measured, all in the same run.
-struct Variants {
-    /// Every production setting: fuel in slices as the only interruption mechanism,
-    /// NaN canonicalisation where a NaN can be seen (the module rewrite), the
-    /// instance pool.
-    production: Sandbox,
-    /// Production with Cranelift canonicalising every NaN-producing instruction
-    /// instead of the rewrite (how the sandbox ran before).
-    every_op: Sandbox,
-    /// Production with epochs (a ticker thread) on top of fuel for the guard, as the
-    /// sandbox ran before issue 18.
-    epochs: Sandbox,
-    /// Production without any NaN canonicalisation.
-    no_nan_canon: Sandbox,
-    /// Production without fuel (so without any guard).
-    no_fuel: Sandbox,
-    /// No fuel, no guard, no NaN canonicalisation, no loop unrolling, no multiply
-    /// rewrite: wasmtime's plain speed on the module as sent.
-    bare: Sandbox,
-    /// Production with fuel charged only at branches and calls ([`branches_only`]):
-    /// the loop-header checks stay, most per-block updates go.
-    branch_fuel: Sandbox,
-    /// No fuel; epochs (a ticker thread) as the guard: the loop-header check alone.
-    epochs_only: Sandbox,
-    /// Production without loop unrolling: a fuel check at every loop header.
-    no_unroll: Sandbox,
-    /// Production without the instance pool (fresh mappings per call); timed for the
-    /// per-call overhead only.
-    no_pool: Sandbox,
-    /// Production without the pool and without guard regions, so that every memory
-    /// access is bounds-checked explicitly.
-    bounds_checked: Sandbox,
-}
-
-impl Variants {
-    fn new() -> anyhow::Result<Self> {
-        let production = SandboxConfig::default();
-        let unguarded = SandboxConfig {
-            fuel: false,
-            guard: Guard::Off,
-            ..production.clone()
-        };
-        Ok(Self {
-            epochs: Sandbox::new(SandboxConfig {
-                guard: Guard::Epochs,
-                ..production.clone()
-            })?,
-            no_pool: Sandbox::new(SandboxConfig {
-                pooling: false,
-                ..production.clone()
-            })?,
-            bounds_checked: Sandbox::new(SandboxConfig {
-                pooling: false,
-                explicit_bounds_checks: true,
-                ..production.clone()
-            })?,
-            no_nan_canon: Sandbox::new(SandboxConfig {
-                nan: NanMode::Off,
-                ..production.clone()
-            })?,
-            every_op: Sandbox::new(SandboxConfig {
-                nan: NanMode::EveryOp,
-                ..production.clone()
-            })?,
-            branch_fuel: Sandbox::new(SandboxConfig {
-                operator_cost: Some(branches_only()?),
-                ..production.clone()
-            })?,
-            epochs_only: Sandbox::new(SandboxConfig {
-                guard: Guard::Epochs,
-                ..unguarded.clone()
-            })?,
-            no_unroll: Sandbox::new(SandboxConfig {
-                unroll_loops: false,
-                ..production.clone()
-            })?,
-            no_fuel: Sandbox::new(unguarded.clone())?,
-            bare: Sandbox::new(SandboxConfig {
-                nan: NanMode::Off,
-                unroll_loops: false,
-                reduce_multiplies: false,
-                ..unguarded
-            })?,
-            production: Sandbox::new(production)?,
-        })
-    }
-
-    fn all(&self) -> [&Sandbox; 10] {
-        [
-            &self.production,
-            &self.epochs,
-            &self.no_nan_canon,
-            &self.no_fuel,
-            &self.bare,
-            &self.bounds_checked,
-            &self.every_op,
-            &self.branch_fuel,
-            &self.epochs_only,
-            &self.no_unroll,
-        ]
-    }
-}
-
-/// wasmtime's operator-cost table with every operator free except those that branch
-/// or call: fuel then counts control transfers, not operators (a bench variant only;
-/// the grid's fuel is wasmtime's default table).
-fn branches_only() -> anyhow::Result<wasmtime::OperatorCost> {
-    const CHARGED: [&str; 10] = [
-        "If",
-        "Br",
-        "BrIf",
-        "BrTable",
-        "Call",
-        "CallIndirect",
-        "CallRef",
-        "ReturnCall",
-        "ReturnCallIndirect",
-        "ReturnCallRef",
-    ];
-    // The table has a field per operator and no way to walk them; its serde form does.
-    let mut table = serde_json::to_value(wasmtime::OperatorCost::default())?;
-    if let Some(fields) = table.as_object_mut() {
-        for (name, cost) in fields.iter_mut() {
-            if cost.is_u64() {
-                *cost = serde_json::json!(u8::from(CHARGED.contains(&name.as_str())));
-            }
-        }
-    }
-    Ok(serde_json::from_value(table)?)
-}
-
 #[derive(Debug, serde::Serialize)]
 struct JobFigures {
     job: &'static str,
@@ -280,11 +150,12 @@ struct JobFigures {
     nan_scalar_sites: u64,
     nan_scalar_canonicalised: u64,
     nan_simd_sites: u64,
-    /// The job module's first load in production (the NaN rewrite, unrolling,
-    /// Cranelift, resolving imports), and the NaN rewrite alone.
+    /// The job module's first load in production (the three rewrites, Cranelift,
+    /// resolving imports).
     load_ms: f64,
     /// The same load without unrolling loops.
     load_no_unroll_ms: f64,
+    /// The NaN rewrite alone (with counting its sites).
     nan_rewrite_ms: f64,
     /// wasm_s / wasm_no_fuel_s − 1 (fuel metering and its slice checks).
     fuel_cost: f64,
@@ -321,9 +192,9 @@ struct JobFigures {
     /// Fuel used by all chunks (the same in every fuelled variant that runs the
     /// rewritten module, checked).
     fuel: u64,
-    /// Fuel used by the module as sent (no rewrite: the no-canonicalisation and
-    /// every-op variants, checked equal): the rewrite's inserted operators are
-    /// fuel − this.
+    /// Fuel used without the NaN rewrite (the no-canonicalisation and every-op
+    /// variants, checked equal; loops unrolled and multiplies rewritten as in
+    /// production): the NaN rewrite's inserted operators are fuel − this.
     fuel_without_rewrite: u64,
     /// Median time of a call that does nothing (the job's `run` on empty input,
     /// which fails to decode at once): instantiation, the ABI sequence, teardown.
@@ -342,7 +213,7 @@ impl SandboxBench {
             }
             rows.push(self.bench_one(&variants, example)?);
         }
-        let wasi = super::bench_wasi::bench(&variants.production, &self.job, self.rounds)?;
+        let wasi = super::bench_wasi::bench(variants.production(), &self.job, self.rounds)?;
         if rows.is_empty() && wasi.is_empty() {
             bail!(
                 "no example matched --job (built-in: {})",
@@ -350,7 +221,7 @@ impl SandboxBench {
             );
         }
         let empty = [
-            empty_call_us(&variants.production)?,
+            empty_call_us(variants.production())?,
             empty_call_us(&variants.no_pool)?,
         ];
         if self.json {
@@ -443,29 +314,22 @@ impl SandboxBench {
             .into_iter()
             .map(<[u8]>::to_vec)
             .collect();
-        let sandboxes = variants.all();
-        // The first load in production and without unrolling (variant 9).
-        let mut load_ms = [0.0; 2];
-        let modules = sandboxes
-            .iter()
-            .enumerate()
-            .map(|(k, s)| {
-                let started = Instant::now();
-                let module = s.load(example.wasm).context(example.name);
-                match k {
-                    0 => load_ms[0] = started.elapsed().as_secs_f64() * 1e3,
-                    9 => load_ms[1] = started.elapsed().as_secs_f64() * 1e3,
-                    _ => {}
-                }
-                module
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        // Each variant's first load (a compile: the bench's sandboxes have no disk
+        // cache), in ms.
+        let mut load_ms = PerVariant::filled(0.0);
+        let modules = PerVariant::try_new(|v| {
+            let started = Instant::now();
+            let module = variants.timed[v].load(example.wasm).context(example.name)?;
+            load_ms[v] = started.elapsed().as_secs_f64() * 1e3;
+            Ok(module)
+        })?;
         let limits = Limits {
             timeout: Duration::from_secs(3600),
             ..Limits::CHUNK
         };
 
-        let mut best = [f64::INFINITY; 11];
+        let mut native_s = f64::INFINITY;
+        let mut best = PerVariant::filled(f64::INFINITY);
         let mut shortest_chunk = f64::INFINITY;
         let mut fuel = 0;
         let mut fuel_without_rewrite = 0;
@@ -482,38 +346,37 @@ impl SandboxBench {
                 total += t;
                 native_out.push(out);
             }
-            best[0] = best[0].min(total);
-            for (k, (sandbox, module)) in sandboxes.iter().zip(&modules).enumerate() {
-                let (t, out, used) = time_sandbox(sandbox, module, &inputs, &limits)?;
-                best[k + 1] = best[k + 1].min(t);
+            native_s = native_s.min(total);
+            for (v, module) in modules.iter() {
+                let (t, out, used) = time_sandbox(&variants.timed[v], module, &inputs, &limits)?;
+                best[v] = best[v].min(t);
                 if out != native_out {
                     bail!(
-                        "{}: the sandbox (variant {k}) and native code disagree on the output",
+                        "{}: the sandbox ({v:?}) and native code disagree on the output",
                         example.name
                     );
                 }
-                // Variants 0–2, 5, 6 and 9 meter fuel: the same module and inputs must
-                // use the same fuel whatever the guard. Those that run both rewrites
-                // (0, 1, 5) agree with production; those that run the loops unrolled but
-                // NaNs as sent (2: no canonicalisation, 6: every op) agree with each
-                // other. Variant 7 meters with another table, 8 not at all; 9 runs the
-                // loops as sent, which must use production's fuel too.
-                match k {
-                    0 => fuel = used,
-                    1 | 5 if used != fuel => bail!(
-                        "{}: variant {k} used {used} fuel, production {fuel}",
+                // The same module and inputs must use the same fuel whatever the
+                // guard, and with loops rolled or unrolled: the metered variants that
+                // run the NaN rewrite agree with production, and the two that leave
+                // NaNs to Cranelift (none, every op) agree with each other. BranchFuel
+                // meters with another table; NoFuel, Bare and EpochsOnly do not meter.
+                match v {
+                    Variant::Production => fuel = used,
+                    Variant::Epochs | Variant::BoundsChecked if used != fuel => bail!(
+                        "{}: {v:?} used {used} fuel, production {fuel}",
                         example.name
                     ),
-                    2 => fuel_without_rewrite = used,
-                    6 if used != fuel_without_rewrite => bail!(
+                    Variant::NoNanCanon => fuel_without_rewrite = used,
+                    Variant::EveryOp if used != fuel_without_rewrite => bail!(
                         "{}: every-op canonicalisation used {used} fuel, none {fuel_without_rewrite}",
                         example.name
                     ),
-                    9 if used != fuel => bail!(
+                    Variant::NoUnroll if used != fuel => bail!(
                         "{}: without unrolling the chunks used {used} fuel, production {fuel}",
                         example.name
                     ),
-                    9 => fuel_without_unroll = used,
+                    Variant::NoUnroll => fuel_without_unroll = used,
                     _ => {}
                 }
             }
@@ -525,19 +388,16 @@ impl SandboxBench {
                 example.name
             );
         }
-        let [
-            native_s,
-            wasm_s,
-            epochs,
-            no_nan_canon,
-            no_fuel,
-            bare,
-            bounds,
-            every_op,
-            branch_fuel,
-            epochs_only,
-            no_unroll,
-        ] = best;
+        let wasm_s = best[Variant::Production];
+        let epochs = best[Variant::Epochs];
+        let no_nan_canon = best[Variant::NoNanCanon];
+        let no_fuel = best[Variant::NoFuel];
+        let bare = best[Variant::Bare];
+        let bounds = best[Variant::BoundsChecked];
+        let every_op = best[Variant::EveryOp];
+        let branch_fuel = best[Variant::BranchFuel];
+        let epochs_only = best[Variant::EpochsOnly];
+        let no_unroll = best[Variant::NoUnroll];
         let started = Instant::now();
         let sites = Sandbox::nan_summary(example.wasm)?;
         let nan_rewrite_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -564,8 +424,8 @@ impl SandboxBench {
             nan_scalar_sites: sites.scalar_sites,
             nan_scalar_canonicalised: sites.scalar_canonicalised,
             nan_simd_sites: sites.simd_sites,
-            load_ms: load_ms[0],
-            load_no_unroll_ms: load_ms[1],
+            load_ms: load_ms[Variant::Production],
+            load_no_unroll_ms: load_ms[Variant::NoUnroll],
             nan_rewrite_ms,
             fuel_cost: wasm_s / no_fuel - 1.0,
             epoch_cost: epochs / wasm_s - 1.0,
@@ -584,7 +444,7 @@ impl SandboxBench {
             bounds_check_cost: bounds / wasm_s - 1.0,
             fuel,
             fuel_without_rewrite,
-            call_overhead_us: overhead_us(&variants.production, &modules[0]),
+            call_overhead_us: overhead_us(variants.production(), &modules[Variant::Production]),
             call_overhead_no_pool_us: overhead_us(
                 &variants.no_pool,
                 &variants.no_pool.load(example.wasm)?,

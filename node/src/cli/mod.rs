@@ -12,6 +12,7 @@ pub mod bench_grid;
 pub mod bench_hostile;
 pub mod bench_scale;
 pub mod bench_trust;
+mod bench_variants;
 mod bench_wasi;
 mod calibrate;
 pub mod cancel;
