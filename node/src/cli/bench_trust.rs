@@ -318,7 +318,7 @@ pub async fn run(opts: &TrustBench, policy: TrustPolicy) -> anyhow::Result<Trust
         let Some(input) = &row.input_data else {
             continue;
         };
-        let (_, honest_output) = honest.answer(input, &spec.limits);
+        let (_, honest_output) = honest.answer(input, BlobHash::of(input), &spec.limits);
         if *hash != Some(BlobHash::of(&honest_output)) {
             wrong += 1;
         }

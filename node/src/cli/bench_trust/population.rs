@@ -153,8 +153,13 @@ pub(super) struct Honest {
 }
 
 impl Honest {
-    pub(super) fn answer(&self, input: &[u8], limits: &Limits) -> (WireOutcome, Vec<u8>) {
-        let hash = BlobHash::of(input);
+    /// The honest outcome and output for `input`, whose hash is `hash`.
+    pub(super) fn answer(
+        &self,
+        input: &[u8],
+        hash: BlobHash,
+        limits: &Limits,
+    ) -> (WireOutcome, Vec<u8>) {
         if let Some(hit) = self
             .cache
             .lock()
@@ -346,15 +351,18 @@ impl Population {
         let Payload::Inline(input) = &a.input else {
             return None;
         };
+        // Hashed once per answer: the honest cache, the coalition's bookkeeping and
+        // the signed context all key on it.
+        let input_hash = BlobHash::of(input);
         let (outcome, output) = match p.action {
             Action::Stall => return None,
             Action::Withdraw => (WireOutcome::Withdrawn, Vec::new()),
             Action::Answer | Action::LateLie => {
-                let (outcome, honest) = self.honest.answer(input, &a.limits);
-                let lie = p.action == Action::LateLie || self.lies(i, input, a.attempt);
+                let (outcome, honest) = self.honest.answer(input, input_hash, &a.limits);
+                let lie = p.action == Action::LateLie || self.lies(i, input, input_hash, a.attempt);
                 self.peers[i].answered += 1;
                 if !lie && !self.peers[i].honest() {
-                    self.answered_honestly.insert(BlobHash::of(input));
+                    self.answered_honestly.insert(input_hash);
                 }
                 if lie {
                     let mut h = blake3::Hasher::new();
@@ -385,7 +393,7 @@ impl Population {
         let ctx = ResultContext {
             submitter: self.submitter,
             module: a.module,
-            input: a.input.hash(),
+            input: input_hash,
         };
         result.signature = self.peers[i]
             .key
@@ -395,7 +403,7 @@ impl Population {
     }
 
     /// Whether adversary `i` lies about this input now.
-    fn lies(&mut self, i: usize, input: &[u8], attempt: u32) -> bool {
+    fn lies(&mut self, i: usize, input: &[u8], key: BlobHash, attempt: u32) -> bool {
         let peer = &self.peers[i];
         if peer.honest() {
             return false;
@@ -404,7 +412,6 @@ impl Population {
         let answered = peer.answered;
         // Every replica so far (attempts 0..=this one) is the coalition's, and none
         // of it answered honestly: a lie now meets no answer it knows of.
-        let key = BlobHash::of(input);
         let co_placed = self
             .holders
             .get(&key)
