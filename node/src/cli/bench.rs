@@ -15,7 +15,8 @@
 //! `bench grid` starts in-process grids on loopback (real network, store and
 //! scheduler code) and measures the overhead of distributing and verifying work:
 //! no-op chunks per second at redundancy 2, one-chunk submit→verified latency, the
-//! efficiency of a CPU-bound job against the sandbox alone, and how throughput and
+//! efficiency of a CPU-bound job against the sandbox alone (each side's best of
+//! alternating rounds), and how throughput and
 //! memory change with the number of peers.
 //!
 //! `bench trust` runs the real scheduler against a simulated population of honest
