@@ -284,9 +284,9 @@ impl GridBench {
                 started.elapsed()
             });
             alone = alone.min(sandbox_alone.as_secs_f64());
-            let (_, took) = run_job(&grid, "primes", &self.cpu_params, single.clone()).await?;
+            let (_, took) = run_job(&grid, "primes", &self.cpu_params, single).await?;
             r1 = r1.min(took.as_secs_f64());
-            let (_, took) = run_job(&grid, "primes", &self.cpu_params, double.clone()).await?;
+            let (_, took) = run_job(&grid, "primes", &self.cpu_params, double).await?;
             r2 = r2.min(took.as_secs_f64());
         }
         grid.shutdown().await;
