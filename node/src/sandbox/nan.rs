@@ -1,5 +1,5 @@
 //! NaN canonicalisation where a NaN's bits can be seen: a deterministic rewrite of a
-//! module, run by [`Sandbox::compile`](super::Sandbox) after the caps check and
+//! module, run by [`rewrite::compile`](super::rewrite::compile) after the caps check and
 //! before Cranelift compiles it (with Cranelift's own canonicalisation off).
 //!
 //! # The contract

@@ -80,6 +80,17 @@ pub(super) fn compile(
     })
 }
 
+/// The least growth a rewrite may give a module, in bytes (see [`budget`]).
+const MIN_BUDGET: usize = 1 << 20;
+
+/// How many bytes one rewrite may add to a module of `len` bytes: as many again, or
+/// 1 MiB for small modules. [`unroll`] and [`strength`] each leave what would pass
+/// it as it is, in code order, so a peer's module reaches Cranelift at most about
+/// four times as large as it was sent (plus 2 MiB).
+pub(crate) fn budget(len: usize) -> usize {
+    len.max(MIN_BUDGET)
+}
+
 /// `wasm` with each function body replaced by what `body` returns for it (`None`:
 /// unchanged). A module without a code section comes back as it is.
 pub(crate) fn rewrite_code_section<E: From<BinaryReaderError>>(

@@ -1,5 +1,5 @@
 //! Multiplications by 3, 5 and 9 become a shift and an add: a deterministic rewrite
-//! of a module, run by [`Sandbox::compile`](super::Sandbox) after
+//! of a module, run by [`rewrite::compile`](super::rewrite::compile) after
 //! [`unroll`](super::unroll) and before Cranelift compiles it.
 //!
 //! # Why
@@ -22,13 +22,17 @@
 //! # Bounds
 //! Each site grows by at most 8 bytes from at least 3, so a body at most triples; a
 //! function that would pass wasmtime's size limit, or whose locals are at the shape
-//! cap's ceiling, is left as it is. Memory is the output plus one function's sites.
+//! cap's ceiling, is left as it is. A module grows by at most
+//! [`budget`](super::rewrite::budget) bytes in all: functions that would pass it are
+//! left as they are, in code order (their multiplications cost no extra fuel; still
+//! a pure function of the module's bytes). Memory is the output plus one function's
+//! sites.
 
 use wasm_encoder::{Function, Instruction, ValType};
 use wasmparser::{FunctionBody, Operator, Parser, Payload};
 
 /// The version of this rewrite; part of the compile cache's engine fingerprint.
-pub(crate) const STRENGTH_VERSION: u32 = 1;
+pub(crate) const STRENGTH_VERSION: u32 = 2;
 
 /// wasmtime's limit on a function body's size, in bytes.
 const MAX_FUNCTION_BODY: usize = 7_654_321;
@@ -50,15 +54,21 @@ pub(crate) enum StrengthError {
 pub(crate) fn reduce_multiplies(wasm: &[u8]) -> Result<(Vec<u8>, u64), StrengthError> {
     let params = params_per_body(wasm)?;
     let mut sites = 0;
+    let mut budget = super::rewrite::budget(wasm.len());
     let out = super::rewrite::rewrite_code_section(wasm, |i, body| {
         let Some(&params) = params.get(i) else {
             return Ok::<_, StrengthError>(None);
         };
-        let rewritten = rewrite_function(body, params)?;
-        if let Some((_, n)) = &rewritten {
-            sites += n;
+        let Some((bytes, n)) = rewrite_function(body, params)? else {
+            return Ok(None);
+        };
+        let grown = bytes.len().saturating_sub(body.range().len());
+        if grown > budget {
+            return Ok(None);
         }
-        Ok(rewritten.map(|(bytes, _)| bytes))
+        budget -= grown;
+        sites += n;
+        Ok(Some(bytes))
     })?;
     if sites == 0 {
         return Ok((wasm.to_vec(), 0));

@@ -1,5 +1,5 @@
 //! Unrolling of small innermost loops: a deterministic rewrite of a module, run by
-//! [`Sandbox::compile`](super::Sandbox) after the NaN rewrite ([`nan`](super::nan))
+//! [`rewrite::compile`](super::rewrite::compile) after the NaN rewrite ([`nan`](super::nan))
 //! and before Cranelift compiles it.
 //!
 //! # Why
@@ -66,6 +66,8 @@
 use std::borrow::Cow;
 
 use wasm_encoder::{Encode, Instruction};
+
+pub(crate) use super::rewrite::budget;
 use wasmparser::{BinaryReader, BlockType, FunctionBody, Operator, OperatorsReader};
 
 /// The version of this rewrite; part of the compile cache's engine fingerprint, so a
@@ -81,15 +83,6 @@ pub(crate) const UNROLLED_OPS: usize = 640;
 
 /// wasmtime's limit on a function body's size, in bytes.
 const MAX_FUNCTION_BODY: usize = 7_654_321;
-
-/// The least growth a module is allowed, in bytes (see [`budget`]).
-const MIN_BUDGET: usize = 1 << 20;
-
-/// How many bytes the rewrite may add to a module of `len` bytes: as many again, or
-/// 1 MiB for small modules.
-pub(crate) fn budget(len: usize) -> usize {
-    len.max(MIN_BUDGET)
-}
 
 /// Why a module could not be rewritten. The rewrite does not validate: a module it
 /// cannot follow is one wasmtime's validation refuses too.

@@ -126,3 +126,81 @@ fn broken_modules_give_an_error_not_a_panic() {
         }
     }
 }
+
+/// A module of two functions, each `x * 3` `sites` times over, built directly
+/// (a WAT text of this size would dominate the test's time).
+fn chains(sites: usize) -> Vec<u8> {
+    use wasm_encoder::{
+        CodeSection, ExportKind, ExportSection, FunctionSection, Module as Encoder, TypeSection,
+    };
+    let mut types = TypeSection::new();
+    types.ty().function([ValType::I32], [ValType::I32]);
+    let mut functions = FunctionSection::new();
+    let mut exports = ExportSection::new();
+    let mut code = CodeSection::new();
+    for (index, name) in ["a", "b"].into_iter().enumerate() {
+        functions.function(0);
+        exports.export(name, ExportKind::Func, index as u32);
+        let mut f = Function::new([]);
+        f.instruction(&Instruction::LocalGet(0));
+        for _ in 0..sites {
+            f.instruction(&Instruction::I32Const(3));
+            f.instruction(&Instruction::I32Mul);
+        }
+        f.instruction(&Instruction::End);
+        code.function(&f);
+    }
+    let mut module = Encoder::new();
+    module
+        .section(&types)
+        .section(&functions)
+        .section(&exports)
+        .section(&code);
+    module.finish()
+}
+
+/// Runs export `name` on `x`; the result and the fuel used.
+fn run(engine: &Engine, module: &Module, name: &str, x: i32) -> (i32, u64) {
+    let mut store = Store::new(engine, ());
+    store.set_fuel(u64::MAX / 2).expect("fuel is on");
+    let instance = Instance::new(&mut store, module, &[]).expect("instantiates");
+    let f = instance
+        .get_typed_func::<i32, i32>(&mut store, name)
+        .expect("an (i32) -> i32 export");
+    let got = f.call(&mut store, x).expect("runs");
+    (got, u64::MAX / 2 - store.get_fuel().expect("fuel is on"))
+}
+
+#[test]
+fn growth_stops_at_the_budget_and_later_functions_stay_as_they_are() {
+    // Each site grows by 5 bytes: 150 000 of them are 750 KB, so the first function
+    // fits the 1 MiB a small module may grow by and the second would pass it.
+    let sites = 150_000;
+    let original = chains(sites);
+    assert!(original.len() < crate::sandbox::rewrite::budget(0));
+    let (reduced, rewritten) = reduce(&original);
+    assert_eq!(
+        rewritten, sites as u64,
+        "only the first function is rewritten"
+    );
+    let grown = reduced.len() - original.len();
+    assert!(
+        grown <= crate::sandbox::rewrite::budget(original.len()),
+        "{grown}"
+    );
+    let mut config = Config::new();
+    config.consume_fuel(true);
+    let engine = Engine::new(&config).expect("engine");
+    let (original, reduced) = (
+        Module::new(&engine, &original).expect("compiles"),
+        Module::new(&engine, &reduced).expect("compiles"),
+    );
+    let want = (0..sites).fold(7i32, |x, _| x.wrapping_mul(3));
+    for name in ["a", "b"] {
+        let (got, fuel) = run(&engine, &reduced, name, 7);
+        let (sent, sent_fuel) = run(&engine, &original, name, 7);
+        assert_eq!((got, sent), (want, want), "{name}");
+        let extra = if name == "a" { 3 * sites as u64 } else { 0 };
+        assert_eq!(fuel, sent_fuel + extra, "{name}");
+    }
+}
