@@ -54,9 +54,12 @@
 //! time and memory are linear in the module's size (one graph node and at most two
 //! edges per operator, the validator's own state; a function's simulated operand stack
 //! is capped at [`MAX_STACK`] values). Each canonicalised site adds six
-//! operators (at most 31 bytes), so a body grows at most ≈ 16×; the rewritten module
-//! must still pass wasmtime's own validation (a function body of at most 7 654 321
-//! bytes). A module without NaN-producing operators comes back byte for byte.
+//! operators (at most 31 bytes), so a body grows at most ≈ 16×. A body that would
+//! pass wasmtime's limit (7 654 321 bytes) or a module that would pass
+//! [`MAX_REWRITTEN`](super::rewrite::MAX_REWRITTEN) is refused with an error saying
+//! so, before the rest is built (a module of nothing but float SIMD operations could
+//! otherwise make a node hold a gigabyte before Cranelift refused it). A module
+//! without NaN-producing operators comes back byte for byte.
 
 use std::collections::HashMap;
 
@@ -95,6 +98,23 @@ pub(crate) enum NanRewriteError {
     /// A function's operand stack grows past [`MAX_STACK`] values.
     #[error("a function's operand stack grows past {MAX_STACK} values (at offset {0})")]
     TooDeep(usize),
+    /// Canonicalising a function's NaNs makes it larger than wasmtime compiles.
+    #[error(
+        "function {index} (in code order) grows to {bytes} bytes once its NaNs are \
+         canonicalised, over wasmtime's limit of {max} bytes a function: it has too many \
+         float operations whose results can be seen; split it into smaller functions",
+        max = super::rewrite::MAX_FUNCTION_BODY
+    )]
+    FunctionTooLarge { index: usize, bytes: usize },
+    /// Canonicalising the module's NaNs makes it larger than
+    /// [`MAX_REWRITTEN`](super::rewrite::MAX_REWRITTEN).
+    #[error(
+        "the module grows past {} MiB once its NaNs are canonicalised (each float \
+         operation whose result can be seen, and every float SIMD operation, gets a \
+         sequence of its own): use fewer of them, or split the job",
+        super::rewrite::MAX_REWRITTEN >> 20
+    )]
+    ModuleTooLarge,
 }
 
 /// The type of a NaN-producing result.
@@ -135,7 +155,7 @@ pub(crate) fn canonicalise_observable_nans(wasm: &[u8]) -> Result<Rewritten, Nan
         });
     }
     Ok(Rewritten {
-        wasm: emit(wasm, &plans)?,
+        wasm: emit(wasm, &plans, super::rewrite::MAX_REWRITTEN)?,
         summary,
     })
 }
@@ -507,12 +527,26 @@ const CANONICAL_F64: u64 = 0x7ff8_0000_0000_0000;
 
 /// The module with its code section rewritten after `plans`; every other byte as it
 /// was.
-fn emit(wasm: &[u8], plans: &[FuncPlan]) -> Result<Vec<u8>, NanRewriteError> {
-    super::rewrite::rewrite_code_section(wasm, |i, body| {
-        match plans.get(i).filter(|p| !p.sites.is_empty()) {
-            None => Ok(None),
-            Some(plan) => Ok(Some(instrument(body, plan)?.into_raw_body())),
+/// The module with every plan's sequences inserted; `max` bytes at most (a module
+/// that would pass it is refused: [`NanRewriteError::ModuleTooLarge`]).
+fn emit(wasm: &[u8], plans: &[FuncPlan], max: usize) -> Result<Vec<u8>, NanRewriteError> {
+    let mut size = wasm.len();
+    super::rewrite::rewrite_code_section(wasm, |index, body| {
+        let Some(plan) = plans.get(index).filter(|p| !p.sites.is_empty()) else {
+            return Ok(None);
+        };
+        let bytes = instrument(body, plan)?.into_raw_body();
+        if bytes.len() > super::rewrite::MAX_FUNCTION_BODY {
+            return Err(NanRewriteError::FunctionTooLarge {
+                index,
+                bytes: bytes.len(),
+            });
         }
+        size += bytes.len().saturating_sub(body.range().len());
+        if size > max {
+            return Err(NanRewriteError::ModuleTooLarge);
+        }
+        Ok(Some(bytes))
     })
 }
 

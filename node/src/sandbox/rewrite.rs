@@ -80,15 +80,25 @@ pub(super) fn compile(
     })
 }
 
+/// wasmtime's limit on a function body's size, in bytes: no rewrite makes a body
+/// larger.
+pub(crate) const MAX_FUNCTION_BODY: usize = 7_654_321;
+
 /// The least growth a rewrite may give a module, in bytes (see [`budget`]).
 const MIN_BUDGET: usize = 1 << 20;
 
+/// The largest module the rewrites make, in bytes: 4× the largest module a peer may
+/// send (`shape::ModuleCaps::max_bytes`). The NaN rewrite refuses a module it would
+/// make larger; [`budget`] keeps the others under it.
+pub(crate) const MAX_REWRITTEN: usize = 256 << 20;
+
 /// How many bytes one rewrite may add to a module of `len` bytes: as many again, or
-/// 1 MiB for small modules. [`unroll`] and [`strength`] each leave what would pass
-/// it as it is, in code order, so a peer's module reaches Cranelift at most about
-/// four times as large as it was sent (plus 2 MiB).
+/// 1 MiB for small modules, and never past [`MAX_REWRITTEN`]. [`unroll`] and
+/// [`strength`] each leave what would pass it as it is, in code order, so a peer's
+/// module reaches Cranelift at most about four times as large as the NaN rewrite
+/// left it (plus 2 MiB), and never over 256 MiB.
 pub(crate) fn budget(len: usize) -> usize {
-    len.max(MIN_BUDGET)
+    len.max(MIN_BUDGET).min(MAX_REWRITTEN.saturating_sub(len))
 }
 
 /// `wasm` with each function body replaced by what `body` returns for it (`None`:

@@ -31,11 +31,10 @@
 use wasm_encoder::{Function, Instruction, ValType};
 use wasmparser::{FunctionBody, Operator, Parser, Payload};
 
+use super::rewrite::MAX_FUNCTION_BODY;
+
 /// The version of this rewrite; part of the compile cache's engine fingerprint.
 pub(crate) const STRENGTH_VERSION: u32 = 2;
-
-/// wasmtime's limit on a function body's size, in bytes.
-const MAX_FUNCTION_BODY: usize = 7_654_321;
 
 /// wasmtime's limit on a function's locals (parameters included).
 const MAX_LOCALS: u64 = 50_000;

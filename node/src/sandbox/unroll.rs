@@ -67,6 +67,7 @@ use std::borrow::Cow;
 
 use wasm_encoder::{Encode, Instruction};
 
+use super::rewrite::MAX_FUNCTION_BODY;
 pub(crate) use super::rewrite::budget;
 use wasmparser::{BinaryReader, BlockType, FunctionBody, Operator, OperatorsReader};
 
@@ -80,9 +81,6 @@ pub(crate) const MAX_COPIES: usize = 8;
 /// Copies × body operators at most: a body of up to 80 operators gets 8 copies, up to
 /// 160 gets 4 or more, up to 320 gets 2 or more.
 pub(crate) const UNROLLED_OPS: usize = 640;
-
-/// wasmtime's limit on a function body's size, in bytes.
-const MAX_FUNCTION_BODY: usize = 7_654_321;
 
 /// Why a module could not be rewritten. The rewrite does not validate: a module it
 /// cannot follow is one wasmtime's validation refuses too.

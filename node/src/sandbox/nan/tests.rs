@@ -263,6 +263,72 @@ fn a_module_that_piles_up_its_operand_stack_is_refused_not_followed() {
     assert!(matches!(err, NanRewriteError::TooDeep(_)), "{err}");
 }
 
+/// A module of `functions` functions, each `v + v + ...` over `sites` float SIMD
+/// additions (each canonicalised), built directly: a WAT text of this size would
+/// dominate the test's time.
+fn simd_chains(functions: usize, sites: usize) -> Vec<u8> {
+    use wasm_encoder::{CodeSection, FunctionSection, Module as Encoder, TypeSection};
+    let mut types = TypeSection::new();
+    types.ty().function([ValType::V128], [ValType::V128]);
+    let mut declared = FunctionSection::new();
+    let mut code = CodeSection::new();
+    for _ in 0..functions {
+        declared.function(0);
+        let mut f = Function::new([]);
+        f.instruction(&Instruction::LocalGet(0));
+        for _ in 0..sites {
+            f.instruction(&Instruction::LocalGet(0));
+            f.instruction(&Instruction::F32x4Add);
+        }
+        f.instruction(&Instruction::End);
+        code.function(&f);
+    }
+    let mut module = Encoder::new();
+    module.section(&types).section(&declared).section(&code);
+    module.finish()
+}
+
+#[test]
+fn a_function_grown_past_wasmtimes_limit_is_refused_with_a_reason() {
+    // 5 bytes a site grow to about 34: 250 000 sites (1.25 MB, under the 2 MiB a
+    // peer's function may have) pass 7 654 321 bytes once canonicalised.
+    let module = simd_chains(1, 250_000);
+    let err = canonicalise_observable_nans(&module).expect_err("too large");
+    assert!(
+        matches!(err, NanRewriteError::FunctionTooLarge { index: 0, bytes } if bytes > 7_654_321),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("split it into smaller functions"),
+        "{err}"
+    );
+    // Through the sandbox: refused with that reason (not as a peergrid bug), before
+    // Cranelift compiles anything.
+    let sandbox =
+        crate::sandbox::Sandbox::new(crate::sandbox::SandboxConfig::default()).expect("sandbox");
+    let err = sandbox.load(&module).expect_err("refused");
+    assert!(err.to_string().contains("over wasmtime's limit"), "{err}");
+    assert!(!err.to_string().contains("bug"), "{err}");
+}
+
+#[test]
+fn a_module_grown_past_the_rewrite_ceiling_is_refused_before_it_is_built() {
+    // Four functions of 1 000 sites: each grows by some 29 KB. A ceiling of 60 KB
+    // more than the module lets two through and refuses at the third.
+    let module = simd_chains(4, 1_000);
+    let (plans, _) = analyse_module(&module).expect("analyses");
+    let all = emit(&module, &plans, usize::MAX).expect("no ceiling");
+    let grown = all.len() - module.len();
+    assert!(grown > 4 * 25_000, "{grown}");
+    let err = emit(&module, &plans, module.len() + grown / 2).expect_err("over the ceiling");
+    assert!(matches!(err, NanRewriteError::ModuleTooLarge), "{err}");
+    assert!(err.to_string().contains("split the job"), "{err}");
+    assert_eq!(
+        emit(&module, &plans, all.len()).expect("at the ceiling"),
+        all
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Differential: random float programs, original + Cranelift's canonicalisation
 // against rewritten + none.
