@@ -66,10 +66,10 @@
 use std::borrow::Cow;
 
 use wasm_encoder::{Encode, Instruction};
+use wasmparser::{BinaryReader, BlockType, FunctionBody, Operator, OperatorsReader};
 
 use super::rewrite::MAX_FUNCTION_BODY;
 pub(crate) use super::rewrite::budget;
-use wasmparser::{BinaryReader, BlockType, FunctionBody, Operator, OperatorsReader};
 
 /// The version of this rewrite; part of the compile cache's engine fingerprint, so a
 /// changed rewrite never loads code compiled from an older one.
