@@ -38,24 +38,21 @@ pub(super) fn compile(
         wasmtime::Module::from_binary(engine, code)
             .map_err(|e| ModuleError::Compile(format!("{e:#}")))
     };
-    let canonical = match config.nan {
-        NanMode::Observable => match nan::canonicalise_observable_nans(binary) {
-            Ok(rewritten) => Cow::Owned(rewritten.wasm),
-            Err(e @ nan::NanRewriteError::Invalid(_)) => {
-                compile(binary)?;
-                return Err(ModuleError::Compile(e.to_string()));
-            }
-            Err(e) => return Err(ModuleError::Compile(e.to_string())),
-        },
-        NanMode::EveryOp | NanMode::Off => Cow::Borrowed(binary),
-    };
-    // The other rewrites do not validate: a module they cannot follow, or
-    // whose rewritten form wasmtime refuses, gets wasmtime's error on the
-    // module as sent.
+    // wasmtime's error on the module as sent, if it has one; else the rewrite's.
     let refused = |e: String| {
         compile(binary)?;
         Err(ModuleError::Compile(e))
     };
+    let canonical = match config.nan {
+        NanMode::Observable => match nan::canonicalise_observable_nans(binary) {
+            Ok(rewritten) => Cow::Owned(rewritten.wasm),
+            Err(e @ nan::NanRewriteError::Invalid(_)) => return refused(e.to_string()),
+            Err(e) => return Err(ModuleError::Compile(e.to_string())),
+        },
+        NanMode::EveryOp | NanMode::Off => Cow::Borrowed(binary),
+    };
+    // The other rewrites do not validate: a module they cannot follow, or whose
+    // rewritten form wasmtime refuses, is refused so too.
     let unrolled = if config.unroll_loops {
         match unroll::unroll_inner_loops(&canonical) {
             Ok(unrolled) => Cow::Owned(unrolled.wasm),
@@ -203,6 +200,48 @@ pub(crate) mod testing {
             ..Config::default()
         });
         (runner, cases)
+    }
+
+    /// A module of `functions` functions of type `ty -> ty`, exported as `f0`, `f1`,
+    /// ..., each `local.get 0` followed by `site` `sites` times (a site consumes and
+    /// leaves one value). Built directly: a WAT text of the sizes the budget tests
+    /// need would dominate their time.
+    pub(crate) fn chains(
+        ty: wasm_encoder::ValType,
+        functions: usize,
+        sites: usize,
+        site: &[wasm_encoder::Instruction<'_>],
+    ) -> Vec<u8> {
+        use wasm_encoder::{
+            CodeSection, ExportKind, ExportSection, Function, FunctionSection, Instruction, Module,
+            TypeSection,
+        };
+        let mut types = TypeSection::new();
+        types.ty().function([ty], [ty]);
+        let mut declared = FunctionSection::new();
+        let mut exports = ExportSection::new();
+        let mut code = CodeSection::new();
+        for index in 0..functions {
+            declared.function(0);
+            let index = u32::try_from(index).expect("a test's function count");
+            exports.export(&format!("f{index}"), ExportKind::Func, index);
+            let mut f = Function::new([]);
+            f.instruction(&Instruction::LocalGet(0));
+            for _ in 0..sites {
+                for op in site {
+                    f.instruction(op);
+                }
+            }
+            f.instruction(&Instruction::End);
+            code.function(&f);
+        }
+        let mut module = Module::new();
+        module
+            .section(&types)
+            .section(&declared)
+            .section(&exports)
+            .section(&code);
+        module.finish()
     }
 
     /// SplitMix64: the generator's own randomness, from proptest's seed.

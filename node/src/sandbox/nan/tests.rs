@@ -264,28 +264,14 @@ fn a_module_that_piles_up_its_operand_stack_is_refused_not_followed() {
 }
 
 /// A module of `functions` functions, each `v + v + ...` over `sites` float SIMD
-/// additions (each canonicalised), built directly: a WAT text of this size would
-/// dominate the test's time.
+/// additions (each canonicalised).
 fn simd_chains(functions: usize, sites: usize) -> Vec<u8> {
-    use wasm_encoder::{CodeSection, FunctionSection, Module as Encoder, TypeSection};
-    let mut types = TypeSection::new();
-    types.ty().function([ValType::V128], [ValType::V128]);
-    let mut declared = FunctionSection::new();
-    let mut code = CodeSection::new();
-    for _ in 0..functions {
-        declared.function(0);
-        let mut f = Function::new([]);
-        f.instruction(&Instruction::LocalGet(0));
-        for _ in 0..sites {
-            f.instruction(&Instruction::LocalGet(0));
-            f.instruction(&Instruction::F32x4Add);
-        }
-        f.instruction(&Instruction::End);
-        code.function(&f);
-    }
-    let mut module = Encoder::new();
-    module.section(&types).section(&declared).section(&code);
-    module.finish()
+    crate::sandbox::rewrite::testing::chains(
+        ValType::V128,
+        functions,
+        sites,
+        &[Instruction::LocalGet(0), Instruction::F32x4Add],
+    )
 }
 
 #[test]

@@ -127,36 +127,14 @@ fn broken_modules_give_an_error_not_a_panic() {
     }
 }
 
-/// A module of two functions, each `x * 3` `sites` times over, built directly
-/// (a WAT text of this size would dominate the test's time).
+/// A module of two functions, `f0` and `f1`, each `x * 3` `sites` times over.
 fn chains(sites: usize) -> Vec<u8> {
-    use wasm_encoder::{
-        CodeSection, ExportKind, ExportSection, FunctionSection, Module as Encoder, TypeSection,
-    };
-    let mut types = TypeSection::new();
-    types.ty().function([ValType::I32], [ValType::I32]);
-    let mut functions = FunctionSection::new();
-    let mut exports = ExportSection::new();
-    let mut code = CodeSection::new();
-    for (index, name) in ["a", "b"].into_iter().enumerate() {
-        functions.function(0);
-        exports.export(name, ExportKind::Func, index as u32);
-        let mut f = Function::new([]);
-        f.instruction(&Instruction::LocalGet(0));
-        for _ in 0..sites {
-            f.instruction(&Instruction::I32Const(3));
-            f.instruction(&Instruction::I32Mul);
-        }
-        f.instruction(&Instruction::End);
-        code.function(&f);
-    }
-    let mut module = Encoder::new();
-    module
-        .section(&types)
-        .section(&functions)
-        .section(&exports)
-        .section(&code);
-    module.finish()
+    crate::sandbox::rewrite::testing::chains(
+        ValType::I32,
+        2,
+        sites,
+        &[Instruction::I32Const(3), Instruction::I32Mul],
+    )
 }
 
 /// Runs export `name` on `x`; the result and the fuel used.
@@ -196,11 +174,11 @@ fn growth_stops_at_the_budget_and_later_functions_stay_as_they_are() {
         Module::new(&engine, &reduced).expect("compiles"),
     );
     let want = (0..sites).fold(7i32, |x, _| x.wrapping_mul(3));
-    for name in ["a", "b"] {
+    for name in ["f0", "f1"] {
         let (got, fuel) = run(&engine, &reduced, name, 7);
         let (sent, sent_fuel) = run(&engine, &original, name, 7);
         assert_eq!((got, sent), (want, want), "{name}");
-        let extra = if name == "a" { 3 * sites as u64 } else { 0 };
+        let extra = if name == "f0" { 3 * sites as u64 } else { 0 };
         assert_eq!(fuel, sent_fuel + extra, "{name}");
     }
 }
